@@ -1,0 +1,16 @@
+//! watrunk-sip: sans-IO SIP for the WhatsApp trunk. Framing, a lenient parser and strict printer,
+//! RFC 3261 transactions and dialogs, and digest authentication both ways. No sockets, no clocks:
+//! callers pass `now` in and take messages and timers out.
+
+pub mod framing;
+pub mod header;
+pub mod message;
+pub mod method;
+pub mod uri;
+pub mod values;
+
+pub use header::{Header, HeaderName, Headers};
+pub use message::{Message, ParseError, ParseErrorKind, Request, Response};
+pub use method::Method;
+pub use uri::{Host, SipUri, Uri};
+pub use values::{CSeq, NameAddr, Via};
