@@ -7,6 +7,7 @@ pub mod header;
 pub mod message;
 pub mod method;
 pub mod uri;
+pub mod validate;
 pub mod values;
 
 pub use header::{Header, HeaderName, Headers};

@@ -297,18 +297,15 @@ impl StartLine {
             });
         }
         // Request-Line: Method SP Request-URI SP SIP-Version. Extra spaces between and after the elements
-        // are tolerated (RFC 4475 §3.1.2.9/§3.1.2.10 allow this liberal reading); a fourth element is not.
-        let mut words = line.split(' ').filter(|w| !w.is_empty());
-        let (Some(method), Some(uri), Some(version)) = (words.next(), words.next(), words.next())
-        else {
-            return Err(ParseError::new(
-                ParseErrorKind::NotSip,
-                "not a SIP request or status line",
-            ));
-        };
-        let method = Method::parse(method)
+        // are tolerated (RFC 4475 §3.1.2.9/§3.1.2.10 allow this liberal reading); whitespace inside the
+        // Request-URI is not (§3.1.2.8).
+        let words: Vec<&str> = line.split(' ').filter(|w| !w.is_empty()).collect();
+        if words.len() < 3 {
+            return Err(ParseError::new(ParseErrorKind::NotSip, "not a SIP request or status line"));
+        }
+        let method = Method::parse(words[0])
             .ok_or_else(|| ParseError::new(ParseErrorKind::NotSip, "invalid method token"))?;
-        let version_ok = match strip_prefix_ci(version, "SIP/") {
+        let version_ok = match strip_prefix_ci(words[words.len() - 1], "SIP/") {
             Some("2.0") => true,
             Some(v) if is_version_number(v) => false,
             _ => {
@@ -318,10 +315,9 @@ impl StartLine {
                 ))
             }
         };
-        let uri = if words.next().is_some() {
-            Err("Request-URI contains whitespace".to_string())
-        } else {
-            Uri::parse(uri).map_err(|e| format!("invalid Request-URI: {e}"))
+        let uri = match &words[1..words.len() - 1] {
+            [uri] => Uri::parse(uri).map_err(|e| format!("invalid Request-URI: {e}")),
+            _ => Err("Request-URI contains whitespace".to_string()),
         };
         Ok(StartLine::Request {
             method,

@@ -116,13 +116,15 @@ impl SipUri {
     }
 
     fn parse(scheme: Scheme, rest: &str) -> Result<Self, UriError> {
-        let (main, headers) = match rest.split_once('?') {
-            Some((m, h)) => (m, Some(h.to_string())),
-            None => (rest, None),
+        // '?' may appear in the user part (user-unreserved), and '@' never appears unescaped after the
+        // host, so the last '@' separates userinfo from hostport and a '?' after it starts the headers.
+        let (userinfo, hostpart) = match rest.rfind('@') {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
         };
-        let (userinfo, hostpart) = match main.rfind('@') {
-            Some(i) => (Some(&main[..i]), &main[i + 1..]),
-            None => (None, main),
+        let (hostpart, headers) = match hostpart.split_once('?') {
+            Some((m, h)) => (m, Some(h.to_string())),
+            None => (hostpart, None),
         };
         let (user, password) = match userinfo {
             None => (None, None),
