@@ -2,16 +2,22 @@
 //! RFC 3261 transactions and dialogs, and digest authentication both ways. No sockets, no clocks:
 //! callers pass `now` in and take messages and timers out.
 
+pub mod dialog;
+pub mod digest;
 pub mod framing;
 pub mod header;
 pub mod message;
 pub mod method;
+pub mod routing;
+pub mod transaction;
 pub mod uri;
 pub mod validate;
 pub mod values;
 
+pub use dialog::{new_tag, retry_with_auth, Dialog, DialogId, DialogState};
 pub use header::{Header, HeaderName, Headers};
 pub use message::{Message, ParseError, ParseErrorKind, Request, Response};
 pub use method::Method;
+pub use transaction::{new_branch, Peer, TransactionId, TransactionLayer, Transport};
 pub use uri::{Host, SipUri, Uri};
 pub use values::{CSeq, NameAddr, Via};

@@ -61,7 +61,8 @@ impl ParseError {
         }
     }
 
-    fn bad_request(detail: impl Into<String>, headers: &Headers) -> Self {
+    /// A 400 for a request whose headers are known (e.g. its framing failed after the head parsed).
+    pub fn bad_request(detail: impl Into<String>, headers: &Headers) -> Self {
         ParseError {
             kind: ParseErrorKind::BadRequest,
             detail: detail.into(),
@@ -301,7 +302,10 @@ impl StartLine {
         // Request-URI is not (§3.1.2.8).
         let words: Vec<&str> = line.split(' ').filter(|w| !w.is_empty()).collect();
         if words.len() < 3 {
-            return Err(ParseError::new(ParseErrorKind::NotSip, "not a SIP request or status line"));
+            return Err(ParseError::new(
+                ParseErrorKind::NotSip,
+                "not a SIP request or status line",
+            ));
         }
         let method = Method::parse(words[0])
             .ok_or_else(|| ParseError::new(ParseErrorKind::NotSip, "invalid method token"))?;

@@ -20,7 +20,13 @@ pub struct UasPolicy {
 impl Default for UasPolicy {
     fn default() -> Self {
         UasPolicy {
-            allowed: vec![Method::INVITE, Method::ACK, Method::BYE, Method::CANCEL, Method::OPTIONS],
+            allowed: vec![
+                Method::INVITE,
+                Method::ACK,
+                Method::BYE,
+                Method::CANCEL,
+                Method::OPTIONS,
+            ],
             supported: Vec::new(),
             content_types: vec!["application/sdp".into(), "multipart/mixed".into()],
         }
@@ -29,7 +35,11 @@ impl Default for UasPolicy {
 
 impl UasPolicy {
     pub fn allow_header(&self) -> String {
-        self.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        self.allowed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -43,7 +53,11 @@ pub struct Rejection {
 impl Rejection {
     fn new(status: u16, detail: &str) -> Self {
         let reason = format!("{} ({detail})", reason_phrase(status));
-        Rejection { status, reason, headers: Vec::new() }
+        Rejection {
+            status,
+            reason,
+            headers: Vec::new(),
+        }
     }
 
     fn with(mut self, name: &'static str, value: String) -> Self {
@@ -66,21 +80,30 @@ pub fn check_request(req: &Request, policy: &UasPolicy) -> Result<(), Rejection>
         return Ok(());
     }
     if !req.method.is_known() {
-        return Err(Rejection::new(501, &format!("method {} is not implemented", req.method))
-            .with("Allow", policy.allow_header()));
+        return Err(
+            Rejection::new(501, &format!("method {} is not implemented", req.method))
+                .with("Allow", policy.allow_header()),
+        );
     }
     if !policy.allowed.contains(&req.method) {
-        return Err(Rejection::new(405, &format!("{} is not accepted here", req.method))
-            .with("Allow", policy.allow_header()));
+        return Err(
+            Rejection::new(405, &format!("{} is not accepted here", req.method))
+                .with("Allow", policy.allow_header()),
+        );
     }
     if let Uri::Other { scheme, .. } = &req.uri {
-        return Err(Rejection::new(416, &format!("Request-URI scheme {scheme}: is not supported")));
+        return Err(Rejection::new(
+            416,
+            &format!("Request-URI scheme {scheme}: is not supported"),
+        ));
     }
     if req.method != Method::CANCEL {
         let unsupported: Vec<&str> = req
             .headers
             .values("Require")
-            .filter(|tag| !tag.is_empty() && !policy.supported.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+            .filter(|tag| {
+                !tag.is_empty() && !policy.supported.iter().any(|s| s.eq_ignore_ascii_case(tag))
+            })
             .collect();
         if !unsupported.is_empty() {
             return Err(Rejection::new(420, "required extension not supported")
@@ -90,10 +113,16 @@ pub fn check_request(req: &Request, policy: &UasPolicy) -> Result<(), Rejection>
     if !req.body.is_empty() {
         let ctype = req.headers.get("Content-Type").unwrap_or("");
         let base = media_type(ctype);
-        if !policy.content_types.iter().any(|c| *c == base) {
-            let shown = if base.is_empty() { "none" } else { base.as_str() };
-            return Err(Rejection::new(415, &format!("body type {shown} is not understood"))
-                .with("Accept", policy.content_types.join(", ")));
+        if !policy.content_types.contains(&base) {
+            let shown = if base.is_empty() {
+                "none"
+            } else {
+                base.as_str()
+            };
+            return Err(
+                Rejection::new(415, &format!("body type {shown} is not understood"))
+                    .with("Accept", policy.content_types.join(", ")),
+            );
         }
     }
     if req.method == Method::INVITE && req.headers.contains("Accept") {
@@ -102,8 +131,12 @@ pub fn check_request(req: &Request, policy: &UasPolicy) -> Result<(), Rejection>
             t == "application/sdp" || t == "application/*" || t == "*/*"
         });
         if !accepts_sdp {
-            return Err(Rejection::new(406, "Accept does not allow application/sdp")
-                .with("Warning", "399 watrunk \"answers carry application/sdp\"".into()));
+            return Err(
+                Rejection::new(406, "Accept does not allow application/sdp").with(
+                    "Warning",
+                    "399 watrunk \"answers carry application/sdp\"".into(),
+                ),
+            );
         }
     }
     Ok(())
@@ -111,7 +144,12 @@ pub fn check_request(req: &Request, policy: &UasPolicy) -> Result<(), Rejection>
 
 /// `Application/SDP ; charset=x` gives `application/sdp`.
 fn media_type(value: &str) -> String {
-    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -131,7 +169,9 @@ mod tests {
     }
 
     fn status(r: &Request) -> Option<u16> {
-        check_request(r, &UasPolicy::default()).err().map(|e| e.status)
+        check_request(r, &UasPolicy::default())
+            .err()
+            .map(|e| e.status)
     }
 
     #[test]
@@ -140,10 +180,32 @@ mod tests {
         assert_eq!(status(&req("", "FOO", "sip:u@e", "")), Some(501));
         assert_eq!(status(&req("", "REGISTER", "sip:e", "")), Some(405));
         assert_eq!(status(&req("", "OPTIONS", "tel:+1555", "")), Some(416));
-        assert_eq!(status(&req("Require: foo, bar\r\n", "OPTIONS", "sip:u@e", "")), Some(420));
-        assert_eq!(status(&req("Content-Type: text/plain\r\n", "INVITE", "sip:u@e", "hi")), Some(415));
-        assert_eq!(status(&req("Content-Type: application/SDP\r\n", "INVITE", "sip:u@e", "v=0")), None);
-        assert_eq!(status(&req("Accept: text/x\r\n", "INVITE", "sip:u@e", "")), Some(406));
+        assert_eq!(
+            status(&req("Require: foo, bar\r\n", "OPTIONS", "sip:u@e", "")),
+            Some(420)
+        );
+        assert_eq!(
+            status(&req(
+                "Content-Type: text/plain\r\n",
+                "INVITE",
+                "sip:u@e",
+                "hi"
+            )),
+            Some(415)
+        );
+        assert_eq!(
+            status(&req(
+                "Content-Type: application/SDP\r\n",
+                "INVITE",
+                "sip:u@e",
+                "v=0"
+            )),
+            None
+        );
+        assert_eq!(
+            status(&req("Accept: text/x\r\n", "INVITE", "sip:u@e", "")),
+            Some(406)
+        );
     }
 
     #[test]

@@ -1,1 +1,69 @@
-fn main() {}
+//! The watrunk command line: `serve` runs the trunk endpoint, `probe` sends one request as a client
+//! (digest included) to check a peer or proxy.
+
+mod client;
+mod config;
+mod server;
+mod tls;
+mod transport;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "watrunk",
+    version,
+    about = "SIP-over-TLS trunk endpoint for WhatsApp Business Calling"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the trunk endpoint: TLS for Meta, optional TCP/UDP for a PBX.
+    Serve(config::ServeArgs),
+    /// Send one request (OPTIONS by default) and print the final response; answers 401/407 once.
+    Probe(client::ProbeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WATRUNK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("watrunk: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let cfg = config::ServeConfig::resolve(args)?;
+                tokio::select! {
+                    r = server::run(cfg) => r,
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            }
+            Command::Probe(args) => client::probe(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("watrunk: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

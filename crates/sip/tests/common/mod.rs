@@ -40,12 +40,17 @@ pub fn normalize_meta_sample(raw: &str) -> Vec<u8> {
             *l = l[indent..].to_string();
         }
     }
-    let mut head = vec![placeholder.replace_all(&lines[0], "US.13491208655302741918").to_string()];
+    let mut head = vec![placeholder
+        .replace_all(&lines[0], "US.13491208655302741918")
+        .to_string()];
     let mut body_start = lines.len();
     for (i, l) in lines.iter().enumerate().skip(1) {
         if l.trim().is_empty() {
             // A blank line ends the header block only when no further header follows it.
-            let next_header = lines[i + 1..].iter().find(|n| !n.trim().is_empty()).is_some_and(|n| header_line.is_match(n));
+            let next_header = lines[i + 1..]
+                .iter()
+                .find(|n| !n.trim().is_empty())
+                .is_some_and(|n| header_line.is_match(n));
             if !next_header {
                 body_start = i + 1;
                 break;
@@ -58,10 +63,19 @@ pub fn normalize_meta_sample(raw: &str) -> Vec<u8> {
             break;
         }
         if !l.to_ascii_lowercase().starts_with("content-length") {
-            head.push(placeholder.replace_all(l, "US.13491208655302741918").to_string());
+            head.push(
+                placeholder
+                    .replace_all(l, "US.13491208655302741918")
+                    .to_string(),
+            );
         }
     }
-    let body: Vec<&str> = lines.get(body_start..).unwrap_or(&[]).iter().map(String::as_str).collect();
+    let body: Vec<&str> = lines
+        .get(body_start..)
+        .unwrap_or(&[])
+        .iter()
+        .map(String::as_str)
+        .collect();
     let mut body = body.join("\r\n");
     while body.ends_with("\r\n\r\n") {
         body.truncate(body.len() - 2);

@@ -1,0 +1,504 @@
+//! `watrunk serve`: binds the listeners and runs the core task, the one place that owns SIP state.
+//! The core turns socket events into transaction-layer input, answers requests (OPTIONS, digest
+//! challenges, INVITE refused with 503 until calls land, 405/501/481 ...), and moves the layer's
+//! output back to sockets. Calls are never tied to a connection: a request toward a peer reuses a live
+//! connection to its address or opens a new one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use watrunk_sip::digest::{self, Algorithm, Authorization, NonceIssuer, Verifier};
+use watrunk_sip::framing::FramingError;
+use watrunk_sip::message::reason_phrase;
+use watrunk_sip::routing::stamp_received;
+use watrunk_sip::transaction::{Event, Output, Peer, TimerConfig, TransactionLayer, Transport};
+use watrunk_sip::validate::{check_request, UasPolicy};
+use watrunk_sip::{Message, Method, ParseError, Request, Response};
+
+use crate::config::{AuthConfig, DigestOffer, ServeConfig};
+use crate::tls::{self, CertOrigin};
+use crate::transport::{self, ConnCommand, ConnId, Inbound, Limits, Shared};
+
+pub const SERVER: &str = concat!("watrunk/", env!("CARGO_PKG_VERSION"));
+
+pub async fn run(cfg: ServeConfig) -> Result<()> {
+    let (core_tx, core_rx) = mpsc::channel(8192);
+    let limits = Limits {
+        max_message: cfg.max_message,
+        max_connections: cfg.max_connections,
+        idle_timeout: cfg.idle_timeout,
+        ..Limits::default()
+    };
+    let shared = Shared::new(core_tx, limits);
+    let mut udp_sockets = Vec::new();
+    if let Some(addr) = cfg.udp {
+        let sock = Arc::new(
+            UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind UDP {addr} (listen.udp)"))?,
+        );
+        tracing::info!("SIP over UDP on {}", sock.local_addr()?);
+        tokio::spawn(transport::run_udp(
+            sock.clone(),
+            udp_sockets.len(),
+            shared.clone(),
+        ));
+        udp_sockets.push(sock);
+    }
+    if let Some(addr) = cfg.tcp {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind TCP {addr} (listen.tcp)"))?;
+        tracing::info!("SIP over TCP on {}", l.local_addr()?);
+        tokio::spawn(transport::run_tcp_listener(l, shared.clone()));
+    }
+    if let Some(addr) = cfg.tls {
+        let (server_cfg, origin) = tls::server_config(&tls::CertSource {
+            cert: cfg.cert.clone(),
+            key: cfg.key.clone(),
+            hostname: cfg.hostname.clone(),
+            state_dir: cfg.state_dir.clone(),
+        })?;
+        match origin {
+            CertOrigin::Configured(p) => tracing::info!("TLS certificate {}", p.display()),
+            CertOrigin::SelfSignedNew(p) => tracing::warn!(
+                "no --cert given: made a self-signed certificate for {} at {} (fine for tests and `watrunk sim`; Meta needs a certificate from a public CA)",
+                cfg.hostname,
+                p.display()
+            ),
+            CertOrigin::SelfSignedExisting(p) => tracing::warn!(
+                "no --cert given: using the self-signed certificate for {} at {} (Meta needs a certificate from a public CA)",
+                cfg.hostname,
+                p.display()
+            ),
+        }
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind TLS {addr} (listen.tls)"))?;
+        tracing::info!("SIP over TLS on {} as {}", l.local_addr()?, cfg.hostname);
+        tokio::spawn(transport::run_tls_listener(
+            l,
+            TlsAcceptor::from(server_cfg),
+            shared.clone(),
+        ));
+    }
+    let mut core = Core::new(cfg, udp_sockets);
+    core.run(core_rx).await;
+    Ok(())
+}
+
+struct Conn {
+    tx: mpsc::Sender<ConnCommand>,
+    remote: SocketAddr,
+    transport: Transport,
+}
+
+struct Auth {
+    cfg: AuthConfig,
+    verifier: Verifier,
+}
+
+pub struct Core {
+    cfg: ServeConfig,
+    layer: TransactionLayer,
+    policy: UasPolicy,
+    udp: Vec<Arc<UdpSocket>>,
+    conns: HashMap<ConnId, Conn>,
+    auth: Option<Auth>,
+    started: Instant,
+}
+
+impl Core {
+    fn new(cfg: ServeConfig, udp: Vec<Arc<UdpSocket>>) -> Self {
+        let auth = cfg.auth.clone().map(|a| {
+            let mut key = [0u8; 32];
+            rand::Rng::fill(&mut rand::thread_rng(), &mut key);
+            Auth {
+                verifier: Verifier::new(NonceIssuer::new(key, 300), a.realm.clone()),
+                cfg: a,
+            }
+        });
+        Core {
+            layer: TransactionLayer::new(TimerConfig::default()),
+            policy: UasPolicy::default(),
+            udp,
+            conns: HashMap::new(),
+            auth,
+            started: Instant::now(),
+            cfg,
+        }
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<Inbound>) {
+        loop {
+            let deadline = self.layer.poll_timeout();
+            let input = match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        m = rx.recv() => m,
+                        _ = tokio::time::sleep_until(at.into()) => {
+                            self.layer.handle_timeout(Instant::now());
+                            self.drain();
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(input) = input else { return };
+            self.handle(input);
+            self.drain();
+        }
+    }
+
+    fn handle(&mut self, input: Inbound) {
+        let now = Instant::now();
+        match input {
+            Inbound::Datagram {
+                bytes,
+                from,
+                socket,
+            } => {
+                let peer = Peer {
+                    transport: Transport::Udp,
+                    addr: from,
+                    conn: Some(socket as u64),
+                };
+                self.trace_in(&peer, &bytes);
+                match Message::parse_datagram(&bytes) {
+                    Ok(msg) => self.receive(now, msg, peer),
+                    Err(e) => self.reject_unparseable(&e, &peer, &bytes),
+                }
+            }
+            Inbound::Message {
+                conn,
+                transport,
+                from,
+                head,
+                body,
+            } => {
+                let peer = Peer {
+                    transport,
+                    addr: from,
+                    conn: Some(conn),
+                };
+                if self.cfg.sip_trace {
+                    let mut all = head.clone();
+                    all.extend_from_slice(&body);
+                    self.trace_in(&peer, &all);
+                }
+                match Message::parse_framed(&head, &body) {
+                    Ok(msg) => self.receive(now, msg, peer),
+                    Err(e) => self.reject_unparseable(&e, &peer, &head),
+                }
+            }
+            Inbound::BadFrame {
+                conn,
+                transport,
+                from,
+                error,
+            } => {
+                let peer = Peer {
+                    transport,
+                    addr: from,
+                    conn: Some(conn),
+                };
+                let answer = match &error {
+                    FramingError::Unrecoverable { detail, head } => {
+                        Message::parse_head(head).err().or_else(|| {
+                            // The head itself is fine; the framing (Content-Length) is what failed.
+                            match Message::parse_head(head) {
+                                Ok((Message::Request(r), _)) => Some(bad_request_from(&r, detail)),
+                                _ => None,
+                            }
+                        })
+                    }
+                    FramingError::TooLarge {
+                        head: Some(head),
+                        limit,
+                    } => match Message::parse_head(head) {
+                        Ok((Message::Request(r), _)) => {
+                            let mut resp = Response::to_request(
+                                &r,
+                                513,
+                                format!("Message Too Large (limit {limit} octets)"),
+                                None,
+                            );
+                            resp.headers.push("Server", SERVER);
+                            self.send_bytes(&peer, resp.to_bytes());
+                            None
+                        }
+                        _ => None,
+                    },
+                    FramingError::TooLarge { head: None, .. } => None,
+                };
+                if let Some(e) = answer {
+                    if let Some(resp) = e.response() {
+                        self.send_bytes(&peer, with_server(resp).to_bytes());
+                    }
+                }
+                if let Some(c) = self.conns.get(&conn) {
+                    let _ = c.tx.try_send(ConnCommand::Close);
+                }
+            }
+            Inbound::Opened {
+                conn,
+                transport,
+                remote,
+                tx,
+                ..
+            } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        tx,
+                        remote,
+                        transport,
+                    },
+                );
+            }
+            Inbound::ConnectFailed { conn, reason } => {
+                tracing::warn!("{reason}");
+                self.conns.remove(&conn);
+            }
+            Inbound::Closed { conn } => {
+                self.conns.remove(&conn);
+            }
+        }
+    }
+
+    fn receive(&mut self, now: Instant, mut msg: Message, peer: Peer) {
+        if let Message::Request(r) = &mut msg {
+            stamp_received(r, peer.addr);
+        }
+        if let Err(e) = self.layer.handle_incoming(now, msg, peer) {
+            tracing::debug!("{e}");
+        }
+    }
+
+    /// A request we cannot parse still gets its 400/505 with the reason; responses and non-SIP are dropped.
+    fn reject_unparseable(&mut self, e: &ParseError, peer: &Peer, bytes: &[u8]) {
+        tracing::debug!("unparseable message from {}: {e}", peer.addr);
+        let Some(resp) = e.response() else { return };
+        // Over UDP the answer goes to the packet's source address and port, like every other response
+        // (symmetric signalling, RFC 3581), even when the Via could not be read.
+        let _ = bytes;
+        self.send_bytes(peer, with_server(resp).to_bytes());
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.layer.poll_output() {
+            match out {
+                Output::Transmit { to, message, .. } => {
+                    let bytes = message.to_bytes();
+                    self.send_bytes(&to, bytes);
+                }
+                Output::Event(ev) => self.on_event(ev),
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let now = Instant::now();
+        match ev {
+            Event::Request { id, request, from } => {
+                if let Some(resp) = self.answer(&request, &from) {
+                    if let Err(e) = self.layer.respond(now, id, resp) {
+                        tracing::debug!("respond: {e}");
+                    }
+                }
+            }
+            Event::Timeout { id, reason } => {
+                tracing::info!("transaction {id:?} timed out: {reason:?}")
+            }
+            Event::TransportError { id } => tracing::info!("transaction {id:?}: transport error"),
+            _ => {}
+        }
+    }
+
+    /// The UAS core's answer to a new request (None: no response, e.g. ACK).
+    fn answer(&mut self, req: &Request, from: &Peer) -> Option<Response> {
+        if req.method == Method::ACK {
+            return None;
+        }
+        let to_tag = local_tag(req);
+        if let Err(rejection) = check_request(req, &self.policy) {
+            return Some(with_server(rejection.response(req, Some(&to_tag))));
+        }
+        let in_dialog = req.to().is_some_and(|t| t.tag().is_some());
+        if in_dialog || req.method == Method::BYE {
+            return Some(reply(
+                req,
+                481,
+                "Call/Transaction Does Not Exist (no such dialog)",
+                &to_tag,
+            ));
+        }
+        if req.method == Method::OPTIONS {
+            let mut r = reply(req, 200, "OK", &to_tag);
+            r.headers.push("Allow", self.policy.allow_header());
+            r.headers.push("Accept", "application/sdp");
+            return Some(r);
+        }
+        if req.method == Method::INVITE {
+            if let Some(challenge) = self.authenticate(req, &to_tag) {
+                return Some(challenge);
+            }
+            let mut r = reply(
+                req,
+                503,
+                "Service Unavailable (this watrunk version does not take calls yet)",
+                &to_tag,
+            );
+            r.headers.push("Retry-After", "300");
+            let _ = from;
+            return Some(r);
+        }
+        Some(reply(req, 501, "Not Implemented", &to_tag))
+    }
+
+    /// Digest check for INVITE when --challenge is on: None when the request may proceed.
+    fn authenticate(&mut self, req: &Request, to_tag: &str) -> Option<Response> {
+        let auth = self.auth.as_mut()?;
+        let (challenge_header, creds_header) = match auth.cfg.status {
+            401 => ("WWW-Authenticate", "Authorization"),
+            _ => ("Proxy-Authenticate", "Proxy-Authorization"),
+        };
+        let now_secs = self.started.elapsed().as_secs() + 1;
+        let credentials = req
+            .headers
+            .get_all(creds_header)
+            .filter_map(|v| Authorization::parse(v).ok())
+            .find(|a| a.realm == auth.cfg.realm);
+        let stale = match credentials {
+            None => false,
+            Some(a) => {
+                if let Some(user) = &auth.cfg.username {
+                    if a.username != *user {
+                        return Some(reply(
+                            req,
+                            403,
+                            &format!("Forbidden (unknown user {:?})", a.username),
+                            to_tag,
+                        ));
+                    }
+                }
+                let uri = req.uri.to_string();
+                match auth.verifier.verify(
+                    &a,
+                    req.method.to_string().as_str(),
+                    &uri,
+                    &auth.cfg.password,
+                    &req.body,
+                    now_secs,
+                ) {
+                    Ok(()) => return None,
+                    Err(digest::AuthFailure::Stale) => true,
+                    Err(e) => return Some(reply(req, 403, &format!("Forbidden ({e})"), to_tag)),
+                }
+            }
+        };
+        let mut r = reply(req, auth.cfg.status, reason_phrase(auth.cfg.status), to_tag);
+        let algorithms: &[Algorithm] = match auth.cfg.offer {
+            DigestOffer::Md5 => &[Algorithm::Md5],
+            DigestOffer::Sha256 => &[Algorithm::Sha256],
+            DigestOffer::Both => &[Algorithm::Sha256, Algorithm::Md5],
+        };
+        for alg in algorithms {
+            let c = auth
+                .verifier
+                .issuer()
+                .challenge(&auth.cfg.realm, *alg, now_secs, stale);
+            r.headers.push(challenge_header, c.to_string());
+        }
+        Some(r)
+    }
+
+    fn send_bytes(&mut self, to: &Peer, bytes: Vec<u8>) {
+        self.trace_out(to, &bytes);
+        match to.transport {
+            Transport::Udp => {
+                let idx = to.conn.unwrap_or(0) as usize;
+                if let Some(sock) = self.udp.get(idx).or_else(|| self.udp.first()) {
+                    if let Err(e) = sock.try_send_to(&bytes, to.addr) {
+                        tracing::debug!("udp send to {}: {e}", to.addr);
+                    }
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                let conn = to.conn.filter(|c| self.conns.contains_key(c)).or_else(|| {
+                    self.conns
+                        .iter()
+                        .find(|(_, c)| c.remote == to.addr && c.transport == to.transport)
+                        .map(|(id, _)| *id)
+                });
+                match conn.and_then(|c| self.conns.get(&c)) {
+                    Some(c) => {
+                        if c.tx.try_send(ConnCommand::Send(bytes)).is_err() {
+                            tracing::warn!(
+                                "connection to {} is not draining: message dropped",
+                                to.addr
+                            );
+                        }
+                    }
+                    None => tracing::info!("no connection to {} for a response; dropped", to.addr),
+                }
+            }
+        }
+    }
+
+    fn trace_in(&self, peer: &Peer, bytes: &[u8]) {
+        if self.cfg.sip_trace {
+            tracing::info!(
+                "<<< {:?} {}\n{}",
+                peer.transport,
+                peer.addr,
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    fn trace_out(&self, peer: &Peer, bytes: &[u8]) {
+        if self.cfg.sip_trace {
+            tracing::info!(
+                ">>> {:?} {}\n{}",
+                peer.transport,
+                peer.addr,
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+}
+
+fn with_server(mut r: Response) -> Response {
+    r.headers.push("Server", SERVER);
+    r
+}
+
+fn reply(req: &Request, status: u16, reason: &str, to_tag: &str) -> Response {
+    with_server(Response::to_request(req, status, reason, Some(to_tag)))
+}
+
+fn bad_request_from(req: &Request, detail: &str) -> ParseError {
+    ParseError::bad_request(detail, &req.headers)
+}
+
+/// A To tag that is the same for retransmissions of one request (so a stateless answer repeats).
+fn local_tag(req: &Request) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.call_id().hash(&mut h);
+    req.from()
+        .and_then(|f| f.tag().map(str::to_string))
+        .hash(&mut h);
+    req.top_via()
+        .and_then(|v| v.branch().map(str::to_string))
+        .hash(&mut h);
+    format!("wt{:016x}", h.finish())
+}

@@ -1,0 +1,146 @@
+//! TLS for SIP: the server side Meta connects to (no ALPN, never a CertificateRequest: WHATSAPP-SIP
+//! §1.4/§1.5) and the client side toward `wa.meta.vc` (web PKI roots plus an optional extra CA, SNI
+//! sent, no ALPN). With no certificate configured, a self-signed one for the hostname is made on first
+//! run and kept in the state directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use rustls::crypto::ring;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+pub struct CertSource {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub hostname: String,
+    pub state_dir: PathBuf,
+}
+
+/// Where the certificate came from, for the start-up message.
+pub enum CertOrigin {
+    Configured(PathBuf),
+    SelfSignedNew(PathBuf),
+    SelfSignedExisting(PathBuf),
+}
+
+pub fn server_config(src: &CertSource) -> Result<(Arc<rustls::ServerConfig>, CertOrigin)> {
+    let (chain, key, origin) = match (&src.cert, &src.key) {
+        (Some(c), Some(k)) => {
+            let (chain, key) = load_pair(c, k)?;
+            (chain, key, CertOrigin::Configured(c.clone()))
+        }
+        (None, None) => self_signed(&src.hostname, &src.state_dir)?,
+        _ => bail!(
+            "--cert and --key go together: give both or neither (config keys tls.cert / tls.key)"
+        ),
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not form a usable pair")?;
+    cfg.alpn_protocols.clear();
+    Ok((Arc::new(cfg), origin))
+}
+
+pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        for cert in read_certs(path)? {
+            roots
+                .add(cert)
+                .with_context(|| format!("{}: not a usable CA certificate", path.display()))?;
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Meta answers ALPN "sip" with alert no_application_protocol (WHATSAPP-SIP §1.5).
+    cfg.alpn_protocols.clear();
+    Ok(Arc::new(cfg))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+    if certs.is_empty() {
+        bail!("{}: no certificate found", path.display());
+    }
+    Ok(certs)
+}
+
+fn load_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let chain = read_certs(cert)?;
+    let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .with_context(|| format!("{}: not a PEM private key", key.display()))?
+        .with_context(|| format!("{}: no private key found", key.display()))?;
+    Ok((chain, key))
+}
+
+fn self_signed(
+    hostname: &str,
+    dir: &Path,
+) -> Result<(
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    CertOrigin,
+)> {
+    let safe: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cert_path = dir.join(format!("{safe}.selfsigned.crt"));
+    let key_path = dir.join(format!("{safe}.selfsigned.key"));
+    if cert_path.exists() && key_path.exists() {
+        let (chain, key) = load_pair(&cert_path, &key_path)?;
+        return Ok((chain, key, CertOrigin::SelfSignedExisting(cert_path)));
+    }
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    let cert = params.self_signed(&key_pair)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    std::fs::write(&cert_path, cert.pem())?;
+    write_private(&key_path, key_pair.serialize_pem().as_bytes())?;
+    let key =
+        PrivateKeyDer::try_from(key_pair.serialize_der()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((
+        vec![cert.der().clone()],
+        key,
+        CertOrigin::SelfSignedNew(cert_path),
+    ))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    opts.open(path)?.write_all(data)?;
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! Sockets for SIP: UDP, TCP and TLS listeners, one task per stream connection (read → framer → core,
+//! core → bounded queue → write), and outbound connections opened on demand. Everything protocol-level
+//! happens in the core task; this file only moves bytes and enforces limits (message size, connection
+//! count, idle and handshake time).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use watrunk_sip::framing::{Frame, FramingError, StreamFramer};
+use watrunk_sip::transaction::Transport;
+
+pub type ConnId = u64;
+
+/// Events from the sockets to the core task.
+#[derive(Debug)]
+pub enum Inbound {
+    Datagram {
+        bytes: Vec<u8>,
+        from: SocketAddr,
+        socket: usize,
+    },
+    Message {
+        conn: ConnId,
+        transport: Transport,
+        from: SocketAddr,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    },
+    /// The stream can no longer be framed; the connection task closes after the core had its say.
+    BadFrame {
+        conn: ConnId,
+        transport: Transport,
+        from: SocketAddr,
+        error: FramingError,
+    },
+    Opened {
+        conn: ConnId,
+        transport: Transport,
+        remote: SocketAddr,
+        local: SocketAddr,
+        tx: mpsc::Sender<ConnCommand>,
+    },
+    ConnectFailed {
+        conn: ConnId,
+        reason: String,
+    },
+    Closed {
+        conn: ConnId,
+    },
+}
+
+#[derive(Debug)]
+pub enum ConnCommand {
+    Send(Vec<u8>),
+    Close,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_message: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Messages queued toward one connection before the core treats it as stuck.
+    pub conn_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 64 * 1024,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(900),
+            handshake_timeout: Duration::from_secs(10),
+            conn_queue: 256,
+        }
+    }
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+pub fn next_conn_id() -> ConnId {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+#[derive(Clone)]
+pub struct Shared {
+    pub core: mpsc::Sender<Inbound>,
+    pub limits: Limits,
+    pub slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn new(core: mpsc::Sender<Inbound>, limits: Limits) -> Self {
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        Shared {
+            core,
+            limits,
+            slots,
+        }
+    }
+}
+
+/// Reads datagrams and hands them to the core. A full core queue drops the datagram (UDP semantics;
+/// the peer retransmits) instead of blocking the socket.
+pub async fn run_udp(socket: Arc<UdpSocket>, index: usize, shared: Shared) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                if n > shared.limits.max_message {
+                    continue;
+                }
+                let _ = shared.core.try_send(Inbound::Datagram {
+                    bytes: buf[..n].to_vec(),
+                    from,
+                    socket: index,
+                });
+            }
+            Err(e) => {
+                // ICMP errors surface here on Linux (ECONNREFUSED for an earlier send); keep serving.
+                tracing::debug!("udp recv: {e}");
+            }
+        }
+    }
+}
+
+pub async fn run_tcp_listener(listener: TcpListener, shared: Shared) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "connection limit {} reached: refusing {remote}",
+                shared.limits.max_connections
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let local = stream.local_addr().unwrap_or(remote);
+            serve_stream(
+                stream,
+                remote,
+                local,
+                Transport::Tcp,
+                next_conn_id(),
+                shared,
+            )
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+pub async fn run_tls_listener(listener: TcpListener, acceptor: TlsAcceptor, shared: Shared) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "connection limit {} reached: refusing {remote}",
+                shared.limits.max_connections
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        let local = stream.local_addr().unwrap_or(remote);
+        tokio::spawn(async move {
+            match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => {
+                    serve_stream(tls, remote, local, Transport::Tls, next_conn_id(), shared).await
+                }
+                Ok(Err(e)) => tracing::info!("TLS handshake with {remote} failed: {e}"),
+                Err(_) => tracing::info!("TLS handshake with {remote} timed out"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Opens an outbound connection for the core (TCP, or TLS verified against `server_name`) and then
+/// serves it like an accepted one.
+pub fn connect(
+    conn: ConnId,
+    transport: Transport,
+    remote: SocketAddr,
+    server_name: String,
+    tls: Option<TlsConnector>,
+    shared: Shared,
+) {
+    tokio::spawn(async move {
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            let _ = shared
+                .core
+                .send(Inbound::ConnectFailed {
+                    conn,
+                    reason: "connection limit reached".into(),
+                })
+                .await;
+            return;
+        };
+        let timeout = shared.limits.handshake_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(remote)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let _ = shared
+                    .core
+                    .send(Inbound::ConnectFailed {
+                        conn,
+                        reason: format!("connect to {remote}: {e}"),
+                    })
+                    .await;
+                return;
+            }
+            Err(_) => {
+                let _ = shared
+                    .core
+                    .send(Inbound::ConnectFailed {
+                        conn,
+                        reason: format!("connect to {remote} timed out"),
+                    })
+                    .await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(remote);
+        match (transport, tls) {
+            (Transport::Tls, Some(connector)) => {
+                let name = match rustls_pki_types::ServerName::try_from(server_name.clone()) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        let reason = format!("{server_name:?} is not a valid TLS server name");
+                        let _ = shared
+                            .core
+                            .send(Inbound::ConnectFailed { conn, reason })
+                            .await;
+                        return;
+                    }
+                };
+                match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+                    Ok(Ok(tls)) => {
+                        serve_stream(tls, remote, local, Transport::Tls, conn, shared).await
+                    }
+                    Ok(Err(e)) => {
+                        let reason =
+                            format!("TLS handshake with {server_name} ({remote}) failed: {e}");
+                        let _ = shared
+                            .core
+                            .send(Inbound::ConnectFailed { conn, reason })
+                            .await;
+                    }
+                    Err(_) => {
+                        let reason =
+                            format!("TLS handshake with {server_name} ({remote}) timed out");
+                        let _ = shared
+                            .core
+                            .send(Inbound::ConnectFailed { conn, reason })
+                            .await;
+                    }
+                }
+            }
+            _ => serve_stream(stream, remote, local, Transport::Tcp, conn, shared).await,
+        }
+        drop(permit);
+    });
+}
+
+async fn serve_stream<S>(
+    stream: S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+    conn: ConnId,
+    shared: Shared,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<ConnCommand>(shared.limits.conn_queue);
+    if shared
+        .core
+        .send(Inbound::Opened {
+            conn,
+            transport,
+            remote,
+            local,
+            tx: tx.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let writer_task = tokio::spawn(async move {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                ConnCommand::Send(bytes) => {
+                    if writer.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                ConnCommand::Close => break,
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let mut framer = StreamFramer::new(shared.limits.max_message);
+    let mut buf = vec![0u8; 16 * 1024];
+    'read: loop {
+        let n = tokio::select! {
+            r = tokio::time::timeout(shared.limits.idle_timeout, reader.read(&mut buf)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break 'read,
+                Ok(Ok(n)) => n,
+            },
+            _ = tx.closed() => break 'read,
+        };
+        framer.push(&buf[..n]);
+        loop {
+            match framer.next_frame() {
+                Ok(None) => break,
+                Ok(Some(Frame::Ping)) => {
+                    let _ = tx.try_send(ConnCommand::Send(b"\r\n".to_vec()));
+                }
+                Ok(Some(Frame::Pong)) => {}
+                Ok(Some(Frame::Message { head, body })) => {
+                    if shared
+                        .core
+                        .send(Inbound::Message {
+                            conn,
+                            transport,
+                            from: remote,
+                            head,
+                            body,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break 'read;
+                    }
+                }
+                Err(error) => {
+                    tracing::info!("{transport:?} connection from {remote}: {error}; closing it");
+                    let _ = shared
+                        .core
+                        .send(Inbound::BadFrame {
+                            conn,
+                            transport,
+                            from: remote,
+                            error,
+                        })
+                        .await;
+                    break 'read;
+                }
+            }
+        }
+    }
+    let _ = shared.core.send(Inbound::Closed { conn }).await;
+    // Give the core's last words (a 400 or 513) a moment to leave, then close.
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+}

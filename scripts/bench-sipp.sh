@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# SIP transaction rate of `watrunk serve` next to a SIPp UAS measured in the same run: the same SIPp UAC
+# sends OPTIONS (-> 200) over UDP at increasing rates to each, and the highest rate with no failed
+# transaction is reported, plus the ratio. Machines are shared and noisy: the ratio is the figure to read.
+#   scripts/bench-sipp.sh [seconds-per-step]        (needs sip-tester; builds watrunk --release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+cargo build --release -q -p watrunk
+work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+scen=$PWD/tests/peers/sipp
+
+uac() { # target rate -> exit status of sipp
+  local target=$1 rate=$2
+  timeout $((secs + 30)) sipp -sf "$scen/options.xml" -s probe -t u1 -i 127.0.0.1 -p 0 "$target" \
+    -r "$rate" -m $((rate * secs)) -nostdin -timeout $((secs + 20)) -timeout_error -buff_size 8388608 \
+    -trace_stat -stf "$work/stat-$3-$rate.csv" >"$work/uac-$3-$rate.log" 2>&1
+}
+
+max_rate() { # target label
+  local best=0
+  for rate in 500 1000 2000 4000 6000 8000 10000; do
+    if uac "$1" "$rate" "$2"; then best=$rate; else break; fi
+  done
+  echo "$best"
+}
+
+./target/release/watrunk serve --hostname localhost --tls 127.0.0.1:0 --udp 127.0.0.1:25060 --state-dir "$work" 2>"$work/watrunk.log" &
+sleep 1
+sipp -sf "$scen/uas_options.xml" -t u1 -i 127.0.0.1 -p 25070 -bg -buff_size 8388608 >/dev/null 2>&1
+sleep 0.5
+
+w=$(max_rate 127.0.0.1:25060 watrunk)
+s=$(max_rate 127.0.0.1:25070 sipp)
+pkill -f -- '-p 25070' || true
+echo "nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "steps: ${secs}s each at 500,1000,2000,4000,6000,8000,10000 OPTIONS/s; highest step with 0 failed transactions:"
+echo "watrunk serve: $w/s"
+echo "SIPp UAS:      $s/s"
+if [ "$s" -gt 0 ]; then echo "ratio watrunk/SIPp: $(awk -v a="$w" -v b="$s" 'BEGIN{printf "%.2f", a/b}')"; fi

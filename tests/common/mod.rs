@@ -1,0 +1,410 @@
+//! Harness for tests that run the real `watrunk` binary and real third-party peers: start a server on
+//! ephemeral ports (read back from its log), talk to it over UDP/TCP/TLS with blocking sockets, and find
+//! the tools (SIPp, stunnel, Kamailio) the test script installs.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
+}
+
+pub fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers")
+}
+
+pub fn read_data(rel: &str) -> Vec<u8> {
+    let p = data_dir().join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_watrunk"))
+}
+
+/// A required external tool; the test command (scripts/test.sh) installs it, so its absence is a failure.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run scripts/test.sh, which installs the test peers");
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "watrunk-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish() & 0xffff_ffff
+}
+
+/// A running `watrunk serve`, killed on drop. Its log is collected for assertions.
+pub struct Server {
+    child: Child,
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub state: TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `watrunk serve --hostname localhost` with UDP, TCP and TLS on ephemeral loopback ports plus
+    /// `extra` flags, and waits until every listener is up.
+    pub fn start(extra: &[&str]) -> Server {
+        let state = TempDir::new("serve");
+        let mut child = Command::new(bin())
+            .args([
+                "serve",
+                "--hostname",
+                "localhost",
+                "--udp",
+                "127.0.0.1:0",
+                "--tcp",
+                "127.0.0.1:0",
+                "--tls",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(extra)
+            .env("WATRUNK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start watrunk serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push_str(&line);
+                log2.lock().unwrap().push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        let (mut udp, mut tcp, mut tls) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while udp.is_none() || tcp.is_none() || tls.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server did not start:\n{}", log.lock().unwrap()));
+            let addr = || {
+                line.split(" on ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse().ok())
+            };
+            if line.contains("SIP over UDP on") {
+                udp = addr();
+            } else if line.contains("SIP over TCP on") {
+                tcp = addr();
+            } else if line.contains("SIP over TLS on") {
+                tls = addr();
+            }
+        }
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Server {
+            child,
+            udp,
+            tcp,
+            tls,
+            state,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The self-signed certificate the server made for `localhost`.
+    pub fn cert_path(&self) -> PathBuf {
+        self.state.path().join("localhost.selfsigned.crt")
+    }
+
+    pub fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "watrunk exited:\n{}",
+            self.log()
+        );
+        assert!(
+            !self.log().contains("panicked"),
+            "watrunk panicked:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(self.cert_path()).unwrap();
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
+
+    pub fn tls_connect(&self) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let tcp = TcpStream::connect(self.tls.unwrap()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn =
+            rustls::ClientConnection::new(self.tls_config(), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.flush().unwrap();
+        while s.conn.is_handshaking() {
+            s.conn
+                .complete_io(&mut s.sock)
+                .expect("TLS handshake with watrunk");
+        }
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one datagram and waits up to `wait` for one answer.
+pub fn udp_exchange(to: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(wait)).unwrap();
+    sock.send_to(bytes, to).unwrap();
+    let mut buf = vec![0u8; 65536];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// What a stream peer saw after sending a message.
+#[derive(Debug)]
+pub struct StreamOutcome {
+    pub response: Option<Vec<u8>>,
+    pub closed: bool,
+}
+
+/// Writes `bytes`, then reads one framed response (if any) within `wait` and whether the server closed.
+pub fn stream_exchange<S: Read + Write>(
+    stream: &mut S,
+    bytes: &[u8],
+    wait: Duration,
+) -> StreamOutcome {
+    stream.write_all(bytes).unwrap();
+    stream.flush().unwrap();
+    read_stream_response(stream, wait)
+}
+
+pub fn read_stream_response<S: Read>(stream: &mut S, wait: Duration) -> StreamOutcome {
+    let deadline = Instant::now() + wait;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut closed = false;
+    let mut response = None;
+    while Instant::now() < deadline {
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                if response.is_some() {
+                    break;
+                }
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        if response.is_none() {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                response = Some(buf[..end + 4].to_vec());
+            }
+        }
+    }
+    StreamOutcome { response, closed }
+}
+
+/// Status code and reason phrase of a response.
+pub fn status_of(resp: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(resp);
+    let line = text.lines().next().unwrap_or_default();
+    let mut parts = line.splitn(3, ' ');
+    let _ = parts.next();
+    let code = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, parts.next().unwrap_or_default().to_string())
+}
+
+pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        let n = n.trim();
+        let compact = match name.to_ascii_lowercase().as_str() {
+            "call-id" => "i",
+            "via" => "v",
+            "to" => "t",
+            "from" => "f",
+            _ => "",
+        };
+        (n.eq_ignore_ascii_case(name) || (!compact.is_empty() && n.eq_ignore_ascii_case(compact)))
+            .then(|| v.trim())
+    })
+}
+
+pub fn options_request(transport: &str, local: &str, call_id: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:probe@localhost SIP/2.0\r\nVia: SIP/2.0/{transport} {local};branch=z9hG4bK{call_id};rport\r\nMax-Forwards: 70\r\nTo: <sip:probe@localhost>\r\nFrom: <sip:tester@localhost>;tag=t{call_id}\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Runs a command to completion with a time limit; returns (success, stdout+stderr).
+pub fn run(cmd: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            return (status.success(), out);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (false, format!("timed out after {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free loopback port (bound and released; good enough for peers that need a port number up front).
+pub fn free_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let u = UdpSocket::bind(s.local_addr().unwrap());
+    match u {
+        Ok(_) => s.local_addr().unwrap().port(),
+        Err(_) => free_port(),
+    }
+}
+
+/// A background process killed on drop (stunnel, kamailio).
+pub struct Background {
+    pub child: Child,
+    pub name: &'static str,
+    pub log: PathBuf,
+}
+
+impl Background {
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Background {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Background { child, name, log }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_tcp(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Throw-away CA + server certificate for `localhost` (certs/gen-dev-ca.sh), made at test time.
+pub fn dev_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../certs/gen-dev-ca.sh");
+    let (ok, out) = run(
+        Command::new("sh").arg(script).arg(dir).arg("localhost"),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "gen-dev-ca.sh failed: {out}");
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
