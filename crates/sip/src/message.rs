@@ -465,6 +465,38 @@ fn write_headers(out: &mut String, headers: &Headers, body_len: usize) {
     let _ = write!(out, "Content-Length: {body_len}\r\n\r\n");
 }
 
+/// Typed views of the headers every request and response carries (both types share them).
+macro_rules! core_header_accessors {
+    () => {
+        pub fn top_via(&self) -> Option<Via> {
+            self.headers
+                .values("Via")
+                .next()
+                .and_then(|v| Via::parse(v).ok())
+        }
+
+        pub fn cseq(&self) -> Option<CSeq> {
+            self.headers.get("CSeq").and_then(|v| CSeq::parse(v).ok())
+        }
+
+        pub fn call_id(&self) -> Option<&str> {
+            self.headers.get("Call-ID")
+        }
+
+        pub fn from(&self) -> Option<NameAddr> {
+            self.headers
+                .get("From")
+                .and_then(|v| NameAddr::parse(v, "From").ok())
+        }
+
+        pub fn to(&self) -> Option<NameAddr> {
+            self.headers
+                .get("To")
+                .and_then(|v| NameAddr::parse(v, "To").ok())
+        }
+    };
+}
+
 impl Request {
     pub fn new(method: Method, uri: Uri) -> Self {
         Request {
@@ -483,32 +515,7 @@ impl Request {
         out
     }
 
-    pub fn top_via(&self) -> Option<Via> {
-        self.headers
-            .values("Via")
-            .next()
-            .and_then(|v| Via::parse(v).ok())
-    }
-
-    pub fn cseq(&self) -> Option<CSeq> {
-        self.headers.get("CSeq").and_then(|v| CSeq::parse(v).ok())
-    }
-
-    pub fn call_id(&self) -> Option<&str> {
-        self.headers.get("Call-ID")
-    }
-
-    pub fn from(&self) -> Option<NameAddr> {
-        self.headers
-            .get("From")
-            .and_then(|v| NameAddr::parse(v, "From").ok())
-    }
-
-    pub fn to(&self) -> Option<NameAddr> {
-        self.headers
-            .get("To")
-            .and_then(|v| NameAddr::parse(v, "To").ok())
-    }
+    core_header_accessors!();
 
     pub fn max_forwards(&self) -> Option<u32> {
         self.headers
@@ -558,32 +565,7 @@ impl Response {
         out
     }
 
-    pub fn top_via(&self) -> Option<Via> {
-        self.headers
-            .values("Via")
-            .next()
-            .and_then(|v| Via::parse(v).ok())
-    }
-
-    pub fn cseq(&self) -> Option<CSeq> {
-        self.headers.get("CSeq").and_then(|v| CSeq::parse(v).ok())
-    }
-
-    pub fn call_id(&self) -> Option<&str> {
-        self.headers.get("Call-ID")
-    }
-
-    pub fn from(&self) -> Option<NameAddr> {
-        self.headers
-            .get("From")
-            .and_then(|v| NameAddr::parse(v, "From").ok())
-    }
-
-    pub fn to(&self) -> Option<NameAddr> {
-        self.headers
-            .get("To")
-            .and_then(|v| NameAddr::parse(v, "To").ok())
-    }
+    core_header_accessors!();
 }
 
 /// Default reason phrases (RFC 3261 §21 and extensions).
