@@ -56,7 +56,7 @@ pub async fn run(cfg: ServeConfig) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind TCP {addr} (listen.tcp)"))?;
         tracing::info!("SIP over TCP on {}", l.local_addr()?);
-        tokio::spawn(transport::run_tcp_listener(l, shared.clone()));
+        tokio::spawn(transport::run_stream_listener(l, None, shared.clone()));
     }
     if let Some(addr) = cfg.tls {
         let (server_cfg, origin) = tls::server_config(&tls::CertSource {
@@ -82,9 +82,9 @@ pub async fn run(cfg: ServeConfig) -> Result<()> {
             .await
             .with_context(|| format!("cannot bind TLS {addr} (listen.tls)"))?;
         tracing::info!("SIP over TLS on {} as {}", l.local_addr()?, cfg.hostname);
-        tokio::spawn(transport::run_tls_listener(
+        tokio::spawn(transport::run_stream_listener(
             l,
-            TlsAcceptor::from(server_cfg),
+            Some(TlsAcceptor::from(server_cfg)),
             shared.clone(),
         ));
     }

@@ -131,7 +131,9 @@ pub async fn run_udp(socket: Arc<UdpSocket>, index: usize, shared: Shared) {
     }
 }
 
-pub async fn run_tcp_listener(listener: TcpListener, shared: Shared) {
+/// Accepts TCP connections (with `tls`: TLS over them, within the handshake time limit) and serves each
+/// in its own task, refusing connections beyond the configured limit.
+pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             continue;
@@ -144,48 +146,23 @@ pub async fn run_tcp_listener(listener: TcpListener, shared: Shared) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let local = stream.local_addr().unwrap_or(remote);
-            serve_stream(
-                stream,
-                remote,
-                local,
-                Transport::Tcp,
-                next_conn_id(),
-                shared,
-            )
-            .await;
-            drop(permit);
-        });
-    }
-}
-
-pub async fn run_tls_listener(listener: TcpListener, acceptor: TlsAcceptor, shared: Shared) {
-    loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
-        };
-        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                "connection limit {} reached: refusing {remote}",
-                shared.limits.max_connections
-            );
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let shared = shared.clone();
         let local = stream.local_addr().unwrap_or(remote);
         tokio::spawn(async move {
-            match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => {
-                    serve_stream(tls, remote, local, Transport::Tls, next_conn_id(), shared).await
+            let conn = next_conn_id();
+            match tls {
+                None => serve_stream(stream, remote, local, Transport::Tcp, conn, shared).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
+                        Ok(Ok(tls)) => {
+                            serve_stream(tls, remote, local, Transport::Tls, conn, shared).await
+                        }
+                        Ok(Err(e)) => tracing::info!("TLS handshake with {remote} failed: {e}"),
+                        Err(_) => tracing::info!("TLS handshake with {remote} timed out"),
+                    }
                 }
-                Ok(Err(e)) => tracing::info!("TLS handshake with {remote} failed: {e}"),
-                Err(_) => tracing::info!("TLS handshake with {remote} timed out"),
             }
             drop(permit);
         });
