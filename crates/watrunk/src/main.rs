@@ -1,8 +1,9 @@
 //! The watrunk command line: `serve` runs the trunk endpoint, `probe` sends one request as a client
-//! (digest included) to check a peer or proxy.
+//! (digest included) to check a peer or proxy, `sdp` runs the SDP negotiator on files.
 
 mod client;
 mod config;
+mod sdp_cli;
 mod server;
 mod tls;
 mod transport;
@@ -26,10 +27,18 @@ enum Command {
     Serve(config::ServeArgs),
     /// Send one request (OPTIONS by default) and print the final response; answers 401/407 once.
     Probe(client::ProbeArgs),
+    /// SDP negotiation from the command line: answer, offer, accept an answer, check a profile.
+    Sdp {
+        #[command(subcommand)]
+        command: sdp_cli::SdpCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Sdp { command } = cli.command {
+        return sdp_cli::run(command);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WATRUNK_LOG")
@@ -57,6 +66,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Command::Probe(args) => client::probe(args).await,
+            Command::Sdp { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

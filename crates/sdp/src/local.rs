@@ -1,0 +1,168 @@
+//! What we bring to a negotiation: the profile, our ICE credentials, host candidates, certificate
+//! fingerprint, SSRC and SDES key. Random values are made here by `LocalMedia::generate` (CSPRNG) so
+//! the negotiation functions stay pure and tests can pin every value.
+
+use std::net::SocketAddr;
+
+use rand::{rngs::OsRng, Rng, RngCore};
+use serde::Serialize;
+
+use crate::plan::Fingerprint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    #[serde(rename = "whatsapp")]
+    /// Meta's WhatsApp relay: Opus only, ICE + DTLS-SRTP or SDES, one SSRC, rtcp-mux.
+    WhatsApp,
+    /// A PBX over plain SIP: RTP/AVP or RTP/SAVP (SDES) with a configurable codec list.
+    Pbx,
+}
+
+/// How media keys are agreed on the leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Security {
+    /// ICE + DTLS-SRTP (UDP/TLS/RTP/SAVPF). WhatsApp only.
+    Dtls,
+    /// RTP/SAVP with a=crypto (RFC 4568).
+    Sdes,
+    /// RTP/AVP. PBX only.
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    /// opus/48000/2
+    Opus,
+    /// PCMU/8000 (static PT 0)
+    Pcmu,
+    /// PCMA/8000 (static PT 8)
+    Pcma,
+    /// telephone-event/8000 (RFC 4733)
+    TelephoneEvent,
+}
+
+impl Codec {
+    pub fn encoding(self) -> &'static str {
+        match self {
+            Codec::Opus => "opus",
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+            Codec::TelephoneEvent => "telephone-event",
+        }
+    }
+
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Codec::Opus => 48000,
+            _ => 8000,
+        }
+    }
+
+    /// The rtpmap channel parameter, where one is written.
+    pub fn channels(self) -> Option<u32> {
+        match self {
+            Codec::Opus => Some(2),
+            _ => None,
+        }
+    }
+
+    /// The payload type we use when we offer the codec.
+    pub fn default_pt(self) -> u8 {
+        match self {
+            Codec::Opus => 111,
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+            Codec::TelephoneEvent => 126,
+        }
+    }
+
+    pub fn rtpmap(self, pt: u8) -> String {
+        match self.channels() {
+            Some(ch) => format!("{pt} {}/{}/{ch}", self.encoding(), self.clock_rate()),
+            None => format!("{pt} {}/{}", self.encoding(), self.clock_rate()),
+        }
+    }
+
+    /// Parses a codec name as used in configuration: `opus`, `pcmu`, `pcma`, `telephone-event`.
+    pub fn from_name(name: &str) -> Option<Codec> {
+        match name.to_ascii_lowercase().as_str() {
+            "opus" | "opus/48000/2" => Some(Codec::Opus),
+            "pcmu" | "pcmu/8000" | "g711u" => Some(Codec::Pcmu),
+            "pcma" | "pcma/8000" | "g711a" => Some(Codec::Pcma),
+            "telephone-event" | "telephone-event/8000" | "dtmf" => Some(Codec::TelephoneEvent),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMedia {
+    pub profile: Profile,
+    pub security: Security,
+    pub ice_ufrag: String,
+    pub ice_pwd: String,
+    /// Host candidates (and the c=/m= default address: the first IPv4 one, else the first).
+    pub candidates: Vec<SocketAddr>,
+    /// sha-256 of our DTLS certificate. Required for `Security::Dtls`.
+    pub fingerprint: Option<Fingerprint>,
+    pub ssrc: u32,
+    pub cname: String,
+    /// SDES master key + salt (30 octets), used for every suite we offer or answer.
+    pub sdes_key: [u8; 30],
+    /// PBX profile: the codecs we accept, in our order of preference.
+    pub codecs: Vec<Codec>,
+    /// o= session id.
+    pub session_id: u64,
+}
+
+impl LocalMedia {
+    /// Fresh random credentials, SSRC, CNAME and SDES key from the OS CSPRNG.
+    pub fn generate(profile: Profile, security: Security) -> LocalMedia {
+        let mut rng = OsRng;
+        let mut sdes_key = [0u8; 30];
+        rng.fill_bytes(&mut sdes_key);
+        LocalMedia {
+            profile,
+            security,
+            ice_ufrag: random_ice_chars(&mut rng, 8),
+            ice_pwd: random_ice_chars(&mut rng, 24),
+            candidates: Vec::new(),
+            fingerprint: None,
+            ssrc: rng.gen(),
+            cname: random_ice_chars(&mut rng, 16).replace(['+', '/'], "x"),
+            sdes_key,
+            codecs: vec![Codec::Opus, Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent],
+            session_id: rng.gen_range(1..=i64::MAX as u64),
+        }
+    }
+
+    pub fn with_candidates(mut self, candidates: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.candidates = candidates.into_iter().collect();
+        self
+    }
+
+    pub fn with_fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// The address written in c= and m=: the first IPv4 candidate, else the first one.
+    pub fn default_address(&self) -> Option<SocketAddr> {
+        self.candidates
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| self.candidates.first())
+            .copied()
+    }
+}
+
+/// ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839 §5.4).
+fn random_ice_chars(rng: &mut impl Rng, len: usize) -> String {
+    const ICE_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    (0..len)
+        .map(|_| ICE_CHARS[rng.gen_range(0..ICE_CHARS.len())] as char)
+        .collect()
+}

@@ -1,0 +1,232 @@
+//! The WhatsApp profile (WHATSAPP-SIP §6): our answer to Meta's offer (§6.6) and our offer for
+//! business-initiated calls (§6.7), each with DTLS-SRTP or SDES keying.
+//!
+//! The answer follows the offer's key exchange (UDP/TLS/RTP/SAVPF → DTLS, RTP/SAVP → SDES): Meta
+//! picks it from the number's settings, and refusing a call because our copy of that setting differs
+//! would help nobody. Our own offers use `LocalMedia::security`.
+
+use sdp_types::Session;
+
+use crate::error::SdpError;
+use crate::inspect::{self, AudioFacts};
+use crate::local::{Codec, LocalMedia, Profile, Security};
+use crate::plan::{Keying, MediaPlan, SdesSuite, Transcoding};
+use crate::rules::{self, Mode};
+use crate::write::{self, Stream};
+use crate::OfferState;
+
+/// Meta assumes payload type 126 for telephone-event when none is negotiated (WHATSAPP-SIP §7.6).
+pub const DEFAULT_DTMF_PT: u8 = 126;
+const OPUS_PT: u8 = 111;
+const MID: &str = "audio";
+
+pub(crate) fn answer(
+    offer: &Session,
+    local: &LocalMedia,
+) -> Result<(Session, MediaPlan), SdpError> {
+    let facts = inspect::audio(offer)?;
+    if let Some(first) = rules::whatsapp_stream(&facts).into_iter().next() {
+        return Err(first);
+    }
+    let mode = rules::whatsapp_mode(&facts)?;
+    let opus_pt = facts.opus().map(|f| f.pt).ok_or(SdpError::NoOpus)?;
+    let dtmf_pt = facts.dtmf().map(|f| f.pt);
+
+    let (keying, setup, crypto, remote_ice) = match mode {
+        Mode::Dtls => {
+            let remote_ice = rules::remote_ice(&facts, true)?;
+            let fingerprint = rules::remote_fingerprint(&facts)?;
+            let (role, setup) = rules::answer_setup(&facts)?;
+            (
+                Keying::Dtls { fingerprint, role },
+                Some(setup),
+                Vec::new(),
+                remote_ice,
+            )
+        }
+        Mode::Sdes => {
+            let (tag, suite, remote_key) = rules::choose_crypto(&facts)?;
+            let remote_ice = rules::remote_ice(&facts, false)?;
+            if remote_ice.is_none() && facts.default_destination().is_none() {
+                return Err(SdpError::NoConnection);
+            }
+            (
+                Keying::Sdes {
+                    suite,
+                    local_key: local.sdes_key.to_vec(),
+                    remote_key,
+                    tag,
+                },
+                None,
+                vec![(tag, suite)],
+                remote_ice,
+            )
+        }
+    };
+    if mode == Mode::Dtls && local.fingerprint.is_none() {
+        return Err(SdpError::Local(
+            "DTLS answer without a certificate fingerprint".into(),
+        ));
+    }
+
+    let mut formats = vec![(opus_pt, Codec::Opus)];
+    if let Some(pt) = dtmf_pt {
+        formats.push((pt, Codec::TelephoneEvent));
+    }
+    let direction = facts.direction.answer();
+    let stream = Stream {
+        local,
+        proto: match mode {
+            Mode::Dtls => "UDP/TLS/RTP/SAVPF",
+            Mode::Sdes => "RTP/SAVP",
+        },
+        formats,
+        mid: facts.mid.clone(),
+        bundle: facts.bundle && facts.mid.is_some(),
+        ice: remote_ice.is_some(),
+        setup,
+        crypto,
+        rtcp_mux: true,
+        maxptime: true,
+        direction,
+    };
+    let others = offer
+        .medias
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != facts.index)
+        .map(|(_, m)| write::rejected(m))
+        .collect();
+    let sdp = write::session(&stream, facts.index, others);
+    let plan = plan(&facts, remote_ice, keying, opus_pt, dtmf_pt, direction);
+    Ok((sdp, plan))
+}
+
+fn plan(
+    facts: &AudioFacts,
+    remote_ice: Option<crate::plan::RemoteIce>,
+    keying: Keying,
+    audio_pt: u8,
+    dtmf_pt: Option<u8>,
+    direction: crate::plan::Direction,
+) -> MediaPlan {
+    MediaPlan {
+        profile: Profile::WhatsApp,
+        remote_ice,
+        remote_rtp: facts.default_destination(),
+        keying,
+        codec: Codec::Opus,
+        audio_pt,
+        dtmf_pt: Some(dtmf_pt.unwrap_or(DEFAULT_DTMF_PT)),
+        remote_ssrc: single_ssrc(facts),
+        ptime: 20,
+        rtcp_mux: true,
+        mid: facts.mid.clone(),
+        direction,
+        transcoding: Transcoding::None,
+    }
+}
+
+pub(crate) fn single_ssrc(facts: &AudioFacts) -> Option<u32> {
+    (facts.ssrcs.len() == 1)
+        .then(|| facts.ssrcs.iter().next().copied())
+        .flatten()
+}
+
+pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
+    let (proto, ice, setup, crypto) = match local.security {
+        Security::Dtls => {
+            if local.fingerprint.is_none() {
+                return Err(SdpError::Local(
+                    "DTLS offer without a certificate fingerprint".into(),
+                ));
+            }
+            ("UDP/TLS/RTP/SAVPF", true, Some("actpass"), Vec::new())
+        }
+        Security::Sdes => {
+            if local.default_address().is_none() {
+                return Err(SdpError::Local(
+                    "an SDES offer needs a media address (there is no ICE to find one)".into(),
+                ));
+            }
+            let crypto = SdesSuite::PREFERENCE
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as u32 + 1, *s))
+                .collect();
+            ("RTP/SAVP", false, None, crypto)
+        }
+        Security::Plain => {
+            return Err(SdpError::Local(
+                "the WhatsApp profile needs DTLS or SDES, not plain RTP".into(),
+            ))
+        }
+    };
+    let formats = vec![
+        (OPUS_PT, Codec::Opus),
+        (DEFAULT_DTMF_PT, Codec::TelephoneEvent),
+    ];
+    let stream = Stream {
+        local,
+        proto,
+        formats: formats.clone(),
+        mid: Some(MID.into()),
+        bundle: true,
+        ice,
+        setup,
+        crypto: crypto.clone(),
+        rtcp_mux: true,
+        maxptime: true,
+        direction: crate::plan::Direction::SendRecv,
+    };
+    Ok(OfferState {
+        local: local.clone(),
+        sdp: write::session(&stream, 0, Vec::new()),
+        formats,
+        crypto,
+    })
+}
+
+pub(crate) fn accept_answer(state: &OfferState, answer: &Session) -> Result<MediaPlan, SdpError> {
+    let facts = inspect::audio(answer)?;
+    if let Some(first) = rules::whatsapp_stream(&facts).into_iter().next() {
+        return Err(first);
+    }
+    let mode = rules::whatsapp_mode(&facts)?;
+    let offered_mode = match state.local.security {
+        Security::Sdes => Mode::Sdes,
+        _ => Mode::Dtls,
+    };
+    if mode != offered_mode {
+        return Err(SdpError::Transport {
+            got: facts.proto_text.clone(),
+            want: match offered_mode {
+                Mode::Dtls => "UDP/TLS/RTP/SAVPF, as offered",
+                Mode::Sdes => "RTP/SAVP, as offered",
+            },
+        });
+    }
+    let opus_pt = facts.opus().map(|f| f.pt).ok_or(SdpError::NoOpus)?;
+    let dtmf_pt = facts.dtmf().map(|f| f.pt);
+    let (keying, remote_ice) = match mode {
+        Mode::Dtls => {
+            let remote_ice = rules::remote_ice(&facts, true)?;
+            let fingerprint = rules::remote_fingerprint(&facts)?;
+            let role = rules::accepted_setup(&facts)?;
+            (Keying::Dtls { fingerprint, role }, remote_ice)
+        }
+        Mode::Sdes => {
+            let keying = rules::accepted_crypto(&facts, &state.crypto, &state.local.sdes_key)?;
+            let remote_ice = rules::remote_ice(&facts, false)?;
+            if remote_ice.is_none() && facts.default_destination().is_none() {
+                return Err(SdpError::NoConnection);
+            }
+            (keying, remote_ice)
+        }
+    };
+    // Our direction is the mirror of the answerer's.
+    let direction = facts.direction.answer();
+    Ok(plan(
+        &facts, remote_ice, keying, opus_pt, dtmf_pt, direction,
+    ))
+}
