@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the system packages the tests need
-# (real SIP peers: SIPp, stunnel, Kamailio) when missing, then formatting, lints and every test.
+# (real SIP peers: SIPp, stunnel, Kamailio; real media peers: rtpengine, aiortc) when missing, then formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,12 @@ command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Media interop: rtpengine as Meta's ICE-lite stand-in, tcpdump for who-sent-first, aiortc's libopus
+# binding and numpy for the tone source and the frequency checks.
+command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+/usr/bin/python3 -c 'import aiortc' >/dev/null 2>&1 || need+=(python3-aiortc)
+/usr/bin/python3 -c 'import numpy' >/dev/null 2>&1 || need+=(python3-numpy)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -3,6 +3,7 @@
 
 mod client;
 mod config;
+mod media_cli;
 mod sdp_cli;
 mod server;
 mod tls;
@@ -27,6 +28,11 @@ enum Command {
     Serve(config::ServeArgs),
     /// Send one request (OPTIONS by default) and print the final response; answers 401/407 once.
     Probe(client::ProbeArgs),
+    /// Media without SIP: answer an SDP offer file and relay its audio to a local sink.
+    Media {
+        #[command(subcommand)]
+        command: media_cli::MediaCommand,
+    },
     /// SDP negotiation from the command line: answer, offer, accept an answer, check a profile.
     Sdp {
         #[command(subcommand)]
@@ -66,6 +72,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Command::Probe(args) => client::probe(args).await,
+            Command::Media { command } => media_cli::run(command).await,
             Command::Sdp { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -1,0 +1,28 @@
+//! watrunk-media: one call's media. ICE-full and controlling (webrtc-ice), DTLS-SRTP (dtls) or
+//! SDES-SRTP keys (webrtc-srtp), and the relay between SRTP toward the far side and plain RTP toward
+//! a local UDP sink, with one outbound SSRC and silence until the sink speaks (we send first).
+//!
+//! The boundary is `Prepared` (our candidates and fingerprint, for the SDP), `MediaPlan` (from
+//! watrunk-sdp) and `MediaEvent`s; nothing of webrtc-rs shows through it.
+
+mod demux;
+mod dtls_endpoint;
+pub mod restamp;
+mod session;
+
+pub use demux::{classify, is_rtcp, PacketKind};
+pub use session::{Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
+
+/// Whose fault a media failure is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// The far side broke the protocol or failed a check (fingerprint, keys, ICE).
+    #[error("peer: {0}")]
+    Peer(String),
+    /// Nothing answered in time.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// Our configuration or environment (address not on an interface, port in use).
+    #[error("local: {0}")]
+    Local(String),
+}

@@ -1,0 +1,191 @@
+//! One outbound RTP stream toward Meta whatever the sink does: packets from the sink and our own
+//! silence frames are written onto one SSRC with continuous sequence numbers and timestamps. A sink
+//! that restarts, changes SSRC or falls silent never shows the far side a second stream (WhatsApp
+//! keeps one SSRC per call). Allocation-free: it rewrites the header in place.
+
+use std::time::{Duration, Instant};
+
+/// 20 ms at Opus's 48 kHz RTP clock.
+pub const FRAME_TICKS: u32 = 960;
+pub const FRAME: Duration = Duration::from_millis(20);
+
+/// An Opus frame of silence (RFC 6716 TOC: config 31, CELT FB 20 ms, mono, one frame; payload that
+/// decodes to silence), what browsers send for DTX.
+pub const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    source_ssrc: u32,
+    seq_offset: u16,
+    ts_offset: u32,
+}
+
+#[derive(Debug)]
+pub struct Restamper {
+    ssrc: u32,
+    next_seq: u16,
+    last_ts: u32,
+    last_sent: Option<Instant>,
+    anchor: Option<Anchor>,
+}
+
+impl Restamper {
+    pub fn new(ssrc: u32, first_seq: u16, first_ts: u32) -> Restamper {
+        Restamper {
+            ssrc,
+            next_seq: first_seq,
+            last_ts: first_ts.wrapping_sub(FRAME_TICKS),
+            last_sent: None,
+            anchor: None,
+        }
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Timestamp for a new anchor: one frame after the last one sent, or as many frames as the wall
+    /// clock says have passed.
+    fn resume_ts(&self, now: Instant) -> u32 {
+        let frames = match self.last_sent {
+            Some(t) => (now.saturating_duration_since(t).as_millis() / 20).max(1) as u32,
+            None => 1,
+        };
+        self.last_ts.wrapping_add(FRAME_TICKS.wrapping_mul(frames))
+    }
+
+    /// Rewrites an RTP packet from the sink in place. Returns false (packet to drop) when it is not
+    /// an RTP packet of version 2 with a full header.
+    pub fn restamp(&mut self, packet: &mut [u8], now: Instant) -> bool {
+        if packet.len() < 12 || packet[0] >> 6 != 2 {
+            return false;
+        }
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        let ts = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+        let anchor = match self.anchor {
+            Some(a) if a.source_ssrc == ssrc => a,
+            _ => {
+                let a = Anchor {
+                    source_ssrc: ssrc,
+                    seq_offset: self.next_seq.wrapping_sub(seq),
+                    ts_offset: self.resume_ts(now).wrapping_sub(ts),
+                };
+                self.anchor = Some(a);
+                a
+            }
+        };
+        let out_seq = seq.wrapping_add(anchor.seq_offset);
+        let out_ts = ts.wrapping_add(anchor.ts_offset);
+        packet[2..4].copy_from_slice(&out_seq.to_be_bytes());
+        packet[4..8].copy_from_slice(&out_ts.to_be_bytes());
+        packet[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        // A reordered or duplicated sink packet must not move the stream backwards.
+        if out_seq.wrapping_sub(self.next_seq) < 0x8000 {
+            self.next_seq = out_seq.wrapping_add(1);
+            self.last_ts = out_ts;
+        }
+        self.last_sent = Some(now);
+        true
+    }
+
+    /// Writes one silence frame (12-octet header + `OPUS_SILENCE`) into `out`; returns its length.
+    /// The next sink packet is re-anchored after it.
+    pub fn silence(&mut self, payload_type: u8, out: &mut [u8; 15], now: Instant) -> usize {
+        let ts = self.resume_ts(now);
+        let seq = self.next_seq;
+        out[0] = 0x80;
+        out[1] = payload_type & 0x7f;
+        out[2..4].copy_from_slice(&seq.to_be_bytes());
+        out[4..8].copy_from_slice(&ts.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[12..].copy_from_slice(&OPUS_SILENCE);
+        self.next_seq = seq.wrapping_add(1);
+        self.last_ts = ts;
+        self.last_sent = Some(now);
+        self.anchor = None;
+        15
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(seq: u16, ts: u32, ssrc: u32) -> [u8; 14] {
+        let mut p = [0u8; 14];
+        p[0] = 0x80;
+        p[1] = 111;
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        p
+    }
+
+    fn fields(p: &[u8]) -> (u16, u32, u32) {
+        (
+            u16::from_be_bytes([p[2], p[3]]),
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+        )
+    }
+
+    #[test]
+    fn silence_then_sink_then_restarted_sink_is_one_continuous_stream() {
+        let t0 = Instant::now();
+        let mut r = Restamper::new(0xabcdef01, 1000, 50_000);
+        let mut buf = [0u8; 15];
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            r.silence(111, &mut buf, t0 + FRAME * i);
+            seen.push(fields(&buf));
+        }
+        for i in 0..3u16 {
+            let mut p = rtp(7000 + i, 123_456 + u32::from(i) * 960, 42);
+            assert!(r.restamp(&mut p, t0 + FRAME * (3 + u32::from(i))));
+            seen.push(fields(&p));
+        }
+        // The sink restarts with another SSRC and a random sequence.
+        for i in 0..3u16 {
+            let mut p = rtp(10 + i, 9 + u32::from(i) * 960, 77);
+            assert!(r.restamp(&mut p, t0 + FRAME * (6 + u32::from(i))));
+            seen.push(fields(&p));
+        }
+        for (i, (seq, ts, ssrc)) in seen.iter().enumerate() {
+            assert_eq!(*ssrc, 0xabcdef01);
+            assert_eq!(*seq, 1000 + i as u16, "{seen:?}");
+            assert_eq!(*ts, 50_000 + 960 * i as u32, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn wrapping_and_reordering() {
+        let t0 = Instant::now();
+        let mut r = Restamper::new(1, 65534, u32::MAX - 960);
+        let mut a = rtp(5, 0, 9);
+        let mut b = rtp(6, 960, 9);
+        let mut late = rtp(4, 0u32.wrapping_sub(960), 9);
+        assert!(r.restamp(&mut a, t0));
+        assert!(r.restamp(&mut b, t0 + FRAME));
+        assert!(r.restamp(&mut late, t0 + FRAME * 2));
+        assert_eq!(fields(&a).0, 65534);
+        assert_eq!(fields(&b).0, 65535);
+        assert_eq!(fields(&late).0, 65533);
+        let mut buf = [0u8; 15];
+        r.silence(111, &mut buf, t0 + FRAME * 3);
+        assert_eq!(
+            fields(&buf).0,
+            0,
+            "the late packet did not move the stream back"
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_rtp() {
+        let mut r = Restamper::new(1, 1, 1);
+        assert!(!r.restamp(&mut [0x80, 111, 0, 1], Instant::now()));
+        let mut v1 = rtp(1, 1, 1);
+        v1[0] = 0x40;
+        assert!(!r.restamp(&mut v1, Instant::now()));
+    }
+}

@@ -1,0 +1,760 @@
+//! One call's media, from a `MediaPlan` to relayed audio.
+//!
+//! ```text
+//! Prepared::new ── host candidates gathered, DTLS identity ready (they go into our SDP)
+//!     │ start(plan)
+//!     ▼
+//! Ice ── controlling checks (regular nomination) ──► IceConnected      (SDES without ICE: skipped)
+//!     ▼
+//! Secure ── DTLS handshake, fingerprint verified, keys exported ──► SecureUp   (SDES: keys from SDP)
+//!     ▼
+//! Relaying ── SRTP ⇄ RTP with the sink, silence until the sink speaks ──► FirstRtpOut, FirstRtpIn
+//!     ▼
+//! Ended ── stop() or Failed{reason}
+//! ```
+//!
+//! webrtc-rs does ICE (and keeps consent) and the DTLS handshake; the packets after set-up go through
+//! our own loop: one receive, one SRTP operation, one send.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+use watrunk_sdp::{DtlsRole, Fingerprint, Keying, MediaPlan, SdesSuite};
+use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
+use webrtc_dtls::conn::DTLSConn;
+use webrtc_dtls::crypto::Certificate;
+use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use webrtc_ice::agent::agent_config::AgentConfig;
+use webrtc_ice::agent::Agent;
+use webrtc_ice::candidate::candidate_base::unmarshal_candidate;
+use webrtc_ice::candidate::{Candidate, CandidateType};
+use webrtc_ice::mdns::MulticastDnsMode;
+use webrtc_ice::network_type::NetworkType;
+use webrtc_ice::state::ConnectionState;
+use webrtc_ice::udp_network::{EphemeralUDP, UDPNetwork};
+use webrtc_srtp::context::Context;
+use webrtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
+use webrtc_srtp::protection_profile::ProtectionProfile;
+use webrtc_util::{Conn, KeyingMaterialExporter};
+
+use crate::demux::{classify, is_rtcp, PacketKind};
+use crate::dtls_endpoint::DtlsEndpoint;
+use crate::restamp::{Restamper, FRAME};
+use crate::MediaError;
+
+const SRTP_REPLAY_WINDOW: usize = 128;
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
+const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+/// The sink counts as silent after this long without a packet; we fill in with silence frames.
+const SINK_SILENCE: Duration = Duration::from_millis(60);
+const MTU: usize = 1500;
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// The address our host candidates (and plain SDES socket) use.
+    pub media_ip: IpAddr,
+    /// ICE port range; (0, 0) for any port.
+    pub ports: (u16, u16),
+    /// Offer loopback candidates (tests on 127.0.0.1).
+    pub include_loopback: bool,
+    /// Where the call's local RTP port L is bound (port 0: any).
+    pub app_bind: SocketAddr,
+    /// The sink S: caller's RTP goes there, and only RTP from there is accepted.
+    pub sink: SocketAddr,
+    pub check_interval: Duration,
+}
+
+impl MediaConfig {
+    pub fn new(media_ip: IpAddr, app_bind: SocketAddr, sink: SocketAddr) -> MediaConfig {
+        MediaConfig {
+            media_ip,
+            ports: (0, 0),
+            include_loopback: media_ip.is_loopback(),
+            app_bind,
+            sink,
+            check_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Our DTLS certificate (ECDSA P-256) and its sha-256 fingerprint.
+#[derive(Clone)]
+pub struct Identity {
+    certificate: Certificate,
+    fingerprint: Fingerprint,
+}
+
+impl Identity {
+    pub fn generate() -> Result<Identity, MediaError> {
+        let certificate = Certificate::generate_self_signed(vec!["watrunk".to_string()])
+            .map_err(|e| MediaError::Local(format!("DTLS certificate: {e}")))?;
+        let fingerprint = Fingerprint::sha256(Sha256::digest(&certificate.certificate[0]).to_vec());
+        Ok(Identity {
+            certificate,
+            fingerprint,
+        })
+    }
+
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    IceConnected {
+        local: SocketAddr,
+        remote: SocketAddr,
+        elapsed: Duration,
+    },
+    SecureUp {
+        profile: &'static str,
+        elapsed: Duration,
+    },
+    FirstRtpOut {
+        elapsed: Duration,
+    },
+    FirstRtpIn {
+        elapsed: Duration,
+    },
+    Stats(Stats),
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub silence_out: u64,
+    /// SRTP packets that failed authentication or replay checks (dropped, never forwarded).
+    pub srtp_rejected: u64,
+    /// Packets on the sink port from anyone but the sink (ignored).
+    pub strangers: u64,
+}
+
+/// Media resources made before the SDP is written: our candidates and identity go into it.
+pub struct Prepared {
+    cfg: MediaConfig,
+    identity: Identity,
+    agent: Option<Arc<Agent>>,
+    plain: Option<Arc<UdpSocket>>,
+    ufrag: String,
+    pwd: String,
+    candidates: Vec<SocketAddr>,
+    app: UdpSocket,
+}
+
+impl Prepared {
+    /// Gathers host candidates on `cfg.media_ip` (ICE), or binds one plain socket there (`ice:
+    /// false`, SDES toward an offer without ICE), and binds the local RTP port.
+    pub async fn new(
+        cfg: MediaConfig,
+        identity: Identity,
+        ice: bool,
+    ) -> Result<Prepared, MediaError> {
+        let app = UdpSocket::bind(cfg.app_bind)
+            .await
+            .map_err(|e| MediaError::Local(format!("bind {}: {e}", cfg.app_bind)))?;
+        if !ice {
+            let plain = UdpSocket::bind(SocketAddr::new(cfg.media_ip, cfg.ports.0))
+                .await
+                .map_err(|e| MediaError::Local(format!("bind media address: {e}")))?;
+            let addr = plain
+                .local_addr()
+                .map_err(|e| MediaError::Local(e.to_string()))?;
+            return Ok(Prepared {
+                cfg,
+                identity,
+                agent: None,
+                plain: Some(Arc::new(plain)),
+                ufrag: String::new(),
+                pwd: String::new(),
+                candidates: vec![addr],
+                app,
+            });
+        }
+        let media_ip = cfg.media_ip;
+        let udp_network = UDPNetwork::Ephemeral(
+            EphemeralUDP::new(cfg.ports.0, cfg.ports.1)
+                .map_err(|e| MediaError::Local(format!("port range: {e}")))?,
+        );
+        let agent = Agent::new(AgentConfig {
+            network_types: vec![if media_ip.is_ipv4() {
+                NetworkType::Udp4
+            } else {
+                NetworkType::Udp6
+            }],
+            candidate_types: vec![CandidateType::Host],
+            udp_network,
+            is_controlling: true,
+            check_interval: cfg.check_interval,
+            multicast_dns_mode: MulticastDnsMode::Disabled,
+            include_loopback: cfg.include_loopback,
+            ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| ip == media_ip))),
+            disconnected_timeout: Some(Duration::from_secs(5)),
+            failed_timeout: Some(Duration::from_secs(25)),
+            keepalive_interval: Some(Duration::from_secs(2)),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| MediaError::Local(format!("ICE agent: {e}")))?;
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        agent.on_candidate(Box::new(
+            move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+                let done_tx = done_tx.clone();
+                Box::pin(async move {
+                    if c.is_none() {
+                        let _ = done_tx.try_send(());
+                    }
+                })
+            },
+        ));
+        agent
+            .gather_candidates()
+            .map_err(|e| MediaError::Local(format!("ICE gathering: {e}")))?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+        let candidates: Vec<SocketAddr> = agent
+            .get_local_candidates()
+            .await
+            .map_err(|e| MediaError::Local(format!("ICE candidates: {e}")))?
+            .iter()
+            .map(|c| c.addr())
+            .collect();
+        if candidates.is_empty() {
+            return Err(MediaError::Local(format!(
+                "no ICE host candidate on {media_ip} (is the address configured on an interface?)"
+            )));
+        }
+        let (ufrag, pwd) = agent.get_local_user_credentials().await;
+        Ok(Prepared {
+            cfg,
+            identity,
+            agent: Some(Arc::new(agent)),
+            plain: None,
+            ufrag,
+            pwd,
+            candidates,
+            app,
+        })
+    }
+
+    pub fn ice_credentials(&self) -> (&str, &str) {
+        (&self.ufrag, &self.pwd)
+    }
+
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.candidates
+    }
+
+    pub fn fingerprint(&self) -> &Fingerprint {
+        self.identity.fingerprint()
+    }
+
+    /// The call's local RTP port L (the application sends its audio here).
+    pub fn app_addr(&self) -> SocketAddr {
+        self.app.local_addr().expect("bound socket")
+    }
+
+    /// Starts the media for `plan`; `ssrc` is the one outbound SSRC announced in our SDP.
+    pub fn start(self, plan: MediaPlan, ssrc: u32) -> MediaSession {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let app_addr = self.app_addr();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = run(self, plan, ssrc, started, events_tx.clone()) => r,
+                _ = stop_rx => Ok(()),
+            };
+            if let Err(e) = result {
+                let _ = events_tx
+                    .send(MediaEvent::Failed {
+                        reason: e.to_string(),
+                    })
+                    .await;
+            }
+        });
+        MediaSession {
+            events: events_rx,
+            stop: Some(stop_tx),
+            task,
+            app_addr,
+        }
+    }
+}
+
+pub struct MediaSession {
+    pub events: mpsc::Receiver<MediaEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    app_addr: SocketAddr,
+}
+
+impl MediaSession {
+    pub fn app_addr(&self) -> SocketAddr {
+        self.app_addr
+    }
+
+    /// Ends the media and waits until every socket and task of the call is gone.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+struct Keys {
+    outbound: Context,
+    inbound: Context,
+    profile: &'static str,
+    /// Kept open for alerts and close_notify until the call ends.
+    dtls: Option<DTLSConn>,
+}
+
+fn srtp_profile_of_suite(suite: SdesSuite) -> ProtectionProfile {
+    match suite {
+        SdesSuite::AesCm128HmacSha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+        SdesSuite::AesCm128HmacSha1_32 => ProtectionProfile::Aes128CmHmacSha1_32,
+    }
+}
+
+/// The one place where dtls's and srtp's profile enums meet.
+fn srtp_profile_of_dtls(p: SrtpProtectionProfile) -> Option<(ProtectionProfile, &'static str)> {
+    match p {
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some((
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            "SRTP_AES128_CM_HMAC_SHA1_80",
+        )),
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32 => Some((
+            ProtectionProfile::Aes128CmHmacSha1_32,
+            "SRTP_AES128_CM_HMAC_SHA1_32",
+        )),
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => {
+            Some((ProtectionProfile::AeadAes128Gcm, "SRTP_AEAD_AES_128_GCM"))
+        }
+        _ => None,
+    }
+}
+
+fn contexts(
+    profile: ProtectionProfile,
+    local: (&[u8], &[u8]),
+    remote: (&[u8], &[u8]),
+) -> Result<(Context, Context), MediaError> {
+    let outbound = Context::new(local.0, local.1, profile, None, None)
+        .map_err(|e| MediaError::Local(format!("SRTP context: {e}")))?;
+    let inbound = Context::new(
+        remote.0,
+        remote.1,
+        profile,
+        Some(srtp_replay_protection(SRTP_REPLAY_WINDOW)),
+        Some(srtcp_replay_protection(SRTP_REPLAY_WINDOW)),
+    )
+    .map_err(|e| MediaError::Peer(format!("SRTP keys: {e}")))?;
+    Ok((outbound, inbound))
+}
+
+async fn run(
+    prepared: Prepared,
+    plan: MediaPlan,
+    ssrc: u32,
+    started: Instant,
+    events: mpsc::Sender<MediaEvent>,
+) -> Result<(), MediaError> {
+    let Prepared {
+        cfg,
+        identity,
+        agent,
+        plain,
+        app,
+        ..
+    } = prepared;
+
+    // ICE, or the plain socket of an SDES call without ICE.
+    let conn: Arc<dyn Conn + Send + Sync> = match (&agent, &plan.remote_ice) {
+        (Some(agent), Some(ice)) => {
+            for c in &ice.candidates {
+                let line = format!(
+                    "{} {} udp {} {} {} typ {}",
+                    c.foundation,
+                    c.component,
+                    c.priority,
+                    c.address.ip(),
+                    c.address.port(),
+                    c.typ
+                );
+                match unmarshal_candidate(&line) {
+                    Ok(candidate) => {
+                        let candidate: Arc<dyn Candidate + Send + Sync> = Arc::new(candidate);
+                        let _ = agent.add_remote_candidate(&candidate);
+                    }
+                    Err(e) => debug!("remote candidate {line:?} skipped: {e}"),
+                }
+            }
+            let (state_tx, mut state_rx) = mpsc::channel::<ConnectionState>(8);
+            agent.on_connection_state_change(Box::new(move |s| {
+                let state_tx = state_tx.clone();
+                Box::pin(async move {
+                    let _ = state_tx.try_send(s);
+                })
+            }));
+            let (_cancel_tx, cancel_rx) = mpsc::channel(1);
+            let conn = tokio::time::timeout(
+                SET_UP_TIMEOUT,
+                agent.dial(cancel_rx, ice.ufrag.clone(), ice.pwd.clone()),
+            )
+            .await
+            .map_err(|_| MediaError::Timeout("ICE: no candidate pair answered in 10 s".into()))?
+            .map_err(|e| MediaError::Peer(format!("ICE: {e}")))?;
+            let pair = agent.get_selected_candidate_pair();
+            let (local, remote) = pair.map(|p| (p.local.addr(), p.remote.addr())).unwrap_or((
+                conn.local_addr().unwrap_or(cfg.app_bind),
+                conn.remote_addr().unwrap_or(cfg.sink),
+            ));
+            let _ = events
+                .send(MediaEvent::IceConnected {
+                    local,
+                    remote,
+                    elapsed: started.elapsed(),
+                })
+                .await;
+            // Consent freshness (RFC 7675) is the agent's: a peer that stops answering ends the call.
+            let watch_events = events.clone();
+            tokio::spawn(async move {
+                while let Some(s) = state_rx.recv().await {
+                    if matches!(s, ConnectionState::Failed | ConnectionState::Disconnected) {
+                        let _ = watch_events
+                            .send(MediaEvent::Failed {
+                                reason: format!(
+                                    "ICE {s}: the peer stopped answering consent checks"
+                                ),
+                            })
+                            .await;
+                        if s == ConnectionState::Failed {
+                            break;
+                        }
+                    }
+                }
+            });
+            conn
+        }
+        (None, _) => {
+            let socket = plain.expect("plain socket without ICE");
+            let remote = plan
+                .remote_rtp
+                .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
+            socket
+                .connect(remote)
+                .await
+                .map_err(|e| MediaError::Local(format!("connect {remote}: {e}")))?;
+            socket
+        }
+        (Some(_), None) => {
+            return Err(MediaError::Local(
+                "prepared for ICE but the plan has no remote ICE agent".into(),
+            ))
+        }
+    };
+
+    // The reader owns the connection's receive side from here on; DTLS records go to the endpoint.
+    let (dtls_tx, dtls_rx) = mpsc::channel::<Vec<u8>>(32);
+    let (keys_tx, keys_rx) = oneshot::channel::<Context>();
+    let app = Arc::new(app);
+    let reader = tokio::spawn(read_loop(
+        conn.clone(),
+        dtls_tx,
+        keys_rx,
+        app.clone(),
+        cfg.sink,
+        started,
+        events.clone(),
+    ));
+
+    let secured = async {
+        match &plan.keying {
+            Keying::Dtls { fingerprint, role } => {
+                dtls_keys(conn.clone(), dtls_rx, &identity, fingerprint, *role).await
+            }
+            Keying::Sdes {
+                suite,
+                local_key,
+                remote_key,
+                ..
+            } => {
+                let profile = srtp_profile_of_suite(*suite);
+                let (outbound, inbound) = contexts(
+                    profile,
+                    (&local_key[..16], &local_key[16..30]),
+                    (&remote_key[..16], &remote_key[16..30]),
+                )?;
+                Ok(Keys {
+                    outbound,
+                    inbound,
+                    profile: suite.name(),
+                    dtls: None,
+                })
+            }
+            Keying::Plain => Err(MediaError::Local(
+                "plain RTP is for PBX legs, not this media session".into(),
+            )),
+        }
+    };
+    let keys = match tokio::time::timeout(SET_UP_TIMEOUT, secured).await {
+        Ok(k) => k?,
+        Err(_) => {
+            return Err(MediaError::Timeout(
+                "DTLS handshake did not finish in 10 s".into(),
+            ))
+        }
+    };
+    let _ = events
+        .send(MediaEvent::SecureUp {
+            profile: keys.profile,
+            elapsed: started.elapsed(),
+        })
+        .await;
+    let _ = keys_tx.send(keys.inbound);
+
+    let result = write_loop(
+        conn.clone(),
+        keys.outbound,
+        app,
+        cfg.sink,
+        plan.audio_pt,
+        ssrc,
+        started,
+        events,
+    )
+    .await;
+    reader.abort();
+    if let Some(dtls) = keys.dtls {
+        let _ = dtls.close().await;
+    }
+    if let Some(agent) = agent {
+        let _ = agent.close().await;
+    }
+    result
+}
+
+async fn dtls_keys(
+    conn: Arc<dyn Conn + Send + Sync>,
+    dtls_rx: mpsc::Receiver<Vec<u8>>,
+    identity: &Identity,
+    expected: &Fingerprint,
+    role: DtlsRole,
+) -> Result<Keys, MediaError> {
+    let expected_bytes = expected.bytes.clone();
+    let config = DtlsConfig {
+        certificates: vec![identity.certificate.clone()],
+        srtp_protection_profiles: vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ],
+        extended_master_secret: ExtendedMasterSecretType::Request,
+        // The certificate is self-signed by design (RFC 5763): trust comes from the SDP fingerprint.
+        insecure_skip_verify: true,
+        verify_peer_certificate: Some(Arc::new(move |certs: &[Vec<u8>], _| {
+            let Some(leaf) = certs.first() else {
+                return Err(webrtc_dtls::Error::Other(
+                    "the peer sent no certificate".into(),
+                ));
+            };
+            let got = Sha256::digest(leaf);
+            if got.as_slice() == expected_bytes.as_slice() {
+                Ok(())
+            } else {
+                Err(webrtc_dtls::Error::Other(format!(
+                    "the peer's certificate does not match the SDP fingerprint (got sha-256 {})",
+                    Fingerprint::sha256(got.to_vec()).hex()
+                )))
+            }
+        })),
+        ..Default::default()
+    };
+    let endpoint: Arc<dyn Conn + Send + Sync> = Arc::new(DtlsEndpoint::new(conn, dtls_rx));
+    let is_client = role == DtlsRole::Client;
+    let dtls = DTLSConn::new(endpoint, config, is_client, None)
+        .await
+        .map_err(|e| MediaError::Peer(format!("DTLS: {e}")))?;
+    let (profile, name) = srtp_profile_of_dtls(dtls.selected_srtpprotection_profile())
+        .ok_or_else(|| MediaError::Peer("DTLS: no SRTP protection profile agreed".into()))?;
+    let key_len = profile.key_len();
+    let salt_len = profile.salt_len();
+    let material = dtls
+        .connection_state()
+        .await
+        .export_keying_material("EXTRACTOR-dtls_srtp", &[], 2 * (key_len + salt_len))
+        .await
+        .map_err(|e| MediaError::Local(format!("DTLS key export: {e}")))?;
+    // RFC 5764 §4.2: client key, server key, client salt, server salt.
+    let (client_key, rest) = material.split_at(key_len);
+    let (server_key, rest) = rest.split_at(key_len);
+    let (client_salt, server_salt) = rest.split_at(salt_len);
+    let (local, remote) = if is_client {
+        ((client_key, client_salt), (server_key, server_salt))
+    } else {
+        ((server_key, server_salt), (client_key, client_salt))
+    };
+    let (outbound, inbound) = contexts(profile, local, remote)?;
+    Ok(Keys {
+        outbound,
+        inbound,
+        profile: name,
+        dtls: Some(dtls),
+    })
+}
+
+async fn read_loop(
+    conn: Arc<dyn Conn + Send + Sync>,
+    dtls_tx: mpsc::Sender<Vec<u8>>,
+    mut keys_rx: oneshot::Receiver<Context>,
+    app: Arc<UdpSocket>,
+    sink: SocketAddr,
+    started: Instant,
+    events: mpsc::Sender<MediaEvent>,
+) {
+    let mut buf = vec![0u8; MTU];
+    let mut inbound: Option<Context> = None;
+    let mut first = true;
+    loop {
+        let n = match conn.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        let packet = &buf[..n];
+        match classify(packet) {
+            PacketKind::Dtls => {
+                let _ = dtls_tx.try_send(packet.to_vec());
+            }
+            PacketKind::Rtp => {
+                if inbound.is_none() {
+                    inbound = keys_rx.try_recv().ok();
+                }
+                let Some(ctx) = inbound.as_mut() else {
+                    continue;
+                };
+                if is_rtcp(packet) {
+                    let _ = ctx.decrypt_rtcp(packet);
+                    continue;
+                }
+                match ctx.decrypt_rtp(packet) {
+                    Ok(rtp) => {
+                        let _ = app.send_to(&rtp, sink).await;
+                        if first {
+                            first = false;
+                            let _ = events
+                                .send(MediaEvent::FirstRtpIn {
+                                    elapsed: started.elapsed(),
+                                })
+                                .await;
+                        }
+                    }
+                    Err(e) => debug!("SRTP packet dropped: {e}"),
+                }
+            }
+            PacketKind::Stun | PacketKind::Other => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_loop(
+    conn: Arc<dyn Conn + Send + Sync>,
+    mut outbound: Context,
+    app: Arc<UdpSocket>,
+    sink: SocketAddr,
+    audio_pt: u8,
+    ssrc: u32,
+    started: Instant,
+    events: mpsc::Sender<MediaEvent>,
+) -> Result<(), MediaError> {
+    let mut restamper = Restamper::new(ssrc, rand::random(), rand::random());
+    let mut stats = Stats::default();
+    let mut buf = vec![0u8; MTU];
+    let mut silence = [0u8; 15];
+    let mut ticker = tokio::time::interval(FRAME);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut rtcp = tokio::time::interval(RTCP_INTERVAL);
+    let mut last_from_sink: Option<Instant> = None;
+    let mut first = true;
+    loop {
+        let (packet_len, from_sink) = tokio::select! {
+            r = app.recv_from(&mut buf) => {
+                let (n, from) = r.map_err(|e| MediaError::Local(format!("sink socket: {e}")))?;
+                if from != sink {
+                    stats.strangers += 1;
+                    continue;
+                }
+                let now = Instant::now();
+                if !restamper.restamp(&mut buf[..n], now) {
+                    continue;
+                }
+                last_from_sink = Some(now);
+                (n, true)
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                if last_from_sink.is_some_and(|t| now.duration_since(t) < SINK_SILENCE) {
+                    continue;
+                }
+                let n = restamper.silence(audio_pt, &mut silence, now);
+                buf[..n].copy_from_slice(&silence[..n]);
+                stats.silence_out += 1;
+                (n, false)
+            }
+            _ = rtcp.tick() => {
+                let sr = sender_report(ssrc, &stats);
+                if let Ok(p) = outbound.encrypt_rtcp(&sr) {
+                    let _ = conn.send(&p).await;
+                }
+                let _ = events.try_send(MediaEvent::Stats(stats.clone()));
+                continue;
+            }
+        };
+        let protected = outbound
+            .encrypt_rtp(&buf[..packet_len])
+            .map_err(|e| MediaError::Local(format!("SRTP protect: {e}")))?;
+        if conn.send(&protected).await.is_ok() {
+            stats.packets_out += 1;
+            stats.bytes_out += packet_len as u64;
+            if first {
+                first = false;
+                let _ = events
+                    .send(MediaEvent::FirstRtpOut {
+                        elapsed: started.elapsed(),
+                    })
+                    .await;
+            }
+        }
+        let _ = from_sink;
+    }
+}
+
+/// A minimal RTCP sender report (RFC 3550 §6.4.1), no report blocks.
+fn sender_report(ssrc: u32, stats: &Stats) -> [u8; 28] {
+    let mut p = [0u8; 28];
+    p[0] = 0x80;
+    p[1] = 200;
+    p[2..4].copy_from_slice(&6u16.to_be_bytes());
+    p[4..8].copy_from_slice(&ssrc.to_be_bytes());
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ntp_secs = since_epoch.as_secs() + 2_208_988_800;
+    let ntp_frac = (u64::from(since_epoch.subsec_nanos()) << 32) / 1_000_000_000;
+    p[8..12].copy_from_slice(&(ntp_secs as u32).to_be_bytes());
+    p[12..16].copy_from_slice(&(ntp_frac as u32).to_be_bytes());
+    p[20..24].copy_from_slice(&(stats.packets_out as u32).to_be_bytes());
+    p[24..28].copy_from_slice(&(stats.bytes_out as u32).to_be_bytes());
+    p
+}
