@@ -179,3 +179,54 @@ fn a_fingerprint_that_does_not_match_fails_the_call_with_the_reason() {
     // Reported with the time it took (the acceptance asks for under a second; measured, not enforced).
     eprintln!("fingerprint mismatch reported after {} ms", failed[0]["ms"]);
 }
+
+/// aiortc offers as a browser would (full ICE, controlling, DTLS actpass, Opus on PT 96): we take the
+/// controlled role (RFC 8445 §6.1.1, no role conflict), answer setup:active, and map the local Opus PT
+/// 111 onto its 96. Each side records the other's tone.
+#[test]
+fn aiortc_offerer_two_way_tone() {
+    tool("unshare");
+    let dir = TempDir::new("aiortc-offer");
+    let out = Command::new(tool("unshare"))
+        .args(["-n", "--", "env"])
+        .arg(format!("WATRUNK={}", bin().display()))
+        .arg("SECS=4")
+        .arg("bash")
+        .arg(peers_dir().join("aiortc/watrunk-answers-aiortc.sh"))
+        .arg(dir.path())
+        .output()
+        .expect("run watrunk-answers-aiortc.sh");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    let freq = |prefix: &str| -> (f64, f64) {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line\n{report}"));
+        let field = |name: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {line}"))
+        };
+        (field("freq="), field("rms="))
+    };
+    let (f, rms) = freq("aiortc-rx:");
+    assert!(
+        (f - 880.0).abs() <= 5.0 && rms > 0.1,
+        "aiortc heard {f} Hz at {rms}\n{report}"
+    );
+    let (f, rms) = freq("sink-rx:");
+    assert!(
+        (f - 440.0).abs() <= 5.0 && rms > 0.1,
+        "the sink heard {f} Hz at {rms}\n{report}"
+    );
+    let answer = std::fs::read_to_string(dir.path().join("answer.sdp")).unwrap();
+    assert!(answer.contains("a=setup:active\r\n"), "{answer}");
+    assert!(answer.contains("a=rtpmap:96 opus/48000/2\r\n"), "{answer}");
+    assert!(report.contains("offer conn connected"), "{report}");
+}

@@ -11,7 +11,7 @@ pub mod restamp;
 mod session;
 
 pub use demux::{classify, is_rtcp, PacketKind};
-pub use session::{Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
+pub use session::{IceRole, Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
 
 /// Whose fault a media failure is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -189,3 +189,76 @@ mod tests {
         assert!(!r.restamp(&mut v1, Instant::now()));
     }
 }
+
+/// Payload types on the local side are fixed whatever the far side negotiated: Opus is 111 and
+/// telephone-event/8000 is 126 (WhatsApp's own numbers), so a sink needs no SDP. The relay rewrites
+/// the PT byte both ways; payloads are untouched.
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadMap {
+    pub remote_audio: u8,
+    pub remote_dtmf: Option<u8>,
+}
+
+pub const LOCAL_OPUS_PT: u8 = 111;
+pub const LOCAL_DTMF_PT: u8 = 126;
+
+impl PayloadMap {
+    fn rewrite(packet: &mut [u8], from: u8, to: u8) -> bool {
+        let pt = packet[1] & 0x7f;
+        if pt == from {
+            packet[1] = (packet[1] & 0x80) | to;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A packet from the sink, toward the far side: false when its PT is neither Opus nor DTMF.
+    pub fn to_remote(&self, packet: &mut [u8]) -> bool {
+        if packet.len() < 12 {
+            return false;
+        }
+        Self::rewrite(packet, LOCAL_OPUS_PT, self.remote_audio)
+            || self
+                .remote_dtmf
+                .is_some_and(|d| Self::rewrite(packet, LOCAL_DTMF_PT, d))
+    }
+
+    /// A packet from the far side, toward the sink: other PTs pass as they are.
+    pub fn to_local(&self, packet: &mut [u8]) {
+        if packet.len() < 12 {
+            return;
+        }
+        if !Self::rewrite(packet, self.remote_audio, LOCAL_OPUS_PT) {
+            if let Some(d) = self.remote_dtmf {
+                Self::rewrite(packet, d, LOCAL_DTMF_PT);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod payload_map_tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_both_ways_and_keeps_the_marker() {
+        let map = PayloadMap {
+            remote_audio: 96,
+            remote_dtmf: Some(101),
+        };
+        let mut p = [0x80, 0x80 | 111, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        assert!(map.to_remote(&mut p));
+        assert_eq!(p[1], 0x80 | 96);
+        map.to_local(&mut p);
+        assert_eq!(p[1], 0x80 | 111);
+        let mut dtmf = [0x80, 126, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(map.to_remote(&mut dtmf));
+        assert_eq!(dtmf[1], 101);
+        let mut other = [0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(
+            !map.to_remote(&mut other),
+            "PCMU from the sink is not sent to a WhatsApp leg"
+        );
+    }
+}

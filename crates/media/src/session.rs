@@ -44,7 +44,7 @@ use webrtc_util::{Conn, KeyingMaterialExporter};
 
 use crate::demux::{classify, is_rtcp, PacketKind};
 use crate::dtls_endpoint::DtlsEndpoint;
-use crate::restamp::{Restamper, FRAME};
+use crate::restamp::{PayloadMap, Restamper, FRAME};
 use crate::MediaError;
 
 const SRTP_REPLAY_WINDOW: usize = 128;
@@ -141,11 +141,33 @@ pub struct Stats {
     pub strangers: u64,
 }
 
+/// Counters the receive loop keeps (one writer; relaxed atomics, never contended).
+#[derive(Default)]
+struct InboundCounters {
+    packets: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    rejected: std::sync::atomic::AtomicU64,
+}
+
+impl InboundCounters {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn fill(&self, stats: &mut Stats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.packets_in = self.packets.load(Relaxed);
+        stats.bytes_in = self.bytes.load(Relaxed);
+        stats.srtp_rejected = self.rejected.load(Relaxed);
+    }
+}
+
 /// Media resources made before the SDP is written: our candidates and identity go into it.
 pub struct Prepared {
     cfg: MediaConfig,
     identity: Identity,
     agent: Option<Arc<Agent>>,
+    role: IceRole,
     plain: Option<Arc<UdpSocket>>,
     ufrag: String,
     pwd: String,
@@ -153,18 +175,40 @@ pub struct Prepared {
     app: UdpSocket,
 }
 
+/// Our ICE role, chosen per RFC 8445 §6.1.1 before any check is sent, so that a conforming peer
+/// never sees a role conflict: controlling toward an ICE-lite peer (Meta) and when we offer;
+/// controlled when we answer a full agent's offer (a browser calling in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceRole {
+    Controlling,
+    Controlled,
+    /// No ICE: SDES toward an offer with a plain address.
+    None,
+}
+
+impl IceRole {
+    /// The role of the answerer toward an offer: `offer_has_ice`, and whether the offerer is lite.
+    pub fn for_answer(offer_has_ice: bool, offerer_lite: bool) -> IceRole {
+        match (offer_has_ice, offerer_lite) {
+            (false, _) => IceRole::None,
+            (true, true) => IceRole::Controlling,
+            (true, false) => IceRole::Controlled,
+        }
+    }
+}
+
 impl Prepared {
-    /// Gathers host candidates on `cfg.media_ip` (ICE), or binds one plain socket there (`ice:
-    /// false`, SDES toward an offer without ICE), and binds the local RTP port.
+    /// Gathers host candidates on `cfg.media_ip` (ICE), or binds one plain socket there
+    /// (`IceRole::None`, SDES toward an offer without ICE), and binds the local RTP port.
     pub async fn new(
         cfg: MediaConfig,
         identity: Identity,
-        ice: bool,
+        role: IceRole,
     ) -> Result<Prepared, MediaError> {
         let app = UdpSocket::bind(cfg.app_bind)
             .await
             .map_err(|e| MediaError::Local(format!("bind {}: {e}", cfg.app_bind)))?;
-        if !ice {
+        if role == IceRole::None {
             let plain = UdpSocket::bind(SocketAddr::new(cfg.media_ip, cfg.ports.0))
                 .await
                 .map_err(|e| MediaError::Local(format!("bind media address: {e}")))?;
@@ -175,6 +219,7 @@ impl Prepared {
                 cfg,
                 identity,
                 agent: None,
+                role,
                 plain: Some(Arc::new(plain)),
                 ufrag: String::new(),
                 pwd: String::new(),
@@ -195,7 +240,7 @@ impl Prepared {
             }],
             candidate_types: vec![CandidateType::Host],
             udp_network,
-            is_controlling: true,
+            is_controlling: role == IceRole::Controlling,
             check_interval: cfg.check_interval,
             multicast_dns_mode: MulticastDnsMode::Disabled,
             include_loopback: cfg.include_loopback,
@@ -239,6 +284,7 @@ impl Prepared {
             cfg,
             identity,
             agent: Some(Arc::new(agent)),
+            role,
             plain: None,
             ufrag,
             pwd,
@@ -375,6 +421,7 @@ async fn run(
         cfg,
         identity,
         agent,
+        role,
         plain,
         app,
         ..
@@ -409,13 +456,19 @@ async fn run(
                 })
             }));
             let (_cancel_tx, cancel_rx) = mpsc::channel(1);
-            let conn = tokio::time::timeout(
-                SET_UP_TIMEOUT,
-                agent.dial(cancel_rx, ice.ufrag.clone(), ice.pwd.clone()),
-            )
-            .await
-            .map_err(|_| MediaError::Timeout("ICE: no candidate pair answered in 10 s".into()))?
-            .map_err(|e| MediaError::Peer(format!("ICE: {e}")))?;
+            let (ufrag, pwd) = (ice.ufrag.clone(), ice.pwd.clone());
+            let connected = async {
+                let conn: Arc<dyn Conn + Send + Sync> = if role == IceRole::Controlling {
+                    agent.dial(cancel_rx, ufrag, pwd).await?
+                } else {
+                    agent.accept(cancel_rx, ufrag, pwd).await?
+                };
+                Ok::<_, webrtc_ice::Error>(conn)
+            };
+            let conn = tokio::time::timeout(SET_UP_TIMEOUT, connected)
+                .await
+                .map_err(|_| MediaError::Timeout("ICE: no candidate pair answered in 10 s".into()))?
+                .map_err(|e| MediaError::Peer(format!("ICE: {e}")))?;
             let pair = agent.get_selected_candidate_pair();
             let (local, remote) = pair.map(|p| (p.local.addr(), p.remote.addr())).unwrap_or((
                 conn.local_addr().unwrap_or(cfg.app_bind),
@@ -432,17 +485,16 @@ async fn run(
             let watch_events = events.clone();
             tokio::spawn(async move {
                 while let Some(s) = state_rx.recv().await {
-                    if matches!(s, ConnectionState::Failed | ConnectionState::Disconnected) {
+                    // Disconnected (5 s without answers) may recover; Failed (30 s) is RFC 7675's
+                    // expired consent.
+                    if s == ConnectionState::Failed {
                         let _ = watch_events
                             .send(MediaEvent::Failed {
-                                reason: format!(
-                                    "ICE {s}: the peer stopped answering consent checks"
-                                ),
+                                reason: "ICE consent expired: the peer stopped answering checks"
+                                    .into(),
                             })
                             .await;
-                        if s == ConnectionState::Failed {
-                            break;
-                        }
+                        break;
                     }
                 }
             });
@@ -470,7 +522,14 @@ async fn run(
     let (dtls_tx, dtls_rx) = mpsc::channel::<Vec<u8>>(32);
     let (keys_tx, keys_rx) = oneshot::channel::<Context>();
     let app = Arc::new(app);
+    let inbound = Arc::new(InboundCounters::default());
+    let payloads = PayloadMap {
+        remote_audio: plan.audio_pt,
+        remote_dtmf: plan.dtmf_pt,
+    };
     let reader = tokio::spawn(read_loop(
+        inbound.clone(),
+        payloads,
         conn.clone(),
         dtls_tx,
         keys_rx,
@@ -526,6 +585,8 @@ async fn run(
     let _ = keys_tx.send(keys.inbound);
 
     let result = write_loop(
+        inbound,
+        payloads,
         conn.clone(),
         keys.outbound,
         app,
@@ -614,7 +675,10 @@ async fn dtls_keys(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
+    counters: Arc<InboundCounters>,
+    payloads: PayloadMap,
     conn: Arc<dyn Conn + Send + Sync>,
     dtls_tx: mpsc::Sender<Vec<u8>>,
     mut keys_rx: oneshot::Receiver<Context>,
@@ -624,6 +688,7 @@ async fn read_loop(
     events: mpsc::Sender<MediaEvent>,
 ) {
     let mut buf = vec![0u8; MTU];
+    let mut plain = vec![0u8; MTU];
     let mut inbound: Option<Context> = None;
     let mut first = true;
     loop {
@@ -644,12 +709,19 @@ async fn read_loop(
                     continue;
                 };
                 if is_rtcp(packet) {
-                    let _ = ctx.decrypt_rtcp(packet);
+                    if ctx.decrypt_rtcp(packet).is_err() {
+                        InboundCounters::add(&counters.rejected, 1);
+                    }
                     continue;
                 }
                 match ctx.decrypt_rtp(packet) {
                     Ok(rtp) => {
-                        let _ = app.send_to(&rtp, sink).await;
+                        InboundCounters::add(&counters.packets, 1);
+                        InboundCounters::add(&counters.bytes, rtp.len() as u64);
+                        let n = rtp.len().min(MTU);
+                        plain[..n].copy_from_slice(&rtp[..n]);
+                        payloads.to_local(&mut plain[..n]);
+                        let _ = app.send_to(&plain[..n], sink).await;
                         if first {
                             first = false;
                             let _ = events
@@ -659,7 +731,8 @@ async fn read_loop(
                                 .await;
                         }
                     }
-                    Err(e) => debug!("SRTP packet dropped: {e}"),
+                    // Failed authentication or a replay: dropped and counted, never forwarded.
+                    Err(_) => InboundCounters::add(&counters.rejected, 1),
                 }
             }
             PacketKind::Stun | PacketKind::Other => {}
@@ -669,6 +742,8 @@ async fn read_loop(
 
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
+    inbound: Arc<InboundCounters>,
+    payloads: PayloadMap,
     conn: Arc<dyn Conn + Send + Sync>,
     mut outbound: Context,
     app: Arc<UdpSocket>,
@@ -696,7 +771,7 @@ async fn write_loop(
                     continue;
                 }
                 let now = Instant::now();
-                if !restamper.restamp(&mut buf[..n], now) {
+                if !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
                     continue;
                 }
                 last_from_sink = Some(now);
@@ -717,6 +792,7 @@ async fn write_loop(
                 if let Ok(p) = outbound.encrypt_rtcp(&sr) {
                     let _ = conn.send(&p).await;
                 }
+                inbound.fill(&mut stats);
                 let _ = events.try_send(MediaEvent::Stats(stats.clone()));
                 continue;
             }

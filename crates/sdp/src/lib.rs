@@ -144,3 +144,11 @@ pub fn accept_answer(state: &OfferState, answer: &Session) -> Result<MediaPlan, 
 pub fn sdes_inline(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
+
+/// What the offer's audio stream says about the remote ICE agent, before negotiating (the media
+/// stack picks its ICE role from it, RFC 8445 §6.1.1): `None` without ICE credentials, else
+/// `Some(lite)`.
+pub fn remote_ice_mode(offer: &Session) -> Option<bool> {
+    let facts = inspect::audio(offer).ok()?;
+    (facts.ice_ufrag.is_some() && facts.ice_pwd.is_some()).then_some(facts.ice_lite)
+}

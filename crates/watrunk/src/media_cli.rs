@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use watrunk_media::{Identity, MediaConfig, MediaEvent, Prepared};
+use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, Prepared};
 use watrunk_sdp::{self as sdp, LocalMedia, Profile, Security};
 
 #[derive(Subcommand)]
@@ -67,8 +67,14 @@ fn event_json(e: &MediaEvent) -> String {
             format!(r#"{{"event":"rtp.first_in","ms":{:.1}}}"#, ms(elapsed))
         }
         MediaEvent::Stats(s) => format!(
-            r#"{{"event":"stats","packets_out":{},"silence_out":{},"bytes_out":{},"strangers":{}}}"#,
-            s.packets_out, s.silence_out, s.bytes_out, s.strangers
+            r#"{{"event":"stats","packets_out":{},"silence_out":{},"bytes_out":{},"packets_in":{},"bytes_in":{},"srtp_rejected":{},"strangers":{}}}"#,
+            s.packets_out,
+            s.silence_out,
+            s.bytes_out,
+            s.packets_in,
+            s.bytes_in,
+            s.srtp_rejected,
+            s.strangers
         ),
         MediaEvent::Failed { reason } => {
             serde_json::json!({"event": "failed", "reason": reason}).to_string()
@@ -80,18 +86,14 @@ async fn answer(args: AnswerArgs) -> Result<()> {
     let text =
         std::fs::read(&args.offer).with_context(|| format!("--offer {}", args.offer.display()))?;
     let offer = sdp::parse(&text).map_err(|e| anyhow::anyhow!("offer: {e}"))?;
-    let has_ice = offer.medias.iter().chain(std::iter::empty()).any(|m| {
-        m.attributes
-            .iter()
-            .any(|a| a.attribute.eq_ignore_ascii_case("ice-ufrag"))
-    }) || offer
-        .attributes
-        .iter()
-        .any(|a| a.attribute.eq_ignore_ascii_case("ice-ufrag"));
+    let role = match sdp::remote_ice_mode(&offer) {
+        None => IceRole::None,
+        Some(lite) => IceRole::for_answer(true, lite),
+    };
     let local_rtp = args.local_rtp.unwrap_or(SocketAddr::new(args.sink.ip(), 0));
     let cfg = MediaConfig::new(args.media_ip, local_rtp, args.sink);
     let identity = Identity::generate()?;
-    let prepared = Prepared::new(cfg, identity, has_ice).await?;
+    let prepared = Prepared::new(cfg, identity, role).await?;
 
     let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
         .with_candidates(prepared.candidates().iter().copied())
@@ -103,7 +105,10 @@ async fn answer(args: AnswerArgs) -> Result<()> {
         Ok(x) => x,
         Err(e) => bail!("the offer is refused: {}: {e}", e.rule()),
     };
-    std::fs::write(&args.answer_out, sdp::print(&answer))
+    // Written whole, then renamed: a peer polling for the file never reads half an answer.
+    let partial = args.answer_out.with_extension("partial");
+    std::fs::write(&partial, sdp::print(&answer))
+        .and_then(|()| std::fs::rename(&partial, &args.answer_out))
         .with_context(|| format!("--answer-out {}", args.answer_out.display()))?;
     println!(
         r#"{{"event":"media.ready","local_rtp":"{}","ssrc":{}}}"#,

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# aiortc (a real WebRTC stack: full ICE, controlling, DTLS actpass) offers; `watrunk media answer`
+# answers it and relays to a local sink (standin_helper.py plain: 880 Hz out, recorder in). Both sides'
+# recordings are checked by frequency. Run inside `unshare -n` (root): aioice skips loopback addresses.
+#   unshare -n -- bash watrunk-answers-aiortc.sh WORKDIR        env: WATRUNK (binary), SECS (5)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$1; mkdir -p "$work"; cd "$work"
+ip=198.18.0.1; secs=${SECS:-5}
+ip link set lo up
+ip addr add "$ip/32" dev lo
+helper="/usr/bin/python3 $here/../rtpengine/standin_helper.py"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+
+/usr/bin/python3 "$here/peer.py" offer --sdp-out offer.sdp --sdp-in answer.sdp --record aiortc-rx.wav \
+  --freq 440 --seconds "$secs" > aiortc.log 2>&1 & apid=$!; pids+=($apid)
+for _ in $(seq 600); do [ -s offer.sdp ] && break; sleep 0.05; done
+[ -s offer.sdp ] || { echo "FAIL aiortc wrote no offer"; cat aiortc.log; exit 1; }
+
+printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
+$helper plain --bind "$ip:41000" --peer-sdp sink-peer.sdp --freq 880 --seconds "$secs" --wav sink-rx.wav \
+  --start immediate --ssrc 1234 > sink.log 2>&1 & spid=$!; pids+=($spid)
+WATRUNK_LOG=warn "$WATRUNK" media answer --offer offer.sdp --answer-out answer.sdp --media-ip "$ip" \
+  --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$((secs + 1))" > media.log 2>&1 & mpid=$!; pids+=($mpid)
+
+status=0
+wait "$apid" || status=$?
+wait "$mpid" || status=$?
+wait "$spid" || true
+echo "--- aiortc"; cat aiortc.log
+echo "--- watrunk"; cat media.log
+echo "aiortc-rx: $($helper freq aiortc-rx.wav)"
+echo "sink-rx: $($helper freq sink-rx.wav)"
+exit "$status"
