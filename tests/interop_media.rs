@@ -180,53 +180,121 @@ fn a_fingerprint_that_does_not_match_fails_the_call_with_the_reason() {
     eprintln!("fingerprint mismatch reported after {} ms", failed[0]["ms"]);
 }
 
-/// aiortc offers as a browser would (full ICE, controlling, DTLS actpass, Opus on PT 96): we take the
-/// controlled role (RFC 8445 §6.1.1, no role conflict), answer setup:active, and map the local Opus PT
-/// 111 onto its 96. Each side records the other's tone.
-#[test]
-fn aiortc_offerer_two_way_tone() {
-    tool("unshare");
-    let dir = TempDir::new("aiortc-offer");
-    let out = Command::new(tool("unshare"))
-        .args(["-n", "--", "env"])
-        .arg(format!("WATRUNK={}", bin().display()))
-        .arg("SECS=4")
+struct AiortcRun {
+    report: String,
+    answer: String,
+    offer: String,
+    media_log: String,
+}
+
+fn aiortc(script: &str, env: &[(&str, &str)]) -> AiortcRun {
+    let dir = TempDir::new("aiortc");
+    let mut cmd = Command::new(tool("unshare"));
+    cmd.args(["-n", "--", "env"])
+        .arg(format!("WATRUNK={}", bin().display()));
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    let out = cmd
         .arg("bash")
-        .arg(peers_dir().join("aiortc/watrunk-answers-aiortc.sh"))
+        .arg(peers_dir().join("aiortc").join(script))
         .arg(dir.path())
         .output()
-        .expect("run watrunk-answers-aiortc.sh");
+        .expect("run the aiortc script");
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{report}");
-    let freq = |prefix: &str| -> (f64, f64) {
-        let line = report
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} line\n{report}"));
-        let field = |name: &str| -> f64 {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{name} in {line}"))
-        };
-        (field("freq="), field("rms="))
+    assert!(out.status.success(), "{script} failed\n{report}");
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    AiortcRun {
+        answer: read("answer.sdp"),
+        offer: read("offer.sdp"),
+        media_log: read("media.log"),
+        report,
+    }
+}
+
+/// `freq=… rms=…` of the recording named on the line starting with `prefix`.
+fn tone(report: &str, prefix: &str) -> (f64, f64) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} line\n{report}"));
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
     };
-    let (f, rms) = freq("aiortc-rx:");
+    (field("freq="), field("rms="))
+}
+
+fn assert_tone(report: &str, prefix: &str, hz: f64) {
+    let (f, rms) = tone(report, prefix);
     assert!(
-        (f - 880.0).abs() <= 5.0 && rms > 0.1,
-        "aiortc heard {f} Hz at {rms}\n{report}"
+        (f - hz).abs() <= 5.0 && rms > 0.1,
+        "{prefix} {f} Hz at rms {rms}, expected {hz} Hz\n{report}"
     );
-    let (f, rms) = freq("sink-rx:");
+}
+
+/// aiortc offers as a browser would (full ICE, controlling, DTLS actpass, Opus on PT 96): we take the
+/// controlled role (RFC 8445 §6.1.1, no role conflict), answer setup:active, and map the local Opus PT
+/// 111 onto its 96. Each side records the other's tone.
+#[test]
+fn aiortc_offerer_two_way_tone() {
+    let run = aiortc("watrunk-answers-aiortc.sh", &[("SECS", "4")]);
+    assert_tone(&run.report, "aiortc-rx:", 880.0);
+    assert_tone(&run.report, "sink-rx:", 440.0);
+    assert!(run.answer.contains("a=setup:active\r\n"), "{}", run.answer);
     assert!(
-        (f - 440.0).abs() <= 5.0 && rms > 0.1,
-        "the sink heard {f} Hz at {rms}\n{report}"
+        run.answer.contains("a=rtpmap:96 opus/48000/2\r\n"),
+        "{}",
+        run.answer
     );
-    let answer = std::fs::read_to_string(dir.path().join("answer.sdp")).unwrap();
-    assert!(answer.contains("a=setup:active\r\n"), "{answer}");
-    assert!(answer.contains("a=rtpmap:96 opus/48000/2\r\n"), "{answer}");
-    assert!(report.contains("offer conn connected"), "{report}");
+    assert!(
+        run.media_log.contains(r#""keying":"dtls-client""#),
+        "{}",
+        run.media_log
+    );
+    assert!(
+        run.report.contains("offer conn connected"),
+        "{}",
+        run.report
+    );
+}
+
+/// Our offer (actpass) answered by aiortc (setup:active: we are the DTLS server), with the sink
+/// restarted half-way under another SSRC: aiortc hears the tone throughout and the capture shows one
+/// SSRC from us for the whole call.
+#[test]
+fn aiortc_answerer_two_way_tone_and_one_ssrc_across_a_sink_restart() {
+    let run = aiortc(
+        "aiortc-answers-watrunk.sh",
+        &[("SECS", "6"), ("RESTART_SINK", "1")],
+    );
+    assert!(run.offer.contains("a=setup:actpass\r\n"), "{}", run.offer);
+    assert!(run.answer.contains("a=setup:active"), "{}", run.answer);
+    assert!(
+        run.media_log.contains(r#""keying":"dtls-server""#),
+        "{}",
+        run.media_log
+    );
+    assert_tone(&run.report, "aiortc-rx:", 880.0);
+    assert_tone(&run.report, "sink-rx:", 440.0);
+    let line = run
+        .report
+        .lines()
+        .find_map(|l| l.strip_prefix("sent-ssrcs: "))
+        .unwrap_or_else(|| panic!("no sent-ssrcs line\n{}", run.report));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let ssrcs = v["ssrcs"].as_object().unwrap();
+    assert_eq!(ssrcs.len(), 1, "one SSRC toward the peer: {line}");
+    let (ssrc, count) = ssrcs.iter().next().unwrap();
+    assert!(count.as_u64().unwrap() > 200, "{line}");
+    assert!(
+        run.media_log.contains(&format!(r#""ssrc":{ssrc}"#)),
+        "the SSRC we announced: {ssrc}"
+    );
 }

@@ -765,7 +765,12 @@ async fn write_loop(
     loop {
         let (packet_len, from_sink) = tokio::select! {
             r = app.recv_from(&mut buf) => {
-                let (n, from) = r.map_err(|e| MediaError::Local(format!("sink socket: {e}")))?;
+                let (n, from) = match r {
+                    Ok(x) => x,
+                    // An ICMP port-unreachable from a sink that is restarting: not the call's end.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => return Err(MediaError::Local(format!("sink socket: {e}"))),
+                };
                 if from != sink {
                     stats.strangers += 1;
                     continue;

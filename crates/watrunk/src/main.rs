@@ -47,8 +47,9 @@ fn main() -> std::process::ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WATRUNK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("WATRUNK_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,dtls=error,webrtc_ice=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

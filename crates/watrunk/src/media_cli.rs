@@ -1,10 +1,10 @@
-//! `watrunk media answer`: answers one SDP offer from a file and runs its media against a local sink,
+//! `watrunk media answer|offer`: one SDP exchange through files and its media against a local sink,
 //! printing media events as JSON lines. It is the media stack without SIP, for testing against real
 //! peers (rtpengine as Meta's stand-in, browsers) and for users checking their network path.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -15,6 +15,8 @@ use watrunk_sdp::{self as sdp, LocalMedia, Profile, Security};
 pub enum MediaCommand {
     /// Answer an offer file, write our answer, relay the call's media to and from a local sink.
     Answer(AnswerArgs),
+    /// Write our offer, wait for the answer file, relay the call's media to and from a local sink.
+    Offer(OfferArgs),
 }
 
 #[derive(Args)]
@@ -25,23 +27,26 @@ pub struct AnswerArgs {
     /// Where our answer SDP is written (CRLF).
     #[arg(long)]
     answer_out: PathBuf,
-    /// Our media address (host candidate).
+    #[command(flatten)]
+    sink: SinkArgs,
+}
+
+#[derive(Args)]
+pub struct OfferArgs {
+    /// Where our offer SDP is written (CRLF).
     #[arg(long)]
-    media_ip: IpAddr,
-    /// The local sink: the caller's RTP is sent there, and its RTP is accepted from there only.
+    offer_out: PathBuf,
+    /// The remote answer: waited for (60 s), then read.
     #[arg(long)]
-    sink: SocketAddr,
-    /// The call's local RTP port L (where the sink sends its audio). Default: any port on the sink's IP.
-    #[arg(long)]
-    local_rtp: Option<SocketAddr>,
-    /// How long to relay before hanging up.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
+    answer: PathBuf,
+    #[command(flatten)]
+    sink: SinkArgs,
 }
 
 pub async fn run(command: MediaCommand) -> Result<()> {
     match command {
         MediaCommand::Answer(a) => answer(a).await,
+        MediaCommand::Offer(a) => offer(a).await,
     }
 }
 
@@ -82,6 +87,44 @@ fn event_json(e: &MediaEvent) -> String {
     }
 }
 
+/// Where the call's audio goes: the options `answer` and `offer` share.
+#[derive(Args)]
+pub struct SinkArgs {
+    /// Our media address (host candidate).
+    #[arg(long)]
+    media_ip: IpAddr,
+    /// The local sink: the far side's RTP is sent there, and its RTP is accepted from there only.
+    #[arg(long)]
+    sink: SocketAddr,
+    /// The call's local RTP port L (where the sink sends its audio). Default: any port on the sink's IP.
+    #[arg(long)]
+    local_rtp: Option<SocketAddr>,
+    /// How long to relay before hanging up.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
+async fn prepare(sink: &SinkArgs, role: IceRole) -> Result<(Prepared, LocalMedia)> {
+    let local_rtp = sink.local_rtp.unwrap_or(SocketAddr::new(sink.sink.ip(), 0));
+    let cfg = MediaConfig::new(sink.media_ip, local_rtp, sink.sink);
+    let prepared = Prepared::new(cfg, Identity::generate()?, role).await?;
+    let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
+        .with_candidates(prepared.candidates().iter().copied())
+        .with_fingerprint(prepared.fingerprint().clone());
+    let (ufrag, pwd) = prepared.ice_credentials();
+    local.ice_ufrag = ufrag.to_string();
+    local.ice_pwd = pwd.to_string();
+    Ok((prepared, local))
+}
+
+/// Written whole, then renamed: a peer polling for the file never reads half an SDP.
+fn write_sdp(path: &Path, session: &sdp::Session) -> Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, sdp::print(session))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 async fn answer(args: AnswerArgs) -> Result<()> {
     let text =
         std::fs::read(&args.offer).with_context(|| format!("--offer {}", args.offer.display()))?;
@@ -90,54 +133,68 @@ async fn answer(args: AnswerArgs) -> Result<()> {
         None => IceRole::None,
         Some(lite) => IceRole::for_answer(true, lite),
     };
-    let local_rtp = args.local_rtp.unwrap_or(SocketAddr::new(args.sink.ip(), 0));
-    let cfg = MediaConfig::new(args.media_ip, local_rtp, args.sink);
-    let identity = Identity::generate()?;
-    let prepared = Prepared::new(cfg, identity, role).await?;
-
-    let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
-        .with_candidates(prepared.candidates().iter().copied())
-        .with_fingerprint(prepared.fingerprint().clone());
-    let (ufrag, pwd) = prepared.ice_credentials();
-    local.ice_ufrag = ufrag.to_string();
-    local.ice_pwd = pwd.to_string();
+    let (prepared, local) = prepare(&args.sink, role).await?;
     let (answer, plan) = match sdp::answer(&offer, &local) {
         Ok(x) => x,
         Err(e) => bail!("the offer is refused: {}: {e}", e.rule()),
     };
-    // Written whole, then renamed: a peer polling for the file never reads half an answer.
-    let partial = args.answer_out.with_extension("partial");
-    std::fs::write(&partial, sdp::print(&answer))
-        .and_then(|()| std::fs::rename(&partial, &args.answer_out))
-        .with_context(|| format!("--answer-out {}", args.answer_out.display()))?;
-    println!(
-        r#"{{"event":"media.ready","local_rtp":"{}","ssrc":{}}}"#,
-        prepared.app_addr(),
-        local.ssrc
-    );
+    write_sdp(&args.answer_out, &answer)?;
+    relay(prepared, plan, local.ssrc, args.sink.seconds).await
+}
 
-    let started = std::time::Instant::now();
-    let mut session = prepared.start(plan, local.ssrc);
-    let deadline = tokio::time::sleep(Duration::from_secs_f64(args.seconds));
+async fn offer(args: OfferArgs) -> Result<()> {
+    let (prepared, local) = prepare(&args.sink, IceRole::Controlling).await?;
+    let state = sdp::offer(&local).map_err(|e| anyhow::anyhow!("offer: {e}"))?;
+    write_sdp(&args.offer_out, state.sdp())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        match std::fs::read(&args.answer) {
+            Ok(t) if !t.is_empty() => break t,
+            _ if Instant::now() > deadline => {
+                bail!("no answer in {} after 60 s", args.answer.display())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = std::fs::read(&args.answer).unwrap_or(text);
+    let answer = sdp::parse(&text).map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+    let plan = sdp::accept_answer(&state, &answer)
+        .map_err(|e| anyhow::anyhow!("the answer is refused: {}: {e}", e.rule()))?;
+    relay(prepared, plan, local.ssrc, args.sink.seconds).await
+}
+
+async fn relay(prepared: Prepared, plan: sdp::MediaPlan, ssrc: u32, seconds: f64) -> Result<()> {
+    // Never the SDES keys: only which key exchange and our DTLS role.
+    let keying = match &plan.keying {
+        sdp::Keying::Dtls { role, .. } => format!(
+            "dtls-{}",
+            serde_json::to_value(role)?.as_str().unwrap_or("?")
+        ),
+        sdp::Keying::Sdes { suite, .. } => format!("sdes-{}", suite.name()),
+        sdp::Keying::Plain => "plain".into(),
+    };
+    println!(
+        r#"{{"event":"media.ready","local_rtp":"{}","ssrc":{ssrc},"keying":"{keying}"}}"#,
+        prepared.app_addr()
+    );
+    let started = Instant::now();
+    let mut session = prepared.start(plan, ssrc);
+    let deadline = tokio::time::sleep(Duration::from_secs_f64(seconds));
     tokio::pin!(deadline);
     let mut failed = None;
     loop {
         tokio::select! {
             _ = &mut deadline => break,
             e = session.events.recv() => match e {
-                Some(e) => {
-                    let line = event_json(&e);
-                    if let MediaEvent::Failed { .. } = e {
-                        // When it failed, seen from here (the session's own clock started with it).
-                        println!("{}", line.replace(r#"{"event":"failed""#, &format!(r#"{{"event":"failed","ms":{:.1}"#, started.elapsed().as_secs_f64() * 1000.0)));
-                    } else {
-                        println!("{line}");
-                    }
-                    if let MediaEvent::Failed { reason } = e {
-                        failed = Some(reason);
-                        break;
-                    }
+                Some(MediaEvent::Failed { reason }) => {
+                    // Timed here: the session's own clock started with it.
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    println!("{}", serde_json::json!({"event": "failed", "ms": ms, "reason": reason}));
+                    failed = Some(reason);
+                    break;
                 }
+                Some(e) => println!("{}", event_json(&e)),
                 None => break,
             }
         }
