@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the system packages the tests need
-# (real SIP peers: SIPp, stunnel, Kamailio; real media peers: rtpengine, aiortc) when missing, then formatting, lints and every test.
+# (real SIP peers: SIPp, stunnel, Kamailio; real media peers: rtpengine, aiortc, Chromium) when missing, then formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,9 @@ command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 /usr/bin/python3 -c 'import aiortc' >/dev/null 2>&1 || need+=(python3-aiortc)
 /usr/bin/python3 -c 'import numpy' >/dev/null 2>&1 || need+=(python3-numpy)
+# Headless Chromium, driven over the DevTools protocol.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+/usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3-websockets)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

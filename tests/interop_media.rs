@@ -10,8 +10,17 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Mutex;
 
 use common::*;
+
+/// One real-peer run at a time: each starts rtpengine, Chromium or aiortc, tcpdump and watrunk, and
+/// on 2 cores several at once starve each other's 20 ms media clocks.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 struct Run {
     ok: bool,
@@ -107,6 +116,7 @@ fn two_way_tone(run: &Run) {
 
 #[test]
 fn rtpengine_ice_lite_dtls_offer_two_way_tone_and_we_send_first() {
+    let _serial = serial();
     let run = meta_standin("dtls", &[]);
     two_way_tone(&run);
     assert_pass(&run, "rtpengine accepted the endpoint's DTLS certificate");
@@ -137,6 +147,7 @@ fn rtpengine_ice_lite_dtls_offer_two_way_tone_and_we_send_first() {
 
 #[test]
 fn rtpengine_sdes_offer_two_way_tone_and_we_send_first() {
+    let _serial = serial();
     let run = meta_standin("sdes", &[]);
     two_way_tone(&run);
     assert!(
@@ -154,6 +165,7 @@ fn rtpengine_sdes_offer_two_way_tone_and_we_send_first() {
 
 #[test]
 fn a_fingerprint_that_does_not_match_fails_the_call_with_the_reason() {
+    let _serial = serial();
     let run = meta_standin("dtls", &[("CORRUPT_FINGERPRINT", "1")]);
     assert!(
         !run.ok,
@@ -244,6 +256,7 @@ fn assert_tone(report: &str, prefix: &str, hz: f64) {
 /// 111 onto its 96. Each side records the other's tone.
 #[test]
 fn aiortc_offerer_two_way_tone() {
+    let _serial = serial();
     let run = aiortc("watrunk-answers-aiortc.sh", &[("SECS", "4")]);
     assert_tone(&run.report, "aiortc-rx:", 880.0);
     assert_tone(&run.report, "sink-rx:", 440.0);
@@ -270,6 +283,7 @@ fn aiortc_offerer_two_way_tone() {
 /// SSRC from us for the whole call.
 #[test]
 fn aiortc_answerer_two_way_tone_and_one_ssrc_across_a_sink_restart() {
+    let _serial = serial();
     let run = aiortc(
         "aiortc-answers-watrunk.sh",
         &[("SECS", "6"), ("RESTART_SINK", "1")],
@@ -296,5 +310,68 @@ fn aiortc_answerer_two_way_tone_and_one_ssrc_across_a_sink_restart() {
     assert!(
         run.media_log.contains(&format!(r#""ssrc":{ssrc}"#)),
         "the SSRC we announced: {ssrc}"
+    );
+}
+
+fn chromium(mode: &str) -> (String, serde_json::Value, String) {
+    tool("chromium");
+    let dir = TempDir::new("chromium");
+    let out = Command::new(tool("unshare"))
+        .args(["-n", "--", "env"])
+        .arg(format!("WATRUNK={}", bin().display()))
+        .arg("SECS=4")
+        .arg("bash")
+        .arg(peers_dir().join("chromium/watrunk-chromium.sh"))
+        .arg(dir.path())
+        .arg(mode)
+        .output()
+        .expect("run watrunk-chromium.sh");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{mode}\n{report}");
+    let json = std::fs::read_to_string(dir.path().join("chromium.json")).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let media_log = std::fs::read_to_string(dir.path().join("media.log")).unwrap();
+    (report, stats, media_log)
+}
+
+fn chromium_heard_our_tone(stats: &serde_json::Value, report: &str) {
+    assert_eq!(stats["peakHz"].as_f64(), Some(880.0), "{report}");
+    assert!(stats["peakDb"].as_f64().unwrap() > -50.0, "{report}");
+    assert!(stats["packetsReceived"].as_u64().unwrap() > 100, "{report}");
+    assert_eq!(stats["dtlsState"], "connected");
+    assert_tone(report, "sink-rx:", 440.0);
+}
+
+/// Headless Chromium offers (it is controlling and DTLS actpass): we answer controlled and active.
+#[test]
+fn chromium_offerer_two_way_tone() {
+    let _serial = serial();
+    let (report, stats, media_log) = chromium("chromium-offers");
+    chromium_heard_our_tone(&stats, &report);
+    assert_eq!(
+        stats["iceRole"], "controlling",
+        "Chromium kept its role: no conflict"
+    );
+    assert!(
+        media_log.contains(r#""keying":"dtls-client""#),
+        "{media_log}"
+    );
+}
+
+/// We offer to headless Chromium: we control ICE, Chromium answers setup:active (we are the server).
+#[test]
+fn chromium_answerer_two_way_tone() {
+    let _serial = serial();
+    let (report, stats, media_log) = chromium("watrunk-offers");
+    chromium_heard_our_tone(&stats, &report);
+    assert_eq!(stats["iceRole"], "controlled");
+    assert!(
+        media_log.contains(r#""keying":"dtls-server""#),
+        "{media_log}"
     );
 }

@@ -18,7 +18,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do grep -q listening tcpdump.log 2>/dev/null && break; sleep 0.1; done
 
 printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
-WATRUNK_LOG='warn,dtls=error' "$WATRUNK" media offer --offer-out offer.sdp --answer answer.sdp --media-ip "$ip" \
+WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media offer --offer-out offer.sdp --answer answer.sdp --media-ip "$ip" \
   --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$((secs + 3))" > media.log 2>&1 & mpid=$!; pids+=($mpid)
 for _ in $(seq 200); do [ -s offer.sdp ] && break; sleep 0.05; done
 [ -s offer.sdp ] || { echo "FAIL watrunk wrote no offer"; cat media.log; exit 1; }

@@ -21,7 +21,7 @@ for _ in $(seq 600); do [ -s offer.sdp ] && break; sleep 0.05; done
 printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
 $helper plain --bind "$ip:41000" --peer-sdp sink-peer.sdp --freq 880 --seconds "$secs" --wav sink-rx.wav \
   --start immediate --ssrc 1234 > sink.log 2>&1 & spid=$!; pids+=($spid)
-WATRUNK_LOG='warn,dtls=error' "$WATRUNK" media answer --offer offer.sdp --answer-out answer.sdp --media-ip "$ip" \
+WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media answer --offer offer.sdp --answer-out answer.sdp --media-ip "$ip" \
   --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$((secs + 1))" > media.log 2>&1 & mpid=$!; pids+=($mpid)
 
 status=0

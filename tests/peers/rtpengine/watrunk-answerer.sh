@@ -22,7 +22,7 @@ printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > "$work/sink
   > "$work/sink.log" 2>&1 &
 sink=$!
 status=0
-WATRUNK_LOG='warn,dtls=error' "$WATRUNK" media answer --offer "$offer" --answer-out "$ANSWER_SDP" --media-ip "$ip" \
+WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media answer --offer "$offer" --answer-out "$ANSWER_SDP" --media-ip "$ip" \
   --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$(( ${SECS:-6} + 2 ))" > "$work/media.log" 2>&1 || status=$?
 kill "$sink" 2>/dev/null || true
 wait "$sink" 2>/dev/null || true
