@@ -375,3 +375,40 @@ fn chromium_answerer_two_way_tone() {
         "{media_log}"
     );
 }
+
+/// aiortc goes away mid-call: consent checks go unanswered and watrunk ends the call with that reason
+/// (consent timeout shortened to 6 s for the test). A stranger's RTP sent to the call's local port
+/// during the call is ignored and counted.
+#[test]
+fn a_vanished_peer_is_detected_by_consent_freshness_and_strangers_are_ignored() {
+    let _serial = serial();
+    let run = aiortc(
+        "watrunk-answers-aiortc.sh",
+        &[("SECS", "3"), ("VANISH", "1")],
+    );
+    let events: Vec<serde_json::Value> = run
+        .media_log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let failed: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{}", run.media_log);
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("consent expired"),
+        "{}",
+        run.media_log
+    );
+    let ms = failed[0]["ms"].as_f64().unwrap();
+    assert!(ms > 6000.0, "not before the consent timeout: {ms} ms");
+    let strangers = events
+        .iter()
+        .filter(|e| e["event"] == "stats")
+        .filter_map(|e| e["strangers"].as_u64())
+        .max();
+    assert_eq!(strangers, Some(20), "{}", run.media_log);
+    assert_tone(&run.report, "aiortc-rx:", 880.0);
+}

@@ -67,6 +67,9 @@ pub struct MediaConfig {
     /// The sink S: caller's RTP goes there, and only RTP from there is accepted.
     pub sink: SocketAddr,
     pub check_interval: Duration,
+    /// How long the peer may leave our consent checks unanswered before the call fails (RFC 7675:
+    /// 30 s); the first 5 s of it count as disconnected.
+    pub consent_timeout: Duration,
 }
 
 impl MediaConfig {
@@ -78,6 +81,7 @@ impl MediaConfig {
             app_bind,
             sink,
             check_interval: Duration::from_millis(20),
+            consent_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -245,9 +249,13 @@ impl Prepared {
             multicast_dns_mode: MulticastDnsMode::Disabled,
             include_loopback: cfg.include_loopback,
             ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| ip == media_ip))),
-            disconnected_timeout: Some(Duration::from_secs(5)),
-            failed_timeout: Some(Duration::from_secs(25)),
-            keepalive_interval: Some(Duration::from_secs(2)),
+            disconnected_timeout: Some(cfg.consent_timeout.min(Duration::from_secs(5))),
+            failed_timeout: Some(
+                cfg.consent_timeout
+                    .saturating_sub(Duration::from_secs(5))
+                    .max(Duration::from_secs(1)),
+            ),
+            keepalive_interval: Some(Duration::from_secs(2).min(cfg.consent_timeout / 2)),
             ..Default::default()
         })
         .await

@@ -102,11 +102,15 @@ pub struct SinkArgs {
     /// How long to relay before hanging up.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Fail the call when the peer leaves consent checks unanswered this long (RFC 7675: 30).
+    #[arg(long, default_value_t = 30.0)]
+    consent_timeout_secs: f64,
 }
 
 async fn prepare(sink: &SinkArgs, role: IceRole) -> Result<(Prepared, LocalMedia)> {
     let local_rtp = sink.local_rtp.unwrap_or(SocketAddr::new(sink.sink.ip(), 0));
-    let cfg = MediaConfig::new(sink.media_ip, local_rtp, sink.sink);
+    let mut cfg = MediaConfig::new(sink.media_ip, local_rtp, sink.sink);
+    cfg.consent_timeout = Duration::from_secs_f64(sink.consent_timeout_secs);
     let prepared = Prepared::new(cfg, Identity::generate()?, role).await?;
     let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
         .with_candidates(prepared.candidates().iter().copied())

@@ -2,7 +2,9 @@
 # aiortc (a real WebRTC stack: full ICE, controlling, DTLS actpass) offers; `watrunk media answer`
 # answers it and relays to a local sink (standin_helper.py plain: 880 Hz out, recorder in). Both sides'
 # recordings are checked by frequency. Run inside `unshare -n` (root): aioice skips loopback addresses.
-#   unshare -n -- bash watrunk-answers-aiortc.sh WORKDIR        env: WATRUNK (binary), SECS (5)
+# VANISH=1: aiortc goes away after SECS while watrunk keeps the call (consent timeout 6 s), which must
+# end it with "consent expired". A stranger also sends RTP to watrunk's local port: it must be ignored.
+#   unshare -n -- bash watrunk-answers-aiortc.sh WORKDIR        env: WATRUNK (binary), SECS (5), VANISH
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$1; mkdir -p "$work"; cd "$work"
@@ -21,12 +23,22 @@ for _ in $(seq 600); do [ -s offer.sdp ] && break; sleep 0.05; done
 printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
 $helper plain --bind "$ip:41000" --peer-sdp sink-peer.sdp --freq 880 --seconds "$secs" --wav sink-rx.wav \
   --start immediate --ssrc 1234 > sink.log 2>&1 & spid=$!; pids+=($spid)
+media_secs=$((secs + 1)); [ "${VANISH:-0}" = 1 ] && media_secs=$((secs + 20))
 WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media answer --offer offer.sdp --answer-out answer.sdp --media-ip "$ip" \
-  --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$((secs + 1))" > media.log 2>&1 & mpid=$!; pids+=($mpid)
+  --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$media_secs" --consent-timeout-secs 6 > media.log 2>&1 & mpid=$!; pids+=($mpid)
+# A stranger (not the sink) sends 20 RTP packets to watrunk's local port once the call is up.
+( for _ in $(seq 100); do [ -s answer.sdp ] && break; sleep 0.05; done; sleep 1
+  /usr/bin/python3 -c "
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('$ip', 41999))
+for i in range(20):
+    s.sendto(bytes([0x80, 111, 0, i, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]) + b'stranger', ('$ip', 41002)); time.sleep(0.02)
+" ) &
 
 status=0
 wait "$apid" || status=$?
-wait "$mpid" || status=$?
+wait "$mpid" || mstatus=$?
+[ "${VANISH:-0}" = 1 ] || [ "${mstatus:-0}" = 0 ] || status=$mstatus
 wait "$spid" || true
 echo "--- aiortc"; cat aiortc.log
 echo "--- watrunk"; cat media.log

@@ -48,6 +48,8 @@ wait_for() { # file seconds
   return 1
 }
 t0=$EPOCHREALTIME
+mark() { awk -v a="$t0" -v b="$EPOCHREALTIME" -v m="$1" 'BEGIN{printf "%6.2f %s\n", b - a, m}' >> "$logs/timing.txt"; }
+: > "$logs/timing.txt"
 
 {
   echo "aiortc $($PY -c 'import aiortc; print(aiortc.__version__)') (aioice $($PY -c 'import aioice; print(aioice.__version__)'))"
@@ -123,7 +125,9 @@ bs bs-sdes 5170 20050-20099 "mediaenc=srtp-mand"
 
 # --- rtpengine offers: a plain RTP/AVP Opus offer (shaped like Meta's), turned into the WebRTC/SDES offers ------------
 NG="$PY $here/ng.py --ng 127.0.0.1:$NG_PORT"
-for ((i = 0; i < 100; i++)); do $NG ping > /dev/null 2>&1 && break; sleep 0.05; done
+# (ng over UDP: a ping sent before rtpengine listens is lost and waits out ng.py's 5 s timeout, so wait for the log)
+for ((i = 0; i < 200; i++)); do grep -q 'Startup complete' "$logs/rtpengine.log" 2>/dev/null && break; sleep 0.025; done
+$NG ping > /dev/null || { echo "rtpengine does not answer ng ping:"; cat "$logs/rtpengine.log"; exit 1; }
 SSRC=4208138518
 printf '%s\r\n' v=0 "o=- 7602563789789945080 2 IN IP4 127.0.0.1" s=- 't=0 0' 'a=group:BUNDLE audio' \
   'a=msid-semantic: WMS 6932bc1c-db1a-4abe-b437-0c4168be8a13' "m=audio 40000 RTP/AVP 111 126" "c=IN IP4 $IP" \
@@ -157,11 +161,15 @@ $NG delete capture-dtls meta > /dev/null || true
 $NG delete capture-sdes meta > /dev/null || true
 
 # --- collect ---------------------------------------------------------------------------------------------------------
+mark "rtpengine offers done"
 rc=0
 wait "$apid" || { echo "aiortc failed:"; cat "$logs/aiortc.log"; rc=1; }
+mark "aiortc done"
 wait "$cpid" || { echo "chromium failed:"; cat "$logs/chromium.log"; rc=1; }
+mark "chromium done"
 wait "$spid" || { echo "baresip: no INVITE (sip_sink.log, baresip-*.log):"; cat "$logs/sip_sink.log"; \
   tail -n 20 "$logs"/baresip-*.log; rc=1; }
+mark "baresip INVITEs captured"
 [ -s "$logs/bs-dtls.sdp" ] && crlf "$logs/bs-dtls.sdp" "$out/baresip-offer.sdp"
 [ -s "$logs/bs-sdes.sdp" ] && crlf "$logs/bs-sdes.sdp" "$out/baresip-sdes-offer.sdp"
 for f in aiortc chromium rtpengine-dtls rtpengine-sdes; do

@@ -76,14 +76,23 @@ async def wait_file(path, timeout):
     raise TimeoutError(f"no {path} within {timeout} s")
 
 
+T0 = time.monotonic()
+
+
+def note(msg):
+    print(f"{time.monotonic() - T0:6.2f} {msg}", file=sys.stderr, flush=True)
+
+
 async def run(a, cdp):
     ok = True
+    note("page attached")
     await cdp.js(open(os.path.join(HERE, "peer.js")).read())
     if a.offer_out:
         o = await cdp.js("sdpPeer.offer()")
         if not o["complete"]:
             print("warning: ICE gathering did not complete within 5 s", file=sys.stderr)
         write(a.offer_out, o["sdp"])
+        note("offer written")
         if a.answer_in:
             try:
                 ans = await wait_file(a.answer_in, a.timeout)
@@ -96,6 +105,7 @@ async def run(a, cdp):
             off = await wait_file(a.remote_offer_in, a.timeout)
             r = await cdp.js(f"sdpPeer.answer({json.dumps(off)})")
             write(a.answer_out, r["sdp"])
+            note("answer written")
             write_result(a.answer_result, True, r["negotiated"])
         except Exception as e:
             write_result(a.answer_result, f"{type(e).__name__}: {e}")
@@ -118,6 +128,7 @@ async def main(a):
                 raise RuntimeError(f"chromium exited with {proc.returncode}")
             time.sleep(0.025)
         port = open(portfile).read().split()[0]
+        note("chromium started")
         pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list"))
         page = [p for p in pages if p["type"] == "page"][0]
         async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
