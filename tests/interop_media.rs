@@ -117,8 +117,19 @@ fn two_way_tone(run: &Run) {
 #[test]
 fn rtpengine_ice_lite_dtls_offer_two_way_tone_and_we_send_first() {
     let _serial = serial();
-    let run = meta_standin("dtls", &[]);
+    let run = meta_standin("dtls", &[("DTMF", "5#@1.5")]);
     two_way_tone(&run);
+    // Two DTMF keys as RFC 4733 events (7 packets each) reached rtpengine's plain side on PT 126.
+    assert!(
+        run.report.contains("(payload types [111, 126])"),
+        "{}",
+        run.report
+    );
+    assert!(
+        run.media_log.contains(r#""dtmf_out":14"#),
+        "{}",
+        run.media_log
+    );
     assert_pass(&run, "rtpengine accepted the endpoint's DTLS certificate");
     assert_pass(&run, "answer has a=setup:active");
     assert_pass(&run, "endpoint sent ICE-CONTROLLING checks");

@@ -7,6 +7,7 @@
 
 mod demux;
 mod dtls_endpoint;
+pub mod dtmf;
 pub mod restamp;
 mod session;
 

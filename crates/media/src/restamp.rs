@@ -89,6 +89,37 @@ impl Restamper {
         true
     }
 
+    /// The audio timestamp of a packet sent now (for a DTMF event's start).
+    pub fn now_ts(&self, now: Instant) -> u32 {
+        self.resume_ts(now)
+    }
+
+    /// Writes a packet of our own (a telephone-event) into `out`: next sequence number, `timestamp`
+    /// in the header, while the stream's clock advances as for a frame of audio. Returns its length.
+    pub fn own_packet(
+        &mut self,
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+        payload: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) -> usize {
+        let clock = self.resume_ts(now);
+        let seq = self.next_seq;
+        out[0] = 0x80;
+        out[1] = (u8::from(marker) << 7) | (payload_type & 0x7f);
+        out[2..4].copy_from_slice(&seq.to_be_bytes());
+        out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[12..12 + payload.len()].copy_from_slice(payload);
+        self.next_seq = seq.wrapping_add(1);
+        self.last_ts = clock;
+        self.last_sent = Some(now);
+        self.anchor = None;
+        12 + payload.len()
+    }
+
     /// Writes one silence frame (12-octet header + `OPUS_SILENCE`) into `out`; returns its length.
     /// The next sink packet is re-anchored after it.
     pub fn silence(&mut self, payload_type: u8, out: &mut [u8; 15], now: Instant) -> usize {

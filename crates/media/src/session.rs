@@ -44,6 +44,7 @@ use webrtc_util::{Conn, KeyingMaterialExporter};
 
 use crate::demux::{classify, is_rtcp, PacketKind};
 use crate::dtls_endpoint::DtlsEndpoint;
+use crate::dtmf::DtmfSender;
 use crate::restamp::{PayloadMap, Restamper, FRAME};
 use crate::MediaError;
 
@@ -139,6 +140,8 @@ pub struct Stats {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub silence_out: u64,
+    /// RFC 4733 packets sent for DTMF keys.
+    pub dtmf_out: u64,
     /// SRTP packets that failed authentication or replay checks (dropped, never forwarded).
     pub srtp_rejected: u64,
     /// Packets on the sink port from anyone but the sink (ignored).
@@ -321,12 +324,13 @@ impl Prepared {
     /// Starts the media for `plan`; `ssrc` is the one outbound SSRC announced in our SDP.
     pub fn start(self, plan: MediaPlan, ssrc: u32) -> MediaSession {
         let (events_tx, events_rx) = mpsc::channel(64);
+        let (commands_tx, commands_rx) = mpsc::channel(16);
         let (stop_tx, stop_rx) = oneshot::channel();
         let app_addr = self.app_addr();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let result = tokio::select! {
-                r = run(self, plan, ssrc, started, events_tx.clone()) => r,
+                r = run(self, plan, ssrc, started, events_tx.clone(), commands_rx) => r,
                 _ = stop_rx => Ok(()),
             };
             if let Err(e) = result {
@@ -339,6 +343,7 @@ impl Prepared {
         });
         MediaSession {
             events: events_rx,
+            commands: commands_tx,
             stop: Some(stop_tx),
             task,
             app_addr,
@@ -348,14 +353,28 @@ impl Prepared {
 
 pub struct MediaSession {
     pub events: mpsc::Receiver<MediaEvent>,
+    commands: mpsc::Sender<Command>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     app_addr: SocketAddr,
 }
 
+enum Command {
+    Dtmf(DtmfSender),
+}
+
 impl MediaSession {
     pub fn app_addr(&self) -> SocketAddr {
         self.app_addr
+    }
+
+    /// Sends one DTMF key (0-9, *, #, A-D) as RFC 4733 events on the call's SSRC. Refused when the
+    /// far side negotiated no telephone-event, or when keys are queued faster than they are sent.
+    pub fn send_dtmf(&self, key: char, duration: Duration) -> Result<(), MediaError> {
+        let sender = DtmfSender::new(key, duration.as_millis() as u32)?;
+        self.commands
+            .try_send(Command::Dtmf(sender))
+            .map_err(|_| MediaError::Local("DTMF queue full or call ended".into()))
     }
 
     /// Ends the media and waits until every socket and task of the call is gone.
@@ -424,6 +443,7 @@ async fn run(
     ssrc: u32,
     started: Instant,
     events: mpsc::Sender<MediaEvent>,
+    commands: mpsc::Receiver<Command>,
 ) -> Result<(), MediaError> {
     let Prepared {
         cfg,
@@ -593,6 +613,7 @@ async fn run(
     let _ = keys_tx.send(keys.inbound);
 
     let result = write_loop(
+        commands,
         inbound,
         payloads,
         conn.clone(),
@@ -750,6 +771,7 @@ async fn read_loop(
 
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
+    mut commands: mpsc::Receiver<Command>,
     inbound: Arc<InboundCounters>,
     payloads: PayloadMap,
     conn: Arc<dyn Conn + Send + Sync>,
@@ -770,8 +792,16 @@ async fn write_loop(
     let mut rtcp = tokio::time::interval(RTCP_INTERVAL);
     let mut last_from_sink: Option<Instant> = None;
     let mut first = true;
+    let mut dtmf: Option<DtmfSender> = None;
+    let mut dtmf_queue: std::collections::VecDeque<DtmfSender> = std::collections::VecDeque::new();
     loop {
         let (packet_len, from_sink) = tokio::select! {
+            Some(Command::Dtmf(d)) = commands.recv() => {
+                if payloads.remote_dtmf.is_some() && dtmf_queue.len() < 16 {
+                    dtmf_queue.push_back(d);
+                }
+                continue;
+            }
             r = app.recv_from(&mut buf) => {
                 let (n, from) = match r {
                     Ok(x) => x,
@@ -784,7 +814,8 @@ async fn write_loop(
                     continue;
                 }
                 let now = Instant::now();
-                if !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
+                // While a key is being sent, its events replace the sink's audio.
+                if dtmf.is_some() || !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
                     continue;
                 }
                 last_from_sink = Some(now);
@@ -792,13 +823,29 @@ async fn write_loop(
             }
             _ = ticker.tick() => {
                 let now = Instant::now();
-                if last_from_sink.is_some_and(|t| now.duration_since(t) < SINK_SILENCE) {
-                    continue;
+                if dtmf.is_none() {
+                    dtmf = dtmf_queue.pop_front();
                 }
-                let n = restamper.silence(audio_pt, &mut silence, now);
-                buf[..n].copy_from_slice(&silence[..n]);
-                stats.silence_out += 1;
-                (n, false)
+                if let (Some(d), Some(pt)) = (dtmf.as_mut(), payloads.remote_dtmf) {
+                    let next = d.next(restamper.now_ts(now));
+                    if d.done() {
+                        dtmf = None;
+                    }
+                    if let Some(p) = next {
+                        let n = restamper.own_packet(pt, p.marker, p.timestamp, &p.payload, &mut buf, now);
+                        stats.dtmf_out += 1;
+                        (n, false)
+                    } else {
+                        continue;
+                    }
+                } else if last_from_sink.is_some_and(|t| now.duration_since(t) < SINK_SILENCE) {
+                    continue;
+                } else {
+                    let n = restamper.silence(audio_pt, &mut silence, now);
+                    buf[..n].copy_from_slice(&silence[..n]);
+                    stats.silence_out += 1;
+                    (n, false)
+                }
             }
             _ = rtcp.tick() => {
                 let sr = sender_report(ssrc, &stats);

@@ -72,9 +72,10 @@ fn event_json(e: &MediaEvent) -> String {
             format!(r#"{{"event":"rtp.first_in","ms":{:.1}}}"#, ms(elapsed))
         }
         MediaEvent::Stats(s) => format!(
-            r#"{{"event":"stats","packets_out":{},"silence_out":{},"bytes_out":{},"packets_in":{},"bytes_in":{},"srtp_rejected":{},"strangers":{}}}"#,
+            r#"{{"event":"stats","packets_out":{},"silence_out":{},"dtmf_out":{},"bytes_out":{},"packets_in":{},"bytes_in":{},"srtp_rejected":{},"strangers":{}}}"#,
             s.packets_out,
             s.silence_out,
+            s.dtmf_out,
             s.bytes_out,
             s.packets_in,
             s.bytes_in,
@@ -102,6 +103,9 @@ pub struct SinkArgs {
     /// How long to relay before hanging up.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Send DTMF keys (RFC 4733, 100 ms each) at a time into the call: `KEYS@SECONDS`, e.g. `12#@2.5`.
+    #[arg(long)]
+    dtmf: Option<String>,
     /// Fail the call when the peer leaves consent checks unanswered this long (RFC 7675: 30).
     #[arg(long, default_value_t = 30.0)]
     consent_timeout_secs: f64,
@@ -143,7 +147,7 @@ async fn answer(args: AnswerArgs) -> Result<()> {
         Err(e) => bail!("the offer is refused: {}: {e}", e.rule()),
     };
     write_sdp(&args.answer_out, &answer)?;
-    relay(prepared, plan, local.ssrc, args.sink.seconds).await
+    relay(prepared, plan, local.ssrc, &args.sink).await
 }
 
 async fn offer(args: OfferArgs) -> Result<()> {
@@ -165,10 +169,22 @@ async fn offer(args: OfferArgs) -> Result<()> {
     let answer = sdp::parse(&text).map_err(|e| anyhow::anyhow!("answer: {e}"))?;
     let plan = sdp::accept_answer(&state, &answer)
         .map_err(|e| anyhow::anyhow!("the answer is refused: {}: {e}", e.rule()))?;
-    relay(prepared, plan, local.ssrc, args.sink.seconds).await
+    relay(prepared, plan, local.ssrc, &args.sink).await
 }
 
-async fn relay(prepared: Prepared, plan: sdp::MediaPlan, ssrc: u32, seconds: f64) -> Result<()> {
+fn parse_dtmf(spec: &str) -> Result<(String, Duration)> {
+    let (keys, at) = spec
+        .split_once('@')
+        .with_context(|| format!("--dtmf {spec:?}: expected KEYS@SECONDS"))?;
+    let at: f64 = at
+        .parse()
+        .with_context(|| format!("--dtmf {spec:?}: {at:?} is not a number of seconds"))?;
+    Ok((keys.to_string(), Duration::from_secs_f64(at)))
+}
+
+async fn relay(prepared: Prepared, plan: sdp::MediaPlan, ssrc: u32, args: &SinkArgs) -> Result<()> {
+    let seconds = args.seconds;
+    let dtmf = args.dtmf.as_deref().map(parse_dtmf).transpose()?;
     // Never the SDES keys: only which key exchange and our DTLS role.
     let keying = match &plan.keying {
         sdp::Keying::Dtls { role, .. } => format!(
@@ -186,10 +202,25 @@ async fn relay(prepared: Prepared, plan: sdp::MediaPlan, ssrc: u32, seconds: f64
     let mut session = prepared.start(plan, ssrc);
     let deadline = tokio::time::sleep(Duration::from_secs_f64(seconds));
     tokio::pin!(deadline);
+    let (keys, dtmf_at) = dtmf.unwrap_or_default();
+    let dtmf_timer = tokio::time::sleep(if keys.is_empty() {
+        Duration::from_secs(86_400)
+    } else {
+        dtmf_at
+    });
+    tokio::pin!(dtmf_timer);
+    let mut keys_pending = !keys.is_empty();
     let mut failed = None;
     loop {
         tokio::select! {
             _ = &mut deadline => break,
+            _ = &mut dtmf_timer, if keys_pending => {
+                keys_pending = false;
+                for key in keys.chars() {
+                    session.send_dtmf(key, Duration::from_millis(100))?;
+                }
+                println!("{}", serde_json::json!({"event": "dtmf.sent", "keys": keys}));
+            }
             e = session.events.recv() => match e {
                 Some(MediaEvent::Failed { reason }) => {
                     // Timed here: the session's own clock started with it.

@@ -6,6 +6,9 @@
 
   --offer-out       pc1 (one audio track) makes a complete offer (aiortc gathers before setLocalDescription returns:
                     no trickle) and writes it (CRLF).
+  --control-answer-in  (optional, before --answer-in) a deliberately broken answer, applied to a separate pc with an
+                    offer of the same shape;
+                    --control-result gets "OK" (bad: the stack did not notice) or the error text (expected).
   --answer-in       then waits for that file and applies it with setRemoteDescription(answer); RES gets "OK" (plus a
                     JSON line with what aiortc negotiated) or the exception text.
   --remote-offer-in pc2 waits for an offer file, does setRemoteDescription(offer) + createAnswer + setLocalDescription and
@@ -80,6 +83,19 @@ async def offer_side(a):
         write(a.offer_out, pc.localDescription.sdp)
         if not a.answer_in:
             return True
+        if a.control_answer_in:
+            # a separate pc with an offer of the same shape (mid 0, one audio section): pc must not see the bad answer
+            pcc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pcc.addTrack(AudioStreamTrack())
+            try:
+                await pcc.setLocalDescription(await pcc.createOffer())
+                bad = await wait_file(a.control_answer_in, a.timeout)
+                await pcc.setRemoteDescription(RTCSessionDescription(bad, "answer"))
+                write_result(a.control_result, True, negotiated(pcc))
+            except Exception as e:
+                write_result(a.control_result, err(e))
+            finally:
+                await pcc.close()
         try:
             ans = await wait_file(a.answer_in, a.timeout)
             await pc.setRemoteDescription(RTCSessionDescription(ans, "answer"))
@@ -112,6 +128,9 @@ async def answer_side(a):
 
 
 async def main(a):
+    # aiortc starts ICE checks in the background after setRemoteDescription; closing the pc right away makes those
+    # tasks log "Task exception was never retrieved" noise: nothing to do with the SDP step
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: None)
     jobs = []
     if a.offer_out:
         jobs.append(offer_side(a))
@@ -124,6 +143,7 @@ async def main(a):
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--offer-out"); p.add_argument("--answer-in"); p.add_argument("--result")
+    p.add_argument("--control-answer-in"); p.add_argument("--control-result")
     p.add_argument("--remote-offer-in"); p.add_argument("--answer-out"); p.add_argument("--answer-result")
     p.add_argument("--timeout", type=float, default=20)
     a = p.parse_args()

@@ -7,6 +7,8 @@ peers/chromium/chromium_peer.py (page code: peer.js next to this file).
                    [--remote-offer-in THEIRS --answer-out OURS --answer-result RES2] [--timeout 20]
 
 Same contract as aiortc_peer.py: --offer-out writes pc1's offer (after ICE gathering is complete, CRLF);
+--control-answer-in/--control-result (optional) apply a deliberately broken answer (to a separate pc with an offer
+of the same shape), which should fail;
 --answer-in waits for the answer file and applies pc.setRemoteDescription({type:'answer'}), RES gets "OK" plus a JSON
 line (signalingState, currentDirection, the sender's negotiated codecs with payload types) or the error text;
 --remote-offer-in waits for an offer, pc2 answers it (setRemoteDescription + createAnswer + setLocalDescription) and
@@ -88,11 +90,19 @@ async def run(a, cdp):
     note("page attached")
     await cdp.js(open(os.path.join(HERE, "peer.js")).read())
     if a.offer_out:
+        if a.control_answer_in:
+            await cdp.js("sdpPeer.controlOffer()")
         o = await cdp.js("sdpPeer.offer()")
         if not o["complete"]:
             print("warning: ICE gathering did not complete within 5 s", file=sys.stderr)
         write(a.offer_out, o["sdp"])
         note("offer written")
+        if a.control_answer_in:
+            try:
+                bad = await wait_file(a.control_answer_in, a.timeout)
+                write_result(a.control_result, True, await cdp.js(f"sdpPeer.acceptControl({json.dumps(bad)})"))
+            except Exception as e:
+                write_result(a.control_result, f"{type(e).__name__}: {e}")
         if a.answer_in:
             try:
                 ans = await wait_file(a.answer_in, a.timeout)
@@ -121,7 +131,7 @@ async def main(a):
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
         portfile = os.path.join(prof, "DevToolsActivePort")
-        for _ in range(400):
+        for _ in range(1200):               # 30 s: slow when the machine is busy
             if os.path.exists(portfile) and open(portfile).read().strip():
                 break
             if proc.poll() is not None:
@@ -150,6 +160,7 @@ async def main(a):
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--offer-out"); p.add_argument("--answer-in"); p.add_argument("--result")
+    p.add_argument("--control-answer-in"); p.add_argument("--control-result")
     p.add_argument("--remote-offer-in"); p.add_argument("--answer-out"); p.add_argument("--answer-result")
     p.add_argument("--timeout", type=float, default=20)
     a = p.parse_args()

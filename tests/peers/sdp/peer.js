@@ -42,6 +42,17 @@ window.sdpPeer = {
     await this.pc1.setRemoteDescription({type: 'answer', sdp: answerSdp});
     return this.negotiated(this.pc1);
   },
+  // The control answer goes to a separate pc with an offer of the same shape (mid 0, audio): a failed
+  // setRemoteDescription can leave Chrome's transport half-configured, so pc1 must not see it.
+  async controlOffer() {
+    this.pcC = this.newPc();
+    await this.pcC.setLocalDescription(await this.pcC.createOffer());
+    return true;
+  },
+  async acceptControl(answerSdp) {
+    await this.pcC.setRemoteDescription({type: 'answer', sdp: answerSdp});
+    return this.negotiated(this.pcC);
+  },
   async answer(offerSdp) {
     this.pc2 = this.newPc();
     await this.pc2.setRemoteDescription({type: 'offer', sdp: offerSdp});
@@ -49,5 +60,5 @@ window.sdpPeer = {
     const complete = await this.gathered(this.pc2, 5000);
     return {sdp: this.pc2.localDescription.sdp, complete, negotiated: this.negotiated(this.pc2)};
   },
-  close() { for (const pc of [this.pc1, this.pc2]) if (pc) pc.close(); return true; },
+  close() { for (const pc of [this.pc1, this.pc2, this.pcC]) if (pc) pc.close(); return true; },
 };
