@@ -262,13 +262,39 @@ fn assert_tone(report: &str, prefix: &str, hz: f64) {
     );
 }
 
+/// The largest value a counter reached in the media log's stats events.
+fn stat(media_log: &str, name: &str) -> Option<u64> {
+    media_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "stats")
+        .filter_map(|e| e[name].as_u64())
+        .max()
+}
+
 /// aiortc offers as a browser would (full ICE, controlling, DTLS actpass, Opus on PT 96): we take the
 /// controlled role (RFC 8445 §6.1.1, no role conflict), answer setup:active, and map the local Opus PT
-/// 111 onto its 96. Each side records the other's tone.
+/// 111 onto its 96. Each side records the other's tone. Mid-call, one of aiortc's SRTP packets is
+/// replayed 5 times and sent 5 times with a broken tag from aiortc's own address: all 10 are dropped
+/// and counted, and the audio is unharmed.
 #[test]
 fn aiortc_offerer_two_way_tone() {
     let _serial = serial();
-    let run = aiortc("watrunk-answers-aiortc.sh", &[("SECS", "4")]);
+    let run = aiortc(
+        "watrunk-answers-aiortc.sh",
+        &[("SECS", "5"), ("INJECT", "1")],
+    );
+    assert!(
+        run.report.contains("injected 5 replays and 5 bad tags"),
+        "{}",
+        run.report
+    );
+    assert_eq!(
+        stat(&run.media_log, "srtp_rejected"),
+        Some(10),
+        "{}",
+        run.media_log
+    );
     assert_tone(&run.report, "aiortc-rx:", 880.0);
     assert_tone(&run.report, "sink-rx:", 440.0);
     assert!(run.answer.contains("a=setup:active\r\n"), "{}", run.answer);
@@ -415,11 +441,11 @@ fn a_vanished_peer_is_detected_by_consent_freshness_and_strangers_are_ignored() 
     );
     let ms = failed[0]["ms"].as_f64().unwrap();
     assert!(ms > 6000.0, "not before the consent timeout: {ms} ms");
-    let strangers = events
-        .iter()
-        .filter(|e| e["event"] == "stats")
-        .filter_map(|e| e["strangers"].as_u64())
-        .max();
-    assert_eq!(strangers, Some(20), "{}", run.media_log);
+    assert_eq!(
+        stat(&run.media_log, "strangers"),
+        Some(20),
+        "{}",
+        run.media_log
+    );
     assert_tone(&run.report, "aiortc-rx:", 880.0);
 }

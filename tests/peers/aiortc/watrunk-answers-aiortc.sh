@@ -2,6 +2,8 @@
 # aiortc (a real WebRTC stack: full ICE, controlling, DTLS actpass) offers; `watrunk media answer`
 # answers it and relays to a local sink (standin_helper.py plain: 880 Hz out, recorder in). Both sides'
 # recordings are checked by frequency. Run inside `unshare -n` (root): aioice skips loopback addresses.
+# INJECT=1: 2 s in, one of aiortc's SRTP packets is replayed 5 times and sent 5 times with a broken
+# tag, from aiortc's own address (inject_srtp.py): watrunk must drop and count all of them.
 # VANISH=1: aiortc goes away after SECS while watrunk keeps the call (consent timeout 6 s), which must
 # end it with "consent expired". A stranger also sends RTP to watrunk's local port: it must be ignored.
 #   unshare -n -- bash watrunk-answers-aiortc.sh WORKDIR        env: WATRUNK (binary), SECS (5), VANISH
@@ -14,6 +16,8 @@ ip addr add "$ip/32" dev lo
 helper="/usr/bin/python3 $here/../rtpengine/standin_helper.py"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+/usr/bin/tcpdump -i lo -n -U -w cap.pcap udp 2> tcpdump.log & tpid=$!; pids+=($tpid)
+for _ in $(seq 50); do grep -q listening tcpdump.log 2>/dev/null && break; sleep 0.1; done
 
 /usr/bin/python3 "$here/peer.py" offer --sdp-out offer.sdp --sdp-in answer.sdp --record aiortc-rx.wav \
   --freq 440 --seconds "$secs" > aiortc.log 2>&1 & apid=$!; pids+=($apid)
@@ -35,6 +39,12 @@ for i in range(20):
     s.sendto(bytes([0x80, 111, 0, i, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]) + b'stranger', ('$ip', 41002)); time.sleep(0.02)
 " ) &
 
+if [ "${INJECT:-0}" = 1 ]; then
+  for _ in $(seq 100); do grep -q ice.connected media.log 2>/dev/null && break; sleep 0.05; done
+  sleep 2
+  port=$(grep -o '"event":"ice.connected","local":"[^"]*' media.log | sed 's/.*://')
+  /usr/bin/python3 "$here/../rtpengine/inject_srtp.py" cap.pcap "$port"
+fi
 status=0
 wait "$apid" || status=$?
 wait "$mpid" || mstatus=$?
