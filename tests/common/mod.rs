@@ -356,7 +356,8 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A background process killed on drop (stunnel, kamailio).
+/// A background process killed on drop with every process it forked (Kamailio forks its workers):
+/// it runs in a process group of its own, and the whole group is killed.
 pub struct Background {
     pub child: Child,
     pub name: &'static str,
@@ -365,8 +366,10 @@ pub struct Background {
 
 impl Background {
     pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Background {
+        use std::os::unix::process::CommandExt;
         let file = std::fs::File::create(&log).unwrap();
         let child = cmd
+            .process_group(0)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
@@ -380,6 +383,8 @@ impl Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
