@@ -59,6 +59,12 @@ const MTU: usize = 1500;
 pub struct MediaConfig {
     /// The address our host candidates (and plain SDES socket) use.
     pub media_ip: IpAddr,
+    /// A second host address, typically IPv6 beside an IPv4 `media_ip` (Meta offers both).
+    pub media_ip6: Option<IpAddr>,
+    /// The public address of a 1:1 NAT in front of `media_ip`: announced instead of it.
+    pub public_ip: Option<IpAddr>,
+    /// A STUN server (`stun:host:port`) for a server-reflexive candidate.
+    pub stun_server: Option<String>,
     /// ICE port range; (0, 0) for any port.
     pub ports: (u16, u16),
     /// Offer loopback candidates (tests on 127.0.0.1).
@@ -77,6 +83,9 @@ impl MediaConfig {
     pub fn new(media_ip: IpAddr, app_bind: SocketAddr, sink: SocketAddr) -> MediaConfig {
         MediaConfig {
             media_ip,
+            media_ip6: None,
+            public_ip: None,
+            stun_server: None,
             ports: (0, 0),
             include_loopback: media_ip.is_loopback(),
             app_bind,
@@ -235,23 +244,48 @@ impl Prepared {
             });
         }
         let media_ip = cfg.media_ip;
+        let media_ips: Vec<IpAddr> = std::iter::once(media_ip).chain(cfg.media_ip6).collect();
+        let mut network_types: Vec<NetworkType> = media_ips
+            .iter()
+            .map(|ip| {
+                if ip.is_ipv4() {
+                    NetworkType::Udp4
+                } else {
+                    NetworkType::Udp6
+                }
+            })
+            .collect();
+        network_types.dedup();
+        let mut urls = Vec::new();
+        let mut candidate_types = vec![CandidateType::Host];
+        if let Some(stun) = &cfg.stun_server {
+            urls.push(
+                webrtc_ice::url::Url::parse_url(stun)
+                    .map_err(|e| MediaError::Local(format!("STUN server {stun:?}: {e}")))?,
+            );
+            candidate_types.push(CandidateType::ServerReflexive);
+        }
+        let filter_ips = media_ips.clone();
         let udp_network = UDPNetwork::Ephemeral(
             EphemeralUDP::new(cfg.ports.0, cfg.ports.1)
                 .map_err(|e| MediaError::Local(format!("port range: {e}")))?,
         );
         let agent = Agent::new(AgentConfig {
-            network_types: vec![if media_ip.is_ipv4() {
-                NetworkType::Udp4
-            } else {
-                NetworkType::Udp6
-            }],
-            candidate_types: vec![CandidateType::Host],
+            network_types,
+            candidate_types,
+            urls,
+            nat_1to1_ips: cfg
+                .public_ip
+                .iter()
+                .map(|ip| format!("{ip}/{media_ip}"))
+                .collect(),
+            nat_1to1_ip_candidate_type: CandidateType::Host,
             udp_network,
             is_controlling: role == IceRole::Controlling,
             check_interval: cfg.check_interval,
             multicast_dns_mode: MulticastDnsMode::Disabled,
             include_loopback: cfg.include_loopback,
-            ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| ip == media_ip))),
+            ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| filter_ips.contains(&ip)))),
             disconnected_timeout: Some(cfg.consent_timeout.min(Duration::from_secs(5))),
             failed_timeout: Some(
                 cfg.consent_timeout

@@ -94,6 +94,15 @@ pub struct SinkArgs {
     /// Our media address (host candidate).
     #[arg(long)]
     media_ip: IpAddr,
+    /// A second media address (IPv6 beside an IPv4 --media-ip).
+    #[arg(long)]
+    media_ip6: Option<IpAddr>,
+    /// The public address of a 1:1 NAT in front of --media-ip, announced instead of it.
+    #[arg(long)]
+    public_ip: Option<IpAddr>,
+    /// A STUN server for a server-reflexive candidate, e.g. stun:stun.example.net:3478.
+    #[arg(long)]
+    stun_server: Option<String>,
     /// The local sink: the far side's RTP is sent there, and its RTP is accepted from there only.
     #[arg(long)]
     sink: SocketAddr,
@@ -115,6 +124,9 @@ async fn prepare(sink: &SinkArgs, role: IceRole) -> Result<(Prepared, LocalMedia
     let local_rtp = sink.local_rtp.unwrap_or(SocketAddr::new(sink.sink.ip(), 0));
     let mut cfg = MediaConfig::new(sink.media_ip, local_rtp, sink.sink);
     cfg.consent_timeout = Duration::from_secs_f64(sink.consent_timeout_secs);
+    cfg.media_ip6 = sink.media_ip6;
+    cfg.public_ip = sink.public_ip;
+    cfg.stun_server = sink.stun_server.clone();
     let prepared = Prepared::new(cfg, Identity::generate()?, role).await?;
     let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
         .with_candidates(prepared.candidates().iter().copied())

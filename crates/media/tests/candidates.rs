@@ -1,0 +1,86 @@
+//! What `Prepared` announces, on loopback: host candidates on the configured addresses only, the 1:1
+//! NAT's public address in place of the private one, and a clear local error for an address that is
+//! not on this machine.
+
+use std::net::{IpAddr, SocketAddr};
+
+use watrunk_media::{IceRole, Identity, MediaConfig, MediaError, Prepared};
+
+fn cfg(ip: &str) -> MediaConfig {
+    let ip: IpAddr = ip.parse().unwrap();
+    MediaConfig::new(
+        ip,
+        SocketAddr::new("127.0.0.1".parse().unwrap(), 0),
+        "127.0.0.1:9".parse().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn host_candidates_on_the_media_address_only() {
+    let p = Prepared::new(
+        cfg("127.0.0.1"),
+        Identity::generate().unwrap(),
+        IceRole::Controlling,
+    )
+    .await
+    .unwrap();
+    assert!(!p.candidates().is_empty());
+    assert!(p
+        .candidates()
+        .iter()
+        .all(|c| c.ip() == "127.0.0.1".parse::<IpAddr>().unwrap()));
+    let (ufrag, pwd) = p.ice_credentials();
+    assert!(
+        ufrag.len() >= 4 && pwd.len() >= 22,
+        "RFC 8445 lengths: {ufrag} {pwd}"
+    );
+    assert_eq!(p.fingerprint().algorithm, "sha-256");
+    assert_eq!(p.fingerprint().bytes.len(), 32);
+}
+
+#[tokio::test]
+async fn a_one_to_one_nat_address_replaces_the_private_one() {
+    let mut c = cfg("127.0.0.1");
+    c.public_ip = Some("203.0.113.7".parse().unwrap());
+    let p = Prepared::new(c, Identity::generate().unwrap(), IceRole::Controlling)
+        .await
+        .unwrap();
+    assert!(!p.candidates().is_empty());
+    assert!(
+        p.candidates()
+            .iter()
+            .all(|c| c.ip() == "203.0.113.7".parse::<IpAddr>().unwrap()),
+        "{:?}",
+        p.candidates()
+    );
+}
+
+#[tokio::test]
+async fn an_address_not_on_this_machine_is_a_local_error() {
+    let err = Prepared::new(
+        cfg("192.0.2.77"),
+        Identity::generate().unwrap(),
+        IceRole::Controlling,
+    )
+    .await
+    .err()
+    .expect("no candidate on an absent address");
+    assert!(
+        matches!(err, MediaError::Local(ref m) if m.contains("192.0.2.77")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sdes_without_ice_binds_one_plain_socket() {
+    let p = Prepared::new(
+        cfg("127.0.0.1"),
+        Identity::generate().unwrap(),
+        IceRole::None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.candidates().len(), 1);
+    assert_ne!(p.candidates()[0].port(), 0);
+    assert_eq!(p.ice_credentials(), ("", ""));
+}
