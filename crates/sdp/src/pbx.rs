@@ -122,14 +122,7 @@ pub(crate) fn answer(
         maxptime: false,
         direction,
     };
-    let others = offer
-        .medias
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != facts.index)
-        .map(|(_, m)| write::rejected(m))
-        .collect();
-    let sdp = write::session(&stream, facts.index, others);
+    let sdp = write::answer_session(&stream, offer, facts.index);
     let plan = plan(
         &facts, remote_rtp, keying, codec, audio_pt, dtmf_pt, direction,
     );

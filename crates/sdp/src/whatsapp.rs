@@ -90,14 +90,7 @@ pub(crate) fn answer(
         maxptime: true,
         direction,
     };
-    let others = offer
-        .medias
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != facts.index)
-        .map(|(_, m)| write::rejected(m))
-        .collect();
-    let sdp = write::session(&stream, facts.index, others);
+    let sdp = write::answer_session(&stream, offer, facts.index);
     let plan = plan(&facts, remote_ice, keying, opus_pt, dtmf_pt, direction);
     Ok((sdp, plan))
 }

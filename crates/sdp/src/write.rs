@@ -28,8 +28,20 @@ pub(crate) struct Stream<'a> {
     pub direction: Direction,
 }
 
+/// An answer: our stream in place of the offer's m-line `audio_index`, every other m-line rejected.
+pub(crate) fn answer_session(stream: &Stream, offer: &Session, audio_index: usize) -> Session {
+    let others = offer
+        .medias
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != audio_index)
+        .map(|(_, m)| rejected(m))
+        .collect();
+    session(stream, audio_index, others)
+}
+
 /// A rejected m-line of an answer (RFC 3264 §6: port 0, same media and transport).
-pub(crate) fn rejected(offered: &Media) -> Media {
+fn rejected(offered: &Media) -> Media {
     Media {
         media: offered.media.trim().to_string(),
         port: 0,

@@ -91,7 +91,12 @@ proptest! {
                 Ok((answer, plan)) => {
                     let printed = sdp::print(&answer);
                     let reparsed = sdp::parse(printed.as_bytes()).unwrap();
-                    let broken = sdp::check(&reparsed, Side::Business, Some(Kind::Answer));
+                    let mut broken = sdp::check(&reparsed, Side::Business, Some(Kind::Answer));
+                    // An offer saying setup:active leaves us only passive (RFC 5763): correct, but not
+                    // what WhatsApp wants from a business, and check says so. Meta always offers actpass.
+                    if text.contains("a=setup:active\r\n") {
+                        broken.retain(|e| e.rule() != "setup");
+                    }
                     prop_assert!(broken.is_empty(), "{:?}\n{}\n{}", broken, text, printed);
                     prop_assert_eq!(Some(plan.audio_pt), pt_of(&text.to_ascii_lowercase(), "opus/48000/2"));
                 }
