@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the system packages the tests need
-# (real SIP peers: SIPp, stunnel, Kamailio; real media peers: rtpengine, aiortc, Chromium) when missing, then formatting, lints and every test.
+# (real SIP peers: SIPp, stunnel, Kamailio; real media peers: rtpengine, aiortc, Chromium; SDP peers: baresip) when missing, then formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,9 @@ command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 /usr/bin/python3 -c 'import aiortc' >/dev/null 2>&1 || need+=(python3-aiortc)
 /usr/bin/python3 -c 'import numpy' >/dev/null 2>&1 || need+=(python3-numpy)
+# SDP negotiator against live offers (tests/interop_sdp.rs, tests/peers/sdp): baresip, plus rtpengine, aiortc and
+# Chromium (below).
+command -v baresip >/dev/null 2>&1 || need+=(baresip baresip-core)
 # Headless Chromium, driven over the DevTools protocol.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3-websockets)

@@ -361,6 +361,7 @@ impl Prepared {
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (stop_tx, stop_rx) = oneshot::channel();
         let app_addr = self.app_addr();
+        let dtmf_negotiated = plan.dtmf_pt.is_some();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let result = tokio::select! {
@@ -378,6 +379,7 @@ impl Prepared {
         MediaSession {
             events: events_rx,
             commands: commands_tx,
+            dtmf_negotiated,
             stop: Some(stop_tx),
             task,
             app_addr,
@@ -388,6 +390,7 @@ impl Prepared {
 pub struct MediaSession {
     pub events: mpsc::Receiver<MediaEvent>,
     commands: mpsc::Sender<Command>,
+    dtmf_negotiated: bool,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     app_addr: SocketAddr,
@@ -405,6 +408,11 @@ impl MediaSession {
     /// Sends one DTMF key (0-9, *, #, A-D) as RFC 4733 events on the call's SSRC. Refused when the
     /// far side negotiated no telephone-event, or when keys are queued faster than they are sent.
     pub fn send_dtmf(&self, key: char, duration: Duration) -> Result<(), MediaError> {
+        if !self.dtmf_negotiated {
+            return Err(MediaError::Local(
+                "the far side negotiated no telephone-event/8000".into(),
+            ));
+        }
         let sender = DtmfSender::new(key, duration.as_millis() as u32)?;
         self.commands
             .try_send(Command::Dtmf(sender))
@@ -831,7 +839,7 @@ async fn write_loop(
     loop {
         let (packet_len, from_sink) = tokio::select! {
             Some(Command::Dtmf(d)) = commands.recv() => {
-                if payloads.remote_dtmf.is_some() && dtmf_queue.len() < 16 {
+                if dtmf_queue.len() < 16 {
                     dtmf_queue.push_back(d);
                 }
                 continue;

@@ -18,7 +18,8 @@ pub struct MediaPlan {
     pub keying: Keying,
     pub codec: Codec,
     pub audio_pt: u8,
-    /// telephone-event/8000 payload type (WhatsApp assumes 126 when none was negotiated).
+    /// telephone-event/8000 payload type, when both sides agreed on one (never assumed: a peer that
+    /// did not offer it would not expect it).
     pub dtmf_pt: Option<u8>,
     pub remote_ssrc: Option<u32>,
     pub ptime: u32,

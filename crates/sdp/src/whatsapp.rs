@@ -15,7 +15,7 @@ use crate::rules::{self, Mode};
 use crate::write::{self, Stream};
 use crate::OfferState;
 
-/// Meta assumes payload type 126 for telephone-event when none is negotiated (WHATSAPP-SIP §7.6).
+/// The payload type we offer telephone-event/8000 on (Meta's own number, WHATSAPP-SIP §7.6).
 pub const DEFAULT_DTMF_PT: u8 = 126;
 const OPUS_PT: u8 = 111;
 const MID: &str = "audio";
@@ -110,7 +110,7 @@ fn plan(
         keying,
         codec: Codec::Opus,
         audio_pt,
-        dtmf_pt: Some(dtmf_pt.unwrap_or(DEFAULT_DTMF_PT)),
+        dtmf_pt,
         remote_ssrc: single_ssrc(facts),
         ptime: 20,
         rtcp_mux: true,

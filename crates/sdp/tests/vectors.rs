@@ -66,7 +66,7 @@ fn answer_ok(offer_text: &str, expect: Expect) -> String {
 
     // The plan.
     assert_eq!(plan.audio_pt, expect.opus_pt);
-    assert_eq!(plan.dtmf_pt, Some(expect.dtmf_pt.unwrap_or(126)));
+    assert_eq!(plan.dtmf_pt, expect.dtmf_pt);
     assert_eq!(plan.ptime, 20);
     assert_eq!(plan.transcoding, Transcoding::None);
     let ice = plan.remote_ice.as_ref().expect("remote ICE");

@@ -12,6 +12,8 @@ ip link set lo up
 ip link add v0 type veth peer name v1
 ip addr add 198.18.0.1/24 dev v0; ip addr add 198.18.0.2/24 dev v1
 ip link set v0 up; ip link set v1 up
+# Chromium gathers no candidates without a default route; nothing lies beyond it in this namespace.
+ip route add default via 198.18.0.2 dev v0
 helper="/usr/bin/python3 $here/../rtpengine/standin_helper.py"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT

@@ -44,6 +44,7 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
+trap 'exit 143' INT TERM   # (exit runs the EXIT trap: a timeout still stops the peers)
 t0=$EPOCHREALTIME
 elapsed() { awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b - a}'; }
 wait_for() { # file seconds
@@ -83,7 +84,7 @@ peer_args() { # PEER
   echo --offer-out "$out/$1-offer.sdp" --control-answer-in "$out/$1-control.sdp" --control-result "$out/$1-control.result" \
     --answer-in "$out/$1-answer.sdp" --result "$out/$1-answer.result" \
     --remote-offer-in "$out/our-offer-$1.sdp" --answer-out "$out/$1-answer-to-ours.sdp" \
-    --answer-result "$out/$1-answer-to-ours.result" --timeout 20
+    --answer-result "$out/$1-answer-to-ours.result" --timeout 60
 }
 # shellcheck disable=SC2046
 $PY "$here/aiortc_peer.py" $(peer_args aiortc) > "$logs/aiortc.log" 2>&1 &
@@ -101,7 +102,7 @@ unshare -n -- bash -c '
 cpid=$!; pids+=($cpid)
 
 # --- rtpengine: ICE-lite DTLS and SDES offers (as in capture-offers.sh), answered by watrunk, fed back with ng answer --
-NG="$PY $here/ng.py --ng 127.0.0.1:$NG_PORT"
+NG="$PY $here/../rtpengine/ng.py --ng 127.0.0.1:$NG_PORT"
 for ((i = 0; i < 200; i++)); do grep -q 'Startup complete' "$logs/rtpengine.log" 2>/dev/null && break; sleep 0.025; done
 $NG ping > /dev/null || { echo "rtpengine does not answer ng ping:"; cat "$logs/rtpengine.log"; exit 1; }
 printf '%s\r\n' v=0 "o=- 7602563789789945080 2 IN IP4 127.0.0.1" s=- 't=0 0' 'a=group:BUNDLE audio' \
@@ -138,7 +139,7 @@ done
 
 # --- aiortc / Chromium: answer their offers as they appear ------------------------------------------------------------
 for peer in aiortc chromium; do
-  if wait_for "$out/$peer-offer.sdp" 20; then
+  if wait_for "$out/$peer-offer.sdp" 60; then
     answer_with "$peer" $([ $peer = aiortc ] && echo 40030 || echo 40032) || rc=1
   else
     echo "$peer wrote no offer:"; cat "$logs/$peer.log"; rc=1

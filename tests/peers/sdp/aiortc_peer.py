@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """aiortc (Debian python3-aiortc 1.4) as an SDP peer for the watrunk-sdp acceptance tests.  Run with /usr/bin/python3.
 
-  aiortc_peer.py [--offer-out OFFER] [--answer-in ANSWER --result RES]
+  aiortc_peer.py [--offer-out OFFER [--control-answer-in BAD --control-result RES0] [--answer-in ANSWER --result RES]]
                  [--remote-offer-in THEIRS --answer-out OURS --answer-result RES2] [--timeout 20]
 
   --offer-out       pc1 (one audio track) makes a complete offer (aiortc gathers before setLocalDescription returns:

@@ -13,7 +13,7 @@
 #   versions.txt, logs/        peer versions; each peer's log
 # Network: lo up + 198.18.0.1/32 on lo (baresip, aiortc, rtpengine: ICE peers never use 127.0.0.1). Chromium skips
 # the loopback interface, so it runs in a nested namespace with a veth pair v0/v1 (198.18.0.1/24, 198.18.0.2/24) and
-# a default route via v1 (Chromium 156.0.8078.114 gathers no candidate at all without one). SIP and ng stay on
+# a default route via 198.18.0.2 (Chromium 156.0.8078.114 gathers no candidate at all without one). SIP and ng stay on
 # 127.0.0.1. Nothing can leave the namespace. Every peer is started by PID and stopped by PID (EXIT trap).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,19 +41,15 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
+trap 'exit 143' INT TERM   # (exit runs the EXIT trap: a timeout still stops the peers)
 crlf() { sed -e 's/\r$//' -e 's/$/\r/' "$1" > "$2.tmp" && mv "$2.tmp" "$2"; }
-wait_for() { # file seconds
-  local i
-  for ((i = 0; i < $2 * 20; i++)); do [ -s "$1" ] && return 0; sleep 0.05; done
-  return 1
-}
 t0=$EPOCHREALTIME
 mark() { awk -v a="$t0" -v b="$EPOCHREALTIME" -v m="$1" 'BEGIN{printf "%6.2f %s\n", b - a, m}' >> "$logs/timing.txt"; }
 : > "$logs/timing.txt"
 
 {
   echo "aiortc $($PY -c 'import aiortc; print(aiortc.__version__)') (aioice $($PY -c 'import aioice; print(aioice.__version__)'))"
-  echo "chromium $(/usr/bin/chromium --version 2>/dev/null | grep -o '[0-9][0-9.]*' | head -1)"
+  echo "chromium $(dpkg-query -W -f '${Version}' chromium 2>/dev/null)"
   echo "baresip $(dpkg-query -W -f '${Version}' baresip-core 2>/dev/null) (libre $(dpkg-query -W -f '${Version}' libre0 2>/dev/null))"
   echo "rtpengine $(dpkg-query -W -f '${Version}' rtpengine-daemon 2>/dev/null)"
 } > "$out/versions.txt"
@@ -80,7 +76,7 @@ unshare -n -- bash -c '
 cpid=$!; pids+=($cpid)
 
 # --- baresip: two UAs (DTLS+ICE, SDES) dial a SIP sink that records the INVITE bodies and answers 486 ----------------
-$PY "$here/sip_sink.py" --bind 127.0.0.1:$SINK_PORT --out-dir "$logs" --expect bs-dtls,bs-sdes --timeout 15 \
+$PY "$here/sip_sink.py" --bind 127.0.0.1:$SINK_PORT --out-dir "$logs" --expect bs-dtls,bs-sdes --timeout 40 \
   > "$logs/sip_sink.log" 2>&1 &
 spid=$!; pids+=($spid)
 bs() { # name sip_port account-params
@@ -117,14 +113,14 @@ opus_stereo		no
 opus_sprop_stereo	no
 CFG
   echo "<sip:$1@127.0.0.1>;regint=0;$4;audio_codecs=opus/48000/1;answermode=manual" > "$d/accounts"
-  /usr/bin/baresip -f "$d" -e "/dial sip:sink@127.0.0.1:$SINK_PORT" -t 15 < /dev/null > "$logs/baresip-$1.log" 2>&1 &
+  /usr/bin/baresip -f "$d" -e "/dial sip:sink@127.0.0.1:$SINK_PORT" -t 45 < /dev/null > "$logs/baresip-$1.log" 2>&1 &
   pids+=($!)
 }
 bs bs-dtls 5160 20000-20049 "medianat=ice;mediaenc=dtls_srtp"
 bs bs-sdes 5170 20050-20099 "mediaenc=srtp-mand"
 
 # --- rtpengine offers: a plain RTP/AVP Opus offer (shaped like Meta's), turned into the WebRTC/SDES offers ------------
-NG="$PY $here/ng.py --ng 127.0.0.1:$NG_PORT"
+NG="$PY $here/../rtpengine/ng.py --ng 127.0.0.1:$NG_PORT"
 # (ng over UDP: a ping sent before rtpengine listens is lost and waits out ng.py's 5 s timeout, so wait for the log)
 for ((i = 0; i < 200; i++)); do grep -q 'Startup complete' "$logs/rtpengine.log" 2>/dev/null && break; sleep 0.025; done
 $NG ping > /dev/null || { echo "rtpengine does not answer ng ping:"; cat "$logs/rtpengine.log"; exit 1; }

@@ -3,7 +3,7 @@
 protocol (CDP) with python3-websockets; no Playwright.  Run with /usr/bin/python3.  Adapted from the shared
 peers/chromium/chromium_peer.py (page code: peer.js next to this file).
 
-  chromium_peer.py [--offer-out OFFER] [--answer-in ANSWER --result RES]
+  chromium_peer.py [--offer-out OFFER [--control-answer-in BAD --control-result RES0] [--answer-in ANSWER --result RES]]
                    [--remote-offer-in THEIRS --answer-out OURS --answer-result RES2] [--timeout 20]
 
 Same contract as aiortc_peer.py: --offer-out writes pc1's offer (after ICE gathering is complete, CRLF);
@@ -17,7 +17,7 @@ Chromium skips the loopback interface for ICE: run inside `unshare -n` with a ve
 `--disable-features=WebRtcHideLocalIpsWithMdns` keeps real IPs in the candidates instead of *.local names.
 Exit status 0 when every requested step succeeded.
 """
-import argparse, asyncio, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, asyncio, json, os, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
 import websockets
 
@@ -158,6 +158,11 @@ async def main(a):
 
 
 if __name__ == "__main__":
+    # stopped by PID (the scripts' EXIT trap): still take Chromium down with us (the finally in main)
+    def on_term(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # once: a second TERM must not interrupt the clean-up
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, on_term)
     p = argparse.ArgumentParser()
     p.add_argument("--offer-out"); p.add_argument("--answer-in"); p.add_argument("--result")
     p.add_argument("--control-answer-in"); p.add_argument("--control-result")
