@@ -18,11 +18,10 @@ helper="/usr/bin/python3 $here/../rtpengine/standin_helper.py"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
-media_args=(--media-ip "$ip" --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$((secs + 4))")
+# watrunk outlives the call (Chromium can take seconds to start on a loaded machine) and is stopped
+# when Chromium is done.
+media_args=(--media-ip "$ip" --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$((secs + 30))")
 export WATRUNK_LOG='warn,dtls=error,webrtc_ice=error'
-# The sink starts first (Python and libopus take a while to load) and outlasts the call.
-$helper plain --bind "$ip:41000" --peer-sdp sink-peer.sdp --freq 880 --seconds "$((secs + 4))" --wav sink-rx.wav \
-  --start immediate --ssrc 1234 > sink.log 2>&1 & spid=$!; pids+=($spid)
 
 case "$mode" in
   chromium-offers)
@@ -41,10 +40,16 @@ case "$mode" in
     ;;
   *) echo "mode: chromium-offers or watrunk-offers"; exit 2 ;;
 esac
+# The sink starts once both SDPs exist, so that its recording covers the call whatever the start-up
+# times; it records for as long as Chromium plays.
+for _ in $(seq 600); do [ -s answer.sdp ] && break; sleep 0.05; done
+$helper plain --bind "$ip:41000" --peer-sdp sink-peer.sdp --freq 880 --seconds "$((secs + 1))" --wav sink-rx.wav \
+  --start immediate --ssrc 1234 > sink.log 2>&1 & spid=$!; pids+=($spid)
 status=0
 wait "$cpid" || status=$?
 wait "$spid" || true
-wait "$mpid" || status=$?
+kill "$mpid" 2>/dev/null || true
+wait "$mpid" 2>/dev/null || true
 echo "--- chromium"; cat chromium.json
 echo "--- watrunk"; cat media.log
 echo "sink-rx: $($helper freq sink-rx.wav)"
