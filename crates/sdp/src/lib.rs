@@ -79,6 +79,16 @@ pub struct OfferState {
 }
 
 impl OfferState {
+    /// The state of the offer `stream` describes, with what `accept_answer` checks the answer against.
+    pub(crate) fn new(local: &LocalMedia, stream: &write::Stream) -> OfferState {
+        OfferState {
+            local: local.clone(),
+            sdp: write::session(stream, 0, Vec::new()),
+            formats: stream.formats.clone(),
+            crypto: stream.crypto.clone(),
+        }
+    }
+
     pub fn sdp(&self) -> &Session {
         &self.sdp
     }

@@ -170,34 +170,25 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
             "the PBX codec list has no audio codec".into(),
         ));
     }
-    let crypto: Vec<(u32, SdesSuite)> = if local.security == Security::Sdes {
-        SdesSuite::PREFERENCE
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i as u32 + 1, *s))
-            .collect()
+    let crypto = if local.security == Security::Sdes {
+        SdesSuite::offered()
     } else {
         Vec::new()
     };
     let stream = Stream {
         local,
         proto,
-        formats: formats.clone(),
+        formats,
         mid: None,
         bundle: false,
         ice: false,
         setup: None,
-        crypto: crypto.clone(),
+        crypto,
         rtcp_mux: false,
         maxptime: false,
         direction: Direction::SendRecv,
     };
-    Ok(OfferState {
-        local: local.clone(),
-        sdp: write::session(&stream, 0, Vec::new()),
-        formats,
-        crypto,
-    })
+    Ok(OfferState::new(local, &stream))
 }
 
 pub(crate) fn accept_answer(state: &OfferState, answer: &Session) -> Result<MediaPlan, SdpError> {

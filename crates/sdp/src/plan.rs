@@ -131,6 +131,15 @@ impl SdesSuite {
         SdesSuite::AesCm128HmacSha1_32,
     ];
 
+    /// The a=crypto lines of our offers: every suite, tags 1.. in preference order.
+    pub fn offered() -> Vec<(u32, SdesSuite)> {
+        SdesSuite::PREFERENCE
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as u32 + 1, *s))
+            .collect()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             SdesSuite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",

@@ -142,11 +142,7 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
                     "an SDES offer needs a media address (there is no ICE to find one)".into(),
                 ));
             }
-            let crypto = SdesSuite::PREFERENCE
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i as u32 + 1, *s))
-                .collect();
+            let crypto = SdesSuite::offered();
             ("RTP/SAVP", false, None, crypto)
         }
         Security::Plain => {
@@ -162,22 +158,17 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
     let stream = Stream {
         local,
         proto,
-        formats: formats.clone(),
+        formats,
         mid: Some(MID.into()),
         bundle: true,
         ice,
         setup,
-        crypto: crypto.clone(),
+        crypto,
         rtcp_mux: true,
         maxptime: true,
         direction: crate::plan::Direction::SendRecv,
     };
-    Ok(OfferState {
-        local: local.clone(),
-        sdp: write::session(&stream, 0, Vec::new()),
-        formats,
-        crypto,
-    })
+    Ok(OfferState::new(local, &stream))
 }
 
 pub(crate) fn accept_answer(state: &OfferState, answer: &Session) -> Result<MediaPlan, SdpError> {
