@@ -8,14 +8,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$1; mkdir -p "$work"; cd "$work"
-ip=198.18.0.1; secs=${SECS:-5}
-ip link set lo up
-ip addr add "$ip/32" dev lo
-helper="/usr/bin/python3 $here/../rtpengine/standin_helper.py"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-/usr/bin/tcpdump -i lo -n -U -w cap.pcap udp 2> tcpdump.log & tpid=$!; pids+=($tpid)
-for _ in $(seq 50); do grep -q listening tcpdump.log 2>/dev/null && break; sleep 0.1; done
+secs=${SECS:-5}
+source "$here/namespace.sh"
 
 printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
 WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media offer --offer-out offer.sdp --answer answer.sdp --media-ip "$ip" \

@@ -10,14 +10,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$1; mkdir -p "$work"; cd "$work"
-ip=198.18.0.1; secs=${SECS:-5}
-ip link set lo up
-ip addr add "$ip/32" dev lo
-helper="/usr/bin/python3 $here/../rtpengine/standin_helper.py"
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-/usr/bin/tcpdump -i lo -n -U -w cap.pcap udp 2> tcpdump.log & tpid=$!; pids+=($tpid)
-for _ in $(seq 50); do grep -q listening tcpdump.log 2>/dev/null && break; sleep 0.1; done
+secs=${SECS:-5}
+source "$here/namespace.sh"
 
 /usr/bin/python3 "$here/peer.py" offer --sdp-out offer.sdp --sdp-in answer.sdp --record aiortc-rx.wav \
   --freq 440 --seconds "$secs" > aiortc.log 2>&1 & apid=$!; pids+=($apid)
