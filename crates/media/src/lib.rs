@@ -10,6 +10,7 @@ mod dtls_endpoint;
 pub mod dtmf;
 pub mod restamp;
 mod session;
+pub mod srtp;
 
 pub use demux::{classify, is_rtcp, PacketKind};
 pub use session::{IceRole, Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
