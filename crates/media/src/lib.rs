@@ -1,6 +1,8 @@
 //! watrunk-media: one call's media. ICE-full and controlling (webrtc-ice), DTLS-SRTP (dtls) or
-//! SDES-SRTP keys (webrtc-srtp), and the relay between SRTP toward the far side and plain RTP toward
-//! a local UDP sink, with one outbound SSRC and silence until the sink speaks (we send first).
+//! SDES-SRTP keys, and the relay between SRTP toward the far side and plain RTP toward a local UDP
+//! sink, with one outbound SSRC and silence until the sink speaks (we send first). All calls share
+//! one UDP socket (`MediaSocket`); after set-up their packets take our own allocation-free path
+//! (in-place SRTP, no ICE agent in between).
 //!
 //! The boundary is `Prepared` (our candidates and fingerprint, for the SDP), `MediaPlan` (from
 //! watrunk-sdp) and `MediaEvent`s; nothing of webrtc-rs shows through it.
@@ -8,11 +10,14 @@
 mod demux;
 mod dtls_endpoint;
 pub mod dtmf;
+mod mux;
+mod relay;
 pub mod restamp;
 mod session;
 pub mod srtp;
 
 pub use demux::{classify, is_rtcp, PacketKind};
+pub use mux::MediaSocket;
 pub use session::{IceRole, Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
 
 /// Whose fault a media failure is.

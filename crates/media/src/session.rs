@@ -13,8 +13,10 @@
 //! Ended ── stop() or Failed{reason}
 //! ```
 //!
-//! webrtc-rs does ICE (and keeps consent) and the DTLS handshake; the packets after set-up go through
-//! our own loop: one receive, one SRTP operation, one send.
+//! webrtc-rs does ICE (and keeps consent) and the DTLS handshake over the shared `MediaSocket`; the
+//! packets after set-up go through our own path: inbound, the socket's reader unprotects in place
+//! and sends to the sink (relay.rs); outbound, the call's task reads the sink, re-stamps, protects in
+//! place and sends on the shared socket. One receive, one SRTP operation, one send, no allocation.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -36,24 +38,27 @@ use webrtc_ice::candidate::{Candidate, CandidateType};
 use webrtc_ice::mdns::MulticastDnsMode;
 use webrtc_ice::network_type::NetworkType;
 use webrtc_ice::state::ConnectionState;
-use webrtc_ice::udp_network::{EphemeralUDP, UDPNetwork};
-use webrtc_srtp::context::Context;
-use webrtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
-use webrtc_srtp::protection_profile::ProtectionProfile;
+use webrtc_ice::udp_network::UDPNetwork;
 use webrtc_util::{Conn, KeyingMaterialExporter};
 
-use crate::demux::{classify, is_rtcp, PacketKind};
+use crate::demux::{classify, PacketKind};
 use crate::dtls_endpoint::DtlsEndpoint;
 use crate::dtmf::DtmfSender;
+use crate::mux::MediaSocket;
+use crate::relay::{sender_report, InboundCounters, InboundRoute, SenderInfo};
 use crate::restamp::{PayloadMap, Restamper, FRAME};
+use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::MediaError;
 
-const SRTP_REPLAY_WINDOW: usize = 128;
 const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// The sink counts as silent after this long without a packet; we fill in with silence frames.
 const SINK_SILENCE: Duration = Duration::from_millis(60);
 const MTU: usize = 1500;
+/// Room after a packet for the SRTP tag (or SRTCP's tag and index).
+const TAG_ROOM: usize = 32;
+/// SRTP packets kept while the keys are still being agreed (the far side may finish first).
+const EARLY_PACKETS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -65,8 +70,6 @@ pub struct MediaConfig {
     pub public_ip: Option<IpAddr>,
     /// A STUN server (`stun:host:port`) for a server-reflexive candidate.
     pub stun_server: Option<String>,
-    /// ICE port range; (0, 0) for any port.
-    pub ports: (u16, u16),
     /// Offer loopback candidates (tests on 127.0.0.1).
     pub include_loopback: bool,
     /// Where the call's local RTP port L is bound (port 0: any).
@@ -86,7 +89,6 @@ impl MediaConfig {
             media_ip6: None,
             public_ip: None,
             stun_server: None,
-            ports: (0, 0),
             include_loopback: media_ip.is_loopback(),
             app_bind,
             sink,
@@ -155,26 +157,23 @@ pub struct Stats {
     pub srtp_rejected: u64,
     /// Packets on the sink port from anyone but the sink (ignored).
     pub strangers: u64,
+    /// Inbound packets the far side sent that never arrived (RFC 3550 A.3).
+    pub lost: i64,
+    /// Inbound interarrival jitter (RFC 3550 A.8), in µs.
+    pub jitter_us: u64,
+    /// Round-trip time from the far side's RTCP report on our stream, once it sent one.
+    pub rtt_us: Option<u64>,
 }
 
-/// Counters the receive loop keeps (one writer; relaxed atomics, never contended).
-#[derive(Default)]
-struct InboundCounters {
-    packets: std::sync::atomic::AtomicU64,
-    bytes: std::sync::atomic::AtomicU64,
-    rejected: std::sync::atomic::AtomicU64,
-}
-
-impl InboundCounters {
-    fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
-        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn fill(&self, stats: &mut Stats) {
+impl Stats {
+    fn take_inbound(&mut self, counters: &InboundCounters) {
         use std::sync::atomic::Ordering::Relaxed;
-        stats.packets_in = self.packets.load(Relaxed);
-        stats.bytes_in = self.bytes.load(Relaxed);
-        stats.srtp_rejected = self.rejected.load(Relaxed);
+        self.packets_in = counters.packets.load(Relaxed);
+        self.bytes_in = counters.bytes.load(Relaxed);
+        self.srtp_rejected = counters.rejected.load(Relaxed);
+        self.lost = counters.lost();
+        self.jitter_us = counters.jitter.load(Relaxed) * 1_000_000 / 48_000;
+        self.rtt_us = Some(counters.rtt_us.load(Relaxed)).filter(|&r| r > 0);
     }
 }
 
@@ -184,11 +183,35 @@ pub struct Prepared {
     identity: Identity,
     agent: Option<Arc<Agent>>,
     role: IceRole,
-    plain: Option<Arc<UdpSocket>>,
+    socket: Arc<MediaSocket>,
     ufrag: String,
     pwd: String,
     candidates: Vec<SocketAddr>,
+    /// Taken by `start`.
+    app: Option<UdpSocket>,
+}
+
+/// What a started call takes of `Prepared`.
+struct Parts {
+    cfg: MediaConfig,
+    identity: Identity,
+    agent: Option<Arc<Agent>>,
+    role: IceRole,
+    socket: Arc<MediaSocket>,
     app: UdpSocket,
+}
+
+impl Drop for Prepared {
+    /// A call prepared but never started leaves no connection on the shared socket.
+    fn drop(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = agent.close().await;
+                });
+            }
+        }
+    }
 }
 
 /// Our ICE role, chosen per RFC 8445 §6.1.1 before any check is sent, so that a conforming peer
@@ -214,33 +237,30 @@ impl IceRole {
 }
 
 impl Prepared {
-    /// Gathers host candidates on `cfg.media_ip` (ICE), or binds one plain socket there
-    /// (`IceRole::None`, SDES toward an offer without ICE), and binds the local RTP port.
+    /// Gathers host candidates on `cfg.media_ip` (ICE) with the port of the shared `socket`, or
+    /// just takes that address (`IceRole::None`, SDES toward an offer without ICE), and binds the
+    /// local RTP port.
     pub async fn new(
         cfg: MediaConfig,
         identity: Identity,
         role: IceRole,
+        socket: &Arc<MediaSocket>,
     ) -> Result<Prepared, MediaError> {
         let app = UdpSocket::bind(cfg.app_bind)
             .await
             .map_err(|e| MediaError::Local(format!("bind {}: {e}", cfg.app_bind)))?;
         if role == IceRole::None {
-            let plain = UdpSocket::bind(SocketAddr::new(cfg.media_ip, cfg.ports.0))
-                .await
-                .map_err(|e| MediaError::Local(format!("bind media address: {e}")))?;
-            let addr = plain
-                .local_addr()
-                .map_err(|e| MediaError::Local(e.to_string()))?;
+            let addr = SocketAddr::new(cfg.media_ip, socket.local_addr().port());
             return Ok(Prepared {
                 cfg,
                 identity,
                 agent: None,
                 role,
-                plain: Some(Arc::new(plain)),
+                socket: socket.clone(),
                 ufrag: String::new(),
                 pwd: String::new(),
                 candidates: vec![addr],
-                app,
+                app: Some(app),
             });
         }
         let media_ip = cfg.media_ip;
@@ -266,10 +286,7 @@ impl Prepared {
             candidate_types.push(CandidateType::ServerReflexive);
         }
         let filter_ips = media_ips.clone();
-        let udp_network = UDPNetwork::Ephemeral(
-            EphemeralUDP::new(cfg.ports.0, cfg.ports.1)
-                .map_err(|e| MediaError::Local(format!("port range: {e}")))?,
-        );
+        let udp_network = UDPNetwork::Muxed(socket.clone());
         let agent = Agent::new(AgentConfig {
             network_types,
             candidate_types,
@@ -330,11 +347,11 @@ impl Prepared {
             identity,
             agent: Some(Arc::new(agent)),
             role,
-            plain: None,
+            socket: socket.clone(),
             ufrag,
             pwd,
             candidates,
-            app,
+            app: Some(app),
         })
     }
 
@@ -352,22 +369,52 @@ impl Prepared {
 
     /// The call's local RTP port L (the application sends its audio here).
     pub fn app_addr(&self) -> SocketAddr {
-        self.app.local_addr().expect("bound socket")
+        self.app
+            .as_ref()
+            .and_then(|a| a.local_addr().ok())
+            .expect("bound socket, not yet started")
     }
 
     /// Starts the media for `plan`; `ssrc` is the one outbound SSRC announced in our SDP.
-    pub fn start(self, plan: MediaPlan, ssrc: u32) -> MediaSession {
+    pub fn start(mut self, plan: MediaPlan, ssrc: u32) -> MediaSession {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (stop_tx, stop_rx) = oneshot::channel();
         let app_addr = self.app_addr();
         let dtmf_negotiated = plan.dtmf_pt.is_some();
+        let parts = Parts {
+            cfg: self.cfg.clone(),
+            identity: self.identity.clone(),
+            agent: self.agent.take(),
+            role: self.role,
+            socket: self.socket.clone(),
+            app: self.app.take().expect("a Prepared starts once"),
+        };
+        let moves_tx = commands_tx.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
+            let socket = parts.socket.clone();
+            let agent = parts.agent.clone();
+            let routed = std::sync::Mutex::new(None::<SocketAddr>);
             let result = tokio::select! {
-                r = run(self, plan, ssrc, started, events_tx.clone(), commands_rx) => r,
+                r = run(parts, plan, ssrc, started, events_tx.clone(), (moves_tx, commands_rx), &routed) => r,
                 _ = stop_rx => Ok(()),
             };
+            // Whatever ended the call, nothing of it stays on the shared socket.
+            let routed = routed.lock().ok().and_then(|r| *r);
+            if let Some(remote) = routed {
+                socket.remove_route(remote).await;
+            }
+            match agent {
+                Some(agent) => {
+                    let _ = agent.close().await;
+                }
+                None => {
+                    if let Some(remote) = routed {
+                        socket.remove_plain(remote);
+                    }
+                }
+            }
             if let Err(e) = result {
                 let _ = events_tx
                     .send(MediaEvent::Failed {
@@ -398,6 +445,8 @@ pub struct MediaSession {
 
 enum Command {
     Dtmf(DtmfSender),
+    /// The agent selected another pair: the call's packets now go to (and come from) there.
+    Moved(SocketAddr),
 }
 
 impl MediaSession {
@@ -429,76 +478,71 @@ impl MediaSession {
 }
 
 struct Keys {
-    outbound: Context,
-    inbound: Context,
+    outbound: SrtpContext,
+    inbound: SrtpContext,
     profile: &'static str,
     /// Kept open for alerts and close_notify until the call ends.
     dtls: Option<DTLSConn>,
 }
 
-fn srtp_profile_of_suite(suite: SdesSuite) -> ProtectionProfile {
+fn srtp_profile_of_suite(suite: SdesSuite) -> SrtpProfile {
     match suite {
-        SdesSuite::AesCm128HmacSha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
-        SdesSuite::AesCm128HmacSha1_32 => ProtectionProfile::Aes128CmHmacSha1_32,
+        SdesSuite::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
+        SdesSuite::AesCm128HmacSha1_32 => SrtpProfile::AesCm128HmacSha1_32,
     }
 }
 
-/// The one place where dtls's and srtp's profile enums meet.
-fn srtp_profile_of_dtls(p: SrtpProtectionProfile) -> Option<(ProtectionProfile, &'static str)> {
+/// The one place where dtls's profile enum meets ours.
+fn srtp_profile_of_dtls(p: SrtpProtectionProfile) -> Option<(SrtpProfile, &'static str)> {
     match p {
         SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some((
-            ProtectionProfile::Aes128CmHmacSha1_80,
+            SrtpProfile::AesCm128HmacSha1_80,
             "SRTP_AES128_CM_HMAC_SHA1_80",
         )),
         SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32 => Some((
-            ProtectionProfile::Aes128CmHmacSha1_32,
+            SrtpProfile::AesCm128HmacSha1_32,
             "SRTP_AES128_CM_HMAC_SHA1_32",
         )),
         SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => {
-            Some((ProtectionProfile::AeadAes128Gcm, "SRTP_AEAD_AES_128_GCM"))
+            Some((SrtpProfile::AeadAes128Gcm, "SRTP_AEAD_AES_128_GCM"))
         }
         _ => None,
     }
 }
 
 fn contexts(
-    profile: ProtectionProfile,
+    profile: SrtpProfile,
     local: (&[u8], &[u8]),
     remote: (&[u8], &[u8]),
-) -> Result<(Context, Context), MediaError> {
-    let outbound = Context::new(local.0, local.1, profile, None, None)
+) -> Result<(SrtpContext, SrtpContext), MediaError> {
+    let outbound = SrtpContext::new(profile, local.0, local.1)
         .map_err(|e| MediaError::Local(format!("SRTP context: {e}")))?;
-    let inbound = Context::new(
-        remote.0,
-        remote.1,
-        profile,
-        Some(srtp_replay_protection(SRTP_REPLAY_WINDOW)),
-        Some(srtcp_replay_protection(SRTP_REPLAY_WINDOW)),
-    )
-    .map_err(|e| MediaError::Peer(format!("SRTP keys: {e}")))?;
+    let inbound = SrtpContext::new(profile, remote.0, remote.1)
+        .map_err(|e| MediaError::Peer(format!("SRTP keys: {e}")))?;
     Ok((outbound, inbound))
 }
 
 async fn run(
-    prepared: Prepared,
+    parts: Parts,
     plan: MediaPlan,
     ssrc: u32,
     started: Instant,
     events: mpsc::Sender<MediaEvent>,
-    commands: mpsc::Receiver<Command>,
+    (moves, commands): (mpsc::Sender<Command>, mpsc::Receiver<Command>),
+    routed: &std::sync::Mutex<Option<SocketAddr>>,
 ) -> Result<(), MediaError> {
-    let Prepared {
+    let Parts {
         cfg,
         identity,
         agent,
         role,
-        plain,
+        socket,
         app,
-        ..
-    } = prepared;
+    } = parts;
 
-    // ICE, or the plain socket of an SDES call without ICE.
-    let conn: Arc<dyn Conn + Send + Sync> = match (&agent, &plan.remote_ice) {
+    // ICE, or the remote address of an SDES call without ICE.
+    let (conn, remote): (Arc<dyn Conn + Send + Sync>, SocketAddr) = match (&agent, &plan.remote_ice)
+    {
         (Some(agent), Some(ice)) => {
             for c in &ice.candidates {
                 let line = format!(
@@ -539,11 +583,10 @@ async fn run(
                 .await
                 .map_err(|_| MediaError::Timeout("ICE: no candidate pair answered in 10 s".into()))?
                 .map_err(|e| MediaError::Peer(format!("ICE: {e}")))?;
-            let pair = agent.get_selected_candidate_pair();
-            let (local, remote) = pair.map(|p| (p.local.addr(), p.remote.addr())).unwrap_or((
-                conn.local_addr().unwrap_or(cfg.app_bind),
-                conn.remote_addr().unwrap_or(cfg.sink),
-            ));
+            let (local, remote) = agent
+                .get_selected_candidate_pair()
+                .map(|p| (p.local.addr(), p.remote.addr()))
+                .ok_or_else(|| MediaError::Peer("ICE connected without a selected pair".into()))?;
             let _ = events
                 .send(MediaEvent::IceConnected {
                     local,
@@ -551,6 +594,11 @@ async fn run(
                     elapsed: started.elapsed(),
                 })
                 .await;
+            // The agent may switch pairs later (a peer's nomination): the route follows.
+            agent.on_selected_candidate_pair_change(Box::new(move |_, remote| {
+                let _ = moves.try_send(Command::Moved(remote.addr()));
+                Box::pin(async {})
+            }));
             // Consent freshness (RFC 7675) is the agent's: a peer that stops answering ends the call.
             let watch_events = events.clone();
             tokio::spawn(async move {
@@ -568,18 +616,14 @@ async fn run(
                     }
                 }
             });
-            conn
+            (conn, remote)
         }
         (None, _) => {
-            let socket = plain.expect("plain socket without ICE");
             let remote = plan
                 .remote_rtp
                 .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
-            socket
-                .connect(remote)
-                .await
-                .map_err(|e| MediaError::Local(format!("connect {remote}: {e}")))?;
-            socket
+            set_routed(routed, remote);
+            (socket.plain_conn(remote), remote)
         }
         (Some(_), None) => {
             return Err(MediaError::Local(
@@ -588,26 +632,11 @@ async fn run(
         }
     };
 
-    // The reader owns the connection's receive side from here on; DTLS records go to the endpoint.
+    // Until the fast path is routed, the slow path's reader hands DTLS records to the endpoint and
+    // keeps the first SRTP packets for the inbound context.
     let (dtls_tx, dtls_rx) = mpsc::channel::<Vec<u8>>(32);
-    let (keys_tx, keys_rx) = oneshot::channel::<Context>();
-    let app = Arc::new(app);
-    let inbound = Arc::new(InboundCounters::default());
-    let payloads = PayloadMap {
-        remote_audio: plan.audio_pt,
-        remote_dtmf: plan.dtmf_pt,
-    };
-    let reader = tokio::spawn(read_loop(
-        inbound.clone(),
-        payloads,
-        conn.clone(),
-        dtls_tx,
-        keys_rx,
-        app.clone(),
-        cfg.sink,
-        started,
-        events.clone(),
-    ));
+    let (early_tx, mut early_rx) = mpsc::channel::<Vec<u8>>(EARLY_PACKETS);
+    let reader = tokio::spawn(slow_path_reader(conn.clone(), dtls_tx, early_tx));
 
     let secured = async {
         match &plan.keying {
@@ -652,30 +681,59 @@ async fn run(
             elapsed: started.elapsed(),
         })
         .await;
-    let _ = keys_tx.send(keys.inbound);
 
-    let result = write_loop(
-        commands,
-        inbound,
-        payloads,
-        conn.clone(),
-        keys.outbound,
-        app,
+    let app = Arc::new(app);
+    let inbound = Arc::new(InboundCounters::default());
+    let payloads = PayloadMap {
+        remote_audio: plan.audio_pt,
+        remote_dtmf: plan.dtmf_pt,
+    };
+    let mut route = InboundRoute::new(
+        keys.inbound,
+        app.clone(),
         cfg.sink,
-        plan.audio_pt,
+        payloads,
+        inbound.clone(),
         ssrc,
         started,
+        events.clone(),
+    );
+    while let Ok(mut packet) = early_rx.try_recv() {
+        route.handle(&mut packet, Instant::now());
+    }
+    socket.add_route(remote, route).await;
+    set_routed(routed, remote);
+
+    let result = write_loop(
+        Outbound {
+            app,
+            sink: cfg.sink,
+            socket: socket.clone(),
+            remote,
+            srtp: keys.outbound,
+            ssrc,
+            audio_pt: plan.audio_pt,
+            payloads,
+        },
+        commands,
+        &inbound,
+        started,
         events,
+        routed,
     )
     .await;
     reader.abort();
     if let Some(dtls) = keys.dtls {
         let _ = dtls.close().await;
     }
-    if let Some(agent) = agent {
-        let _ = agent.close().await;
-    }
+    drop(agent);
     result
+}
+
+fn set_routed(routed: &std::sync::Mutex<Option<SocketAddr>>, remote: SocketAddr) {
+    if let Ok(mut r) = routed.lock() {
+        *r = Some(remote);
+    }
 }
 
 async fn dtls_keys(
@@ -746,22 +804,14 @@ async fn dtls_keys(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    counters: Arc<InboundCounters>,
-    payloads: PayloadMap,
+/// The slow path's reader: DTLS records (handshake, later alerts) to the DTLS endpoint, and SRTP
+/// that arrives before the fast path is routed kept for it.
+async fn slow_path_reader(
     conn: Arc<dyn Conn + Send + Sync>,
     dtls_tx: mpsc::Sender<Vec<u8>>,
-    mut keys_rx: oneshot::Receiver<Context>,
-    app: Arc<UdpSocket>,
-    sink: SocketAddr,
-    started: Instant,
-    events: mpsc::Sender<MediaEvent>,
+    early_tx: mpsc::Sender<Vec<u8>>,
 ) {
     let mut buf = vec![0u8; MTU];
-    let mut plain = vec![0u8; MTU];
-    let mut inbound: Option<Context> = None;
-    let mut first = true;
     loop {
         let n = match conn.recv(&mut buf).await {
             Ok(n) => n,
@@ -773,78 +823,55 @@ async fn read_loop(
                 let _ = dtls_tx.try_send(packet.to_vec());
             }
             PacketKind::Rtp => {
-                if inbound.is_none() {
-                    inbound = keys_rx.try_recv().ok();
-                }
-                let Some(ctx) = inbound.as_mut() else {
-                    continue;
-                };
-                if is_rtcp(packet) {
-                    if ctx.decrypt_rtcp(packet).is_err() {
-                        InboundCounters::add(&counters.rejected, 1);
-                    }
-                    continue;
-                }
-                match ctx.decrypt_rtp(packet) {
-                    Ok(rtp) => {
-                        InboundCounters::add(&counters.packets, 1);
-                        InboundCounters::add(&counters.bytes, rtp.len() as u64);
-                        let n = rtp.len().min(MTU);
-                        plain[..n].copy_from_slice(&rtp[..n]);
-                        payloads.to_local(&mut plain[..n]);
-                        let _ = app.send_to(&plain[..n], sink).await;
-                        if first {
-                            first = false;
-                            let _ = events
-                                .send(MediaEvent::FirstRtpIn {
-                                    elapsed: started.elapsed(),
-                                })
-                                .await;
-                        }
-                    }
-                    // Failed authentication or a replay: dropped and counted, never forwarded.
-                    Err(_) => InboundCounters::add(&counters.rejected, 1),
-                }
+                let _ = early_tx.try_send(packet.to_vec());
             }
             PacketKind::Stun | PacketKind::Other => {}
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write_loop(
-    mut commands: mpsc::Receiver<Command>,
-    inbound: Arc<InboundCounters>,
-    payloads: PayloadMap,
-    conn: Arc<dyn Conn + Send + Sync>,
-    mut outbound: Context,
+/// The call's outbound side: the sink's packets it reads, where and how they go.
+struct Outbound {
     app: Arc<UdpSocket>,
     sink: SocketAddr,
-    audio_pt: u8,
+    socket: Arc<MediaSocket>,
+    remote: SocketAddr,
+    srtp: SrtpContext,
     ssrc: u32,
+    audio_pt: u8,
+    payloads: PayloadMap,
+}
+
+async fn write_loop(
+    mut out: Outbound,
+    mut commands: mpsc::Receiver<Command>,
+    inbound: &InboundCounters,
     started: Instant,
     events: mpsc::Sender<MediaEvent>,
+    routed: &std::sync::Mutex<Option<SocketAddr>>,
 ) -> Result<(), MediaError> {
-    let mut restamper = Restamper::new(ssrc, rand::random(), rand::random());
+    let mut target = out.socket.target(out.remote);
+    let mut restamper = Restamper::new(out.ssrc, rand::random(), rand::random());
     let mut stats = Stats::default();
-    let mut buf = vec![0u8; MTU];
+    let mut buf = [0u8; MTU + TAG_ROOM];
     let mut silence = [0u8; 15];
-    let mut ticker = tokio::time::interval(FRAME);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut rtcp = tokio::time::interval(RTCP_INTERVAL);
+    // Our own frames (silence, DTMF) every 20 ms; while the sink speaks, the timer only wakes when
+    // the sink would count as silent, not once a frame. Commands and RTCP wait for that wake-up
+    // (at most 60 ms), so a relayed packet wakes the task for its own socket only.
+    let tick = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(tick);
+    let mut next_report = Instant::now() + RTCP_INTERVAL;
     let mut last_from_sink: Option<Instant> = None;
     let mut first = true;
     let mut dtmf: Option<DtmfSender> = None;
-    let mut dtmf_queue: std::collections::VecDeque<DtmfSender> = std::collections::VecDeque::new();
+    let mut dtmf_queue: std::collections::VecDeque<DtmfSender> =
+        std::collections::VecDeque::with_capacity(16);
+    let payloads = out.payloads;
+    let (app, sink) = (out.app.clone(), out.sink);
     loop {
-        let (packet_len, from_sink) = tokio::select! {
-            Some(Command::Dtmf(d)) = commands.recv() => {
-                if dtmf_queue.len() < 16 {
-                    dtmf_queue.push_back(d);
-                }
-                continue;
-            }
-            r = app.recv_from(&mut buf) => {
+        let packet_len = tokio::select! {
+            biased;
+            r = app.recv_from(&mut buf[..MTU]) => {
                 let (n, from) = match r {
                     Ok(x) => x,
                     // An ICMP port-unreachable from a sink that is restarting: not the call's end.
@@ -861,10 +888,41 @@ async fn write_loop(
                     continue;
                 }
                 last_from_sink = Some(now);
-                (n, true)
+                n
             }
-            _ = ticker.tick() => {
+            () = &mut tick => {
                 let now = Instant::now();
+                let on_time = tick.deadline() + FRAME;
+                tick.as_mut().reset(on_time.max(tokio::time::Instant::now()));
+                while let Ok(command) = commands.try_recv() {
+                    match command {
+                        Command::Dtmf(d) if dtmf_queue.len() < 16 => dtmf_queue.push_back(d),
+                        Command::Dtmf(_) => {}
+                        Command::Moved(moved) if moved != out.remote => {
+                            out.socket.move_route(out.remote, moved).await;
+                            out.remote = moved;
+                            set_routed(routed, moved);
+                            target = out.socket.target(moved);
+                        }
+                        Command::Moved(_) => {}
+                    }
+                }
+                if now >= next_report {
+                    next_report = now + RTCP_INTERVAL;
+                    let me = SenderInfo {
+                        ssrc: out.ssrc,
+                        rtp_timestamp: restamper.now_ts(now),
+                        packets: stats.packets_out as u32,
+                        octets: stats.bytes_out as u32,
+                    };
+                    let mut report = [0u8; 64 + TAG_ROOM];
+                    let n = sender_report(&me, inbound, started, now, &mut report);
+                    if let Ok(n) = out.srtp.protect_rtcp(&mut report, n) {
+                        let _ = out.socket.socket().send_to(&report[..n], target).await;
+                    }
+                    stats.take_inbound(inbound);
+                    let _ = events.try_send(MediaEvent::Stats(stats.clone()));
+                }
                 if dtmf.is_none() {
                     dtmf = dtmf_queue.pop_front();
                 }
@@ -874,35 +932,35 @@ async fn write_loop(
                         dtmf = None;
                     }
                     if let Some(p) = next {
-                        let n = restamper.own_packet(pt, p.marker, p.timestamp, &p.payload, &mut buf, now);
+                        let n = restamper.own_packet(pt, p.marker, p.timestamp, &p.payload, &mut buf[..MTU], now);
                         stats.dtmf_out += 1;
-                        (n, false)
+                        n
                     } else {
                         continue;
                     }
-                } else if last_from_sink.is_some_and(|t| now.duration_since(t) < SINK_SILENCE) {
+                } else if let Some(last) = last_from_sink.filter(|t| now.duration_since(*t) < SINK_SILENCE) {
+                    let wake = (last + SINK_SILENCE).min(next_report);
+                    tick.as_mut().reset(wake.into());
                     continue;
                 } else {
-                    let n = restamper.silence(audio_pt, &mut silence, now);
+                    let n = restamper.silence(out.audio_pt, &mut silence, now);
                     buf[..n].copy_from_slice(&silence[..n]);
                     stats.silence_out += 1;
-                    (n, false)
+                    n
                 }
-            }
-            _ = rtcp.tick() => {
-                let sr = sender_report(ssrc, &stats);
-                if let Ok(p) = outbound.encrypt_rtcp(&sr) {
-                    let _ = conn.send(&p).await;
-                }
-                inbound.fill(&mut stats);
-                let _ = events.try_send(MediaEvent::Stats(stats.clone()));
-                continue;
             }
         };
-        let protected = outbound
-            .encrypt_rtp(&buf[..packet_len])
+        let protected = out
+            .srtp
+            .protect_rtp(&mut buf, packet_len)
             .map_err(|e| MediaError::Local(format!("SRTP protect: {e}")))?;
-        if conn.send(&protected).await.is_ok() {
+        if out
+            .socket
+            .socket()
+            .send_to(&buf[..protected], target)
+            .await
+            .is_ok()
+        {
             stats.packets_out += 1;
             stats.bytes_out += packet_len as u64;
             if first {
@@ -914,25 +972,5 @@ async fn write_loop(
                     .await;
             }
         }
-        let _ = from_sink;
     }
-}
-
-/// A minimal RTCP sender report (RFC 3550 §6.4.1), no report blocks.
-fn sender_report(ssrc: u32, stats: &Stats) -> [u8; 28] {
-    let mut p = [0u8; 28];
-    p[0] = 0x80;
-    p[1] = 200;
-    p[2..4].copy_from_slice(&6u16.to_be_bytes());
-    p[4..8].copy_from_slice(&ssrc.to_be_bytes());
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let ntp_secs = since_epoch.as_secs() + 2_208_988_800;
-    let ntp_frac = (u64::from(since_epoch.subsec_nanos()) << 32) / 1_000_000_000;
-    p[8..12].copy_from_slice(&(ntp_secs as u32).to_be_bytes());
-    p[12..16].copy_from_slice(&(ntp_frac as u32).to_be_bytes());
-    p[20..24].copy_from_slice(&(stats.packets_out as u32).to_be_bytes());
-    p[24..28].copy_from_slice(&(stats.bytes_out as u32).to_be_bytes());
-    p
 }

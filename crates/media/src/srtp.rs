@@ -162,6 +162,8 @@ impl Stream {
 struct Streams {
     slots: [Option<Stream>; STREAMS],
     clock: u64,
+    /// The slot of the last packet: nearly always the next one's.
+    last: usize,
 }
 
 impl Streams {
@@ -169,17 +171,22 @@ impl Streams {
         Streams {
             slots: [None; STREAMS],
             clock: 0,
+            last: 0,
         }
     }
 
     /// The state of `ssrc`, made (replacing the least recently used) with `initial` if new.
     fn get(&mut self, ssrc: u32, initial: u64) -> (usize, bool) {
         self.clock += 1;
+        if self.slots[self.last].is_some_and(|s| s.ssrc == ssrc) {
+            return (self.last, false);
+        }
         if let Some(i) = self
             .slots
             .iter()
             .position(|s| s.is_some_and(|s| s.ssrc == ssrc))
         {
+            self.last = i;
             return (i, false);
         }
         let i = self
@@ -192,6 +199,7 @@ impl Streams {
                     .unwrap_or(0)
             });
         self.slots[i] = Some(Stream::new(ssrc, initial));
+        self.last = i;
         (i, true)
     }
 

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use watrunk_media::{IceRole, Identity, MediaConfig, MediaError, Prepared};
+use watrunk_media::{IceRole, Identity, MediaConfig, MediaError, MediaSocket, Prepared};
 
 fn cfg(ip: &str) -> MediaConfig {
     let ip: IpAddr = ip.parse().unwrap();
@@ -15,12 +15,20 @@ fn cfg(ip: &str) -> MediaConfig {
     )
 }
 
+async fn socket(ip: &str) -> std::sync::Arc<MediaSocket> {
+    MediaSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn host_candidates_on_the_media_address_only() {
+    let s = socket("127.0.0.1").await;
     let p = Prepared::new(
         cfg("127.0.0.1"),
         Identity::generate().unwrap(),
         IceRole::Controlling,
+        &s,
     )
     .await
     .unwrap();
@@ -42,7 +50,8 @@ async fn host_candidates_on_the_media_address_only() {
 async fn a_one_to_one_nat_address_replaces_the_private_one() {
     let mut c = cfg("127.0.0.1");
     c.public_ip = Some("203.0.113.7".parse().unwrap());
-    let p = Prepared::new(c, Identity::generate().unwrap(), IceRole::Controlling)
+    let s = socket("127.0.0.1").await;
+    let p = Prepared::new(c, Identity::generate().unwrap(), IceRole::Controlling, &s)
         .await
         .unwrap();
     assert!(!p.candidates().is_empty());
@@ -57,10 +66,12 @@ async fn a_one_to_one_nat_address_replaces_the_private_one() {
 
 #[tokio::test]
 async fn an_address_not_on_this_machine_is_a_local_error() {
+    let s = socket("0.0.0.0").await;
     let err = Prepared::new(
         cfg("192.0.2.77"),
         Identity::generate().unwrap(),
         IceRole::Controlling,
+        &s,
     )
     .await
     .err()
@@ -72,15 +83,52 @@ async fn an_address_not_on_this_machine_is_a_local_error() {
 }
 
 #[tokio::test]
-async fn sdes_without_ice_binds_one_plain_socket() {
+async fn sdes_without_ice_uses_the_shared_port() {
+    let s = socket("127.0.0.1").await;
     let p = Prepared::new(
         cfg("127.0.0.1"),
         Identity::generate().unwrap(),
         IceRole::None,
+        &s,
     )
     .await
     .unwrap();
-    assert_eq!(p.candidates().len(), 1);
-    assert_ne!(p.candidates()[0].port(), 0);
+    assert_eq!(p.candidates(), &[s.local_addr()]);
     assert_eq!(p.ice_credentials(), ("", ""));
+}
+
+#[tokio::test]
+async fn every_call_announces_the_one_shared_port_and_leaves_nothing_behind() {
+    let s = socket("127.0.0.1").await;
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let p = Prepared::new(
+            cfg("127.0.0.1"),
+            Identity::generate().unwrap(),
+            IceRole::Controlling,
+            &s,
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.candidates(), &[s.local_addr()]);
+        calls.push(p);
+    }
+    let ufrags: std::collections::HashSet<String> = calls
+        .iter()
+        .map(|p| p.ice_credentials().0.to_string())
+        .collect();
+    assert_eq!(
+        ufrags.len(),
+        3,
+        "each call its own ufrag on the shared port"
+    );
+    assert_eq!(s.usage(), (0, 3));
+    drop(calls);
+    for _ in 0..100 {
+        if s.usage() == (0, 0) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("connections left on the shared socket: {:?}", s.usage());
 }

@@ -4,11 +4,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, Prepared};
+use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, MediaSocket, Prepared};
 use watrunk_sdp::{self as sdp, LocalMedia, Profile, Security};
 
 #[derive(Subcommand)]
@@ -71,17 +72,21 @@ fn event_json(e: &MediaEvent) -> String {
         MediaEvent::FirstRtpIn { elapsed } => {
             format!(r#"{{"event":"rtp.first_in","ms":{:.1}}}"#, ms(elapsed))
         }
-        MediaEvent::Stats(s) => format!(
-            r#"{{"event":"stats","packets_out":{},"silence_out":{},"dtmf_out":{},"bytes_out":{},"packets_in":{},"bytes_in":{},"srtp_rejected":{},"strangers":{}}}"#,
-            s.packets_out,
-            s.silence_out,
-            s.dtmf_out,
-            s.bytes_out,
-            s.packets_in,
-            s.bytes_in,
-            s.srtp_rejected,
-            s.strangers
-        ),
+        MediaEvent::Stats(s) => serde_json::json!({
+            "event": "stats",
+            "packets_out": s.packets_out,
+            "silence_out": s.silence_out,
+            "dtmf_out": s.dtmf_out,
+            "bytes_out": s.bytes_out,
+            "packets_in": s.packets_in,
+            "bytes_in": s.bytes_in,
+            "srtp_rejected": s.srtp_rejected,
+            "strangers": s.strangers,
+            "lost": s.lost,
+            "jitter_us": s.jitter_us,
+            "rtt_us": s.rtt_us,
+        })
+        .to_string(),
         MediaEvent::Failed { reason } => {
             serde_json::json!({"event": "failed", "reason": reason}).to_string()
         }
@@ -97,6 +102,9 @@ pub struct SinkArgs {
     /// A second media address (IPv6 beside an IPv4 --media-ip).
     #[arg(long)]
     media_ip6: Option<IpAddr>,
+    /// The UDP port all media uses (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    media_port: u16,
     /// The public address of a 1:1 NAT in front of --media-ip, announced instead of it.
     #[arg(long)]
     public_ip: Option<IpAddr>,
@@ -120,21 +128,27 @@ pub struct SinkArgs {
     consent_timeout_secs: f64,
 }
 
-async fn prepare(sink: &SinkArgs, role: IceRole) -> Result<(Prepared, LocalMedia)> {
+async fn prepare(
+    sink: &SinkArgs,
+    role: IceRole,
+) -> Result<(Prepared, LocalMedia, Arc<MediaSocket>)> {
+    let socket = MediaSocket::bind_media(sink.media_ip, sink.media_ip6, sink.media_port)
+        .await
+        .with_context(|| format!("media socket on {} port {}", sink.media_ip, sink.media_port))?;
     let local_rtp = sink.local_rtp.unwrap_or(SocketAddr::new(sink.sink.ip(), 0));
     let mut cfg = MediaConfig::new(sink.media_ip, local_rtp, sink.sink);
     cfg.consent_timeout = Duration::from_secs_f64(sink.consent_timeout_secs);
     cfg.media_ip6 = sink.media_ip6;
     cfg.public_ip = sink.public_ip;
     cfg.stun_server = sink.stun_server.clone();
-    let prepared = Prepared::new(cfg, Identity::generate()?, role).await?;
+    let prepared = Prepared::new(cfg, Identity::generate()?, role, &socket).await?;
     let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
         .with_candidates(prepared.candidates().iter().copied())
         .with_fingerprint(prepared.fingerprint().clone());
     let (ufrag, pwd) = prepared.ice_credentials();
     local.ice_ufrag = ufrag.to_string();
     local.ice_pwd = pwd.to_string();
-    Ok((prepared, local))
+    Ok((prepared, local, socket))
 }
 
 /// Written whole, then renamed: a peer polling for the file never reads half an SDP.
@@ -153,7 +167,7 @@ async fn answer(args: AnswerArgs) -> Result<()> {
         None => IceRole::None,
         Some(lite) => IceRole::for_answer(true, lite),
     };
-    let (prepared, local) = prepare(&args.sink, role).await?;
+    let (prepared, local, _socket) = prepare(&args.sink, role).await?;
     let (answer, plan) = match sdp::answer(&offer, &local) {
         Ok(x) => x,
         Err(e) => bail!("the offer is refused: {}: {e}", e.rule()),
@@ -163,7 +177,7 @@ async fn answer(args: AnswerArgs) -> Result<()> {
 }
 
 async fn offer(args: OfferArgs) -> Result<()> {
-    let (prepared, local) = prepare(&args.sink, IceRole::Controlling).await?;
+    let (prepared, local, _socket) = prepare(&args.sink, IceRole::Controlling).await?;
     let state = sdp::offer(&local).map_err(|e| anyhow::anyhow!("offer: {e}"))?;
     write_sdp(&args.offer_out, state.sdp())?;
     let deadline = Instant::now() + Duration::from_secs(60);

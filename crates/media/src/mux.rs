@@ -1,0 +1,373 @@
+//! One UDP socket for the media of every call, and the fast path that relays a call's packets
+//! after set-up without the ICE agent.
+//!
+//! The socket is webrtc-ice's `UDPMux`: until a call is secured, packets are routed to its agent by
+//! remote address, or for a first STUN request by the ufrag in USERNAME (the slow path: ICE,
+//! consent, DTLS). Once the call's keys exist, its selected remote address gets a route here:
+//! RTP and RTCP from that address are unprotected in the receive buffer and sent on to the call's
+//! sink by this socket's one reader task (no copy, no allocation, no task hop). STUN from the same
+//! address still goes to the agent, DTLS records to the DTLS connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use webrtc_ice::udp_mux::{UDPMux, UDPMuxConn, UDPMuxConnParams, UDPMuxWriter};
+use webrtc_util::Conn;
+
+use crate::relay::InboundRoute;
+
+/// Largest datagram we read; anything longer is truncated and fails authentication.
+const RECEIVE_MTU: usize = 1500;
+const ROUTE_COMMANDS: usize = 256;
+
+enum RouteCommand {
+    Add(SocketAddr, Box<InboundRoute>),
+    Move(SocketAddr, SocketAddr),
+    Remove(SocketAddr),
+}
+
+/// What the reader and the agents' connections share.
+struct Shared {
+    socket: Arc<UdpSocket>,
+    local_addr: SocketAddr,
+    by_ufrag: Mutex<HashMap<String, UDPMuxConn>>,
+    by_address: RwLock<HashMap<SocketAddr, UDPMuxConn>>,
+    routes: AtomicUsize,
+}
+
+/// The media socket shared by all calls. Dropping it stops its reader.
+pub struct MediaSocket {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<RouteCommand>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl MediaSocket {
+    /// Binds `addr` (port 0: any). An unspecified IPv6 address takes IPv4 too.
+    pub async fn bind(addr: SocketAddr) -> io::Result<Arc<MediaSocket>> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(!addr.ip().is_unspecified())?;
+        }
+        // Room for a burst of every call's packets while the reader is busy.
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        let _ = socket.set_send_buffer_size(4 << 20);
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let socket = Arc::new(UdpSocket::from_std(socket.into())?);
+        let local_addr = socket.local_addr()?;
+        let shared = Arc::new(Shared {
+            socket,
+            local_addr,
+            by_ufrag: Mutex::default(),
+            by_address: RwLock::default(),
+            routes: AtomicUsize::new(0),
+        });
+        let (commands, commands_rx) = mpsc::channel(ROUTE_COMMANDS);
+        let reader = tokio::spawn(read_loop(shared.clone(), commands_rx));
+        Ok(Arc::new(MediaSocket {
+            shared,
+            commands,
+            reader,
+        }))
+    }
+
+    /// The socket for host candidates on `media_ip` (and `media_ip6`: then one dual-stack socket
+    /// on every address) at `port` (0: any).
+    pub async fn bind_media(
+        media_ip: IpAddr,
+        media_ip6: Option<IpAddr>,
+        port: u16,
+    ) -> io::Result<Arc<MediaSocket>> {
+        let ip = match media_ip6 {
+            Some(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            None => media_ip,
+        };
+        MediaSocket::bind(SocketAddr::new(ip, port)).await
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    pub(crate) fn socket(&self) -> &Arc<UdpSocket> {
+        &self.shared.socket
+    }
+
+    /// Calls with a fast-path route and agents with a connection on this socket (idle: 0 and 0).
+    pub fn usage(&self) -> (usize, usize) {
+        (
+            self.shared.routes.load(Ordering::Relaxed),
+            self.shared.by_ufrag.lock().map(|m| m.len()).unwrap_or(0),
+        )
+    }
+
+    /// The destination form of `addr` for this socket (IPv4 peers on a dual-stack socket).
+    pub(crate) fn target(&self, addr: SocketAddr) -> SocketAddr {
+        match (addr, self.shared.local_addr) {
+            (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => addr,
+        }
+    }
+
+    pub(crate) async fn add_route(&self, remote: SocketAddr, route: InboundRoute) {
+        let _ = self
+            .commands
+            .send(RouteCommand::Add(remote, Box::new(route)))
+            .await;
+    }
+
+    pub(crate) async fn move_route(&self, from: SocketAddr, to: SocketAddr) {
+        let _ = self.commands.send(RouteCommand::Move(from, to)).await;
+    }
+
+    pub(crate) async fn remove_route(&self, remote: SocketAddr) {
+        let _ = self.commands.send(RouteCommand::Remove(remote)).await;
+    }
+
+    /// A connection for a call without ICE: everything from `remote` that is not on the fast path.
+    pub(crate) fn plain_conn(self: &Arc<Self>, remote: SocketAddr) -> Arc<dyn Conn + Send + Sync> {
+        let key = format!("plain {remote}");
+        let conn = self.shared.conn_for(&key);
+        self.shared
+            .by_address
+            .write()
+            .expect("address map")
+            .insert(remote, conn.clone());
+        Arc::new(PlainConn {
+            inner: conn,
+            remote: self.target(remote),
+            shared: Arc::downgrade(&self.shared),
+            key,
+        })
+    }
+}
+
+impl MediaSocket {
+    /// Forgets the slow-path connection of a call without ICE.
+    pub(crate) fn remove_plain(&self, remote: SocketAddr) {
+        self.shared.remove_conn(&format!("plain {remote}"));
+    }
+}
+
+impl Drop for MediaSocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Shared {
+    fn conn_for(self: &Arc<Self>, key: &str) -> UDPMuxConn {
+        let mut by_ufrag = self.by_ufrag.lock().expect("ufrag map");
+        by_ufrag
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                UDPMuxConn::new(UDPMuxConnParams {
+                    local_addr: self.local_addr,
+                    key: key.to_string(),
+                    udp_mux: Arc::downgrade(self) as Weak<dyn UDPMuxWriter + Send + Sync>,
+                })
+            })
+            .clone()
+    }
+
+    fn remove_conn(&self, key: &str) {
+        let removed = self.by_ufrag.lock().expect("ufrag map").remove(key);
+        if let Some(conn) = removed {
+            let mut by_address = self.by_address.write().expect("address map");
+            by_address.retain(|_, c| c.key() != key);
+            conn.close();
+        }
+    }
+
+    /// The slow path: the agent (or plain connection) this packet belongs to.
+    fn conn_of(&self, packet: &[u8], from: SocketAddr) -> Option<UDPMuxConn> {
+        if let Some(conn) = self.by_address.read().expect("address map").get(&from) {
+            return Some(conn.clone());
+        }
+        let ufrag = stun_username_ufrag(packet)?;
+        self.by_ufrag
+            .lock()
+            .expect("ufrag map")
+            .get(ufrag.as_str())
+            .cloned()
+    }
+}
+
+/// Our ufrag from the USERNAME (`ours:theirs`) of a STUN request.
+fn stun_username_ufrag(packet: &[u8]) -> Option<String> {
+    if !stun::message::is_message(packet) {
+        return None;
+    }
+    let mut message = stun::message::Message::new();
+    message.unmarshal_binary(packet).ok()?;
+    let username = message.get(stun::attributes::ATTR_USERNAME).ok()?;
+    let username = String::from_utf8(username).ok()?;
+    username.split(':').next().map(str::to_string)
+}
+
+async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteCommand>) {
+    let mut routes: HashMap<SocketAddr, Box<InboundRoute>> = HashMap::new();
+    let mut buf = [0u8; RECEIVE_MTU];
+    loop {
+        tokio::select! {
+            biased;
+            command = commands.recv() => {
+                match command {
+                    None => return,
+                    Some(RouteCommand::Add(remote, route)) => {
+                        routes.insert(remote, route);
+                    }
+                    Some(RouteCommand::Move(from, to)) => {
+                        if let Some(route) = routes.remove(&from) {
+                            routes.insert(to, route);
+                        }
+                    }
+                    Some(RouteCommand::Remove(remote)) => {
+                        routes.remove(&remote);
+                    }
+                }
+                shared.routes.store(routes.len(), Ordering::Relaxed);
+            }
+            ready = shared.socket.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                // Every datagram queued now, in one wake-up.
+                loop {
+                    let (n, from) = match shared.socket.try_recv_from(&mut buf) {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // ICMP errors reported on the socket: not ours to act on.
+                        Err(_) => continue,
+                    };
+                    if n == 0 {
+                        continue;
+                    }
+                    let from = canonical(from);
+                    if (128..=191).contains(&buf[0]) {
+                        if let Some(route) = routes.get_mut(&from) {
+                            route.handle(&mut buf[..n], Instant::now());
+                            continue;
+                        }
+                    }
+                    if let Some(conn) = shared.conn_of(&buf[..n], from) {
+                        let _ = conn.write_packet(&buf[..n], from).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+#[async_trait]
+impl UDPMux for MediaSocket {
+    async fn close(&self) -> Result<(), webrtc_util::Error> {
+        // The socket is the process's; an agent closing is not the socket closing.
+        Ok(())
+    }
+
+    async fn get_conn(
+        self: Arc<Self>,
+        ufrag: &str,
+    ) -> Result<Arc<dyn Conn + Send + Sync>, webrtc_util::Error> {
+        Ok(Arc::new(self.shared.conn_for(ufrag)))
+    }
+
+    async fn remove_conn_by_ufrag(&self, ufrag: &str) {
+        self.shared.remove_conn(ufrag);
+    }
+}
+
+#[async_trait]
+impl UDPMuxWriter for Shared {
+    async fn register_conn_for_address(&self, conn: &UDPMuxConn, addr: SocketAddr) {
+        let addr = canonical(addr);
+        let mut by_address = self.by_address.write().expect("address map");
+        if let Some(old) = by_address.get(&addr) {
+            if old.key() != conn.key() {
+                old.remove_address(&addr);
+            }
+        }
+        by_address.insert(addr, conn.clone());
+    }
+
+    async fn send_to(&self, buf: &[u8], target: &SocketAddr) -> Result<usize, webrtc_util::Error> {
+        Ok(self.socket.send_to(buf, *target).await?)
+    }
+}
+
+/// A call without ICE: a connected-socket view of its remote address on the shared socket.
+struct PlainConn {
+    inner: UDPMuxConn,
+    remote: SocketAddr,
+    shared: Weak<Shared>,
+    key: String,
+}
+
+#[async_trait]
+impl Conn for PlainConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.inner.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        self.inner.recv_from(buf).await
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or(webrtc_util::Error::ErrUseClosedNetworkConn)?;
+        Ok(shared.socket.send_to(buf, self.remote).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        let shared = self
+            .shared
+            .upgrade()
+            .ok_or(webrtc_util::Error::ErrUseClosedNetworkConn)?;
+        Ok(shared.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.remote)
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.remove_conn(&self.key);
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
