@@ -350,6 +350,35 @@ fn aiortc_answerer_two_way_tone_and_one_ssrc_across_a_sink_restart() {
     );
 }
 
+/// aiortc answers our offer but claims the controlling role too (RFC 8445 §7.2.5): with the highest
+/// tie-breaker it wins and answers our checks with 487, and we go on as controlled; with the lowest it
+/// switches itself. Either way the call connects and the tone gets through both ways.
+#[test]
+fn a_role_conflict_is_resolved_by_the_tie_breaker_whoever_wins() {
+    let _serial = serial();
+    for (tie_breaker, our_role, their_role) in [
+        ("18446744073709551615", "controlled", "controlling"),
+        ("0", "controlling", "controlled"),
+    ] {
+        let run = aiortc(
+            "aiortc-answers-watrunk.sh",
+            &[("SECS", "4"), ("CLAIM_CONTROLLING", tie_breaker)],
+        );
+        assert!(
+            run.media_log.contains(&format!(r#""role":"{our_role}""#)),
+            "tie-breaker {tie_breaker}: we should end {our_role}\n{}",
+            run.media_log
+        );
+        assert!(
+            run.report.contains(&format!("ice-role: {their_role}")),
+            "tie-breaker {tie_breaker}: aiortc should end {their_role}\n{}",
+            run.report
+        );
+        assert_tone(&run.report, "aiortc-rx:", 880.0);
+        assert_tone(&run.report, "sink-rx:", 440.0);
+    }
+}
+
 /// One run of watrunk-chromium.sh: its report, Chromium's stats and watrunk's media log, or why the
 /// run failed.
 fn chromium_once(mode: &str) -> Result<(String, serde_json::Value, String), String> {

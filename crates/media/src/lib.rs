@@ -13,6 +13,7 @@ pub mod dtmf;
 mod mux;
 mod relay;
 pub mod restamp;
+mod role;
 mod session;
 pub mod srtp;
 

@@ -22,6 +22,7 @@ use webrtc_ice::udp_mux::{UDPMux, UDPMuxConn, UDPMuxConnParams, UDPMuxWriter};
 use webrtc_util::Conn;
 
 use crate::relay::InboundRoute;
+use crate::role::{RoleConflicts, Verdict};
 
 /// Largest datagram we read; anything longer is truncated and fails authentication.
 const RECEIVE_MTU: usize = 1500;
@@ -39,6 +40,7 @@ struct Shared {
     local_addr: SocketAddr,
     by_ufrag: Mutex<HashMap<String, UDPMuxConn>>,
     by_address: RwLock<HashMap<SocketAddr, UDPMuxConn>>,
+    role_conflicts: RoleConflicts,
     routes: AtomicUsize,
 }
 
@@ -72,6 +74,7 @@ impl MediaSocket {
             local_addr,
             by_ufrag: Mutex::default(),
             by_address: RwLock::default(),
+            role_conflicts: RoleConflicts::default(),
             routes: AtomicUsize::new(0),
         });
         let (commands, commands_rx) = mpsc::channel(ROUTE_COMMANDS);
@@ -136,6 +139,23 @@ impl MediaSocket {
 
     pub(crate) async fn remove_route(&self, remote: SocketAddr) {
         let _ = self.commands.send(RouteCommand::Remove(remote)).await;
+    }
+
+    /// Tells when the agent with local `ufrag` must take the other ICE role; the passwords check
+    /// that the messages saying so are genuine.
+    pub(crate) fn watch_role_conflicts(
+        &self,
+        ufrag: &str,
+        password: &str,
+        remote_password: &str,
+    ) -> mpsc::Receiver<()> {
+        self.shared
+            .role_conflicts
+            .watch(ufrag, password, remote_password)
+    }
+
+    pub(crate) fn unwatch_role_conflicts(&self, ufrag: &str) {
+        self.shared.role_conflicts.unwatch(ufrag);
     }
 
     /// A connection for a call without ICE: everything from `remote` that is not on the fast path.
@@ -265,6 +285,14 @@ async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteComman
                         }
                     }
                     if let Some(conn) = shared.conn_of(&buf[..n], from) {
+                        if buf[0] < 2 && stun::message::is_message(&buf[..n]) {
+                            if let Verdict::Answer(answer) =
+                                shared.role_conflicts.inbound(&buf[..n], conn.key())
+                            {
+                                let _ = shared.socket.send_to(&answer, from).await;
+                                continue;
+                            }
+                        }
                         let _ = conn.write_packet(&buf[..n], from).await;
                     }
                 }
@@ -310,6 +338,9 @@ impl UDPMuxWriter for Shared {
     }
 
     async fn send_to(&self, buf: &[u8], target: &SocketAddr) -> Result<usize, webrtc_util::Error> {
+        if buf.first().is_some_and(|&b| b < 2) {
+            self.role_conflicts.outbound(buf);
+        }
         Ok(self.socket.send_to(buf, *target).await?)
     }
 }

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
-use watrunk_sdp::{DtlsRole, Fingerprint, Keying, MediaPlan, SdesSuite};
+use watrunk_sdp::{DtlsRole, Fingerprint, Keying, MediaPlan, RemoteIce, SdesSuite};
 use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
 use webrtc_dtls::crypto::Certificate;
@@ -126,6 +126,8 @@ pub enum MediaEvent {
     IceConnected {
         local: SocketAddr,
         remote: SocketAddr,
+        /// Our role in the end: the other one than chosen when the peer won a role conflict.
+        role: IceRole,
         elapsed: Duration,
     },
     SecureUp {
@@ -199,6 +201,15 @@ struct Parts {
     role: IceRole,
     socket: Arc<MediaSocket>,
     app: UdpSocket,
+    /// Our ICE ufrag and password (kept if the agent is made again in the other role).
+    credentials: (String, String),
+}
+
+/// What a call leaves on the shared socket until whoever ends it clears it.
+#[derive(Default)]
+struct Leftovers {
+    remote: Option<SocketAddr>,
+    agent: Option<Arc<Agent>>,
 }
 
 impl Drop for Prepared {
@@ -226,6 +237,14 @@ pub enum IceRole {
 }
 
 impl IceRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            IceRole::Controlling => "controlling",
+            IceRole::Controlled => "controlled",
+            IceRole::None => "none",
+        }
+    }
+
     /// The role of the answerer toward an offer: `offer_has_ice`, and whether the offerer is lite.
     pub fn for_answer(offer_has_ice: bool, offerer_lite: bool) -> IceRole {
         match (offer_has_ice, offerer_lite) {
@@ -263,89 +282,12 @@ impl Prepared {
                 app: Some(app),
             });
         }
-        let media_ip = cfg.media_ip;
-        let media_ips: Vec<IpAddr> = std::iter::once(media_ip).chain(cfg.media_ip6).collect();
-        let mut network_types: Vec<NetworkType> = media_ips
-            .iter()
-            .map(|ip| {
-                if ip.is_ipv4() {
-                    NetworkType::Udp4
-                } else {
-                    NetworkType::Udp6
-                }
-            })
-            .collect();
-        network_types.dedup();
-        let mut urls = Vec::new();
-        let mut candidate_types = vec![CandidateType::Host];
-        if let Some(stun) = &cfg.stun_server {
-            urls.push(
-                webrtc_ice::url::Url::parse_url(stun)
-                    .map_err(|e| MediaError::Local(format!("STUN server {stun:?}: {e}")))?,
-            );
-            candidate_types.push(CandidateType::ServerReflexive);
-        }
-        let filter_ips = media_ips.clone();
-        let udp_network = UDPNetwork::Muxed(socket.clone());
-        let agent = Agent::new(AgentConfig {
-            network_types,
-            candidate_types,
-            urls,
-            nat_1to1_ips: cfg
-                .public_ip
-                .iter()
-                .map(|ip| format!("{ip}/{media_ip}"))
-                .collect(),
-            nat_1to1_ip_candidate_type: CandidateType::Host,
-            udp_network,
-            is_controlling: role == IceRole::Controlling,
-            check_interval: cfg.check_interval,
-            multicast_dns_mode: MulticastDnsMode::Disabled,
-            include_loopback: cfg.include_loopback,
-            ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| filter_ips.contains(&ip)))),
-            disconnected_timeout: Some(cfg.consent_timeout.min(Duration::from_secs(5))),
-            failed_timeout: Some(
-                cfg.consent_timeout
-                    .saturating_sub(Duration::from_secs(5))
-                    .max(Duration::from_secs(1)),
-            ),
-            keepalive_interval: Some(Duration::from_secs(2).min(cfg.consent_timeout / 2)),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| MediaError::Local(format!("ICE agent: {e}")))?;
-        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        agent.on_candidate(Box::new(
-            move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
-                let done_tx = done_tx.clone();
-                Box::pin(async move {
-                    if c.is_none() {
-                        let _ = done_tx.try_send(());
-                    }
-                })
-            },
-        ));
-        agent
-            .gather_candidates()
-            .map_err(|e| MediaError::Local(format!("ICE gathering: {e}")))?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
-        let candidates: Vec<SocketAddr> = agent
-            .get_local_candidates()
-            .await
-            .map_err(|e| MediaError::Local(format!("ICE candidates: {e}")))?
-            .iter()
-            .map(|c| c.addr())
-            .collect();
-        if candidates.is_empty() {
-            return Err(MediaError::Local(format!(
-                "no ICE host candidate on {media_ip} (is the address configured on an interface?)"
-            )));
-        }
+        let (agent, candidates) = ice_agent(&cfg, socket, role, None).await?;
         let (ufrag, pwd) = agent.get_local_user_credentials().await;
         Ok(Prepared {
             cfg,
             identity,
-            agent: Some(Arc::new(agent)),
+            agent: Some(agent),
             role,
             socket: socket.clone(),
             ufrag,
@@ -389,28 +331,33 @@ impl Prepared {
             role: self.role,
             socket: self.socket.clone(),
             app: self.app.take().expect("a Prepared starts once"),
+            credentials: (self.ufrag.clone(), self.pwd.clone()),
         };
         let moves_tx = commands_tx.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let socket = parts.socket.clone();
-            let agent = parts.agent.clone();
-            let routed = std::sync::Mutex::new(None::<SocketAddr>);
+            let ufrag = parts.credentials.0.clone();
+            let leftovers = std::sync::Mutex::new(Leftovers {
+                remote: None,
+                agent: parts.agent.clone(),
+            });
             let result = tokio::select! {
-                r = run(parts, plan, ssrc, started, events_tx.clone(), (moves_tx, commands_rx), &routed) => r,
+                r = run(parts, plan, ssrc, started, events_tx.clone(), (moves_tx, commands_rx), &leftovers) => r,
                 _ = stop_rx => Ok(()),
             };
             // Whatever ended the call, nothing of it stays on the shared socket.
-            let routed = routed.lock().ok().and_then(|r| *r);
-            if let Some(remote) = routed {
+            let Leftovers { remote, agent } = leftovers.into_inner().unwrap_or_default();
+            if let Some(remote) = remote {
                 socket.remove_route(remote).await;
             }
+            socket.unwatch_role_conflicts(&ufrag);
             match agent {
                 Some(agent) => {
                     let _ = agent.close().await;
                 }
                 None => {
-                    if let Some(remote) = routed {
+                    if let Some(remote) = remote {
                         socket.remove_plain(remote);
                     }
                 }
@@ -432,6 +379,100 @@ impl Prepared {
             app_addr,
         }
     }
+}
+
+/// An ICE agent on the shared socket with host candidates gathered: `credentials` keeps a call's ufrag
+/// and password when its agent is made again in the other role (RFC 8445 §7.2.5.1).
+async fn ice_agent(
+    cfg: &MediaConfig,
+    socket: &Arc<MediaSocket>,
+    role: IceRole,
+    credentials: Option<(String, String)>,
+) -> Result<(Arc<Agent>, Vec<SocketAddr>), MediaError> {
+    let media_ip = cfg.media_ip;
+    let media_ips: Vec<IpAddr> = std::iter::once(media_ip).chain(cfg.media_ip6).collect();
+    let mut network_types: Vec<NetworkType> = media_ips
+        .iter()
+        .map(|ip| {
+            if ip.is_ipv4() {
+                NetworkType::Udp4
+            } else {
+                NetworkType::Udp6
+            }
+        })
+        .collect();
+    network_types.dedup();
+    let mut urls = Vec::new();
+    let mut candidate_types = vec![CandidateType::Host];
+    if let Some(stun) = &cfg.stun_server {
+        urls.push(
+            webrtc_ice::url::Url::parse_url(stun)
+                .map_err(|e| MediaError::Local(format!("STUN server {stun:?}: {e}")))?,
+        );
+        candidate_types.push(CandidateType::ServerReflexive);
+    }
+    let filter_ips = media_ips.clone();
+    let udp_network = UDPNetwork::Muxed(socket.clone());
+    let agent = Agent::new(AgentConfig {
+        network_types,
+        candidate_types,
+        urls,
+        nat_1to1_ips: cfg
+            .public_ip
+            .iter()
+            .map(|ip| format!("{ip}/{media_ip}"))
+            .collect(),
+        nat_1to1_ip_candidate_type: CandidateType::Host,
+        udp_network,
+        is_controlling: role == IceRole::Controlling,
+        check_interval: cfg.check_interval,
+        multicast_dns_mode: MulticastDnsMode::Disabled,
+        include_loopback: cfg.include_loopback,
+        ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| filter_ips.contains(&ip)))),
+        disconnected_timeout: Some(cfg.consent_timeout.min(Duration::from_secs(5))),
+        failed_timeout: Some(
+            cfg.consent_timeout
+                .saturating_sub(Duration::from_secs(5))
+                .max(Duration::from_secs(1)),
+        ),
+        keepalive_interval: Some(Duration::from_secs(2).min(cfg.consent_timeout / 2)),
+        local_ufrag: credentials
+            .as_ref()
+            .map(|c| c.0.clone())
+            .unwrap_or_default(),
+        local_pwd: credentials.map(|c| c.1).unwrap_or_default(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| MediaError::Local(format!("ICE agent: {e}")))?;
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    agent.on_candidate(Box::new(
+        move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
+            let done_tx = done_tx.clone();
+            Box::pin(async move {
+                if c.is_none() {
+                    let _ = done_tx.try_send(());
+                }
+            })
+        },
+    ));
+    agent
+        .gather_candidates()
+        .map_err(|e| MediaError::Local(format!("ICE gathering: {e}")))?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+    let candidates: Vec<SocketAddr> = agent
+        .get_local_candidates()
+        .await
+        .map_err(|e| MediaError::Local(format!("ICE candidates: {e}")))?
+        .iter()
+        .map(|c| c.addr())
+        .collect();
+    if candidates.is_empty() {
+        return Err(MediaError::Local(format!(
+            "no ICE host candidate on {media_ip} (is the address configured on an interface?)"
+        )));
+    }
+    Ok((Arc::new(agent), candidates))
 }
 
 pub struct MediaSession {
@@ -529,7 +570,7 @@ async fn run(
     started: Instant,
     events: mpsc::Sender<MediaEvent>,
     (moves, commands): (mpsc::Sender<Command>, mpsc::Receiver<Command>),
-    routed: &std::sync::Mutex<Option<SocketAddr>>,
+    leftovers: &std::sync::Mutex<Leftovers>,
 ) -> Result<(), MediaError> {
     let Parts {
         cfg,
@@ -538,30 +579,23 @@ async fn run(
         role,
         socket,
         app,
+        credentials,
     } = parts;
 
     // ICE, or the remote address of an SDES call without ICE.
     let (conn, remote): (Arc<dyn Conn + Send + Sync>, SocketAddr) = match (&agent, &plan.remote_ice)
     {
         (Some(agent), Some(ice)) => {
-            for c in &ice.candidates {
-                let line = format!(
-                    "{} {} udp {} {} {} typ {}",
-                    c.foundation,
-                    c.component,
-                    c.priority,
-                    c.address.ip(),
-                    c.address.port(),
-                    c.typ
-                );
-                match unmarshal_candidate(&line) {
-                    Ok(candidate) => {
-                        let candidate: Arc<dyn Candidate + Send + Sync> = Arc::new(candidate);
-                        let _ = agent.add_remote_candidate(&candidate);
-                    }
-                    Err(e) => debug!("remote candidate {line:?} skipped: {e}"),
-                }
-            }
+            let (agent, conn, ice_role) = connect_ice(
+                agent.clone(),
+                role,
+                ice,
+                &cfg,
+                &socket,
+                credentials,
+                leftovers,
+            )
+            .await?;
             let (state_tx, mut state_rx) = mpsc::channel::<ConnectionState>(8);
             agent.on_connection_state_change(Box::new(move |s| {
                 let state_tx = state_tx.clone();
@@ -569,20 +603,6 @@ async fn run(
                     let _ = state_tx.try_send(s);
                 })
             }));
-            let (_cancel_tx, cancel_rx) = mpsc::channel(1);
-            let (ufrag, pwd) = (ice.ufrag.clone(), ice.pwd.clone());
-            let connected = async {
-                let conn: Arc<dyn Conn + Send + Sync> = if role == IceRole::Controlling {
-                    agent.dial(cancel_rx, ufrag, pwd).await?
-                } else {
-                    agent.accept(cancel_rx, ufrag, pwd).await?
-                };
-                Ok::<_, webrtc_ice::Error>(conn)
-            };
-            let conn = tokio::time::timeout(SET_UP_TIMEOUT, connected)
-                .await
-                .map_err(|_| MediaError::Timeout("ICE: no candidate pair answered in 10 s".into()))?
-                .map_err(|e| MediaError::Peer(format!("ICE: {e}")))?;
             let (local, remote) = agent
                 .get_selected_candidate_pair()
                 .map(|p| (p.local.addr(), p.remote.addr()))
@@ -591,6 +611,7 @@ async fn run(
                 .send(MediaEvent::IceConnected {
                     local,
                     remote,
+                    role: ice_role,
                     elapsed: started.elapsed(),
                 })
                 .await;
@@ -622,7 +643,7 @@ async fn run(
             let remote = plan
                 .remote_rtp
                 .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
-            set_routed(routed, remote);
+            set_routed(leftovers, remote);
             (socket.plain_conn(remote), remote)
         }
         (Some(_), None) => {
@@ -702,7 +723,7 @@ async fn run(
         route.handle(&mut packet, Instant::now());
     }
     socket.add_route(remote, route).await;
-    set_routed(routed, remote);
+    set_routed(leftovers, remote);
 
     let result = write_loop(
         Outbound {
@@ -719,7 +740,7 @@ async fn run(
         &inbound,
         started,
         events,
-        routed,
+        leftovers,
     )
     .await;
     reader.abort();
@@ -730,9 +751,9 @@ async fn run(
     result
 }
 
-fn set_routed(routed: &std::sync::Mutex<Option<SocketAddr>>, remote: SocketAddr) {
-    if let Ok(mut r) = routed.lock() {
-        *r = Some(remote);
+fn set_routed(leftovers: &std::sync::Mutex<Leftovers>, remote: SocketAddr) {
+    if let Ok(mut l) = leftovers.lock() {
+        l.remote = Some(remote);
     }
 }
 
@@ -804,6 +825,75 @@ async fn dtls_keys(
     })
 }
 
+/// Runs the connectivity checks until a pair is selected. When the peer wins a role conflict (role.rs:
+/// by the tie-breakers or by answering 487), webrtc-ice cannot switch roles, so the agent is made again
+/// in the other role with the same credentials and candidates, once.
+async fn connect_ice(
+    mut agent: Arc<Agent>,
+    mut role: IceRole,
+    ice: &RemoteIce,
+    cfg: &MediaConfig,
+    socket: &Arc<MediaSocket>,
+    credentials: (String, String),
+    leftovers: &std::sync::Mutex<Leftovers>,
+) -> Result<(Arc<Agent>, Arc<dyn Conn + Send + Sync>, IceRole), MediaError> {
+    let mut conflicts = socket.watch_role_conflicts(&credentials.0, &credentials.1, &ice.pwd);
+    let deadline = tokio::time::Instant::now() + SET_UP_TIMEOUT;
+    let mut switched = false;
+    loop {
+        for c in &ice.candidates {
+            let line = format!(
+                "{} {} udp {} {} {} typ {}",
+                c.foundation,
+                c.component,
+                c.priority,
+                c.address.ip(),
+                c.address.port(),
+                c.typ
+            );
+            match unmarshal_candidate(&line) {
+                Ok(candidate) => {
+                    let candidate: Arc<dyn Candidate + Send + Sync> = Arc::new(candidate);
+                    let _ = agent.add_remote_candidate(&candidate);
+                }
+                Err(e) => debug!("remote candidate {line:?} skipped: {e}"),
+            }
+        }
+        let (_cancel_tx, cancel_rx) = mpsc::channel(1);
+        let (ufrag, pwd) = (ice.ufrag.clone(), ice.pwd.clone());
+        let checking = agent.clone();
+        let connected = async move {
+            let conn: Arc<dyn Conn + Send + Sync> = if role == IceRole::Controlling {
+                checking.dial(cancel_rx, ufrag, pwd).await?
+            } else {
+                checking.accept(cancel_rx, ufrag, pwd).await?
+            };
+            Ok::<_, webrtc_ice::Error>(conn)
+        };
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, connected) => {
+                let conn = r
+                    .map_err(|_| MediaError::Timeout("ICE: no candidate pair answered in 10 s".into()))?
+                    .map_err(|e| MediaError::Peer(format!("ICE: {e}")))?;
+                return Ok((agent, conn, role));
+            }
+            Some(()) = conflicts.recv(), if !switched => {
+                switched = true;
+                role = match role {
+                    IceRole::Controlling => IceRole::Controlled,
+                    _ => IceRole::Controlling,
+                };
+                debug!("ICE role conflict lost to the peer: continuing {}", role.name());
+                let _ = agent.close().await;
+                agent = ice_agent(cfg, socket, role, Some(credentials.clone())).await?.0;
+                if let Ok(mut l) = leftovers.lock() {
+                    l.agent = Some(agent.clone());
+                }
+            }
+        }
+    }
+}
+
 /// The slow path's reader: DTLS records (handshake, later alerts) to the DTLS endpoint, and SRTP
 /// that arrives before the fast path is routed kept for it.
 async fn slow_path_reader(
@@ -848,7 +938,7 @@ async fn write_loop(
     inbound: &InboundCounters,
     started: Instant,
     events: mpsc::Sender<MediaEvent>,
-    routed: &std::sync::Mutex<Option<SocketAddr>>,
+    leftovers: &std::sync::Mutex<Leftovers>,
 ) -> Result<(), MediaError> {
     let mut target = out.socket.target(out.remote);
     let mut restamper = Restamper::new(out.ssrc, rand::random(), rand::random());
@@ -901,7 +991,7 @@ async fn write_loop(
                         Command::Moved(moved) if moved != out.remote => {
                             out.socket.move_route(out.remote, moved).await;
                             out.remote = moved;
-                            set_routed(routed, moved);
+                            set_routed(leftovers, moved);
                             target = out.socket.target(moved);
                         }
                         Command::Moved(_) => {}

@@ -57,9 +57,11 @@ fn event_json(e: &MediaEvent) -> String {
         MediaEvent::IceConnected {
             local,
             remote,
+            role,
             elapsed,
         } => format!(
-            r#"{{"event":"ice.connected","local":"{local}","remote":"{remote}","ms":{:.1}}}"#,
+            r#"{{"event":"ice.connected","local":"{local}","remote":"{remote}","role":"{}","ms":{:.1}}}"#,
+            role.name(),
             ms(elapsed)
         ),
         MediaEvent::SecureUp { profile, elapsed } => format!(

@@ -4,7 +4,9 @@
 # WebRTC stack would go. A local sink plays 880 Hz into watrunk and records; aiortc plays 440 Hz.
 # With RESTART_SINK=1 the sink is stopped half-way and a new one (another SSRC, sequence and timestamp)
 # takes over: the SSRCs watrunk sent, read from a capture, must still be one.
-#   unshare -n -- bash aiortc-answers-watrunk.sh WORKDIR   env: WATRUNK (binary), SECS (5), RESTART_SINK
+# With CLAIM_CONTROLLING=TIEBREAKER aiortc answers but claims the controlling role too (a role conflict).
+#   unshare -n -- bash aiortc-answers-watrunk.sh WORKDIR   env: WATRUNK (binary), SECS (5), RESTART_SINK,
+#   CLAIM_CONTROLLING
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=$1; mkdir -p "$work"; cd "$work"
@@ -17,7 +19,7 @@ WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media offer --offer-ou
 for _ in $(seq 200); do [ -s offer.sdp ] && break; sleep 0.05; done
 [ -s offer.sdp ] || { echo "FAIL watrunk wrote no offer"; cat media.log; exit 1; }
 /usr/bin/python3 "$here/peer.py" answer --sdp-in offer.sdp --sdp-out answer.sdp --record aiortc-rx.wav \
-  --freq 440 --seconds "$secs" > aiortc.log 2>&1 & apid=$!; pids+=($apid)
+  --freq 440 --seconds "$secs" ${CLAIM_CONTROLLING:+--claim-controlling "$CLAIM_CONTROLLING"} > aiortc.log 2>&1 & apid=$!; pids+=($apid)
 for _ in $(seq 400); do [ -s answer.sdp ] && break; sleep 0.05; done
 if [ "${RESTART_SINK:-0}" = 1 ]; then
   half=$(( secs / 2 ))
