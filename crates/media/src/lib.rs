@@ -11,6 +11,7 @@ mod demux;
 mod dtls_endpoint;
 pub mod dtmf;
 mod mux;
+mod quiet;
 mod relay;
 pub mod restamp;
 mod role;

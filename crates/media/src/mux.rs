@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use webrtc_ice::udp_mux::{UDPMux, UDPMuxConn, UDPMuxConnParams, UDPMuxWriter};
 use webrtc_util::Conn;
 
+use crate::quiet::{sweep_loop, QuietSinks, SinkClock};
 use crate::relay::InboundRoute;
 use crate::role::{RoleConflicts, Verdict};
 
@@ -49,6 +50,8 @@ pub struct MediaSocket {
     shared: Arc<Shared>,
     commands: mpsc::Sender<RouteCommand>,
     reader: tokio::task::JoinHandle<()>,
+    quiet: Arc<QuietSinks>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl MediaSocket {
@@ -79,10 +82,14 @@ impl MediaSocket {
         });
         let (commands, commands_rx) = mpsc::channel(ROUTE_COMMANDS);
         let reader = tokio::spawn(read_loop(shared.clone(), commands_rx));
+        let quiet = Arc::new(QuietSinks::new());
+        let sweeper = tokio::spawn(sweep_loop(quiet.clone()));
         Ok(Arc::new(MediaSocket {
             shared,
             commands,
             reader,
+            quiet,
+            sweeper,
         }))
     }
 
@@ -177,6 +184,11 @@ impl MediaSocket {
 }
 
 impl MediaSocket {
+    /// A call's clock in the socket's quiet-sink sweep (quiet.rs).
+    pub(crate) fn sink_clock(&self, quiet_after: std::time::Duration) -> Arc<SinkClock> {
+        self.quiet.clock(quiet_after)
+    }
+
     /// Forgets the slow-path connection of a call without ICE.
     pub(crate) fn remove_plain(&self, remote: SocketAddr) {
         self.shared.remove_conn(&format!("plain {remote}"));
@@ -186,6 +198,7 @@ impl MediaSocket {
 impl Drop for MediaSocket {
     fn drop(&mut self) {
         self.reader.abort();
+        self.sweeper.abort();
     }
 }
 

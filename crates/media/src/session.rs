@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::debug;
 use watrunk_sdp::{DtlsRole, Fingerprint, Keying, MediaPlan, RemoteIce, SdesSuite};
 use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
@@ -45,6 +45,7 @@ use crate::demux::{classify, PacketKind};
 use crate::dtls_endpoint::DtlsEndpoint;
 use crate::dtmf::DtmfSender;
 use crate::mux::MediaSocket;
+use crate::quiet::SinkClock;
 use crate::relay::{sender_report, InboundCounters, InboundRoute, SenderInfo};
 use crate::restamp::{PayloadMap, Restamper, FRAME};
 use crate::srtp::{SrtpContext, SrtpProfile};
@@ -203,6 +204,7 @@ struct Parts {
     app: UdpSocket,
     /// Our ICE ufrag and password (kept if the agent is made again in the other role).
     credentials: (String, String),
+    clock: Arc<SinkClock>,
 }
 
 /// What a call leaves on the shared socket until whoever ends it clears it.
@@ -321,7 +323,6 @@ impl Prepared {
     pub fn start(mut self, plan: MediaPlan, ssrc: u32) -> MediaSession {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (commands_tx, commands_rx) = mpsc::channel(16);
-        let (stop_tx, stop_rx) = oneshot::channel();
         let app_addr = self.app_addr();
         let dtmf_negotiated = plan.dtmf_pt.is_some();
         let parts = Parts {
@@ -332,7 +333,9 @@ impl Prepared {
             socket: self.socket.clone(),
             app: self.app.take().expect("a Prepared starts once"),
             credentials: (self.ufrag.clone(), self.pwd.clone()),
+            clock: self.socket.sink_clock(SINK_SILENCE),
         };
+        let clock = parts.clock.clone();
         let moves_tx = commands_tx.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
@@ -342,10 +345,16 @@ impl Prepared {
                 remote: None,
                 agent: parts.agent.clone(),
             });
-            let result = tokio::select! {
-                r = run(parts, plan, ssrc, started, events_tx.clone(), (moves_tx, commands_rx), &leftovers) => r,
-                _ = stop_rx => Ok(()),
-            };
+            let result = run(
+                parts,
+                plan,
+                ssrc,
+                started,
+                events_tx.clone(),
+                (moves_tx, commands_rx),
+                &leftovers,
+            )
+            .await;
             // Whatever ended the call, nothing of it stays on the shared socket.
             let Leftovers { remote, agent } = leftovers.into_inner().unwrap_or_default();
             if let Some(remote) = remote {
@@ -373,8 +382,8 @@ impl Prepared {
         MediaSession {
             events: events_rx,
             commands: commands_tx,
+            clock,
             dtmf_negotiated,
-            stop: Some(stop_tx),
             task,
             app_addr,
         }
@@ -478,8 +487,9 @@ async fn ice_agent(
 pub struct MediaSession {
     pub events: mpsc::Receiver<MediaEvent>,
     commands: mpsc::Sender<Command>,
+    /// Wakes the call's task for a command while it sleeps on its sink.
+    clock: Arc<SinkClock>,
     dtmf_negotiated: bool,
-    stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     app_addr: SocketAddr,
 }
@@ -506,14 +516,14 @@ impl MediaSession {
         let sender = DtmfSender::new(key, duration.as_millis() as u32)?;
         self.commands
             .try_send(Command::Dtmf(sender))
-            .map_err(|_| MediaError::Local("DTMF queue full or call ended".into()))
+            .map_err(|_| MediaError::Local("DTMF queue full or call ended".into()))?;
+        self.clock.poke();
+        Ok(())
     }
 
     /// Ends the media and waits until every socket and task of the call is gone.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.clock.stop();
         let _ = (&mut self.task).await;
     }
 }
@@ -580,13 +590,14 @@ async fn run(
         socket,
         app,
         credentials,
+        clock,
     } = parts;
 
     // ICE, or the remote address of an SDES call without ICE.
     let (conn, remote): (Arc<dyn Conn + Send + Sync>, SocketAddr) = match (&agent, &plan.remote_ice)
     {
         (Some(agent), Some(ice)) => {
-            let (agent, conn, ice_role) = connect_ice(
+            let checks = connect_ice(
                 agent.clone(),
                 role,
                 ice,
@@ -594,8 +605,11 @@ async fn run(
                 &socket,
                 credentials,
                 leftovers,
-            )
-            .await?;
+            );
+            let (agent, conn, ice_role) = tokio::select! {
+                r = checks => r?,
+                () = clock.stopped() => return Ok(()),
+            };
             let (state_tx, mut state_rx) = mpsc::channel::<ConnectionState>(8);
             agent.on_connection_state_change(Box::new(move |s| {
                 let state_tx = state_tx.clone();
@@ -616,8 +630,10 @@ async fn run(
                 })
                 .await;
             // The agent may switch pairs later (a peer's nomination): the route follows.
+            let poke = clock.clone();
             agent.on_selected_candidate_pair_change(Box::new(move |_, remote| {
                 let _ = moves.try_send(Command::Moved(remote.addr()));
+                poke.poke();
                 Box::pin(async {})
             }));
             // Consent freshness (RFC 7675) is the agent's: a peer that stops answering ends the call.
@@ -688,13 +704,16 @@ async fn run(
             )),
         }
     };
-    let keys = match tokio::time::timeout(SET_UP_TIMEOUT, secured).await {
-        Ok(k) => k?,
-        Err(_) => {
-            return Err(MediaError::Timeout(
-                "DTLS handshake did not finish in 10 s".into(),
-            ))
-        }
+    let keys = tokio::select! {
+        r = tokio::time::timeout(SET_UP_TIMEOUT, secured) => match r {
+            Ok(k) => k?,
+            Err(_) => {
+                return Err(MediaError::Timeout(
+                    "DTLS handshake did not finish in 10 s".into(),
+                ))
+            }
+        },
+        () = clock.stopped() => return Ok(()),
     };
     let _ = events
         .send(MediaEvent::SecureUp {
@@ -728,6 +747,7 @@ async fn run(
     let result = write_loop(
         Outbound {
             app,
+            clock,
             sink: cfg.sink,
             socket: socket.clone(),
             remote,
@@ -923,6 +943,7 @@ async fn slow_path_reader(
 /// The call's outbound side: the sink's packets it reads, where and how they go.
 struct Outbound {
     app: Arc<UdpSocket>,
+    clock: Arc<SinkClock>,
     sink: SocketAddr,
     socket: Arc<MediaSocket>,
     remote: SocketAddr,
@@ -945,11 +966,13 @@ async fn write_loop(
     let mut stats = Stats::default();
     let mut buf = [0u8; MTU + TAG_ROOM];
     let mut silence = [0u8; 15];
-    // Our own frames (silence, DTMF) every 20 ms; while the sink speaks, the timer only wakes when
-    // the sink would count as silent, not once a frame. Commands and RTCP wait for that wake-up
-    // (at most 60 ms), so a relayed packet wakes the task for its own socket only.
+    // Our own frames (silence, DTMF) every 20 ms on our own timer; while the sink speaks, the task
+    // sleeps on the sink socket alone and the socket's sweep wakes it when the sink goes quiet, a
+    // report is due or a command came (quiet.rs): a relayed packet wakes it for its packet only.
     let tick = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(tick);
+    let mut own_timer = true;
+    let clock = out.clock.clone();
     let mut next_report = Instant::now() + RTCP_INTERVAL;
     let mut last_from_sink: Option<Instant> = None;
     let mut first = true;
@@ -978,9 +1001,18 @@ async fn write_loop(
                     continue;
                 }
                 last_from_sink = Some(now);
+                clock.heard(now);
                 n
             }
-            () = &mut tick => {
+            () = clock.woken(), if !own_timer => {
+                own_timer = true;
+                tick.as_mut().reset(tokio::time::Instant::now());
+                continue;
+            }
+            () = &mut tick, if own_timer => {
+                if clock.is_stopping() {
+                    return Ok(());
+                }
                 let now = Instant::now();
                 let on_time = tick.deadline() + FRAME;
                 tick.as_mut().reset(on_time.max(tokio::time::Instant::now()));
@@ -1028,9 +1060,9 @@ async fn write_loop(
                     } else {
                         continue;
                     }
-                } else if let Some(last) = last_from_sink.filter(|t| now.duration_since(*t) < SINK_SILENCE) {
-                    let wake = (last + SINK_SILENCE).min(next_report);
-                    tick.as_mut().reset(wake.into());
+                } else if last_from_sink.is_some_and(|t| now.duration_since(t) < SINK_SILENCE) {
+                    own_timer = false;
+                    clock.watch(next_report);
                     continue;
                 } else {
                     let n = restamper.silence(out.audio_pt, &mut silence, now);
