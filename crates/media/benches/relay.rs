@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use watrunk_media::srtp::{SrtpContext, SrtpProfile};
 use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, MediaSocket, Prepared};
-use watrunk_sdp::{Codec, Direction, Keying, MediaPlan, Profile, SdesSuite, Transcoding};
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const PAYLOAD: usize = 80;
@@ -228,7 +229,10 @@ async fn relay(mode: Mode, n: usize, seconds: f64) -> Outcome {
                     .await
                     .unwrap();
                 locals.push(prepared.app_addr());
-                let mut call = prepared.start(plan(far), rand::random());
+                let mut call = prepared.start(
+                    common::sdes_plan(far.far, &far.key_out, &far.key_in, None),
+                    rand::random(),
+                );
                 let mut events =
                     std::mem::replace(&mut call.events, tokio::sync::mpsc::channel(1).1);
                 tokio::spawn(async move {
@@ -310,29 +314,6 @@ async fn relay(mode: Mode, n: usize, seconds: f64) -> Outcome {
         received_in: v[3] as u64,
         sent_out: v[4] as u64,
         received_out: v[5] as u64,
-    }
-}
-
-fn plan(far: &Far) -> MediaPlan {
-    MediaPlan {
-        profile: Profile::WhatsApp,
-        remote_ice: None,
-        remote_rtp: Some(far.far),
-        keying: Keying::Sdes {
-            suite: SdesSuite::AesCm128HmacSha1_80,
-            local_key: far.key_out.clone(),
-            remote_key: far.key_in.clone(),
-            tag: 1,
-        },
-        codec: Codec::Opus,
-        audio_pt: PT,
-        dtmf_pt: None,
-        remote_ssrc: None,
-        ptime: 20,
-        rtcp_mux: true,
-        mid: None,
-        direction: Direction::SendRecv,
-        transcoding: Transcoding::None,
     }
 }
 

@@ -53,53 +53,30 @@ impl InboundCounters {
 }
 
 /// Sequence and arrival state for the receiver statistics.
-struct Reception {
+#[derive(Default)]
+pub(crate) struct Reception {
     highest: Option<u64>,
     transit: Option<i64>,
     jitter_x16: u64,
 }
 
+/// The fast path of one call, owned by the media socket's reader.
 pub(crate) struct InboundRoute {
-    srtp: SrtpContext,
-    app: Arc<UdpSocket>,
-    sink: SocketAddr,
-    payloads: PayloadMap,
-    counters: Arc<InboundCounters>,
-    local_ssrc: u32,
-    epoch: Instant,
-    first_rtp: Option<mpsc::Sender<MediaEvent>>,
-    reception: Reception,
+    pub srtp: SrtpContext,
+    /// The call's local port L, and the sink S it sends to.
+    pub app: Arc<UdpSocket>,
+    pub sink: SocketAddr,
+    pub payloads: PayloadMap,
+    pub counters: Arc<InboundCounters>,
+    /// Our SSRC, to find the far side's report on our stream.
+    pub local_ssrc: u32,
+    pub epoch: Instant,
+    /// Told once, at the first packet.
+    pub first_rtp: Option<mpsc::Sender<MediaEvent>>,
+    pub reception: Reception,
 }
 
 impl InboundRoute {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        srtp: SrtpContext,
-        app: Arc<UdpSocket>,
-        sink: SocketAddr,
-        payloads: PayloadMap,
-        counters: Arc<InboundCounters>,
-        local_ssrc: u32,
-        epoch: Instant,
-        events: mpsc::Sender<MediaEvent>,
-    ) -> InboundRoute {
-        InboundRoute {
-            srtp,
-            app,
-            sink,
-            payloads,
-            counters,
-            local_ssrc,
-            epoch,
-            first_rtp: Some(events),
-            reception: Reception {
-                highest: None,
-                transit: None,
-                jitter_x16: 0,
-            },
-        }
-    }
-
     /// One packet (first byte 128-191) from the call's remote address.
     pub fn handle(&mut self, packet: &mut [u8], now: Instant) {
         if is_rtcp(packet) {

@@ -46,7 +46,7 @@ use crate::dtls_endpoint::DtlsEndpoint;
 use crate::dtmf::DtmfSender;
 use crate::mux::MediaSocket;
 use crate::quiet::SinkClock;
-use crate::relay::{sender_report, InboundCounters, InboundRoute, SenderInfo};
+use crate::relay::{sender_report, InboundCounters, InboundRoute, Reception, SenderInfo};
 use crate::restamp::{PayloadMap, Restamper, FRAME};
 use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::MediaError;
@@ -728,16 +728,17 @@ async fn run(
         remote_audio: plan.audio_pt,
         remote_dtmf: plan.dtmf_pt,
     };
-    let mut route = InboundRoute::new(
-        keys.inbound,
-        app.clone(),
-        cfg.sink,
+    let mut route = InboundRoute {
+        srtp: keys.inbound,
+        app: app.clone(),
+        sink: cfg.sink,
         payloads,
-        inbound.clone(),
-        ssrc,
-        started,
-        events.clone(),
-    );
+        counters: inbound.clone(),
+        local_ssrc: ssrc,
+        epoch: started,
+        first_rtp: Some(events.clone()),
+        reception: Reception::default(),
+    };
     while let Ok(mut packet) = early_rx.try_recv() {
         route.handle(&mut packet, Instant::now());
     }

@@ -24,14 +24,7 @@ async fn socket(ip: &str) -> std::sync::Arc<MediaSocket> {
 #[tokio::test]
 async fn host_candidates_on_the_media_address_only() {
     let s = socket("127.0.0.1").await;
-    let p = Prepared::new(
-        cfg("127.0.0.1"),
-        Identity::generate().unwrap(),
-        IceRole::Controlling,
-        &s,
-    )
-    .await
-    .unwrap();
+    let p = prepare_on_loopback(IceRole::Controlling, &s).await;
     assert!(!p.candidates().is_empty());
     assert!(p
         .candidates()
@@ -82,17 +75,16 @@ async fn an_address_not_on_this_machine_is_a_local_error() {
     );
 }
 
+async fn prepare_on_loopback(role: IceRole, s: &std::sync::Arc<MediaSocket>) -> Prepared {
+    Prepared::new(cfg("127.0.0.1"), Identity::generate().unwrap(), role, s)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sdes_without_ice_uses_the_shared_port() {
     let s = socket("127.0.0.1").await;
-    let p = Prepared::new(
-        cfg("127.0.0.1"),
-        Identity::generate().unwrap(),
-        IceRole::None,
-        &s,
-    )
-    .await
-    .unwrap();
+    let p = prepare_on_loopback(IceRole::None, &s).await;
     assert_eq!(p.candidates(), &[s.local_addr()]);
     assert_eq!(p.ice_credentials(), ("", ""));
 }
@@ -102,14 +94,7 @@ async fn every_call_announces_the_one_shared_port_and_leaves_nothing_behind() {
     let s = socket("127.0.0.1").await;
     let mut calls = Vec::new();
     for _ in 0..3 {
-        let p = Prepared::new(
-            cfg("127.0.0.1"),
-            Identity::generate().unwrap(),
-            IceRole::Controlling,
-            &s,
-        )
-        .await
-        .unwrap();
+        let p = prepare_on_loopback(IceRole::Controlling, &s).await;
         assert_eq!(p.candidates(), &[s.local_addr()]);
         calls.push(p);
     }

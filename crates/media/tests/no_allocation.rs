@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use watrunk_media::srtp::{SrtpContext, SrtpProfile};
 use watrunk_media::{IceRole, Identity, MediaConfig, MediaSocket, Prepared};
-use watrunk_sdp::{Codec, Direction, Keying, MediaPlan, Profile, SdesSuite, Transcoding};
+
+mod common;
 
 struct Counting;
 
@@ -99,26 +100,7 @@ async fn relaying_packets_allocates_nothing() {
         .await
         .unwrap();
     let local = prepared.app_addr();
-    let plan = MediaPlan {
-        profile: Profile::WhatsApp,
-        remote_ice: None,
-        remote_rtp: Some(far.local_addr().unwrap()),
-        keying: Keying::Sdes {
-            suite: SdesSuite::AesCm128HmacSha1_80,
-            local_key: KEY_OUT.to_vec(),
-            remote_key: KEY_IN.to_vec(),
-            tag: 1,
-        },
-        codec: Codec::Opus,
-        audio_pt: 111,
-        dtmf_pt: None,
-        remote_ssrc: None,
-        ptime: 20,
-        rtcp_mux: true,
-        mid: None,
-        direction: Direction::SendRecv,
-        transcoding: Transcoding::None,
-    };
+    let plan = common::sdes_plan(far.local_addr().unwrap(), &KEY_OUT, &KEY_IN, None);
     let mut call = prepared.start(plan, 42);
     let profile = SrtpProfile::AesCm128HmacSha1_80;
     let mut to_us = SrtpContext::new(profile, &KEY_IN[..16], &KEY_IN[16..]).unwrap();

@@ -13,10 +13,9 @@ use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
 use tokio::net::UdpSocket;
 use watrunk_media::{IceRole, Identity, MediaConfig, MediaSocket, Prepared};
-use watrunk_sdp::{
-    Codec, Direction, Keying, MediaPlan, Profile, RemoteCandidate, RemoteIce, SdesSuite,
-    Transcoding,
-};
+use watrunk_sdp::{RemoteCandidate, RemoteIce};
+
+mod common;
 use webrtc_ice::control::AttrControlling;
 use webrtc_ice::priority::PriorityAttr;
 
@@ -83,9 +82,11 @@ async fn stun_with_a_bad_message_integrity_is_ignored() {
         let (u, p) = prepared.ice_credentials();
         (u.to_string(), p.to_string())
     };
-    let plan = MediaPlan {
-        profile: Profile::WhatsApp,
-        remote_ice: Some(RemoteIce {
+    let plan = common::sdes_plan(
+        peer.local_addr().unwrap(),
+        &[1; 30],
+        &[2; 30],
+        Some(RemoteIce {
             ufrag: PEER_UFRAG.into(),
             pwd: PEER_PWD.into(),
             candidates: vec![RemoteCandidate {
@@ -97,23 +98,7 @@ async fn stun_with_a_bad_message_integrity_is_ignored() {
             }],
             lite: false,
         }),
-        remote_rtp: Some(peer.local_addr().unwrap()),
-        keying: Keying::Sdes {
-            suite: SdesSuite::AesCm128HmacSha1_80,
-            local_key: vec![1; 30],
-            remote_key: vec![2; 30],
-            tag: 1,
-        },
-        codec: Codec::Opus,
-        audio_pt: 111,
-        dtmf_pt: None,
-        remote_ssrc: None,
-        ptime: 20,
-        rtcp_mux: true,
-        mid: None,
-        direction: Direction::SendRecv,
-        transcoding: Transcoding::None,
-    };
+    );
     let session = prepared.start(plan, 1);
     let username = format!("{ufrag}:{PEER_UFRAG}");
 
