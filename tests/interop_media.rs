@@ -156,6 +156,27 @@ fn rtpengine_ice_lite_dtls_offer_two_way_tone_and_we_send_first() {
     assert!(!ev.contains(&"failed".to_string()), "{}", run.media_log);
 }
 
+/// Our in-place AEAD_AES_128_GCM against rtpengine's (libsrtp-compatible) one: we offer only that
+/// profile in DTLS, rtpengine takes it, and the tones get through both ways.
+#[test]
+fn rtpengine_dtls_with_aead_aes_128_gcm_two_way_tone() {
+    let _serial = serial();
+    let run = meta_standin("dtls", &[("SRTP_PROFILES", "aead-aes-128-gcm")]);
+    two_way_tone(&run);
+    assert!(
+        run.media_log
+            .contains(r#""profile":"SRTP_AEAD_AES_128_GCM""#),
+        "{}",
+        run.media_log
+    );
+    assert_pass(&run, "rtpengine accepted the endpoint's DTLS certificate");
+    assert!(
+        run.media_log.contains(r#""srtp_rejected":0"#),
+        "{}",
+        run.media_log
+    );
+}
+
 #[test]
 fn rtpengine_sdes_offer_two_way_tone_and_we_send_first() {
     let _serial = serial();
@@ -435,6 +456,7 @@ fn chromium_heard_our_tone(stats: &serde_json::Value, report: &str) {
 }
 
 /// Headless Chromium offers (it is controlling and DTLS actpass): we answer controlled and active.
+/// Chromium's RTCP reports on our stream give us a round-trip time, and its stream arrives whole.
 #[test]
 fn chromium_offerer_two_way_tone() {
     let _serial = serial();
@@ -448,6 +470,20 @@ fn chromium_offerer_two_way_tone() {
         media_log.contains(r#""keying":"dtls-client""#),
         "{media_log}"
     );
+    let last: serde_json::Value = media_log
+        .lines()
+        .rfind(|l| l.contains(r#""event":"stats""#))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("no stats event\n{media_log}"));
+    let rtt = last["rtt_us"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no RTT from Chromium's reports: {last}"));
+    assert!(
+        rtt > 0 && rtt < 100_000,
+        "RTT on a namespace loopback: {last}"
+    );
+    assert!(last["packets_in"].as_u64().unwrap() > 200, "{last}");
+    assert!(last["lost"].as_i64().unwrap() <= 2, "{last}");
 }
 
 /// We offer to headless Chromium: we control ICE, Chromium answers setup:active (we are the server).

@@ -53,6 +53,7 @@ use crate::MediaError;
 
 const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+const FIRST_RTCP: Duration = Duration::from_secs(1);
 /// The sink counts as silent after this long without a packet; we fill in with silence frames.
 const SINK_SILENCE: Duration = Duration::from_millis(60);
 const MTU: usize = 1500;
@@ -81,6 +82,8 @@ pub struct MediaConfig {
     /// How long the peer may leave our consent checks unanswered before the call fails (RFC 7675:
     /// 30 s); the first 5 s of it count as disconnected.
     pub consent_timeout: Duration,
+    /// The SRTP protection profiles offered in DTLS, preferred first.
+    pub dtls_profiles: Vec<SrtpProfile>,
 }
 
 impl MediaConfig {
@@ -95,6 +98,7 @@ impl MediaConfig {
             sink,
             check_interval: Duration::from_millis(20),
             consent_timeout: Duration::from_secs(30),
+            dtls_profiles: vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80],
         }
     }
 }
@@ -543,7 +547,15 @@ fn srtp_profile_of_suite(suite: SdesSuite) -> SrtpProfile {
     }
 }
 
-/// The one place where dtls's profile enum meets ours.
+fn dtls_profile_of(p: SrtpProfile) -> SrtpProtectionProfile {
+    match p {
+        SrtpProfile::AesCm128HmacSha1_80 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        SrtpProfile::AesCm128HmacSha1_32 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
+        SrtpProfile::AeadAes128Gcm => SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    }
+}
+
+/// The one place where dtls's profile enum meets ours (with `dtls_profile_of`).
 fn srtp_profile_of_dtls(p: SrtpProtectionProfile) -> Option<(SrtpProfile, &'static str)> {
     match p {
         SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some((
@@ -678,7 +690,15 @@ async fn run(
     let secured = async {
         match &plan.keying {
             Keying::Dtls { fingerprint, role } => {
-                dtls_keys(conn.clone(), dtls_rx, &identity, fingerprint, *role).await
+                dtls_keys(
+                    conn.clone(),
+                    dtls_rx,
+                    &identity,
+                    fingerprint,
+                    *role,
+                    &cfg.dtls_profiles,
+                )
+                .await
             }
             Keying::Sdes {
                 suite,
@@ -784,14 +804,12 @@ async fn dtls_keys(
     identity: &Identity,
     expected: &Fingerprint,
     role: DtlsRole,
+    profiles: &[SrtpProfile],
 ) -> Result<Keys, MediaError> {
     let expected_bytes = expected.bytes.clone();
     let config = DtlsConfig {
         certificates: vec![identity.certificate.clone()],
-        srtp_protection_profiles: vec![
-            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-        ],
+        srtp_protection_profiles: profiles.iter().map(|&p| dtls_profile_of(p)).collect(),
         extended_master_secret: ExtendedMasterSecretType::Request,
         // The certificate is self-signed by design (RFC 5763): trust comes from the SDP fingerprint.
         insecure_skip_verify: true,
@@ -974,7 +992,9 @@ async fn write_loop(
     tokio::pin!(tick);
     let mut own_timer = true;
     let clock = out.clock.clone();
-    let mut next_report = Instant::now() + RTCP_INTERVAL;
+    // The first report soon (RFC 3550 §6.2 halves the first interval; we start at 1 s), so that
+    // even a short call learns its round-trip time.
+    let mut next_report = Instant::now() + FIRST_RTCP;
     let mut last_from_sink: Option<Instant> = None;
     let mut first = true;
     let mut dtmf: Option<DtmfSender> = None;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use watrunk_media::srtp::SrtpProfile;
 use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, MediaSocket, Prepared};
 use watrunk_sdp::{self as sdp, LocalMedia, Profile, Security};
 
@@ -95,6 +96,26 @@ fn event_json(e: &MediaEvent) -> String {
     }
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DtlsProfile {
+    #[value(name = "aead-aes-128-gcm")]
+    AeadAes128Gcm,
+    #[value(name = "aes-cm-128-hmac-sha1-80")]
+    AesCm128HmacSha1_80,
+    #[value(name = "aes-cm-128-hmac-sha1-32")]
+    AesCm128HmacSha1_32,
+}
+
+impl DtlsProfile {
+    fn profile(self) -> SrtpProfile {
+        match self {
+            DtlsProfile::AeadAes128Gcm => SrtpProfile::AeadAes128Gcm,
+            DtlsProfile::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
+            DtlsProfile::AesCm128HmacSha1_32 => SrtpProfile::AesCm128HmacSha1_32,
+        }
+    }
+}
+
 /// Where the call's audio goes: the options `answer` and `offer` share.
 #[derive(Args)]
 pub struct SinkArgs {
@@ -125,6 +146,9 @@ pub struct SinkArgs {
     /// Send DTMF keys (RFC 4733, 100 ms each) at a time into the call: `KEYS@SECONDS`, e.g. `12#@2.5`.
     #[arg(long)]
     dtmf: Option<String>,
+    /// SRTP profiles offered in DTLS, preferred first.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [DtlsProfile::AeadAes128Gcm, DtlsProfile::AesCm128HmacSha1_80])]
+    srtp_profiles: Vec<DtlsProfile>,
     /// Fail the call when the peer leaves consent checks unanswered this long (RFC 7675: 30).
     #[arg(long, default_value_t = 30.0)]
     consent_timeout_secs: f64,
@@ -143,6 +167,7 @@ async fn prepare(
     cfg.media_ip6 = sink.media_ip6;
     cfg.public_ip = sink.public_ip;
     cfg.stun_server = sink.stun_server.clone();
+    cfg.dtls_profiles = sink.srtp_profiles.iter().map(|p| p.profile()).collect();
     let prepared = Prepared::new(cfg, Identity::generate()?, role, &socket).await?;
     let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
         .with_candidates(prepared.candidates().iter().copied())

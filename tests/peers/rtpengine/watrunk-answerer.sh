@@ -2,7 +2,7 @@
 # ANSWER_CMD for meta-standin.sh in `external` mode: `watrunk media answer` answers rtpengine's ICE-lite
 # offer, and a plain RTP tone source/recorder (standin_helper.py plain) plays the local sink: it sends an
 # 880 Hz Opus tone to watrunk's local RTP port and records what watrunk relays (rx.wav).
-# Env: WATRUNK (binary), OFFER_SDP, ANSWER_SDP (from meta-standin.sh), DTMF=KEYS@SECONDS to send DTMF
+# Env: WATRUNK (binary), OFFER_SDP, ANSWER_SDP (from meta-standin.sh), DTMF=KEYS@SECONDS to send DTMF, SRTP_PROFILES to restrict the DTLS-SRTP profiles we offer
 # keys, CORRUPT_FINGERPRINT=1 to answer an offer whose fingerprint was altered (watrunk must then fail).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +22,7 @@ printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > "$work/sink
   > "$work/sink.log" 2>&1 &
 sink=$!
 status=0
-WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media answer --offer "$offer" --answer-out "$ANSWER_SDP" --media-ip "$ip" ${DTMF:+--dtmf "$DTMF"} \
+WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media answer --offer "$offer" --answer-out "$ANSWER_SDP" --media-ip "$ip" ${DTMF:+--dtmf "$DTMF"} ${SRTP_PROFILES:+--srtp-profiles "$SRTP_PROFILES"} \
   --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$(( ${SECS:-6} + 2 ))" > "$work/media.log" 2>&1 || status=$?
 kill "$sink" 2>/dev/null || true
 wait "$sink" 2>/dev/null || true
