@@ -117,3 +117,29 @@ async fn every_call_announces_the_one_shared_port_and_leaves_nothing_behind() {
     }
     panic!("connections left on the shared socket: {:?}", s.usage());
 }
+
+#[tokio::test]
+async fn ipv4_and_ipv6_media_addresses_share_one_dual_stack_port() {
+    let v4: IpAddr = "127.0.0.1".parse().unwrap();
+    let v6: IpAddr = "::1".parse().unwrap();
+    if std::net::UdpSocket::bind(SocketAddr::new(v6, 0)).is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let s = MediaSocket::bind_media(v4, Some(v6), 0).await.unwrap();
+    let mut c = cfg("127.0.0.1");
+    c.media_ip6 = Some(v6);
+    let p = Prepared::new(c, Identity::generate().unwrap(), IceRole::Controlling, &s)
+        .await
+        .unwrap();
+    let port = s.local_addr().port();
+    let mut ips: Vec<IpAddr> = p.candidates().iter().map(|c| c.ip()).collect();
+    ips.sort();
+    assert_eq!(ips, vec![v4, v6], "{:?}", p.candidates());
+    assert!(p.candidates().iter().all(|c| c.port() == port));
+    assert!(
+        s.local_addr().is_ipv6(),
+        "one dual-stack socket: {}",
+        s.local_addr()
+    );
+}
