@@ -525,10 +525,16 @@ impl MediaSession {
         Ok(())
     }
 
-    /// Ends the media and waits until every socket and task of the call is gone.
-    pub async fn stop(mut self) {
+    /// Ends the media and waits until every socket and task of the call is gone. Returns the events
+    /// not yet received; a call that got past set-up ends them with its final `Stats`.
+    pub async fn stop(mut self) -> Vec<MediaEvent> {
         self.clock.stop();
         let _ = (&mut self.task).await;
+        let mut rest = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            rest.push(e);
+        }
+        rest
     }
 }
 
@@ -1032,6 +1038,8 @@ async fn write_loop(
             }
             () = &mut tick, if own_timer => {
                 if clock.is_stopping() {
+                    stats.take_inbound(inbound);
+                    let _ = events.try_send(MediaEvent::Stats(stats.clone()));
                     return Ok(());
                 }
                 let now = Instant::now();

@@ -287,7 +287,13 @@ async fn relay(prepared: Prepared, plan: sdp::MediaPlan, ssrc: u32, args: &SinkA
             }
         }
     }
-    session.stop().await;
+    // What the call still had to say, its final stats last.
+    for e in session.stop().await {
+        if let MediaEvent::Failed { reason } = &e {
+            failed.get_or_insert(reason.clone());
+        }
+        println!("{}", event_json(&e));
+    }
     match failed {
         Some(reason) => bail!("media failed: {reason}"),
         None => Ok(()),
