@@ -9,11 +9,12 @@
 //! Calls use SDES without ICE, so no set-up traffic is in the window: after set-up the packets of
 //! an ICE call take exactly this path (the shared socket's route by remote address).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,8 +53,16 @@ fn main() {
         .unwrap_or(10.0);
     srtp_cost();
     println!(
-        "{:>6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9}",
-        "calls", "relay", "pkts/s", "µs/pkt", "loss in", "loss out", "ratio", "gen µs/pkt"
+        "{:>6} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>12}",
+        "calls",
+        "relay",
+        "pkts/s",
+        "µs/pkt",
+        "loss in",
+        "loss out",
+        "ratio",
+        "gen µs/pkt",
+        "heap KB/call"
     );
     if let Some(only) = value("--only") {
         // For profiling one relay alone.
@@ -117,6 +126,8 @@ struct Outcome {
     /// Sink → far side.
     sent_out: u64,
     received_out: u64,
+    /// Heap the calls hold, from before they were made to the window's start.
+    heap_per_call_kb: f64,
 }
 
 impl Outcome {
@@ -134,7 +145,7 @@ impl Outcome {
 
     fn print(&self, n: usize, name: &str, ratio: Option<f64>) {
         println!(
-            "{:>6} {:>8} {:>10.0} {:>10.2} {:>9.3}% {:>9.3}% {:>7} {:>9.2}",
+            "{:>6} {:>8} {:>10.0} {:>10.2} {:>9.3}% {:>9.3}% {:>7} {:>9.2} {:>12.1}",
             n,
             name,
             self.relayed() as f64 / self.window.as_secs_f64(),
@@ -144,8 +155,39 @@ impl Outcome {
             ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             self.generator_cpu.as_secs_f64() * 1e6
                 / (self.sent_in + self.sent_out + self.relayed()).max(1) as f64,
+            self.heap_per_call_kb,
         );
     }
+}
+
+/// Counts the bytes allocated and not yet freed, for the heap each call holds.
+struct LiveBytes;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call goes to the system allocator; only a counter is added.
+unsafe impl GlobalAlloc for LiveBytes {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: LiveBytes = LiveBytes;
+
+fn live_kb() -> f64 {
+    LIVE.load(Relaxed) as f64 / 1024.0
 }
 
 fn cpu_time() -> Duration {
@@ -218,6 +260,7 @@ async fn relay(mode: Mode, n: usize, seconds: f64) -> Outcome {
         })
         .collect();
 
+    let heap_before = live_kb();
     let mut calls = Vec::new();
     let mut locals = Vec::new();
     match mode {
@@ -291,6 +334,7 @@ async fn relay(mode: Mode, n: usize, seconds: f64) -> Outcome {
         }
     });
     let (start_line, cpu_start) = rx.recv().await.unwrap();
+    let heap_per_call_kb = (live_kb() - heap_before) / n as f64;
     assert_eq!(start_line, "window start");
     let (end_line, cpu_end) = rx.recv().await.unwrap();
     assert_eq!(end_line, "window end");
@@ -314,6 +358,7 @@ async fn relay(mode: Mode, n: usize, seconds: f64) -> Outcome {
         received_in: v[3] as u64,
         sent_out: v[4] as u64,
         received_out: v[5] as u64,
+        heap_per_call_kb,
     }
 }
 
