@@ -371,6 +371,32 @@ fn aiortc_answerer_two_way_tone_and_one_ssrc_across_a_sink_restart() {
     );
 }
 
+/// With an IPv6 media address beside the IPv4 one, all media shares one dual-stack socket: we offer
+/// both families on one port, and the call works whichever pair ICE picks (IPv4 peers arrive as
+/// v4-mapped addresses).
+#[test]
+fn aiortc_answerer_over_a_dual_stack_media_socket() {
+    let _serial = serial();
+    let run = aiortc(
+        "aiortc-answers-watrunk.sh",
+        &[("SECS", "4"), ("MEDIA_IP6", "fd00::1")],
+    );
+    let ports: Vec<&str> = run
+        .offer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .map(|l| l.split(' ').nth(5).unwrap_or(""))
+        .collect();
+    assert!(run.offer.contains(" fd00::1 "), "{}", run.offer);
+    assert!(run.offer.contains(" 198.18.0.1 "), "{}", run.offer);
+    assert!(
+        ports.len() == 2 && ports[0] == ports[1],
+        "one port: {ports:?}"
+    );
+    assert_tone(&run.report, "aiortc-rx:", 880.0);
+    assert_tone(&run.report, "sink-rx:", 440.0);
+}
+
 /// aiortc answers our offer but claims the controlling role too (RFC 8445 §7.2.5): with the highest
 /// tie-breaker it wins and answers our checks with 487, and we go on as controlled; with the lowest it
 /// switches itself. Either way the call connects and the tone gets through both ways.

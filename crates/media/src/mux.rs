@@ -28,6 +28,12 @@ use crate::role::{RoleConflicts, Verdict};
 /// Largest datagram we read; anything longer is truncated and fails authentication.
 const RECEIVE_MTU: usize = 1500;
 const ROUTE_COMMANDS: usize = 256;
+const SLOW_PATH_PACKETS: usize = 64;
+
+/// The slow-path key of a call without ICE.
+pub(crate) fn plain_key(remote: SocketAddr) -> String {
+    format!("plain {remote}")
+}
 
 enum RouteCommand {
     Add(SocketAddr, Box<InboundRoute>),
@@ -42,6 +48,10 @@ struct Shared {
     by_ufrag: Mutex<HashMap<String, UDPMuxConn>>,
     by_address: RwLock<HashMap<SocketAddr, UDPMuxConn>>,
     role_conflicts: RoleConflicts,
+    /// Per call (by ufrag, or `plain_key`), where its non-STUN packets go until the fast path takes
+    /// them: DTLS records and early SRTP. They bypass the agent, whose per-candidate readers would
+    /// drop a packet of the other address family (all its candidates share this one connection).
+    slow_paths: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
     routes: AtomicUsize,
 }
 
@@ -78,6 +88,7 @@ impl MediaSocket {
             by_ufrag: Mutex::default(),
             by_address: RwLock::default(),
             role_conflicts: RoleConflicts::default(),
+            slow_paths: Mutex::default(),
             routes: AtomicUsize::new(0),
         });
         let (commands, commands_rx) = mpsc::channel(ROUTE_COMMANDS);
@@ -115,11 +126,14 @@ impl MediaSocket {
         &self.shared.socket
     }
 
-    /// Calls with a fast-path route and agents with a connection on this socket (idle: 0 and 0).
+    /// Calls with a fast-path route, and connections plus slow paths of calls on this socket
+    /// (idle: 0 and 0).
     pub fn usage(&self) -> (usize, usize) {
+        let connections = self.shared.by_ufrag.lock().map(|m| m.len()).unwrap_or(0);
+        let slow_paths = self.shared.slow_paths.lock().map(|m| m.len()).unwrap_or(0);
         (
             self.shared.routes.load(Ordering::Relaxed),
-            self.shared.by_ufrag.lock().map(|m| m.len()).unwrap_or(0),
+            connections + slow_paths,
         )
     }
 
@@ -148,6 +162,26 @@ impl MediaSocket {
         let _ = self.commands.send(RouteCommand::Remove(remote)).await;
     }
 
+    /// The non-STUN packets of the call known by `key` (its ufrag, or `plain_key`) until its fast
+    /// path is routed, and DTLS records after.
+    pub(crate) fn slow_path(&self, key: &str) -> mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = mpsc::channel(SLOW_PATH_PACKETS);
+        self.shared
+            .slow_paths
+            .lock()
+            .expect("slow path map")
+            .insert(key.to_string(), tx);
+        rx
+    }
+
+    pub(crate) fn drop_slow_path(&self, key: &str) {
+        self.shared
+            .slow_paths
+            .lock()
+            .expect("slow path map")
+            .remove(key);
+    }
+
     /// Tells when the agent with local `ufrag` must take the other ICE role; the passwords check
     /// that the messages saying so are genuine.
     pub(crate) fn watch_role_conflicts(
@@ -167,7 +201,7 @@ impl MediaSocket {
 
     /// A connection for a call without ICE: everything from `remote` that is not on the fast path.
     pub(crate) fn plain_conn(self: &Arc<Self>, remote: SocketAddr) -> Arc<dyn Conn + Send + Sync> {
-        let key = format!("plain {remote}");
+        let key = plain_key(remote);
         let conn = self.shared.conn_for(&key);
         self.shared
             .by_address
@@ -191,7 +225,8 @@ impl MediaSocket {
 
     /// Forgets the slow-path connection of a call without ICE.
     pub(crate) fn remove_plain(&self, remote: SocketAddr) {
-        self.shared.remove_conn(&format!("plain {remote}"));
+        self.shared.remove_conn(&plain_key(remote));
+        self.drop_slow_path(&plain_key(remote));
     }
 }
 
@@ -298,7 +333,13 @@ async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteComman
                         }
                     }
                     if let Some(conn) = shared.conn_of(&buf[..n], from) {
-                        if buf[0] < 2 && stun::message::is_message(&buf[..n]) {
+                        if buf[0] >= 2 {
+                            let slow_paths = shared.slow_paths.lock().expect("slow path map");
+                            if let Some(slow) = slow_paths.get(conn.key()) {
+                                let _ = slow.try_send(buf[..n].to_vec());
+                                continue;
+                            }
+                        } else if stun::message::is_message(&buf[..n]) {
                             if let Verdict::Answer(answer) =
                                 shared.role_conflicts.inbound(&buf[..n], conn.key())
                             {

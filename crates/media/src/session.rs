@@ -44,7 +44,7 @@ use webrtc_util::{Conn, KeyingMaterialExporter};
 use crate::demux::{classify, PacketKind};
 use crate::dtls_endpoint::DtlsEndpoint;
 use crate::dtmf::DtmfSender;
-use crate::mux::MediaSocket;
+use crate::mux::{plain_key, MediaSocket};
 use crate::quiet::SinkClock;
 use crate::relay::{sender_report, InboundCounters, InboundRoute, Reception, SenderInfo};
 use crate::restamp::{PayloadMap, Restamper, FRAME};
@@ -365,6 +365,7 @@ impl Prepared {
                 socket.remove_route(remote).await;
             }
             socket.unwatch_role_conflicts(&ufrag);
+            socket.drop_slow_path(&ufrag);
             match agent {
                 Some(agent) => {
                     let _ = agent.close().await;
@@ -611,10 +612,14 @@ async fn run(
         clock,
     } = parts;
 
+    // The call's non-STUN packets until its fast path is routed, DTLS records after.
+    let slow;
     // ICE, or the remote address of an SDES call without ICE.
     let (conn, remote): (Arc<dyn Conn + Send + Sync>, SocketAddr) = match (&agent, &plan.remote_ice)
     {
         (Some(agent), Some(ice)) => {
+            // Before the first check: the peer may start DTLS as soon as its side connects.
+            slow = socket.slow_path(&credentials.0);
             let checks = connect_ice(
                 agent.clone(),
                 role,
@@ -678,6 +683,7 @@ async fn run(
                 .remote_rtp
                 .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
             set_routed(leftovers, remote);
+            slow = socket.slow_path(&plain_key(remote));
             (socket.plain_conn(remote), remote)
         }
         (Some(_), None) => {
@@ -691,7 +697,7 @@ async fn run(
     // keeps the first SRTP packets for the inbound context.
     let (dtls_tx, dtls_rx) = mpsc::channel::<Vec<u8>>(32);
     let (early_tx, mut early_rx) = mpsc::channel::<Vec<u8>>(EARLY_PACKETS);
-    let reader = tokio::spawn(slow_path_reader(conn.clone(), dtls_tx, early_tx));
+    let reader = tokio::spawn(slow_path_reader(slow, dtls_tx, early_tx));
 
     let secured = async {
         match &plan.keying {
@@ -942,23 +948,17 @@ async fn connect_ice(
 /// The slow path's reader: DTLS records (handshake, later alerts) to the DTLS endpoint, and SRTP
 /// that arrives before the fast path is routed kept for it.
 async fn slow_path_reader(
-    conn: Arc<dyn Conn + Send + Sync>,
+    mut slow: mpsc::Receiver<Vec<u8>>,
     dtls_tx: mpsc::Sender<Vec<u8>>,
     early_tx: mpsc::Sender<Vec<u8>>,
 ) {
-    let mut buf = vec![0u8; MTU];
-    loop {
-        let n = match conn.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => return,
-        };
-        let packet = &buf[..n];
-        match classify(packet) {
+    while let Some(packet) = slow.recv().await {
+        match classify(&packet) {
             PacketKind::Dtls => {
-                let _ = dtls_tx.try_send(packet.to_vec());
+                let _ = dtls_tx.try_send(packet);
             }
             PacketKind::Rtp => {
-                let _ = early_tx.try_send(packet.to_vec());
+                let _ = early_tx.try_send(packet);
             }
             PacketKind::Stun | PacketKind::Other => {}
         }

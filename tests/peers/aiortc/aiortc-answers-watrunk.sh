@@ -5,6 +5,8 @@
 # With RESTART_SINK=1 the sink is stopped half-way and a new one (another SSRC, sequence and timestamp)
 # takes over: the SSRCs watrunk sent, read from a capture, must still be one.
 # With CLAIM_CONTROLLING=TIEBREAKER aiortc answers but claims the controlling role too (a role conflict).
+# With MEDIA_IP6=ADDR that IPv6 address is put on lo and given to watrunk as --media-ip6 (one
+# dual-stack media socket for both families).
 #   unshare -n -- bash aiortc-answers-watrunk.sh WORKDIR   env: WATRUNK (binary), SECS (5), RESTART_SINK,
 #   CLAIM_CONTROLLING
 set -euo pipefail
@@ -14,7 +16,8 @@ secs=${SECS:-5}
 source "$here/namespace.sh"
 
 printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
-WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media offer --offer-out offer.sdp --answer answer.sdp --media-ip "$ip" \
+if [ -n "${MEDIA_IP6:-}" ]; then ip -6 addr add "$MEDIA_IP6/128" dev lo nodad; fi
+WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media offer --offer-out offer.sdp --answer answer.sdp --media-ip "$ip" ${MEDIA_IP6:+--media-ip6 "$MEDIA_IP6"} \
   --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$((secs + 3))" > media.log 2>&1 & mpid=$!; pids+=($mpid)
 for _ in $(seq 200); do [ -s offer.sdp ] && break; sleep 0.05; done
 [ -s offer.sdp ] || { echo "FAIL watrunk wrote no offer"; cat media.log; exit 1; }
