@@ -9,6 +9,7 @@ pub mod header;
 pub mod message;
 pub mod method;
 pub mod routing;
+pub mod samples;
 pub mod transaction;
 pub mod uri;
 pub mod validate;

@@ -1,0 +1,412 @@
+//! The call state machine against Meta's captured messages (tests/data/whatsapp): what goes out for
+//! each input, checked header by header.
+
+use super::*;
+use watrunk_sip::digest::{Authorization, NonceIssuer, Verifier};
+use watrunk_sip::transaction::{Event, Output, Peer, TimerConfig, TransactionLayer, Transport};
+use watrunk_sip::Message;
+
+fn sample(name: &str) -> Message {
+    let path = format!(
+        "{}/../../tests/data/whatsapp/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Message::parse_datagram(&watrunk_sip::samples::normalize_meta_sample(&text))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn request(name: &str) -> Request {
+    match sample(name) {
+        Message::Request(r) => r,
+        _ => panic!("{name} is not a request"),
+    }
+}
+
+fn local() -> Local {
+    Local {
+        contact: "<sip:+12145551869@sip.example.com;transport=tls>".into(),
+        user_agent: "watrunk/test".into(),
+    }
+}
+
+/// A real transaction id: the layer hands one out for an incoming request.
+fn server_transaction(req: &Request) -> TransactionId {
+    let mut layer = TransactionLayer::new(TimerConfig::default());
+    let peer = Peer {
+        transport: Transport::Tls,
+        addr: "127.0.0.1:5061".parse().unwrap(),
+        conn: Some(1),
+    };
+    layer
+        .handle_incoming(
+            std::time::Instant::now(),
+            Message::Request(req.clone()),
+            peer,
+        )
+        .unwrap();
+    loop {
+        match layer.poll_output().expect("an event") {
+            Output::Event(Event::Request { id, .. }) => return id,
+            _ => continue,
+        }
+    }
+}
+
+fn drain(call: &mut Call) -> Vec<CallOutput> {
+    std::iter::from_fn(|| call.poll_output()).collect()
+}
+
+fn responses(out: &[CallOutput]) -> Vec<&Response> {
+    out.iter()
+        .filter_map(|o| match o {
+            CallOutput::Respond { response, .. } => Some(response),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ended(out: &[CallOutput]) -> Option<&Ending> {
+    out.iter().find_map(|o| match o {
+        CallOutput::Event(CallEvent::Ended(e)) => Some(e),
+        _ => None,
+    })
+}
+
+fn answered_inbound() -> (Call, Request) {
+    let invite = request("meta-invite-user-initiated-digest-01.sip");
+    let tx = server_transaction(&invite);
+    let mut call = Call::incoming(invite.clone(), tx, local());
+    let out = drain(&mut call);
+    assert_eq!(responses(&out)[0].status, 180);
+    call.answer(b"v=0\r\n".to_vec()).unwrap();
+    (call, invite)
+}
+
+#[test]
+fn inbound_200_copies_record_route_exactly_and_in_order() {
+    let (mut call, invite) = answered_inbound();
+    let out = drain(&mut call);
+    let ok = responses(&out)[0];
+    assert_eq!(ok.status, 200);
+    let rr_in: Vec<&str> = invite.headers.get_all("Record-Route").collect();
+    let rr_out: Vec<&str> = ok.headers.get_all("Record-Route").collect();
+    assert_eq!(rr_in.len(), 2);
+    assert_eq!(rr_in, rr_out);
+    assert_eq!(
+        ok.headers.get("Contact"),
+        Some("<sip:+12145551869@sip.example.com;transport=tls>")
+    );
+    assert!(ok.to().unwrap().tag().is_some());
+    assert_eq!(ok.body, b"v=0\r\n");
+    for never in ["Session-Expires", "Require", "Supported"] {
+        assert!(ok.headers.get(never).is_none(), "{never} must not be sent");
+    }
+    assert!(!ok.headers.get("Allow").unwrap().contains("UPDATE"));
+    assert!(out.contains(&CallOutput::Event(CallEvent::Answered)));
+    assert_eq!(call.state_name(), "answered");
+}
+
+#[test]
+fn inbound_ack_then_bye_from_meta_ends_with_its_duration() {
+    let (mut call, invite) = answered_inbound();
+    let ok = responses(&drain(&mut call))[0].clone();
+    call.handle_ack();
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Event(CallEvent::Confirmed)]
+    );
+    // Meta's BYE in this dialog: its From is the INVITE's From, its To our tagged To.
+    let mut bye = Request::new(
+        Method::BYE,
+        Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
+    );
+    bye.headers.push("Via", invite.headers.get("Via").unwrap());
+    bye.headers
+        .push("From", invite.headers.get("From").unwrap());
+    bye.headers.push("To", ok.headers.get("To").unwrap());
+    bye.headers.push("Call-ID", invite.call_id().unwrap());
+    bye.headers.push("CSeq", "9990 BYE");
+    bye.headers.push("x-wa-meta-call-duration", "17");
+    bye.headers
+        .push("Reason", "SIP;cause=200;text=\"user hung up\"");
+    let resp = call.handle_bye(&bye);
+    assert_eq!(resp.status, 200);
+    let e = ended(&drain(&mut call)).cloned().expect("ended");
+    assert_eq!(e.by, Side::Remote);
+    assert_eq!(e.meta_duration_secs, Some(17));
+    assert_eq!(
+        e.sip_reason.as_deref(),
+        Some("SIP;cause=200;text=\"user hung up\"")
+    );
+    assert!(call.is_ended());
+}
+
+#[test]
+fn inbound_lost_ack_sends_bye_through_the_route_set_and_ends_when_answered() {
+    let (mut call, invite) = answered_inbound();
+    drain(&mut call);
+    call.handle_ack_timeout();
+    let out = drain(&mut call);
+    let bye = match &out[..] {
+        [CallOutput::Send(bye)] => bye.clone(),
+        other => panic!("expected one BYE, got {other:?}"),
+    };
+    assert_eq!(bye.method, Method::BYE);
+    // R-URI: Meta's Contact; Route: the Record-Route in received order (we are the UAS).
+    assert_eq!(
+        bye.uri.to_string(),
+        "sip:+12195550714@wa.meta.vc;transport=tls;ob"
+    );
+    let routes: Vec<&str> = bye.headers.get_all("Route").collect();
+    let rr: Vec<&str> = invite.headers.get_all("Record-Route").collect();
+    assert_eq!(routes, rr);
+    assert!(bye.headers.get("Reason").unwrap().contains("408"));
+    assert_eq!(call.state_name(), "ending");
+    let tx = server_transaction(&invite);
+    call.request_sent(&Method::BYE, tx);
+    call.handle_response(tx, &Response::new(200, "OK"));
+    let e = ended(&drain(&mut call)).cloned().expect("ended");
+    assert_eq!(e.by, Side::Local);
+    assert!(e.reason.contains("no ACK"), "{}", e.reason);
+}
+
+#[test]
+fn inbound_cancel_before_answer_ends_with_487() {
+    let invite = request("meta-invite-user-initiated-digest-01.sip");
+    let tx = server_transaction(&invite);
+    let mut call = Call::incoming(invite.clone(), tx, local());
+    drain(&mut call);
+    let cancel = watrunk_sip::transaction::build_cancel(&invite);
+    call.handle_cancel(&cancel);
+    let e = ended(&drain(&mut call)).cloned().expect("ended");
+    assert_eq!(e.status, Some(487));
+    assert_eq!(e.by, Side::Remote);
+    assert!(
+        call.answer(vec![]).is_err(),
+        "a cancelled call cannot be answered"
+    );
+}
+
+#[test]
+fn inbound_reject_keeps_the_warning_and_has_our_tag() {
+    let invite = request("meta-invite-user-initiated-digest-01.sip");
+    let tx = server_transaction(&invite);
+    let mut call = Call::incoming(invite, tx, local());
+    drain(&mut call);
+    let mut r = Response::new(488, "Not Acceptable Here (no-opus)");
+    r.headers.push("Warning", "399 sip.example.com \"no Opus\"");
+    call.reject(r, "offer refused: no-opus".into()).unwrap();
+    let out = drain(&mut call);
+    let resp = responses(&out)[0];
+    assert_eq!(resp.status, 488);
+    assert_eq!(
+        resp.headers.get("Warning"),
+        Some("399 sip.example.com \"no Opus\"")
+    );
+    assert!(resp.to().unwrap().tag().is_some());
+    assert_eq!(ended(&out).unwrap().status, Some(488));
+}
+
+fn outbound(password: Option<&str>) -> (Call, Request) {
+    let mut call = Call::outgoing(
+        OutboundCall {
+            from_number: "+17125550259".into(),
+            hostname: "meta-voip.example.com".into(),
+            to_user: "+12195550714".into(),
+            domain: "wa.meta.vc".into(),
+            offer: b"v=0\r\n".to_vec(),
+            password: password.map(str::to_string),
+        },
+        local(),
+    );
+    let invite = match &drain(&mut call)[..] {
+        [CallOutput::Send(r)] => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    (call, invite)
+}
+
+/// The INVITE as the layer sent it (with a Via), and its client transaction id.
+fn send(call: &mut Call, layer: &mut TransactionLayer, req: Request) -> (TransactionId, Request) {
+    let peer = Peer {
+        transport: Transport::Tls,
+        addr: "127.0.0.1:5061".parse().unwrap(),
+        conn: Some(1),
+    };
+    let id = layer
+        .send_request(std::time::Instant::now(), req.clone(), peer)
+        .unwrap();
+    call.request_sent(&req.method, id);
+    (id, layer.request(id).unwrap().clone())
+}
+
+fn layer() -> TransactionLayer {
+    TransactionLayer::new(watrunk_sip::transaction::Config {
+        sent_by: Some("sip.example.com:5061".into()),
+        ..Default::default()
+    })
+}
+
+fn response_to(req: &Request, status: u16, to_tag: &str) -> Response {
+    Response::to_request(
+        req,
+        status,
+        watrunk_sip::message::reason_phrase(status),
+        Some(to_tag),
+    )
+}
+
+#[test]
+fn outbound_invite_is_shaped_for_meta() {
+    let (_, invite) = outbound(Some("pw"));
+    assert_eq!(
+        invite.uri.to_string(),
+        "sip:+12195550714@wa.meta.vc;transport=tls"
+    );
+    let from = invite.from().unwrap();
+    assert_eq!(
+        from.uri.to_string(),
+        "sip:+17125550259@meta-voip.example.com"
+    );
+    assert!(from.tag().is_some());
+    assert_eq!(
+        invite.to().unwrap().uri.to_string(),
+        "sip:+12195550714@wa.meta.vc"
+    );
+    for never in ["Session-Expires", "Supported", "Require"] {
+        assert!(invite.headers.get(never).is_none());
+    }
+    assert_eq!(invite.headers.get("Content-Type"), Some("application/sdp"));
+}
+
+#[test]
+fn outbound_answers_metas_dual_407_with_sha256_and_username_without_plus() {
+    let (mut call, invite) = outbound(Some("s3cret"));
+    let mut layer = layer();
+    let (tx, sent) = send(&mut call, &mut layer, invite);
+    // Meta's challenge: SHA-256 first, then MD5, as in meta-407-dual-challenge-headers-fragment-01.
+    let issuer = NonceIssuer::new([7; 32], 300);
+    let mut challenge = response_to(&sent, 407, "meta1");
+    challenge.headers.push(
+        "Proxy-Authenticate",
+        issuer
+            .challenge(
+                "wa.meta.vc",
+                watrunk_sip::digest::Algorithm::Sha256,
+                10,
+                false,
+            )
+            .to_string(),
+    );
+    challenge.headers.push(
+        "Proxy-Authenticate",
+        issuer
+            .challenge("wa.meta.vc", watrunk_sip::digest::Algorithm::Md5, 10, false)
+            .to_string(),
+    );
+    call.handle_response(tx, &challenge);
+    let retry = match &drain(&mut call)[..] {
+        [CallOutput::Send(r)] => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(retry.call_id(), sent.call_id());
+    assert_eq!(retry.from().unwrap().tag(), sent.from().unwrap().tag());
+    assert_eq!(retry.cseq().unwrap().seq, sent.cseq().unwrap().seq + 1);
+    let auth = Authorization::parse(retry.headers.get("Proxy-Authorization").unwrap()).unwrap();
+    assert_eq!(auth.username, "17125550259");
+    assert_eq!(auth.algorithm, watrunk_sip::digest::Algorithm::Sha256);
+    // Meta's side of it: a verifier with the number's password accepts it.
+    let mut verifier = Verifier::new(issuer, "wa.meta.vc");
+    verifier
+        .verify(
+            &auth,
+            "INVITE",
+            &retry.uri.to_string(),
+            "s3cret",
+            &retry.body,
+            11,
+        )
+        .expect("Meta accepts our credentials");
+    // A second 407 means the password is wrong: the call ends with that said.
+    let (tx2, sent2) = send(&mut call, &mut layer, retry);
+    call.handle_response(tx2, &response_to(&sent2, 407, "meta2"));
+    let e = ended(&drain(&mut call)).cloned().expect("ended");
+    assert_eq!(e.status, Some(407));
+    assert!(e.reason.contains("password"), "{}", e.reason);
+}
+
+#[test]
+fn outbound_2xx_is_acked_through_metas_route_set() {
+    let (mut call, invite) = outbound(None);
+    let mut layer = layer();
+    let (tx, sent) = send(&mut call, &mut layer, invite);
+    call.handle_response(tx, &response_to(&sent, 180, "m1"));
+    assert_eq!(
+        drain(&mut call),
+        vec![CallOutput::Event(CallEvent::Ringing)]
+    );
+    let mut ok = response_to(&sent, 200, "m1");
+    ok.headers.push(
+        "Record-Route",
+        "<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>",
+    );
+    ok.headers
+        .push("Record-Route", "<sip:wa.meta.vc;transport=tls;lr>");
+    ok.headers.push(
+        "Contact",
+        "<sip:+12195550714@wa.meta.vc;transport=tls;ob>;isfocus",
+    );
+    ok.body = b"v=0 answer\r\n".to_vec();
+    call.handle_response(tx, &ok);
+    let out = drain(&mut call);
+    let ack = match &out[0] {
+        CallOutput::Ack(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        ack.uri.to_string(),
+        "sip:+12195550714@wa.meta.vc;transport=tls;ob"
+    );
+    let routes: Vec<&str> = ack.headers.get_all("Route").collect();
+    assert_eq!(
+        routes,
+        [
+            "<sip:wa.meta.vc;transport=tls;lr>",
+            "<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>"
+        ]
+    );
+    assert!(out.contains(&CallOutput::Event(CallEvent::Answered)));
+    assert!(out.contains(&CallOutput::RemoteAnswer(b"v=0 answer\r\n".to_vec())));
+}
+
+#[test]
+fn outbound_failures_say_what_they_mean() {
+    for (status, words) in [
+        (603, "declined"),
+        (403, "permission"),
+        (404, "not found"),
+        (486, "busy"),
+    ] {
+        let (mut call, invite) = outbound(Some("pw"));
+        let mut layer = layer();
+        let (tx, sent) = send(&mut call, &mut layer, invite);
+        call.handle_response(tx, &response_to(&sent, status, "m"));
+        let e = ended(&drain(&mut call)).cloned().expect("ended");
+        assert_eq!(e.status, Some(status));
+        assert!(e.reason.contains(words), "{status}: {}", e.reason);
+    }
+}
+
+#[test]
+fn outbound_hang_up_while_ringing_cancels() {
+    let (mut call, invite) = outbound(None);
+    let mut layer = layer();
+    let (tx, sent) = send(&mut call, &mut layer, invite);
+    call.handle_response(tx, &response_to(&sent, 180, "m1"));
+    drain(&mut call);
+    call.hang_up("business hung up", 16);
+    assert_eq!(drain(&mut call), vec![CallOutput::Cancel { invite: tx }]);
+    call.handle_response(tx, &response_to(&sent, 487, "m1"));
+    assert_eq!(ended(&drain(&mut call)).unwrap().status, Some(487));
+}
