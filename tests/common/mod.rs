@@ -79,8 +79,12 @@ pub struct Server {
     pub udp: Option<SocketAddr>,
     pub tcp: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
+    /// The control API (HTTP), when the server has one.
+    pub api: Option<SocketAddr>,
     pub state: TempDir,
     log: Arc<Mutex<String>>,
+    /// What it printed on stdout (`--events -`: one JSON event per line).
+    stdout: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -102,13 +106,27 @@ impl Server {
             ])
             .arg("--state-dir")
             .arg(state.path())
+            .args(if extra.contains(&"--api") {
+                &[][..]
+            } else {
+                &["--api", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("WATRUNK_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start watrunk serve");
         let stderr = child.stderr.take().unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (out, sink) = (child.stdout.take().unwrap(), stdout.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
@@ -119,9 +137,10 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut udp, mut tcp, mut tls) = (None, None, None);
+        let (mut udp, mut tcp, mut tls, mut api) = (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while udp.is_none() || tcp.is_none() || tls.is_none() {
+        let want_api = !extra.contains(&"off");
+        while udp.is_none() || tcp.is_none() || tls.is_none() || (want_api && api.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
@@ -138,6 +157,8 @@ impl Server {
                 tcp = addr();
             } else if line.contains("SIP over TLS on") {
                 tls = addr();
+            } else if let Some(rest) = line.split("control API on http://").nth(1) {
+                api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
         }
         std::thread::spawn(move || while rx.recv().is_ok() {});
@@ -146,8 +167,46 @@ impl Server {
             udp,
             tcp,
             tls,
+            api,
             state,
             log,
+            stdout,
+        }
+    }
+
+    /// The JSON events printed so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until an event named `name` matching `pred` is printed.
+    pub fn wait_event(
+        &self,
+        name: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+        limit: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["event"] == name && pred(e))
+            {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {name} event within {limit:?}\nevents:\n{}\nlog:\n{}",
+                self.stdout.lock().unwrap(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -557,8 +557,18 @@ impl Call {
                 ..
             } => {
                 *cancel_wanted = true;
-                if let (Some(t), true) = (*transaction, *provisional) {
-                    self.out.push_back(CallOutput::Cancel { invite: t });
+                match (*transaction, *provisional) {
+                    (Some(t), true) => self.out.push_back(CallOutput::Cancel { invite: t }),
+                    // CANCEL waits for a provisional response (RFC 3261 §9.1).
+                    (Some(_), false) => {}
+                    // The INVITE has not gone out: nothing to cancel.
+                    (None, _) => self.end(Ending {
+                        by: Side::Local,
+                        status: None,
+                        reason: reason.to_string(),
+                        sip_reason: None,
+                        meta_duration_secs: None,
+                    }),
                 }
             }
             State::Answered { .. } | State::Up { .. } => self.send_bye(
@@ -746,6 +756,21 @@ impl Call {
                     meta_duration_secs: None,
                 });
             }
+        }
+    }
+
+    /// A request could not be sent at all (no next hop, overload). `method` is its method.
+    pub fn handle_send_failure(&mut self, method: &Method, reason: &str) {
+        match (&self.state, method) {
+            (State::Ending { .. }, &Method::BYE) => self.finish_ending(),
+            (State::Calling { .. }, &Method::INVITE) => self.end(Ending {
+                by: Side::Local,
+                status: None,
+                reason: format!("the INVITE could not be sent: {reason}"),
+                sip_reason: None,
+                meta_duration_secs: None,
+            }),
+            _ => {}
         }
     }
 

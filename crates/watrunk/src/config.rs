@@ -1,7 +1,8 @@
 //! `watrunk serve` configuration: command-line flags over an optional TOML file over defaults. Every
 //! problem is reported at start-up naming the flag or key to fix.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,7 +59,54 @@ pub struct ServeArgs {
     /// Close a stream connection idle for this many seconds.
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    #[command(flatten)]
+    pub calls: CallArgs,
 }
+
+/// What calls need: the business numbers, the media address, where audio goes, where events go.
+#[derive(Args, Debug, Default, Clone)]
+pub struct CallArgs {
+    /// A business number taking calls (E.164 with '+'; repeat for several). Its SIP password is
+    /// --sip-password-file; per-number passwords go in the config file ([[number]]).
+    #[arg(long = "number", env = "WATRUNK_NUMBER", value_delimiter = ',')]
+    pub numbers: Vec<String>,
+    /// Our media address (ICE host candidate): an address of this host Meta can reach.
+    #[arg(long, env = "WATRUNK_MEDIA_IP")]
+    pub media_ip: Option<IpAddr>,
+    /// A second media address (IPv6 beside an IPv4 --media-ip).
+    #[arg(long)]
+    pub media_ip6: Option<IpAddr>,
+    /// The one UDP port all calls' media uses (0: any free port).
+    #[arg(long)]
+    pub media_port: Option<u16>,
+    /// The public address of a 1:1 NAT in front of --media-ip, announced instead of it.
+    #[arg(long)]
+    pub public_ip: Option<IpAddr>,
+    /// Where each call's audio goes (the voice agent or media server): plain RTP over UDP.
+    #[arg(long, env = "WATRUNK_SINK")]
+    pub sink: Option<SocketAddr>,
+    /// Media keying for the calls we place: dtls (ICE + DTLS-SRTP, the default) or sdes.
+    #[arg(long)]
+    pub srtp: Option<String>,
+    /// Call events as JSON lines: `-` for stdout, or a file path.
+    #[arg(long)]
+    pub events: Option<String>,
+    /// Where calls we place go (Meta: wa.meta.vc:5061).
+    #[arg(long, env = "WATRUNK_META_SERVER")]
+    pub meta_server: Option<String>,
+    /// An extra CA (PEM) trusted for TLS connections we open (tests, `watrunk sim`).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Do not answer calls by themselves: the control API answers them.
+    #[arg(long)]
+    pub no_auto_answer: bool,
+    /// The control API's address (HTTP + JSON, WebSocket events), or `off`.
+    #[arg(long, env = "WATRUNK_API")]
+    pub api: Option<String>,
+}
+
+/// Where the control API listens unless told otherwise.
+pub const DEFAULT_API: &str = "127.0.0.1:8061";
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +122,53 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    media: FileMedia,
+    #[serde(default)]
+    meta: FileMeta,
+    events: Option<String>,
+    api: Option<String>,
+    #[serde(default, rename = "number")]
+    numbers: Vec<FileNumber>,
+}
+
+/// The call sections of the file, taken out of it whole.
+struct FileCalls {
+    api: Option<String>,
+    media: FileMedia,
+    meta: FileMeta,
+    events: Option<String>,
+    numbers: Vec<FileNumber>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMedia {
+    ip: Option<IpAddr>,
+    ip6: Option<IpAddr>,
+    port: Option<u16>,
+    public_ip: Option<IpAddr>,
+    sink: Option<SocketAddr>,
+    srtp: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMeta {
+    server: Option<String>,
+    domain: Option<String>,
+    tls_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileNumber {
+    number: String,
+    password_file: Option<PathBuf>,
+    password: Option<String>,
+    challenge: Option<bool>,
+    sink: Option<SocketAddr>,
+    srtp: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -116,13 +211,58 @@ pub enum DigestOffer {
     Both,
 }
 
+/// How INVITEs are challenged (for every number that is).
 #[derive(Clone, Debug)]
-pub struct AuthConfig {
-    pub password: String,
+pub struct DigestSettings {
     pub username: Option<String>,
     pub realm: String,
     pub status: u16,
     pub offer: DigestOffer,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub password: String,
+    pub username: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Srtp {
+    Dtls,
+    Sdes,
+}
+
+/// One business number: its SIP password (Meta's, per number), whether INVITEs to it are
+/// challenged, where its calls' audio goes and how the calls we place from it are keyed.
+#[derive(Clone, Debug)]
+pub struct NumberConfig {
+    pub number: String,
+    pub password: Option<String>,
+    pub challenge: bool,
+    pub sink: Option<SocketAddr>,
+    pub srtp: Srtp,
+}
+
+#[derive(Clone, Debug)]
+pub struct MediaSettings {
+    pub ip: IpAddr,
+    pub ip6: Option<IpAddr>,
+    pub port: u16,
+    pub public_ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CallsConfig {
+    pub numbers: BTreeMap<String, NumberConfig>,
+    pub media: Option<MediaSettings>,
+    pub events: Option<String>,
+    /// host:port calls we place are sent to.
+    pub meta_server: String,
+    /// The domain of the Request-URI and To of calls we place.
+    pub meta_domain: String,
+    pub tls_ca: Option<PathBuf>,
+    pub auto_answer: bool,
+    pub api: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -135,21 +275,31 @@ pub struct ServeConfig {
     pub key: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub sip_trace: bool,
+    /// Without numbers: every INVITE is challenged with this (then refused: no number to call).
     pub auth: Option<AuthConfig>,
+    pub digest: DigestSettings,
     pub max_message: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub calls: CallsConfig,
 }
 
 impl ServeConfig {
     pub fn resolve(args: ServeArgs) -> Result<ServeConfig> {
-        let file: FileConfig = match &args.config {
+        let mut file: FileConfig = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
                 toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
             }
             None => FileConfig::default(),
+        };
+        let file_calls = FileCalls {
+            api: file.api.take(),
+            media: std::mem::take(&mut file.media),
+            meta: std::mem::take(&mut file.meta),
+            events: file.events.take(),
+            numbers: std::mem::take(&mut file.numbers),
         };
         let Some(hostname) = args.hostname.or(file.hostname) else {
             bail!("no hostname: pass --hostname sip.example.com (or set `hostname` in the config file)");
@@ -160,46 +310,53 @@ impl ServeConfig {
             bail!("tls.cert and tls.key go together: set both or neither");
         }
         let challenge = args.challenge || file.auth.challenge.unwrap_or(false);
-        let auth = if challenge {
-            let Some(pw_file) = args.sip_password_file.or(file.auth.password_file) else {
-                bail!("--challenge needs a password: pass --sip-password-file FILE (config key auth.password_file)");
-            };
-            let password = std::fs::read_to_string(&pw_file)
-                .with_context(|| format!("auth.password_file: cannot read {}", pw_file.display()))?
-                .trim()
-                .to_string();
-            if password.is_empty() {
-                bail!("auth.password_file: {} is empty", pw_file.display());
-            }
-            let status = if args.challenge_401 {
-                401
-            } else {
-                file.auth.status.unwrap_or(407)
-            };
-            if status != 401 && status != 407 {
-                bail!("auth.status must be 401 or 407, not {status}");
-            }
-            let offer = match args
-                .digest_algorithm
-                .or(file.auth.algorithm)
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                None | Some("md5") => DigestOffer::Md5,
-                Some("sha-256") | Some("sha256") => DigestOffer::Sha256,
-                Some("both") => DigestOffer::Both,
-                Some(other) => bail!("auth.algorithm: {other:?} is not md5, sha-256 or both"),
-            };
-            Some(AuthConfig {
-                password,
-                username: args.sip_username.or(file.auth.username),
-                realm: hostname.clone(),
-                status,
-                offer,
-            })
+        let password = match args.sip_password_file.or(file.auth.password_file.clone()) {
+            Some(pw_file) => Some(read_password(
+                &pw_file,
+                "auth.password_file (--sip-password-file)",
+            )?),
+            None => None,
+        };
+        if challenge
+            && password.is_none()
+            && args.calls.numbers.is_empty()
+            && file_calls.numbers.is_empty()
+        {
+            bail!("--challenge needs a password: pass --sip-password-file FILE (config key auth.password_file)");
+        }
+        let status = if args.challenge_401 {
+            401
         } else {
-            None
+            file.auth.status.unwrap_or(407)
+        };
+        if status != 401 && status != 407 {
+            bail!("auth.status must be 401 or 407, not {status}");
+        }
+        let offer = match args
+            .digest_algorithm
+            .or(file.auth.algorithm)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("md5") => DigestOffer::Md5,
+            Some("sha-256") | Some("sha256") => DigestOffer::Sha256,
+            Some("both") => DigestOffer::Both,
+            Some(other) => bail!("auth.algorithm: {other:?} is not md5, sha-256 or both"),
+        };
+        let digest = DigestSettings {
+            username: args.sip_username.or(file.auth.username),
+            realm: hostname.clone(),
+            status,
+            offer,
+        };
+        let calls = resolve_calls(&args.calls, &file_calls, challenge, password.as_deref())?;
+        let auth = match (challenge, &password) {
+            (true, Some(password)) => Some(AuthConfig {
+                password: password.clone(),
+                username: digest.username.clone(),
+            }),
+            _ => None,
         };
         let tls = args
             .tls
@@ -217,6 +374,7 @@ impl ServeConfig {
                 .unwrap_or_else(|| PathBuf::from(".watrunk")),
             sip_trace: args.sip_trace || file.sip_trace.unwrap_or(false),
             auth,
+            digest,
             max_message: args
                 .max_message_size
                 .or(file.limits.max_message_size)
@@ -227,7 +385,136 @@ impl ServeConfig {
                     .unwrap_or(900),
             ),
             max_connections: file.limits.max_connections.unwrap_or(10_000),
+            calls,
             hostname,
         })
     }
+}
+
+fn parse_srtp(value: Option<&str>, key: &str) -> Result<Srtp> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("dtls") => Ok(Srtp::Dtls),
+        Some("sdes") => Ok(Srtp::Sdes),
+        Some(other) => bail!("{key}: {other:?} is neither dtls nor sdes"),
+    }
+}
+
+fn check_number(number: &str, key: &str) -> Result<()> {
+    let digits = number.strip_prefix('+').unwrap_or("");
+    if digits.len() < 6 || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("{key}: {number:?} is not an E.164 number with '+' (e.g. +15550001111)");
+    }
+    Ok(())
+}
+
+fn read_password(path: &std::path::Path, key: &str) -> Result<String> {
+    let password = std::fs::read_to_string(path)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))?
+        .trim()
+        .to_string();
+    if password.is_empty() {
+        bail!("{key}: {} is empty", path.display());
+    }
+    Ok(password)
+}
+
+fn resolve_calls(
+    args: &CallArgs,
+    file: &FileCalls,
+    challenge: bool,
+    password: Option<&str>,
+) -> Result<CallsConfig> {
+    let srtp = parse_srtp(
+        args.srtp.as_deref().or(file.media.srtp.as_deref()),
+        "--srtp (media.srtp)",
+    )?;
+    let sink = args.sink.or(file.media.sink);
+    let mut numbers = BTreeMap::new();
+    for number in &args.numbers {
+        check_number(number, "--number")?;
+        // The flag's numbers share --sip-password-file and --challenge.
+        if challenge && password.is_none() {
+            bail!("--challenge for {number} needs its SIP password: pass --sip-password-file FILE (config key auth.password_file or number.password_file)");
+        }
+        numbers.insert(
+            number.clone(),
+            NumberConfig {
+                number: number.clone(),
+                password: password.map(str::to_string),
+                challenge,
+                sink,
+                srtp,
+            },
+        );
+    }
+    for (i, n) in file.numbers.iter().enumerate() {
+        let key = format!("number[{i}] ({})", n.number);
+        check_number(&n.number, &format!("number[{i}].number"))?;
+        let password = match (&n.password_file, &n.password) {
+            (Some(_), Some(_)) => bail!("{key}: set password_file or password, not both"),
+            (Some(p), None) => Some(read_password(p, &format!("{key}.password_file"))?),
+            (None, Some(p)) => Some(p.clone()),
+            (None, None) => password.map(str::to_string),
+        };
+        let challenge = n.challenge.unwrap_or(challenge);
+        if challenge && password.is_none() {
+            bail!("{key}: challenge = true needs a password: set number[{i}].password_file");
+        }
+        numbers.insert(
+            n.number.clone(),
+            NumberConfig {
+                number: n.number.clone(),
+                password,
+                challenge,
+                sink: n.sink.or(sink),
+                srtp: match &n.srtp {
+                    Some(v) => parse_srtp(Some(v), &format!("{key}.srtp"))?,
+                    None => srtp,
+                },
+            },
+        );
+    }
+    let media = args.media_ip.or(file.media.ip).map(|ip| MediaSettings {
+        ip,
+        ip6: args.media_ip6.or(file.media.ip6),
+        port: args.media_port.or(file.media.port).unwrap_or(0),
+        public_ip: args.public_ip.or(file.media.public_ip),
+    });
+    if !numbers.is_empty() && media.is_none() {
+        bail!("calls need a media address: pass --media-ip IP (config key media.ip)");
+    }
+    if let Some((n, _)) = numbers.iter().find(|(_, n)| n.sink.is_none()) {
+        bail!("no sink for {n}: pass --sink HOST:PORT (config key media.sink) where its calls' audio goes");
+    }
+    let domain = file
+        .meta
+        .domain
+        .clone()
+        .unwrap_or_else(|| "wa.meta.vc".into());
+    Ok(CallsConfig {
+        numbers,
+        media,
+        events: args.events.clone().or(file.events.clone()),
+        meta_server: args
+            .meta_server
+            .clone()
+            .or(file.meta.server.clone())
+            .unwrap_or_else(|| format!("{domain}:5061")),
+        meta_domain: domain,
+        tls_ca: args.tls_ca.clone().or(file.meta.tls_ca.clone()),
+        auto_answer: !args.no_auto_answer,
+        api: match args
+            .api
+            .as_deref()
+            .or(file.api.as_deref())
+            .unwrap_or(DEFAULT_API)
+        {
+            "off" => None,
+            a => Some(a.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--api (config key api): {a:?} is not an address like 127.0.0.1:8061, nor off"
+                )
+            })?),
+        },
+    })
 }

@@ -1,8 +1,11 @@
 //! The watrunk command line: `serve` runs the trunk endpoint, `probe` sends one request as a client
 //! (digest included) to check a peer or proxy, `sdp` runs the SDP negotiator on files.
 
+mod api;
+mod call_cli;
 mod client;
 mod config;
+mod events;
 mod media_cli;
 mod sdp_cli;
 mod server;
@@ -25,7 +28,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the trunk endpoint: TLS for Meta, optional TCP/UDP for a PBX.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
+    /// Place one call to a WhatsApp user and run until it ends (events as JSON lines on stdout).
+    Call(Box<call_cli::CallArgs>),
     /// Send one request (OPTIONS by default) and print the final response; answers 401/407 once.
     Probe(client::ProbeArgs),
     /// Media without SIP: answer an SDP offer file and relay its audio to a local sink.
@@ -66,12 +71,13 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                let cfg = config::ServeConfig::resolve(args)?;
+                let cfg = config::ServeConfig::resolve(*args)?;
                 tokio::select! {
                     r = server::run(cfg) => r,
                     _ = tokio::signal::ctrl_c() => Ok(()),
                 }
             }
+            Command::Call(args) => call_cli::run(*args).await,
             Command::Probe(args) => client::probe(args).await,
             Command::Media { command } => media_cli::run(command).await,
             Command::Sdp { .. } => unreachable!("handled before the runtime starts"),

@@ -1,8 +1,13 @@
-//! `watrunk serve`: binds the listeners and runs the core task, the one place that owns SIP state.
-//! The core turns socket events into transaction-layer input, answers requests (OPTIONS, digest
-//! challenges, INVITE refused with 503 until calls land, 405/501/481 ...), and moves the layer's
-//! output back to sockets. Calls are never tied to a connection: a request toward a peer reuses a live
-//! connection to its address or opens a new one.
+//! `watrunk serve`: binds the listeners and runs the core task, the one place that owns SIP and call
+//! state. The core turns socket events into transaction-layer input, answers requests (OPTIONS,
+//! digest challenges per number, 404 for an unknown number, 405/501/481 ...), hands INVITEs and
+//! in-dialog requests to the calls (`calls.rs`), and moves the layer's output back to sockets. Calls
+//! are never tied to a connection: a request toward a peer reuses a live connection to its address
+//! or opens a new one.
+
+mod calls;
+
+pub use calls::{CallInput, Command};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,17 +22,32 @@ use watrunk_sip::digest::{self, Algorithm, Authorization, NonceIssuer, Verifier}
 use watrunk_sip::framing::FramingError;
 use watrunk_sip::message::reason_phrase;
 use watrunk_sip::routing::stamp_received;
-use watrunk_sip::transaction::{Event, Output, Peer, TimerConfig, TransactionLayer, Transport};
+use watrunk_sip::transaction::{
+    Event, Output, Peer, TimeoutReason, TimerConfig, TransactionId, TransactionLayer, Transport,
+};
 use watrunk_sip::validate::{check_request, UasPolicy};
 use watrunk_sip::{Message, Method, ParseError, Request, Response};
 
-use crate::config::{AuthConfig, DigestOffer, ServeConfig};
+use crate::config::{DigestOffer, ServeConfig};
+use crate::events::Events;
 use crate::tls::{self, CertOrigin};
 use crate::transport::{self, ConnCommand, ConnId, Inbound, Limits, Shared};
 
 pub const SERVER: &str = concat!("watrunk/", env!("CARGO_PKG_VERSION"));
 
 pub async fn run(cfg: ServeConfig) -> Result<()> {
+    let (call_tx, call_rx) = mpsc::channel(4096);
+    run_with(cfg, call_tx, call_rx, false).await
+}
+
+/// The server with its call channel given: the control API and `watrunk call` send commands on it.
+/// `one_shot`: return once a call has been made and none is left.
+pub async fn run_with(
+    cfg: ServeConfig,
+    call_tx: mpsc::Sender<CallInput>,
+    call_rx: mpsc::Receiver<CallInput>,
+    one_shot: bool,
+) -> Result<()> {
     let (core_tx, core_rx) = mpsc::channel(8192);
     let limits = Limits {
         max_message: cfg.max_message,
@@ -88,8 +108,45 @@ pub async fn run(cfg: ServeConfig) -> Result<()> {
             shared.clone(),
         ));
     }
-    let mut core = Core::new(cfg, udp_sockets);
-    core.run(core_rx).await;
+    let media = match &cfg.calls.media {
+        None => None,
+        Some(m) => {
+            let socket = watrunk_media::MediaSocket::bind_media(m.ip, m.ip6, m.port)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot bind media on {} port {} (media.ip, media.port)",
+                        m.ip, m.port
+                    )
+                })?;
+            tracing::info!("media on {}", socket.local_addr());
+            Some(calls::MediaShared {
+                socket,
+                identity: watrunk_media::Identity::generate()?,
+                ip: m.ip,
+                ip6: m.ip6,
+                public_ip: m.public_ip,
+            })
+        }
+    };
+    let tls_client =
+        tokio_rustls::TlsConnector::from(tls::client_config(cfg.calls.tls_ca.as_deref())?);
+    let events = Events::open(cfg.calls.events.as_deref())?;
+    if let Some(addr) = cfg.calls.api {
+        let local = crate::api::serve(addr, call_tx.clone(), events.sender()).await?;
+        tracing::info!("control API on http://{local}");
+    }
+    for n in cfg.calls.numbers.values() {
+        tracing::info!(
+            "number {}: {}challenged, audio to {}",
+            n.number,
+            if n.challenge { "" } else { "not " },
+            n.sink.map(|s| s.to_string()).unwrap_or_default()
+        );
+    }
+    let mut core = Core::new(cfg, udp_sockets, shared, media, tls_client, events, call_tx);
+    core.one_shot = one_shot;
+    core.run(core_rx, call_rx).await;
     Ok(())
 }
 
@@ -99,10 +156,8 @@ struct Conn {
     transport: Transport,
 }
 
-struct Auth {
-    cfg: AuthConfig,
-    verifier: Verifier,
-}
+/// A message waiting for its connection, and the transaction that sent it.
+type Waiting = (Option<TransactionId>, Vec<u8>);
 
 pub struct Core {
     cfg: ServeConfig,
@@ -110,50 +165,96 @@ pub struct Core {
     policy: UasPolicy,
     udp: Vec<Arc<UdpSocket>>,
     conns: HashMap<ConnId, Conn>,
-    auth: Option<Auth>,
+    verifier: Verifier,
     started: Instant,
+    shared: Shared,
+    tls_client: tokio_rustls::TlsConnector,
+    /// Connections being opened for a request, and what waits for each.
+    connecting: HashMap<SocketAddr, ConnId>,
+    pending: HashMap<ConnId, Vec<Waiting>>,
+    /// The TLS name to verify for a next hop (from its URI).
+    server_names: HashMap<SocketAddr, String>,
+    calls: calls::Calls,
+    media: Option<calls::MediaShared>,
+    events: Events,
+    call_tx: mpsc::Sender<CallInput>,
+    pump_later: Vec<calls::CallKey>,
+    call_done: Option<(String, tokio::sync::oneshot::Sender<()>)>,
+    one_shot: bool,
+    had_call: bool,
 }
 
 impl Core {
-    fn new(cfg: ServeConfig, udp: Vec<Arc<UdpSocket>>) -> Self {
-        let auth = cfg.auth.clone().map(|a| {
-            let mut key = [0u8; 32];
-            rand::Rng::fill(&mut rand::thread_rng(), &mut key);
-            Auth {
-                verifier: Verifier::new(NonceIssuer::new(key, 300), a.realm.clone()),
-                cfg: a,
-            }
-        });
+    fn new(
+        cfg: ServeConfig,
+        udp: Vec<Arc<UdpSocket>>,
+        shared: Shared,
+        media: Option<calls::MediaShared>,
+        tls_client: tokio_rustls::TlsConnector,
+        events: Events,
+        call_tx: mpsc::Sender<CallInput>,
+    ) -> Self {
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut key);
+        let sent_by = match cfg.tls.map(|a| a.port()) {
+            Some(5061) | None => cfg.hostname.clone(),
+            Some(port) => format!("{}:{port}", cfg.hostname),
+        };
         Core {
-            layer: TransactionLayer::new(TimerConfig::default()),
+            layer: TransactionLayer::new(watrunk_sip::transaction::Config {
+                timers: TimerConfig::default(),
+                sent_by: Some(sent_by),
+                ..Default::default()
+            }),
             policy: UasPolicy::default(),
             udp,
             conns: HashMap::new(),
-            auth,
+            verifier: Verifier::new(NonceIssuer::new(key, 300), cfg.digest.realm.clone()),
             started: Instant::now(),
+            shared,
+            tls_client,
+            connecting: HashMap::new(),
+            pending: HashMap::new(),
+            server_names: HashMap::new(),
+            calls: calls::Calls::default(),
+            media,
+            events,
+            call_tx,
+            pump_later: Vec::new(),
+            call_done: None,
+            one_shot: false,
+            had_call: false,
             cfg,
         }
     }
 
-    async fn run(&mut self, mut rx: mpsc::Receiver<Inbound>) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut call_rx: mpsc::Receiver<CallInput>,
+    ) {
         loop {
             let deadline = self.layer.poll_timeout();
-            let input = match deadline {
-                Some(at) => {
-                    tokio::select! {
-                        m = rx.recv() => m,
-                        _ = tokio::time::sleep_until(at.into()) => {
-                            self.layer.handle_timeout(Instant::now());
-                            self.drain();
-                            continue;
-                        }
-                    }
+            let far = Instant::now() + std::time::Duration::from_secs(3600);
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(input) = m else { return };
+                    self.handle(input);
                 }
-                None => rx.recv().await,
-            };
-            let Some(input) = input else { return };
-            self.handle(input);
+                c = call_rx.recv() => {
+                    let Some(input) = c else { return };
+                    self.on_call_input(input);
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far).into()) => {
+                    self.layer.handle_timeout(Instant::now());
+                }
+            }
             self.drain();
+            if !self.calls.is_empty() {
+                self.had_call = true;
+            } else if self.one_shot && self.had_call {
+                return;
+            }
         }
     }
 
@@ -254,6 +355,12 @@ impl Core {
                 tx,
                 ..
             } => {
+                for pending in self.pending.remove(&conn).unwrap_or_default() {
+                    if tx.try_send(ConnCommand::Send(pending.1)).is_err() {
+                        tracing::warn!("connection to {remote} is not draining: message dropped");
+                    }
+                }
+                self.connecting.retain(|_, c| *c != conn);
                 self.conns.insert(
                     conn,
                     Conn {
@@ -266,6 +373,12 @@ impl Core {
             Inbound::ConnectFailed { conn, reason } => {
                 tracing::warn!("{reason}");
                 self.conns.remove(&conn);
+                self.connecting.retain(|_, c| *c != conn);
+                for (id, _) in self.pending.remove(&conn).unwrap_or_default() {
+                    if let Some(id) = id {
+                        self.layer.handle_transport_error(id);
+                    }
+                }
             }
             Inbound::Closed { conn } => {
                 self.conns.remove(&conn);
@@ -295,12 +408,13 @@ impl Core {
     fn drain(&mut self) {
         while let Some(out) = self.layer.poll_output() {
             match out {
-                Output::Transmit { to, message, .. } => {
+                Output::Transmit { id, to, message } => {
                     let bytes = message.to_bytes();
-                    self.send_bytes(&to, bytes);
+                    self.send_bytes_for(id, &to, bytes);
                 }
                 Output::Event(ev) => self.on_event(ev),
             }
+            self.pump_pending();
         }
     }
 
@@ -308,22 +422,29 @@ impl Core {
         let now = Instant::now();
         match ev {
             Event::Request { id, request, from } => {
-                if let Some(resp) = self.answer(&request, &from) {
+                if let Some(resp) = self.answer(id, &request, &from) {
                     if let Err(e) = self.layer.respond(now, id, resp) {
                         tracing::debug!("respond: {e}");
                     }
                 }
             }
+            Event::Ack { request, .. } => self.on_ack(&request),
+            Event::Cancelled { request, .. } => self.on_cancelled(&request),
+            Event::Response { id, response } => self.on_response(id, &response),
             Event::Timeout { id, reason } => {
-                tracing::info!("transaction {id:?} timed out: {reason:?}")
+                tracing::info!("transaction {id} timed out: {reason:?}");
+                self.on_timeout(id, reason == TimeoutReason::NoAck);
             }
-            Event::TransportError { id } => tracing::info!("transaction {id:?}: transport error"),
+            Event::TransportError { id } => {
+                tracing::info!("transaction {id}: transport error");
+                self.on_timeout(id, false);
+            }
             _ => {}
         }
     }
 
-    /// The UAS core's answer to a new request (None: no response, e.g. ACK).
-    fn answer(&mut self, req: &Request, from: &Peer) -> Option<Response> {
+    /// The UAS core's answer to a new request (None: no response now, e.g. ACK, or a call took it).
+    fn answer(&mut self, id: TransactionId, req: &Request, from: &Peer) -> Option<Response> {
         if req.method == Method::ACK {
             return None;
         }
@@ -333,6 +454,9 @@ impl Core {
         }
         let in_dialog = req.to().is_some_and(|t| t.tag().is_some());
         if in_dialog || req.method == Method::BYE {
+            if let Some(answer) = self.in_dialog_request(id, req) {
+                return answer;
+            }
             return Some(reply(
                 req,
                 481,
@@ -347,26 +471,61 @@ impl Core {
             return Some(r);
         }
         if req.method == Method::INVITE {
-            if let Some(challenge) = self.authenticate(req, &to_tag) {
-                return Some(challenge);
+            if self.cfg.calls.numbers.is_empty() {
+                if let Some(auth) = self.cfg.auth.clone() {
+                    if let Some(challenge) =
+                        self.authenticate(req, &to_tag, &auth.password, auth.username.as_deref())
+                    {
+                        return Some(challenge);
+                    }
+                }
+                let mut r = reply(
+                    req,
+                    503,
+                    "Service Unavailable (no business number configured: --number)",
+                    &to_tag,
+                );
+                r.headers.push("Retry-After", "300");
+                return Some(r);
             }
-            let mut r = reply(
-                req,
-                503,
-                "Service Unavailable (this watrunk version does not take calls yet)",
-                &to_tag,
-            );
-            r.headers.push("Retry-After", "300");
-            let _ = from;
-            return Some(r);
+            let called = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
+            let Some(number) = self.cfg.calls.numbers.get(called).cloned() else {
+                return Some(reply(
+                    req,
+                    404,
+                    &format!("Not Found (no business number {called:?} here)"),
+                    &to_tag,
+                ));
+            };
+            if number.challenge {
+                let password = number.password.clone().unwrap_or_default();
+                // Meta's digest username is the number without '+' (WHATSAPP-SIP §3.6).
+                let username = self
+                    .cfg
+                    .digest
+                    .username
+                    .clone()
+                    .unwrap_or_else(|| number.number.trim_start_matches('+').to_string());
+                if let Some(challenge) = self.authenticate(req, &to_tag, &password, Some(&username))
+                {
+                    return Some(challenge);
+                }
+            }
+            return self.incoming_invite(id, req, from, &number, &to_tag);
         }
         Some(reply(req, 501, "Not Implemented", &to_tag))
     }
 
-    /// Digest check for INVITE when --challenge is on: None when the request may proceed.
-    fn authenticate(&mut self, req: &Request, to_tag: &str) -> Option<Response> {
-        let auth = self.auth.as_mut()?;
-        let (challenge_header, creds_header) = match auth.cfg.status {
+    /// Digest check of an INVITE: None when the request may proceed.
+    fn authenticate(
+        &mut self,
+        req: &Request,
+        to_tag: &str,
+        password: &str,
+        username: Option<&str>,
+    ) -> Option<Response> {
+        let digest = &self.cfg.digest;
+        let (challenge_header, creds_header) = match digest.status {
             401 => ("WWW-Authenticate", "Authorization"),
             _ => ("Proxy-Authenticate", "Proxy-Authorization"),
         };
@@ -375,12 +534,12 @@ impl Core {
             .headers
             .get_all(creds_header)
             .filter_map(|v| Authorization::parse(v).ok())
-            .find(|a| a.realm == auth.cfg.realm);
+            .find(|a| a.realm == digest.realm);
         let stale = match credentials {
             None => false,
             Some(a) => {
-                if let Some(user) = &auth.cfg.username {
-                    if a.username != *user {
+                if let Some(user) = username {
+                    if a.username != user {
                         return Some(reply(
                             req,
                             403,
@@ -390,11 +549,11 @@ impl Core {
                     }
                 }
                 let uri = req.uri.to_string();
-                match auth.verifier.verify(
+                match self.verifier.verify(
                     &a,
                     req.method.to_string().as_str(),
                     &uri,
-                    &auth.cfg.password,
+                    password,
                     &req.body,
                     now_secs,
                 ) {
@@ -404,23 +563,27 @@ impl Core {
                 }
             }
         };
-        let mut r = reply(req, auth.cfg.status, reason_phrase(auth.cfg.status), to_tag);
-        let algorithms: &[Algorithm] = match auth.cfg.offer {
+        let mut r = reply(req, digest.status, reason_phrase(digest.status), to_tag);
+        let algorithms: &[Algorithm] = match digest.offer {
             DigestOffer::Md5 => &[Algorithm::Md5],
             DigestOffer::Sha256 => &[Algorithm::Sha256],
             DigestOffer::Both => &[Algorithm::Sha256, Algorithm::Md5],
         };
         for alg in algorithms {
-            let c = auth
+            let c = self
                 .verifier
                 .issuer()
-                .challenge(&auth.cfg.realm, *alg, now_secs, stale);
+                .challenge(&digest.realm, *alg, now_secs, stale);
             r.headers.push(challenge_header, c.to_string());
         }
         Some(r)
     }
 
     fn send_bytes(&mut self, to: &Peer, bytes: Vec<u8>) {
+        self.send_bytes_for(None, to, bytes)
+    }
+
+    fn send_bytes_for(&mut self, id: Option<TransactionId>, to: &Peer, bytes: Vec<u8>) {
         self.trace_out(to, &bytes);
         match to.transport {
             Transport::Udp => {
@@ -447,9 +610,45 @@ impl Core {
                             );
                         }
                     }
+                    None if to.conn.is_none() => self.send_over_new_connection(id, to, bytes),
                     None => tracing::info!("no connection to {} for a response; dropped", to.addr),
                 }
             }
+        }
+    }
+
+    /// A request toward a peer we have no connection to: one is opened (TLS, verified against the
+    /// hop's name) and the message waits for it; a failed connection fails the transaction.
+    fn send_over_new_connection(&mut self, id: Option<TransactionId>, to: &Peer, bytes: Vec<u8>) {
+        if to.transport != Transport::Tls {
+            tracing::info!("no connection to {}: dropped", to.addr);
+            return;
+        }
+        let conn = match self.connecting.get(&to.addr) {
+            Some(c) => *c,
+            None => {
+                let conn = transport::next_conn_id();
+                let name = self
+                    .server_names
+                    .get(&to.addr)
+                    .cloned()
+                    .unwrap_or_else(|| to.addr.ip().to_string());
+                tracing::info!("opening a TLS connection to {name} ({})", to.addr);
+                transport::connect(
+                    conn,
+                    Transport::Tls,
+                    to.addr,
+                    name,
+                    Some(self.tls_client.clone()),
+                    self.shared.clone(),
+                );
+                self.connecting.insert(to.addr, conn);
+                conn
+            }
+        };
+        let queue = self.pending.entry(conn).or_default();
+        if queue.len() < 64 {
+            queue.push((id, bytes));
         }
     }
 

@@ -1,0 +1,457 @@
+//! Calls through `watrunk serve` with Meta's own sample INVITEs (tests/data/whatsapp) replayed over
+//! TLS: the 407 with two challenges, the 200 whose answer passes `watrunk sdp check`, ACK and BYE, and
+//! the refusals a user sees (unknown number 404, wrong password 403, bad SDP 488 with the rule), plus
+//! CANCEL and a lost ACK. Every call's end is checked in its `call.ended` event, including that the
+//! server is back to idle (no call, no media route or connection left).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use watrunk_sip::digest::{self, Challenge, Credentials};
+use watrunk_sip::{Message, Request, Response};
+
+const PASSWORD: &str = "meta-gave-us-this";
+const NUMBERS: &str = "+17015558857,+12145551869";
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn serve(dir: &Path, extra: &[&str]) -> (Server, UdpSocket) {
+    let pw = dir.join("password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    // The sink: a UDP socket standing in for the voice agent.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap().to_string();
+    let mut args = vec![
+        "--number",
+        NUMBERS,
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--media-ip",
+        "127.0.0.1",
+        "--sink",
+        &sink_addr,
+        "--events",
+        "-",
+    ];
+    args.extend_from_slice(extra);
+    (Server::start(&args), sink)
+}
+
+/// One of Meta's samples as wire bytes, with Meta's own credentials (for Meta's realm) removed and
+/// a masked SDES key replaced by a real one.
+fn meta_invite(name: &str) -> Request {
+    let raw = String::from_utf8(read_data(&format!("whatsapp/{name}"))).unwrap();
+    let raw = raw
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("proxy-authorization"))
+        .map(|l| {
+            if l.starts_with("a=fingerprint:*") {
+                // Masked in the sample; a real sha-256 value in its place.
+                format!(
+                    "a=fingerprint:sha-256 {}",
+                    (0..32)
+                        .map(|i| format!("{:02X}", i * 7 + 3))
+                        .collect::<Vec<_>>()
+                        .join(":")
+                )
+            } else if l.starts_with("a=crypto:*") {
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
+                    .to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    match Message::parse_datagram(&watrunk_sip::samples::normalize_meta_sample(&raw)).unwrap() {
+        Message::Request(r) => r,
+        _ => panic!("{name} is not a request"),
+    }
+}
+
+/// The same INVITE as a new call: its own Call-ID and branch.
+fn as_new_call(mut invite: Request, call_id: &str) -> Request {
+    invite.headers.set("Call-ID", call_id);
+    let via = invite.headers.get("Via").unwrap().to_string();
+    let fresh = match via.split_once("branch=") {
+        Some((a, b)) => {
+            let rest = b
+                .split_once(';')
+                .map(|(_, r)| format!(";{r}"))
+                .unwrap_or_default();
+            format!("{a}branch=z9hG4bK{call_id}{rest}")
+        }
+        None => via,
+    };
+    invite.headers.set("Via", fresh);
+    invite
+}
+
+/// Reads SIP messages from the stream until one matches, within `wait`.
+fn read_until(
+    tls: &mut Tls,
+    buf: &mut Vec<u8>,
+    wait: Duration,
+    want: impl Fn(&Message) -> bool,
+) -> Message {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    (n.trim().eq_ignore_ascii_case("content-length") || n.trim() == "l")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+            let m = Message::parse_datagram(&msg).expect("watrunk sends valid SIP");
+            if want(&m) {
+                return m;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no expected message in {wait:?}"
+        );
+        let mut chunk = [0u8; 16384];
+        match tls.read(&mut chunk) {
+            Ok(0) => panic!("watrunk closed the connection"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+fn final_response(tls: &mut Tls, buf: &mut Vec<u8>) -> Response {
+    match read_until(
+        tls,
+        buf,
+        Duration::from_secs(10),
+        |m| matches!(m, Message::Response(r) if r.status >= 200),
+    ) {
+        Message::Response(r) => r,
+        _ => unreachable!(),
+    }
+}
+
+fn send(tls: &mut Tls, msg: &[u8]) {
+    tls.write_all(msg).unwrap();
+    tls.flush().unwrap();
+}
+
+/// The ACK Meta sends for a non-2xx final response (same branch, RFC 3261 §17.1.1.3).
+fn ack_for(invite: &Request, resp: &Response) -> Vec<u8> {
+    let mut ack = Request::new(watrunk_sip::Method::ACK, invite.uri.clone());
+    ack.headers.push("Via", invite.headers.get("Via").unwrap());
+    ack.headers
+        .push("From", invite.headers.get("From").unwrap());
+    ack.headers.push("To", resp.headers.get("To").unwrap());
+    ack.headers.push("Call-ID", invite.call_id().unwrap());
+    ack.headers
+        .push("CSeq", format!("{} ACK", invite.cseq().unwrap().seq));
+    ack.headers.push("Max-Forwards", "70");
+    ack.to_bytes()
+}
+
+/// INVITE, 407, ACK, INVITE with credentials for `password`: the final response to the second.
+fn invite_with_digest(
+    tls: &mut Tls,
+    buf: &mut Vec<u8>,
+    invite: &Request,
+    password: &str,
+) -> (Request, Response) {
+    send(tls, &invite.to_bytes());
+    let challenge = final_response(tls, buf);
+    assert_eq!(challenge.status, 407, "{challenge:?}");
+    let offered: Vec<&str> = challenge.headers.get_all("Proxy-Authenticate").collect();
+    assert_eq!(offered.len(), 2, "two challenges: {offered:?}");
+    assert!(
+        offered[0].contains("SHA-256") && offered[1].contains("MD5"),
+        "SHA-256 first: {offered:?}"
+    );
+    send(tls, &ack_for(invite, &challenge));
+    let challenges = Challenge::parse_supported(offered.iter().copied());
+    let chosen = digest::choose_challenge(&challenges).unwrap();
+    let user = invite
+        .uri
+        .as_sip()
+        .unwrap()
+        .user_base()
+        .unwrap()
+        .trim_start_matches('+')
+        .to_string();
+    let auth = digest::answer_with_random_cnonce(
+        chosen,
+        &Credentials::new(user, password),
+        "INVITE",
+        &invite.uri.to_string(),
+        &invite.body,
+        1,
+    );
+    let retry =
+        watrunk_sip::dialog::retry_with_auth(invite, "Proxy-Authorization", &auth.to_string());
+    send(tls, &retry.to_bytes());
+    let resp = final_response(tls, buf);
+    (retry, resp)
+}
+
+fn sdp_check(dir: &Path, sdp: &[u8]) -> (bool, String) {
+    let f = dir.join("answer.sdp");
+    std::fs::write(&f, sdp).unwrap();
+    run(
+        Command::new(bin())
+            .args(["sdp", "check", "--side", "business", "--as", "answer"])
+            .arg(&f),
+        Duration::from_secs(10),
+    )
+}
+
+fn bye_for(invite: &Request, ok: &Response, cseq: u32) -> Vec<u8> {
+    let mut bye = Request::new(
+        watrunk_sip::Method::BYE,
+        watrunk_sip::Uri::parse("sip:watrunk@localhost;transport=tls").unwrap(),
+    );
+    bye.headers
+        .push("Via", "SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKbye1;rport");
+    bye.headers
+        .push("From", invite.headers.get("From").unwrap());
+    bye.headers.push("To", ok.headers.get("To").unwrap());
+    bye.headers.push("Call-ID", invite.call_id().unwrap());
+    bye.headers.push("CSeq", format!("{cseq} BYE"));
+    bye.headers.push("Max-Forwards", "70");
+    bye.headers.push("x-wa-meta-call-duration", "3");
+    bye.to_bytes()
+}
+
+fn assert_idle(ended: &serde_json::Value) {
+    assert_eq!(ended["server"]["calls"], 0, "{ended}");
+    assert_eq!(ended["server"]["media_routes"], 0, "{ended}");
+    assert_eq!(ended["server"]["media_conns"], 0, "{ended}");
+}
+
+#[test]
+fn metas_sample_invites_get_a_407_then_a_200_whose_answer_passes_sdp_check() {
+    let dir = TempDir::new("calls-samples");
+    let (mut server, _sink) = serve(dir.path(), &["--challenge", "--digest-algorithm", "both"]);
+    for name in [
+        "meta-invite-user-initiated-01.sip",
+        "meta-invite-user-initiated-digest-01.sip",
+        "meta-invite-user-initiated-digest-02.sip",
+        "meta-invite-user-initiated-sdes-01.sip",
+    ] {
+        let mut tls = server.tls_connect();
+        let mut buf = Vec::new();
+        let invite = meta_invite(name);
+        let (retry, ok) = invite_with_digest(&mut tls, &mut buf, &invite, PASSWORD);
+        assert_eq!(ok.status, 200, "{name}: {ok:?}\n{}", server.log());
+        let (passes, out) = sdp_check(dir.path(), &ok.body);
+        assert!(
+            passes,
+            "{name}: our answer fails sdp check:\n{out}\n{}",
+            String::from_utf8_lossy(&ok.body)
+        );
+        // Record-Route copied exactly and in order (WHATSAPP-SIP §4.3).
+        let rr_in: Vec<&str> = invite.headers.get_all("Record-Route").collect();
+        let rr_out: Vec<&str> = ok.headers.get_all("Record-Route").collect();
+        assert_eq!(rr_in, rr_out, "{name}");
+        assert!(ok.headers.get("Session-Expires").is_none());
+        // Meta's ACK for the 2xx, then its BYE.
+        let mut ack = Request::new(
+            watrunk_sip::Method::ACK,
+            watrunk_sip::Uri::parse("sip:watrunk@localhost;transport=tls").unwrap(),
+        );
+        ack.headers
+            .push("Via", "SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKack2;rport");
+        ack.headers.push("From", retry.headers.get("From").unwrap());
+        ack.headers.push("To", ok.headers.get("To").unwrap());
+        ack.headers.push("Call-ID", retry.call_id().unwrap());
+        ack.headers
+            .push("CSeq", format!("{} ACK", retry.cseq().unwrap().seq));
+        ack.headers.push("Max-Forwards", "70");
+        send(&mut tls, &ack.to_bytes());
+        let call_id = retry.call_id().unwrap().to_string();
+        let answered = server.wait_event("call.answered", |_| true, Duration::from_secs(5));
+        let call = answered["call"].as_str().unwrap().to_string();
+        send(
+            &mut tls,
+            &bye_for(&retry, &ok, retry.cseq().unwrap().seq + 1),
+        );
+        let bye_ok = final_response(&mut tls, &mut buf);
+        assert_eq!(bye_ok.status, 200, "{name}");
+        let ended = server.wait_event("call.ended", |e| e["call"] == call, Duration::from_secs(10));
+        assert_eq!(ended["by"], "remote", "{ended}");
+        assert_eq!(ended["meta_call_duration_secs"], 3, "{ended}");
+        assert!(
+            ended["timings_ms"]["final_response"].as_f64().is_some(),
+            "{ended}"
+        );
+        assert_idle(&ended);
+        let _ = call_id;
+    }
+    server.assert_alive();
+}
+
+#[test]
+fn refusals_say_why_unknown_number_404_wrong_password_403_bad_sdp_488() {
+    let dir = TempDir::new("calls-refusals");
+    let (mut server, _sink) = serve(dir.path(), &["--challenge", "--digest-algorithm", "both"]);
+    let mut tls = server.tls_connect();
+    let mut buf = Vec::new();
+
+    // An INVITE to a number this server does not have.
+    let mut unknown = meta_invite("meta-invite-user-initiated-01.sip");
+    unknown.uri = watrunk_sip::Uri::parse("sip:+19990000000@localhost;transport=tls").unwrap();
+    send(&mut tls, &unknown.to_bytes());
+    let r = final_response(&mut tls, &mut buf);
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // The right number, the wrong password: one 407, then 403.
+    let invite = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), "wrongpw");
+    let (_, r) = invite_with_digest(&mut tls, &mut buf, &invite, "not-the-password");
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // Good credentials, an offer without Opus: 488 naming the rule.
+    let mut invite = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), "noopus");
+    let body = String::from_utf8(invite.body.clone()).unwrap();
+    invite.body = body.replace("opus/48000/2", "PCMU/8000").into_bytes();
+    let (_, r) = invite_with_digest(&mut tls, &mut buf, &invite, PASSWORD);
+    assert_eq!(r.status, 488, "{r:?}");
+    assert!(r.reason.contains("no-opus"), "{}", r.reason);
+    let warning = r.headers.get("Warning").expect("a Warning");
+    assert!(warning.starts_with("399 localhost \""), "{warning}");
+    assert!(warning.to_ascii_lowercase().contains("opus"), "{warning}");
+    server.assert_alive();
+}
+
+#[test]
+fn a_config_without_the_password_fails_at_start_naming_the_key() {
+    let dir = TempDir::new("calls-config");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args([
+                "serve",
+                "--hostname",
+                "localhost",
+                "--number",
+                "+15550001111",
+                "--challenge",
+                "--media-ip",
+                "127.0.0.1",
+                "--sink",
+                "127.0.0.1:4000",
+                "--tls",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
+            .arg(dir.path()),
+        Duration::from_secs(10),
+    );
+    assert!(!ok);
+    assert!(out.contains("--sip-password-file"), "{out}");
+    let toml = dir.path().join("watrunk.toml");
+    std::fs::write(
+        &toml,
+        "hostname = \"localhost\"\n[media]\nip = \"127.0.0.1\"\nsink = \"127.0.0.1:4000\"\n[[number]]\nnumber = \"+15550001111\"\nchallenge = true\n",
+    )
+    .unwrap();
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["serve", "--tls", "127.0.0.1:0", "--config"])
+            .arg(&toml),
+        Duration::from_secs(10),
+    );
+    assert!(!ok);
+    assert!(out.contains("number[0].password_file"), "{out}");
+}
+
+#[test]
+fn cancel_before_answer_gets_487_and_frees_the_call() {
+    let dir = TempDir::new("calls-cancel");
+    let (mut server, _sink) = serve(dir.path(), &["--no-auto-answer"]);
+    let mut tls = server.tls_connect();
+    let mut buf = Vec::new();
+    let invite = meta_invite("meta-invite-user-initiated-01.sip");
+    send(&mut tls, &invite.to_bytes());
+    let ringing = read_until(
+        &mut tls,
+        &mut buf,
+        Duration::from_secs(5),
+        |m| matches!(m, Message::Response(r) if r.status == 180),
+    );
+    let incoming = server.wait_event("call.incoming", |_| true, Duration::from_secs(5));
+    assert_eq!(incoming["to"], "+17015558857");
+    assert_eq!(incoming["from"], "+12195550714");
+    let Message::Response(ringing) = ringing else {
+        unreachable!()
+    };
+    assert!(ringing.to().unwrap().tag().is_some());
+    let cancel = watrunk_sip::transaction::build_cancel(&invite);
+    send(&mut tls, &cancel.to_bytes());
+    let mut statuses = Vec::new();
+    while statuses.len() < 2 {
+        let Message::Response(r) = read_until(
+            &mut tls,
+            &mut buf,
+            Duration::from_secs(5),
+            |m| matches!(m, Message::Response(r) if r.status >= 200),
+        ) else {
+            unreachable!()
+        };
+        statuses.push((r.cseq().unwrap().method.to_string(), r.status));
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [("CANCEL".to_string(), 200), ("INVITE".to_string(), 487)]
+    );
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(10));
+    assert_eq!(ended["status"], 487, "{ended}");
+    assert_idle(&ended);
+    server.assert_alive();
+}
+
+#[test]
+fn a_lost_ack_ends_the_call_with_a_bye_after_timer_h() {
+    let dir = TempDir::new("calls-noack");
+    let (mut server, _sink) = serve(dir.path(), &[]);
+    let mut tls = server.tls_connect();
+    let mut buf = Vec::new();
+    let mut invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
+    // The route set points back at this test's TLS side, like Meta's points at wa.meta.vc.
+    invite.headers.remove("Record-Route");
+    let ok = {
+        send(&mut tls, &invite.to_bytes());
+        final_response(&mut tls, &mut buf)
+    };
+    assert_eq!(ok.status, 200);
+    // No ACK. Timer H (64*T1 = 32 s) later watrunk gives up and says BYE, over this connection
+    // (the INVITE's Contact, sip:...@wa.meta.vc, is not where this test listens, so the BYE's
+    // next hop is looked up and fails; the call must end all the same).
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(45));
+    assert_eq!(ended["by"], "local", "{ended}");
+    assert!(
+        ended["reason"].as_str().unwrap().contains("no ACK"),
+        "{ended}"
+    );
+    assert_idle(&ended);
+    server.assert_alive();
+}
