@@ -26,7 +26,7 @@ sink=$!
 # The sink learns the call's local RTP port L from call.answered, as a voice agent would.
 (
   for i in $(seq 300); do
-    port=$(grep -m1 '"call.answered"' "$work/events.log" 2>/dev/null | sed -n 's/.*"local_rtp":"[^"]*:\([0-9]*\)".*/\1/p')
+    port=$(grep -m1 '"call.answered"' "$work/events.log" 2>/dev/null | sed -n 's/.*"local_rtp":"[^"]*:\([0-9]*\)".*/\1/p' || true)
     [ -n "$port" ] && { printf 'v=0\r\nc=IN IP4 %s\r\nm=audio %s RTP/AVP 111\r\n' "$ip" "$port" > "$work/sink-peer.sdp"; exit 0; }
     sleep 0.05
   done

@@ -1,0 +1,145 @@
+//! Whole calls through `watrunk serve` against real third-party media peers. rtpengine (userspace,
+//! ICE-lite, Meta's stand-in) turns a plain Opus 440 Hz tone into a Meta-shaped offer; a Meta-shaped
+//! SIP UAC (tests/peers/rtpengine/meta_sip_uac.py) carries it to watrunk over TLS, answers the 407,
+//! ACKs the 200 and later says BYE; watrunk relays the call to a local sink that plays 880 Hz and
+//! records. The checks are rtpengine's and tcpdump's view (both tones at the right frequency, the
+//! first SRTP packet ours) and watrunk's events (call.answered, media.up, call.ended with Meta's
+//! duration and the server back to idle). Runs in a private network namespace (`unshare -n`).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::*;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Run {
+    ok: bool,
+    report: String,
+    events: Vec<serde_json::Value>,
+    logs: String,
+}
+
+fn inbound_call(mode: &str) -> Run {
+    for t in ["unshare", "rtpengine", "tcpdump"] {
+        tool(t);
+    }
+    let dir = TempDir::new(&format!("call-{mode}"));
+    let out = Command::new(tool("unshare"))
+        .arg("-n")
+        .arg("--")
+        .arg("env")
+        .arg(format!("WATRUNK={}", bin().display()))
+        .arg(format!(
+            "ANSWER_CMD=bash {}",
+            peers_dir()
+                .join("rtpengine/watrunk-serve-answerer.sh")
+                .display()
+        ))
+        .arg("ANSWERER_RX_WAV=rx.wav")
+        .arg("REQUIRE_ENDPOINT_FIRST=1")
+        .arg("SECS=4")
+        .arg("ANSWER_TIMEOUT=20")
+        .arg("bash")
+        .arg(peers_dir().join("rtpengine/meta-standin.sh"))
+        .arg(dir.path())
+        .arg(mode)
+        .arg("external")
+        .output()
+        .expect("run meta-standin.sh");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    let events = read("events.log")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let logs = format!(
+        "--- uac.log\n{}--- serve.log\n{}--- sink.log\n{}",
+        read("uac.log"),
+        read("serve.log"),
+        read("sink.log")
+    );
+    Run {
+        ok: out.status.success(),
+        report,
+        events,
+        logs,
+    }
+}
+
+fn event<'a>(run: &'a Run, name: &str) -> &'a serde_json::Value {
+    run.events
+        .iter()
+        .find(|e| e["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event\n{:?}\n{}", run.events, run.logs))
+}
+
+fn assert_two_way_call(run: &Run) {
+    assert!(run.ok, "{}\n{}", run.report, run.logs);
+    for line in [
+        "endpoint->relay->plain (recorded on the plain side): freq=880",
+        "plain->relay->endpoint (recorded by the endpoint): freq=440",
+        "endpoint sent the first SRTP packet",
+    ] {
+        assert!(
+            run.report
+                .lines()
+                .any(|l| l.starts_with("PASS ") && l.contains(line)),
+            "no PASS {line:?}\n{}\n{}",
+            run.report,
+            run.logs
+        );
+    }
+    let incoming = event(run, "call.incoming");
+    assert_eq!(incoming["to"], "+15550001111");
+    assert_eq!(incoming["from"], "+12195550714");
+    assert!(incoming["meta_call_id"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    let answered = event(run, "call.answered");
+    assert!(answered["local_rtp"].as_str().is_some());
+    let up = event(run, "media.up");
+    assert_eq!(up["ssrc"], answered["ssrc"]);
+    let ended = event(run, "call.ended");
+    assert_eq!(ended["by"], "remote", "{ended}");
+    assert_eq!(ended["meta_call_duration_secs"], 5, "{ended}");
+    assert_eq!(ended["server"]["calls"], 0, "{ended}");
+    assert_eq!(ended["server"]["media_routes"], 0, "{ended}");
+    assert_eq!(ended["server"]["media_conns"], 0, "{ended}");
+    let stats = &ended["stats"];
+    assert!(stats["packets_in"].as_u64().unwrap() > 150, "{ended}");
+    assert!(stats["packets_out"].as_u64().unwrap() > 150, "{ended}");
+    assert_eq!(stats["srtp_rejected"], 0, "{ended}");
+    for t in ["final_response", "first_rtp_out", "secure"] {
+        assert!(ended["timings_ms"][t].as_f64().is_some(), "{t}: {ended}");
+    }
+}
+
+#[test]
+fn rtpengine_dtls_call_through_serve_two_way_tone_and_we_send_first() {
+    let _serial = serial();
+    let run = inbound_call("dtls");
+    assert_two_way_call(&run);
+    assert!(run
+        .report
+        .contains("PASS rtpengine accepted the endpoint's DTLS certificate"));
+    assert!(event(&run, "media.ice")["role"] == "controlling");
+}
+
+#[test]
+fn rtpengine_sdes_call_through_serve_two_way_tone_and_we_send_first() {
+    let _serial = serial();
+    let run = inbound_call("sdes");
+    assert_two_way_call(&run);
+}
