@@ -143,3 +143,127 @@ fn rtpengine_sdes_call_through_serve_two_way_tone_and_we_send_first() {
     let run = inbound_call("sdes");
     assert_two_way_call(&run);
 }
+
+#[test]
+fn watrunk_call_places_a_call_to_a_meta_shaped_uas_fronting_rtpengine_two_way_tone() {
+    let _serial = serial();
+    for t in ["unshare", "rtpengine", "openssl"] {
+        tool(t);
+    }
+    let dir = TempDir::new("call-out");
+    let out = Command::new(tool("unshare"))
+        .arg("-n")
+        .arg("--")
+        .arg("env")
+        .arg(format!("WATRUNK={}", bin().display()))
+        .arg("bash")
+        .arg(peers_dir().join("rtpengine/watrunk-call-offerer.sh"))
+        .arg(dir.path())
+        .output()
+        .expect("run watrunk-call-offerer.sh");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    let logs = format!(
+        "--- uas.log\n{}--- call.log\n{}--- events.log\n{}",
+        read("uas.log"),
+        read("call.log"),
+        read("events.log")
+    );
+    assert!(out.status.success(), "{report}\n{logs}");
+    for line in [
+        "watrunk call exited 0",
+        "call ran, BYE answered 200",
+        "407 answered with SHA-256, username without '+'",
+        "call.ended: the server is back to idle",
+        "watrunk->rtpengine->plain (recorded on the plain side): freq=880",
+        "plain->rtpengine->watrunk (recorded by the sink): freq=440",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("PASS ") && l.contains(line)),
+            "no PASS {line:?}\n{report}\n{logs}"
+        );
+    }
+    let ended: serde_json::Value = read("events.log")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|e: &serde_json::Value| e["event"] == "call.ended")
+        .expect("call.ended");
+    assert_eq!(ended["meta_call_duration_secs"], 5, "{ended}");
+    assert_eq!(ended["by"], "remote", "{ended}");
+}
+
+fn baresip(direction: &str) {
+    let _serial = serial();
+    for t in ["unshare", "baresip", "openssl"] {
+        tool(t);
+    }
+    let dir = TempDir::new(&format!("baresip-{direction}"));
+    let out = Command::new(tool("unshare"))
+        .arg("-n")
+        .arg("--")
+        .arg("env")
+        .arg(format!("WATRUNK={}", bin().display()))
+        .arg("bash")
+        .arg(peers_dir().join("baresip/watrunk-baresip.sh"))
+        .arg(dir.path())
+        .arg(direction)
+        .output()
+        .expect("run watrunk-baresip.sh");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    let logs = format!(
+        "--- events.log\n{}--- serve.log\n{}--- call.log\n{}",
+        read("events.log"),
+        read("serve.log"),
+        read("call.log")
+    );
+    assert!(out.status.success(), "{report}\n{logs}");
+    for line in [
+        "call.ended: the server is back to idle",
+        "baresip->watrunk->sink (recorded by the sink): freq=440",
+        "sink->watrunk->baresip (recorded by baresip): freq=880",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("PASS ") && l.contains(line)),
+            "no PASS {line:?}\n{report}\n{logs}"
+        );
+    }
+    let events: Vec<serde_json::Value> = read("events.log")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let up = events
+        .iter()
+        .find(|e| e["event"] == "media.up")
+        .expect("media.up");
+    assert!(
+        up["srtp"].as_str().is_some_and(|p| p.starts_with("SRTP_")),
+        "{up}"
+    );
+    let ended = events
+        .iter()
+        .find(|e| e["event"] == "call.ended")
+        .expect("call.ended");
+    assert_eq!(
+        ended["direction"],
+        if direction == "in" {
+            "inbound"
+        } else {
+            "outbound"
+        }
+    );
+}
+
+#[test]
+fn baresip_calls_watrunk_serve_over_tls_with_ice_dtls_and_opus() {
+    baresip("in");
+}
+
+#[test]
+fn watrunk_calls_baresip_through_the_control_api() {
+    baresip("out");
+}

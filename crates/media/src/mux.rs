@@ -38,7 +38,8 @@ pub(crate) fn plain_key(remote: SocketAddr) -> String {
 enum RouteCommand {
     Add(SocketAddr, Box<InboundRoute>),
     Move(SocketAddr, SocketAddr),
-    Remove(SocketAddr),
+    /// Answered once the route is gone, so a call that ends leaves nothing behind.
+    Remove(SocketAddr, tokio::sync::oneshot::Sender<()>),
 }
 
 /// What the reader and the agents' connections share.
@@ -159,7 +160,15 @@ impl MediaSocket {
     }
 
     pub(crate) async fn remove_route(&self, remote: SocketAddr) {
-        let _ = self.commands.send(RouteCommand::Remove(remote)).await;
+        let (done, removed) = tokio::sync::oneshot::channel();
+        if self
+            .commands
+            .send(RouteCommand::Remove(remote, done))
+            .await
+            .is_ok()
+        {
+            let _ = removed.await;
+        }
     }
 
     /// The non-STUN packets of the call known by `key` (its ufrag, or `plain_key`) until its fast
@@ -304,8 +313,10 @@ async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteComman
                             routes.insert(to, route);
                         }
                     }
-                    Some(RouteCommand::Remove(remote)) => {
+                    Some(RouteCommand::Remove(remote, done)) => {
                         routes.remove(&remote);
+                        shared.routes.store(routes.len(), Ordering::Relaxed);
+                        let _ = done.send(());
                     }
                 }
                 shared.routes.store(routes.len(), Ordering::Relaxed);

@@ -218,6 +218,15 @@ struct Leftovers {
     agent: Option<Arc<Agent>>,
 }
 
+impl Prepared {
+    /// Gives up a call prepared but never started, and waits until its agent has left the socket.
+    pub async fn close(mut self) {
+        if let Some(agent) = self.agent.take() {
+            let _ = agent.close().await;
+        }
+    }
+}
+
 impl Drop for Prepared {
     /// A call prepared but never started leaves no connection on the shared socket.
     fn drop(&mut self) {

@@ -14,7 +14,7 @@ use crate::config::{ServeArgs, ServeConfig};
 use crate::server::{self, CallInput, Command};
 
 #[derive(Args, Debug)]
-pub struct CallArgs {
+pub struct PlaceCallArgs {
     /// The business number calling (one of --number).
     #[arg(long)]
     pub from: String,
@@ -32,7 +32,7 @@ pub struct CallArgs {
 }
 
 /// Places the call through a running server's API. None: no server answers there.
-fn through_api(api: &str, args: &CallArgs) -> Option<Result<()>> {
+fn through_api(api: &str, args: &PlaceCallArgs) -> Option<Result<()>> {
     let base = format!("http://{api}");
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
@@ -64,7 +64,7 @@ fn through_api(api: &str, args: &CallArgs) -> Option<Result<()>> {
     Some(Ok(()))
 }
 
-pub async fn run(mut args: CallArgs) -> Result<()> {
+pub async fn run(mut args: PlaceCallArgs) -> Result<()> {
     let api = args
         .serve
         .calls
@@ -113,9 +113,9 @@ pub async fn run(mut args: CallArgs) -> Result<()> {
     server.await?
 }
 
-impl CallArgs {
-    fn clone_call(&self) -> CallArgs {
-        CallArgs {
+impl PlaceCallArgs {
+    fn clone_call(&self) -> PlaceCallArgs {
+        PlaceCallArgs {
             from: self.from.clone(),
             to: self.to.clone(),
             hangup_after: self.hangup_after,

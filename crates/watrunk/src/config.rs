@@ -94,6 +94,9 @@ pub struct CallArgs {
     /// Where calls we place go (Meta: wa.meta.vc:5061).
     #[arg(long, env = "WATRUNK_META_SERVER")]
     pub meta_server: Option<String>,
+    /// The domain of the Request-URI and To of the calls we place (Meta: wa.meta.vc).
+    #[arg(long)]
+    pub meta_domain: Option<String>,
     /// An extra CA (PEM) trusted for TLS connections we open (tests, `watrunk sim`).
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,

@@ -30,7 +30,7 @@ enum Command {
     /// Run the trunk endpoint: TLS for Meta, optional TCP/UDP for a PBX.
     Serve(Box<config::ServeArgs>),
     /// Place one call to a WhatsApp user and run until it ends (events as JSON lines on stdout).
-    Call(Box<call_cli::CallArgs>),
+    Call(Box<call_cli::PlaceCallArgs>),
     /// Send one request (OPTIONS by default) and print the final response; answers 401/407 once.
     Probe(client::ProbeArgs),
     /// Media without SIP: answer an SDP offer file and relay its audio to a local sink.
@@ -89,5 +89,14 @@ fn main() -> std::process::ExitCode {
             eprintln!("watrunk: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

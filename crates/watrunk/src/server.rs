@@ -147,7 +147,10 @@ pub async fn run_with(
     let mut core = Core::new(cfg, udp_sockets, shared, media, tls_client, events, call_tx);
     core.one_shot = one_shot;
     core.run(core_rx, call_rx).await;
-    Ok(())
+    match core.unanswered.first() {
+        Some(failed) if one_shot => anyhow::bail!("the call was not answered: {failed}"),
+        _ => Ok(()),
+    }
 }
 
 struct Conn {
@@ -182,6 +185,8 @@ pub struct Core {
     call_done: Option<(String, tokio::sync::oneshot::Sender<()>)>,
     one_shot: bool,
     had_call: bool,
+    /// Calls we placed that ended without an answer (`watrunk call` exits non-zero for them).
+    unanswered: Vec<String>,
 }
 
 impl Core {
@@ -224,6 +229,7 @@ impl Core {
             call_done: None,
             one_shot: false,
             had_call: false,
+            unanswered: Vec::new(),
             cfg,
         }
     }

@@ -20,10 +20,10 @@ ip addr add "$IP/32" dev lo 2>/dev/null || true
   --port-min=30000 --port-max=30099 --log-level=6 > rtpengine.log 2>&1 & pids+=($!)
 for i in $(seq 50); do $PY "$here/ng.py" ping >/dev/null 2>&1 && break; sleep 0.1; done
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "/CN=$IP" \
-  -addext "subjectAltName=IP:$IP" -keyout meta.key -out meta.crt > openssl.log 2>&1
+  -addext "subjectAltName=IP:$IP" -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" -keyout meta.key -out meta.crt > openssl.log 2>&1
 echo "meta-gave-us-this" > password
 $H plain --bind "$IP:40000" --peer-sdp plain-offer.sdp --freq 440 --seconds "$((SECS + 1))" --wav plain-rx.wav \
-  --start immediate --ssrc 4208138518 --wait 30 > plain.log 2>&1 & pids+=($!)
+  --start immediate --ssrc 4208138518 --wait 30 > plain.log 2>&1 & plain=$!; pids+=($plain)
 $PY "$here/meta_sip_uas.py" --listen "$IP:5061" --cert meta.crt --key meta.key --password meta-gave-us-this \
   --plain "$IP:40000" --work "$PWD" --seconds "$((SECS + 1))" > uas.log 2>&1 & uas=$!; pids+=($uas)
 for i in $(seq 50); do grep -q listening uas.log 2>/dev/null && break; sleep 0.1; done
@@ -41,12 +41,15 @@ WATRUNK_LOG='info,dtls=error,webrtc_ice=error' timeout 40 "$WATRUNK" call --from
   --sip-password-file password --media-ip "$IP" --sink "$IP:41000" --events - > events.log 2> call.log
 crc=$?
 wait "$uas"; urc=$?
-wait "$sink" 2>/dev/null
+wait "$sink" 2>/dev/null; wait "$plain" 2>/dev/null
 rc=0
 [ "$crc" = 0 ] && echo "PASS watrunk call exited 0" || { echo "FAIL watrunk call exited $crc"; rc=1; }
 [ "$urc" = 0 ] && echo "PASS Meta-shaped UAS: call ran, BYE answered 200" || { echo "FAIL Meta-shaped UAS exited $urc"; rc=1; }
 grep -q "credentials ok: username=15550001111 algorithm=SHA-256" uas.log \
   && echo "PASS 407 answered with SHA-256, username without '+'" || { echo "FAIL digest: $(grep -m1 -i 'cred' uas.log)"; rc=1; }
+grep '"call.ended"' events.log | grep -q '"server":{"calls":0,"media_conns":0,"media_routes":0}' \
+  && echo "PASS call.ended: the server is back to idle (no call, media route or connection left)" \
+  || { echo "FAIL call.ended: $(grep '"call.ended"' events.log)"; rc=1; }
 grep -q '^a=ice-lite' meta-answer.sdp && echo "INFO rtpengine answered ICE-lite" || echo "INFO rtpengine answered full ICE"
 near() { awk -v f="$1" -v e="$2" 'BEGIN{exit !(f > e*0.97 && f < e*1.03)}'; }
 chk() {

@@ -133,6 +133,7 @@ struct Entry {
     wants_answer: bool,
     /// Inbound: our ICE role toward the offer, for media prepared on answer.
     ice_role: IceRole,
+    answered: bool,
 }
 
 #[derive(Default)]
@@ -262,6 +263,7 @@ impl Core {
             ssrc: 0,
             wants_answer: self.cfg.calls.auto_answer,
             ice_role: role,
+            answered: false,
         };
         self.calls
             .by_sip_call_id
@@ -572,11 +574,11 @@ impl Core {
             return;
         };
         if let Some(e) = self.calls.entries.get_mut(&key) {
-            e.call.handle_response(id, resp);
             if resp.status >= 200 && e.timings.final_response.is_none() && e.call.invite().is_some()
             {
                 e.timings.final_response = e.timings.start.map(|s| s.elapsed());
             }
+            e.call.handle_response(id, resp);
         }
         self.pump(key);
     }
@@ -668,11 +670,14 @@ impl Core {
             CallEvent::Ringing => self
                 .events
                 .emit(json!({"event": "call.ringing", "call": entry.id})),
-            CallEvent::Answered => self.events.emit(json!({
+            CallEvent::Answered => {
+                entry.answered = true;
+                self.events.emit(json!({
                 "event": "call.answered", "call": entry.id, "direction": entry.call.direction().name(),
                 "local_rtp": entry.local_rtp.map(|a| a.to_string()), "sink": entry.sink.to_string(),
                 "ssrc": entry.ssrc, "ms": ms(entry.timings.final_response),
-            })),
+                }))
+            }
             CallEvent::Confirmed => self
                 .events
                 .emit(json!({"event": "call.confirmed", "call": entry.id})),
@@ -703,6 +708,10 @@ impl Core {
         self.calls.by_name.remove(&entry.id);
         self.calls.by_transaction.retain(|_, k| *k != key);
         let ending = entry.ended.expect("checked");
+        if !entry.answered && entry.call.direction() == Direction::Outbound {
+            self.unanswered
+                .push(format!("{}: {}", entry.id, ending.reason));
+        }
         let t = &entry.timings;
         let sip_ms = match (t.final_response, t.media_ready) {
             (Some(f), Some(m)) if entry.call.direction() == Direction::Inbound => {
@@ -1008,6 +1017,7 @@ impl Core {
                 ssrc: 0,
                 wants_answer: false,
                 ice_role: IceRole::Controlling,
+                answered: false,
             },
         );
         self.calls.by_name.insert(name.clone(), key);
@@ -1110,7 +1120,7 @@ async fn run_media(
             Some(MediaCmd::Start { plan, ssrc }) => break (plan, ssrc),
             Some(MediaCmd::Dtmf(_)) => continue,
             Some(MediaCmd::Stop) | None => {
-                drop(prepared);
+                prepared.close().await;
                 let _ = core.send(CallInput::MediaStopped { key }).await;
                 return;
             }
