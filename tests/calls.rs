@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -452,6 +453,131 @@ fn a_lost_ack_ends_the_call_with_a_bye_after_timer_h() {
         ended["reason"].as_str().unwrap().contains("no ACK"),
         "{ended}"
     );
+    assert_idle(&ended);
+    server.assert_alive();
+}
+
+/// A TLS server standing in for Meta's proxy (wa.meta.vc): the certificate is the dev CA's, trusted
+/// by watrunk through --tls-ca.
+fn meta_proxy(
+    dir: &Path,
+) -> (
+    std::net::TcpListener,
+    Arc<rustls::ServerConfig>,
+    std::path::PathBuf,
+) {
+    let (ca, cert, key) = dev_pki(&dir.join("pki"));
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(&cert).unwrap().as_slice())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut std::fs::read(&key).unwrap().as_slice())
+        .unwrap()
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    (
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        Arc::new(config),
+        ca,
+    )
+}
+
+#[test]
+fn after_the_tls_connection_drops_our_bye_goes_over_a_new_connection_through_the_route_set() {
+    let dir = TempDir::new("calls-reconnect");
+    let (proxy, proxy_tls, ca) = meta_proxy(dir.path());
+    let proxy_addr = proxy.local_addr().unwrap();
+    let (mut server, _sink) = serve(dir.path(), &["--tls-ca", ca.to_str().unwrap()]);
+    let mut tls = server.tls_connect();
+    let mut buf = Vec::new();
+    let mut invite = as_new_call(
+        meta_invite("meta-invite-user-initiated-digest-01.sip"),
+        "reconnect",
+    );
+    // Meta's route set, with its first hop (wa.meta.vc) played by this test's proxy.
+    invite.headers.remove("Record-Route");
+    invite.headers.push(
+        "Record-Route",
+        format!("<sip:{proxy_addr};transport=tls;lr>"),
+    );
+    invite.headers.push(
+        "Record-Route",
+        "<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>",
+    );
+    send(&mut tls, &invite.to_bytes());
+    let ok = final_response(&mut tls, &mut buf);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let mut ack = Request::new(
+        watrunk_sip::Method::ACK,
+        watrunk_sip::Uri::parse("sip:watrunk@localhost;transport=tls").unwrap(),
+    );
+    ack.headers
+        .push("Via", "SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKackr;rport");
+    ack.headers
+        .push("From", invite.headers.get("From").unwrap());
+    ack.headers.push("To", ok.headers.get("To").unwrap());
+    ack.headers.push("Call-ID", invite.call_id().unwrap());
+    ack.headers
+        .push("CSeq", format!("{} ACK", invite.cseq().unwrap().seq));
+    ack.headers.push("Max-Forwards", "70");
+    send(&mut tls, &ack.to_bytes());
+    let call = server.wait_event("call.confirmed", |_| true, Duration::from_secs(5))["call"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Meta's connection goes away mid-call; the call does not.
+    drop(tls);
+    std::thread::sleep(Duration::from_millis(300));
+    let api = format!("http://{}", server.api.unwrap());
+    ureq::post(&format!("{api}/calls/{call}/hangup"))
+        .call()
+        .expect("hang up through the API");
+    // watrunk opens a new TLS connection to the route set's first hop and says BYE there.
+    proxy.set_nonblocking(false).unwrap();
+    let (tcp, _) = proxy.accept().expect("watrunk connects to the first hop");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = rustls::ServerConnection::new(proxy_tls).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let mut buf = Vec::new();
+    let bye = loop {
+        use std::io::Read;
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).expect("the BYE arrives");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            match Message::parse_datagram(&buf[..end + 4]).unwrap() {
+                Message::Request(r) => break r,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(bye.method, watrunk_sip::Method::BYE);
+    // R-URI: Meta's Contact; Route: the Record-Route exactly, in order (WHATSAPP-SIP §3.11, §4.4).
+    assert_eq!(
+        bye.uri.to_string(),
+        "sip:+12195550714@wa.meta.vc;transport=tls;ob"
+    );
+    let routes: Vec<&str> = bye.headers.get_all("Route").collect();
+    let rr: Vec<&str> = invite.headers.get_all("Record-Route").collect();
+    assert_eq!(routes, rr);
+    assert!(
+        bye.headers
+            .get("Reason")
+            .unwrap()
+            .starts_with("Q.850;cause=16"),
+        "{bye:?}"
+    );
+    let ok = Response::to_request(&bye, 200, "OK", None);
+    stream.write_all(&ok.to_bytes()).unwrap();
+    stream.flush().unwrap();
+    let ended = server.wait_event("call.ended", |e| e["call"] == call, Duration::from_secs(10));
+    assert_eq!(ended["by"], "local", "{ended}");
     assert_idle(&ended);
     server.assert_alive();
 }
