@@ -220,11 +220,20 @@ fn baresip(direction: &str) {
         read("call.log")
     );
     assert!(out.status.success(), "{report}\n{logs}");
-    for line in [
-        "call.ended: the server is back to idle",
-        "baresip->watrunk->sink (recorded by the sink): freq=440",
-        "sink->watrunk->baresip (recorded by baresip): freq=880",
-    ] {
+    let lines: &[&str] = if direction == "echo" {
+        &[
+            "call.ended: the server is back to idle",
+            "the echo agent heard the call",
+            "baresip->watrunk->echo agent->watrunk->baresip (recorded by baresip): freq=440",
+        ]
+    } else {
+        &[
+            "call.ended: the server is back to idle",
+            "baresip->watrunk->sink (recorded by the sink): freq=440",
+            "sink->watrunk->baresip (recorded by baresip): freq=880",
+        ]
+    };
+    for line in lines {
         assert!(
             report
                 .lines()
@@ -266,4 +275,10 @@ fn baresip_calls_watrunk_serve_over_tls_with_ice_dtls_and_opus() {
 #[test]
 fn watrunk_calls_baresip_through_the_control_api() {
     baresip("out");
+}
+
+/// docs/voice-agent.md's example, examples/voice-agent/echo_agent.py, as the sink of a real call.
+#[test]
+fn the_example_voice_agent_plays_the_callers_audio_back() {
+    baresip("echo");
 }

@@ -521,3 +521,49 @@ fn resolve_calls(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_names_only_known_keys() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/watrunk.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let file: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(file.numbers.len(), 1);
+        assert_eq!(file.numbers[0].number, "+15550001111");
+        assert!(file.media.sink.is_some());
+    }
+
+    #[test]
+    fn a_number_that_is_not_e164_is_refused_naming_the_flag() {
+        let args = ServeArgs {
+            hostname: Some("sip.example.com".into()),
+            calls: CallArgs {
+                numbers: vec!["15550001111".into()],
+                media_ip: Some("127.0.0.1".parse().unwrap()),
+                sink: Some("127.0.0.1:4000".parse().unwrap()),
+                ..CallArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let e = ServeConfig::resolve(args).unwrap_err().to_string();
+        assert!(e.contains("--number") && e.contains("E.164"), "{e}");
+    }
+
+    #[test]
+    fn calls_without_a_sink_are_refused_naming_the_key() {
+        let args = ServeArgs {
+            hostname: Some("sip.example.com".into()),
+            calls: CallArgs {
+                numbers: vec!["+15550001111".into()],
+                media_ip: Some("127.0.0.1".parse().unwrap()),
+                ..CallArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let e = ServeConfig::resolve(args).unwrap_err().to_string();
+        assert!(e.contains("media.sink"), "{e}");
+    }
+}
