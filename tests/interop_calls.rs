@@ -259,11 +259,12 @@ fn baresip(direction: &str) {
         .expect("call.ended");
     assert_eq!(
         ended["direction"],
-        if direction == "in" {
-            "inbound"
-        } else {
+        if direction == "out" {
             "outbound"
-        }
+        } else {
+            "inbound"
+        },
+        "{ended}"
     );
 }
 
