@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
+# The opus crate builds its own libopus with cmake (watrunk sim plays and records Opus).
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v stunnel4 >/dev/null 2>&1 || need+=(stunnel4)
 command -v kamailio >/dev/null 2>&1 || need+=(kamailio)

@@ -10,6 +10,7 @@
 mod demux;
 mod dtls_endpoint;
 pub mod dtmf;
+mod lite;
 mod mux;
 mod quiet;
 mod relay;

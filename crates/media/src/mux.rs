@@ -232,6 +232,31 @@ impl MediaSocket {
         self.quiet.clock(quiet_after)
     }
 
+    /// The connection that takes the STUN of the ICE-lite call with local `ufrag` (lite.rs).
+    pub(crate) fn lite_conn(self: &Arc<Self>, ufrag: &str) -> UDPMuxConn {
+        self.shared.conn_for(ufrag)
+    }
+
+    /// A connected view of `remote` for the ICE-lite call with local `ufrag`: what DTLS writes.
+    pub(crate) fn lite_target(
+        self: &Arc<Self>,
+        ufrag: &str,
+        remote: SocketAddr,
+    ) -> Arc<dyn Conn + Send + Sync> {
+        Arc::new(PlainConn {
+            inner: self.shared.conn_for(ufrag),
+            remote: self.target(remote),
+            shared: Arc::downgrade(&self.shared),
+            key: ufrag.to_string(),
+        })
+    }
+
+    /// Forgets the connection (and every address) of the ICE-lite call with local `ufrag`.
+    pub(crate) fn remove_lite(&self, ufrag: &str) {
+        self.shared.remove_conn(ufrag);
+        self.drop_slow_path(ufrag);
+    }
+
     /// Forgets the slow-path connection of a call without ICE.
     pub(crate) fn remove_plain(&self, remote: SocketAddr) {
         self.shared.remove_conn(&plain_key(remote));

@@ -84,6 +84,9 @@ pub struct MediaConfig {
     pub consent_timeout: Duration,
     /// The SRTP protection profiles offered in DTLS, preferred first.
     pub dtls_profiles: Vec<SrtpProfile>,
+    /// Send our first packet as soon as the keys exist (WhatsApp: the business speaks first).
+    /// Off, nothing is sent before the far side's first packet arrived (Meta's side, `watrunk sim`).
+    pub speak_first: bool,
 }
 
 impl MediaConfig {
@@ -99,6 +102,7 @@ impl MediaConfig {
             check_interval: Duration::from_millis(20),
             consent_timeout: Duration::from_secs(30),
             dtls_profiles: vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80],
+            speak_first: true,
         }
     }
 }
@@ -230,6 +234,9 @@ impl Prepared {
 impl Drop for Prepared {
     /// A call prepared but never started leaves no connection on the shared socket.
     fn drop(&mut self) {
+        if self.role == IceRole::Lite && self.app.is_some() {
+            self.socket.remove_lite(&self.ufrag);
+        }
         if let Some(agent) = self.agent.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
@@ -247,6 +254,8 @@ impl Drop for Prepared {
 pub enum IceRole {
     Controlling,
     Controlled,
+    /// ICE-lite as Meta's relay: answers the peer's checks, never sends one (`watrunk sim`).
+    Lite,
     /// No ICE: SDES toward an offer with a plain address.
     None,
 }
@@ -256,6 +265,7 @@ impl IceRole {
         match self {
             IceRole::Controlling => "controlling",
             IceRole::Controlled => "controlled",
+            IceRole::Lite => "lite",
             IceRole::None => "none",
         }
     }
@@ -294,6 +304,26 @@ impl Prepared {
                 ufrag: String::new(),
                 pwd: String::new(),
                 candidates: vec![addr],
+                app: Some(app),
+            });
+        }
+        if role == IceRole::Lite {
+            let (ufrag, pwd) = lite_credentials();
+            // Checks that arrive before `start` wait on the connection.
+            socket.lite_conn(&ufrag);
+            let candidates = std::iter::once(cfg.media_ip)
+                .chain(cfg.media_ip6)
+                .map(|ip| SocketAddr::new(cfg.public_ip.unwrap_or(ip), socket.local_addr().port()))
+                .collect();
+            return Ok(Prepared {
+                cfg,
+                identity,
+                agent: None,
+                role,
+                socket: socket.clone(),
+                ufrag,
+                pwd,
+                candidates,
                 app: Some(app),
             });
         }
@@ -354,6 +384,7 @@ impl Prepared {
             let started = Instant::now();
             let socket = parts.socket.clone();
             let ufrag = parts.credentials.0.clone();
+            let role = parts.role;
             let leftovers = std::sync::Mutex::new(Leftovers {
                 remote: None,
                 agent: parts.agent.clone(),
@@ -380,6 +411,9 @@ impl Prepared {
                     let _ = agent.close().await;
                 }
                 None => {
+                    if role == IceRole::Lite {
+                        socket.remove_lite(&ufrag);
+                    }
                     if let Some(remote) = remote {
                         socket.remove_plain(remote);
                     }
@@ -402,6 +436,16 @@ impl Prepared {
             app_addr,
         }
     }
+}
+
+/// A lite agent's ufrag and password (RFC 8445 §5.3: at least 24 and 128 bits of randomness).
+fn lite_credentials() -> (String, String) {
+    use rand::distributions::{Alphanumeric, DistString};
+    let mut rng = rand::thread_rng();
+    (
+        Alphanumeric.sample_string(&mut rng, 8),
+        Alphanumeric.sample_string(&mut rng, 24),
+    )
 }
 
 /// An ICE agent on the shared socket with host candidates gathered: `credentials` keeps a call's ufrag
@@ -623,6 +667,8 @@ async fn run(
 
     // The call's non-STUN packets until its fast path is routed, DTLS records after.
     let slow;
+    // An ICE-lite call answers checks (consent too) for as long as it runs.
+    let _responder;
     // ICE, or the remote address of an SDES call without ICE.
     let (conn, remote): (Arc<dyn Conn + Send + Sync>, SocketAddr) = match (&agent, &plan.remote_ice)
     {
@@ -686,6 +732,32 @@ async fn run(
                 }
             });
             (conn, remote)
+        }
+        (None, Some(ice)) if role == IceRole::Lite => {
+            slow = socket.slow_path(&credentials.0);
+            let conn = socket.lite_conn(&credentials.0);
+            let (responder, mut nominated) =
+                crate::lite::respond(socket.clone(), conn, credentials.clone(), ice.ufrag.clone());
+            _responder = responder;
+            let remote = tokio::select! {
+                r = tokio::time::timeout(SET_UP_TIMEOUT, nominated.recv()) => match r {
+                    Ok(Some(remote)) => remote,
+                    _ => return Err(MediaError::Timeout(
+                        "ICE-lite: the peer nominated no pair in 10 s".into(),
+                    )),
+                },
+                () = clock.stopped() => return Ok(()),
+            };
+            let _ = events
+                .send(MediaEvent::IceConnected {
+                    local: socket.local_addr(),
+                    remote,
+                    role,
+                    elapsed: started.elapsed(),
+                })
+                .await;
+            set_routed(leftovers, remote);
+            (socket.lite_target(&credentials.0, remote), remote)
         }
         (None, _) => {
             let remote = plan
@@ -797,6 +869,7 @@ async fn run(
             ssrc,
             audio_pt: plan.audio_pt,
             payloads,
+            speak_first: cfg.speak_first,
         },
         commands,
         &inbound,
@@ -985,6 +1058,7 @@ struct Outbound {
     ssrc: u32,
     audio_pt: u8,
     payloads: PayloadMap,
+    speak_first: bool,
 }
 
 async fn write_loop(
@@ -1017,6 +1091,10 @@ async fn write_loop(
         std::collections::VecDeque::with_capacity(16);
     let payloads = out.payloads;
     let (app, sink) = (out.app.clone(), out.sink);
+    let speak_first = out.speak_first;
+    let may_speak = |inbound: &InboundCounters| {
+        speak_first || inbound.packets.load(std::sync::atomic::Ordering::Relaxed) > 0
+    };
     loop {
         let packet_len = tokio::select! {
             biased;
@@ -1067,7 +1145,7 @@ async fn write_loop(
                         Command::Moved(_) => {}
                     }
                 }
-                if now >= next_report {
+                if now >= next_report && may_speak(inbound) {
                     next_report = now + RTCP_INTERVAL;
                     let me = SenderInfo {
                         ssrc: out.ssrc,
@@ -1110,6 +1188,10 @@ async fn write_loop(
                 }
             }
         };
+        // With speak_first off, nothing goes out before the far side's first packet.
+        if first && !may_speak(inbound) {
+            continue;
+        }
         let protected = out
             .srtp
             .protect_rtp(&mut buf, packet_len)

@@ -9,6 +9,7 @@ mod events;
 mod media_cli;
 mod sdp_cli;
 mod server;
+mod sim;
 mod tls;
 mod transport;
 
@@ -37,6 +38,12 @@ enum Command {
     Media {
         #[command(subcommand)]
         command: media_cli::MediaCommand,
+    },
+    /// A Meta-like peer: `sim serve` (Meta for calls a business places), `sim call HOST` (a WhatsApp
+    /// user calling a business), `sim sink` (a voice-agent stand-in: tone out, recording in).
+    Sim {
+        #[command(subcommand)]
+        command: sim::SimCommand,
     },
     /// SDP negotiation from the command line: answer, offer, accept an answer, check a profile.
     Sdp {
@@ -69,7 +76,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        let done: anyhow::Result<()> = match cli.command {
             Command::Serve(args) => {
                 let cfg = config::ServeConfig::resolve(*args)?;
                 tokio::select! {
@@ -80,11 +87,17 @@ fn main() -> std::process::ExitCode {
             Command::Call(args) => call_cli::run(*args).await,
             Command::Probe(args) => client::probe(args).await,
             Command::Media { command } => media_cli::run(command).await,
+            Command::Sim { command } => match sim::run(command).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return Ok(std::process::ExitCode::FAILURE),
+                Err(e) => Err(e),
+            },
             Command::Sdp { .. } => unreachable!("handled before the runtime starts"),
-        }
+        };
+        done.map(|()| std::process::ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("watrunk: {e:#}");
             std::process::ExitCode::from(2)

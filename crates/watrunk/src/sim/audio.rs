@@ -1,0 +1,202 @@
+//! The sim's audio: a tone encoded as Opus RTP (20 ms frames, 48 kHz mono, one SSRC), a recorder
+//! that decodes what arrives, and the tone's frequency read back from a recording (Goertzel scan,
+//! then a finer one around the peak).
+
+use std::f64::consts::PI;
+
+use anyhow::{anyhow, Result};
+
+pub const RATE: u32 = 48_000;
+pub const FRAME_SAMPLES: usize = 960;
+/// The most a recorder keeps (seconds): a long call keeps its first minute.
+const MAX_RECORDED_SECS: usize = 60;
+
+/// A sine tone as a stream of Opus RTP packets.
+pub struct Tone {
+    encoder: opus::Encoder,
+    hz: f64,
+    phase: f64,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    payload_type: u8,
+}
+
+impl Tone {
+    pub fn new(hz: f64, payload_type: u8, ssrc: u32) -> Result<Tone> {
+        let encoder = opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Voip)
+            .map_err(|e| anyhow!("Opus encoder: {e}"))?;
+        Ok(Tone {
+            encoder,
+            hz,
+            phase: 0.0,
+            seq: rand::random(),
+            timestamp: rand::random(),
+            ssrc,
+            payload_type,
+        })
+    }
+
+    /// The next 20 ms as an RTP packet in `out`; its length.
+    pub fn next_packet(&mut self, out: &mut [u8]) -> Result<usize> {
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let step = 2.0 * PI * self.hz / f64::from(RATE);
+        for sample in pcm.iter_mut() {
+            *sample = (self.phase.sin() * 0.3 * f64::from(i16::MAX)) as i16;
+            self.phase = (self.phase + step) % (2.0 * PI);
+        }
+        out[0] = 0x80;
+        out[1] = self.payload_type & 0x7f;
+        out[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        out[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let n = self
+            .encoder
+            .encode(&pcm, &mut out[12..])
+            .map_err(|e| anyhow!("Opus encode: {e}"))?;
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        Ok(12 + n)
+    }
+}
+
+/// The payload of an RTP packet (after CSRCs, header extension and before padding).
+pub fn rtp_payload(packet: &[u8]) -> Option<(u8, &[u8])> {
+    if packet.len() < 12 || packet[0] >> 6 != 2 {
+        return None;
+    }
+    let csrcs = usize::from(packet[0] & 0x0f);
+    let mut start = 12 + 4 * csrcs;
+    if packet[0] & 0x10 != 0 {
+        let words = u16::from_be_bytes([*packet.get(start + 2)?, *packet.get(start + 3)?]);
+        start += 4 + 4 * usize::from(words);
+    }
+    let mut end = packet.len();
+    if packet[0] & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*packet.last()?))?;
+    }
+    (start <= end).then(|| (packet[1] & 0x7f, &packet[start..end]))
+}
+
+/// Decodes one payload type's packets and keeps the audio.
+pub struct Recorder {
+    decoder: opus::Decoder,
+    payload_type: u8,
+    pub samples: Vec<i16>,
+    pub packets: u64,
+    /// Packets of another payload type (telephone-event) or that did not decode.
+    pub other: u64,
+}
+
+impl Recorder {
+    pub fn new(payload_type: u8) -> Result<Recorder> {
+        Ok(Recorder {
+            decoder: opus::Decoder::new(RATE, opus::Channels::Mono)
+                .map_err(|e| anyhow!("Opus decoder: {e}"))?,
+            payload_type,
+            samples: Vec::new(),
+            packets: 0,
+            other: 0,
+        })
+    }
+
+    pub fn push(&mut self, packet: &[u8]) {
+        let Some((pt, payload)) = rtp_payload(packet) else {
+            self.other += 1;
+            return;
+        };
+        if pt != self.payload_type {
+            self.other += 1;
+            return;
+        }
+        self.packets += 1;
+        if self.samples.len() >= MAX_RECORDED_SECS * RATE as usize {
+            return;
+        }
+        let mut pcm = [0i16; 5760];
+        match self.decoder.decode(payload, &mut pcm, false) {
+            Ok(n) => self.samples.extend_from_slice(&pcm[..n]),
+            Err(_) => self.other += 1,
+        }
+    }
+
+    /// The dominant frequency and RMS level (0..1) of the recording after `skip_secs`, over at most
+    /// one second; `None` for less than 0.2 s of audio.
+    pub fn analyse(&self, skip_secs: f64) -> Option<(f64, f64)> {
+        let skip = ((skip_secs * f64::from(RATE)) as usize).min(self.samples.len() / 2);
+        let window = &self.samples[skip..];
+        let window = &window[..window.len().min(RATE as usize)];
+        dominant(window)
+    }
+}
+
+/// The frequency with the most energy between 50 Hz and 4 kHz, and the RMS level.
+pub fn dominant(samples: &[i16]) -> Option<(f64, f64)> {
+    if samples.len() < RATE as usize / 5 {
+        return None;
+    }
+    let x: Vec<f64> = samples
+        .iter()
+        .map(|&s| f64::from(s) / f64::from(i16::MAX))
+        .collect();
+    let rms = (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt();
+    let scan = |from: f64, to: f64, step: f64| {
+        let mut best = (from, 0.0);
+        let mut f = from;
+        while f <= to {
+            let p = goertzel(&x, f);
+            if p > best.1 {
+                best = (f, p);
+            }
+            f += step;
+        }
+        best.0
+    };
+    let coarse = scan(50.0, 4000.0, 10.0);
+    Some((scan(coarse - 10.0, coarse + 10.0, 0.5), rms))
+}
+
+fn goertzel(x: &[f64], hz: f64) -> f64 {
+    let coefficient = 2.0 * (2.0 * PI * hz / f64::from(RATE)).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s = v + coefficient * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - coefficient * s1 * s2
+}
+
+/// Within 3 % of `expected`.
+pub fn near(hz: f64, expected: f64) -> bool {
+    (hz - expected).abs() <= expected * 0.03
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tone_encoded_and_decoded_is_heard_at_its_frequency() {
+        let mut tone = Tone::new(440.0, 111, 7).unwrap();
+        let mut recorder = Recorder::new(111).unwrap();
+        let mut buf = [0u8; 1500];
+        for _ in 0..75 {
+            let n = tone.next_packet(&mut buf).unwrap();
+            recorder.push(&buf[..n]);
+        }
+        assert_eq!(recorder.packets, 75);
+        let (hz, rms) = recorder.analyse(0.2).unwrap();
+        assert!(near(hz, 440.0), "{hz}");
+        assert!(rms > 0.1, "{rms}");
+    }
+
+    #[test]
+    fn other_payload_types_and_garbage_are_counted_not_decoded() {
+        let mut recorder = Recorder::new(111).unwrap();
+        recorder.push(&[0x80, 126, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 5, 0, 0, 160]);
+        recorder.push(&[1, 2, 3]);
+        assert_eq!((recorder.packets, recorder.other), (0, 2));
+        assert!(recorder.analyse(0.0).is_none());
+    }
+}

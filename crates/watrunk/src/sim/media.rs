@@ -1,0 +1,277 @@
+//! Meta's media relay as the sim plays it: ICE-lite (answers checks, never sends one) for DTLS-SRTP,
+//! a plain address for SDES, an SSRC other than the one its SDP announced (Meta overwrites SSRCs),
+//! and nothing sent before the business's first packet. Behind the relay, a tone goes in and what
+//! the business sends is recorded; the call's task hears when the business stays silent too long.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, MediaSocket, Prepared, Stats};
+use watrunk_sdp::{self as sdp, LocalMedia, MediaPlan, OfferState, Profile, Security};
+
+use super::audio::{Recorder, Tone};
+
+/// What the sim's relay does with a call's media.
+#[derive(Clone, Debug)]
+pub struct MediaOptions {
+    pub media_ip: IpAddr,
+    pub tone_hz: f64,
+    /// Hang up when the business sends nothing for this long (Meta: 20 s).
+    pub rtp_timeout: Duration,
+    /// Send with the SSRC announced in the SDP instead of another one.
+    pub keep_ssrc: bool,
+}
+
+pub struct Relay {
+    socket: Arc<MediaSocket>,
+    identity: Identity,
+    options: MediaOptions,
+}
+
+/// One call's media, ready to be described in an SDP.
+pub struct Leg {
+    prepared: Prepared,
+    local: LocalMedia,
+    /// Where the tone comes from and the business's audio is recorded.
+    ear: UdpSocket,
+}
+
+impl Relay {
+    pub async fn new(options: MediaOptions) -> Result<Relay> {
+        let socket = MediaSocket::bind(SocketAddr::new(options.media_ip, 0))
+            .await
+            .with_context(|| format!("media socket on {}", options.media_ip))?;
+        Ok(Relay {
+            socket,
+            identity: Identity::generate().map_err(|e| anyhow!("{e}"))?,
+            options,
+        })
+    }
+
+    /// Media for a call secured as `security` (ICE-lite for DTLS, a plain address for SDES).
+    pub async fn leg(&self, security: Security) -> Result<Leg> {
+        let ear = UdpSocket::bind(SocketAddr::new(self.options.media_ip, 0)).await?;
+        let mut cfg = MediaConfig::new(
+            self.options.media_ip,
+            SocketAddr::new(self.options.media_ip, 0),
+            ear.local_addr()?,
+        );
+        cfg.speak_first = false;
+        let role = match security {
+            Security::Dtls => IceRole::Lite,
+            _ => IceRole::None,
+        };
+        let prepared = Prepared::new(cfg, self.identity.clone(), role, &self.socket)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut local = LocalMedia::generate(Profile::WhatsApp, security)
+            .with_candidates(prepared.candidates().iter().copied())
+            .with_fingerprint(prepared.fingerprint().clone());
+        let (ufrag, pwd) = prepared.ice_credentials();
+        local.ice_ufrag = ufrag.to_string();
+        local.ice_pwd = pwd.to_string();
+        Ok(Leg {
+            prepared,
+            local,
+            ear,
+        })
+    }
+
+    /// Calls and connections still on the relay's socket (idle: 0 and 0).
+    pub fn usage(&self) -> (usize, usize) {
+        self.socket.usage()
+    }
+}
+
+/// Meta's SDP is ICE-lite at session level; ours (the negotiator's) is full ICE.
+fn as_meta(sdp: &str, security: Security) -> String {
+    if security != Security::Dtls {
+        return sdp.to_string();
+    }
+    match sdp.find("\r\nm=") {
+        Some(i) => format!("{}\r\na=ice-lite{}", &sdp[..i], &sdp[i..]),
+        None => sdp.to_string(),
+    }
+}
+
+impl Leg {
+    /// A Meta-shaped offer (user-initiated call).
+    pub fn offer(&self) -> Result<(String, OfferState)> {
+        let state = sdp::offer(&self.local).map_err(|e| anyhow!("our offer: {e}"))?;
+        let text = as_meta(&sdp::print(state.sdp()), self.local.security);
+        Ok((text, state))
+    }
+
+    /// A Meta-shaped answer to the business's offer (business-initiated call).
+    pub fn answer(&self, offer: &sdp::Session) -> Result<(String, MediaPlan), sdp::SdpError> {
+        let (answer, plan) = sdp::answer(offer, &self.local)?;
+        Ok((as_meta(&sdp::print(&answer), self.local.security), plan))
+    }
+
+    /// Starts the relay, the tone and the recorder for `plan`.
+    pub fn start(self, plan: MediaPlan, options: &MediaOptions) -> Result<Running> {
+        let announced = self.local.ssrc;
+        let ssrc = if options.keep_ssrc {
+            announced
+        } else {
+            announced.wrapping_add(0x1000_0001)
+        };
+        let app = self.prepared.app_addr();
+        let session = self.prepared.start(plan.clone(), ssrc);
+        let tone = Tone::new(options.tone_hz, plan.audio_pt, rand::random())?;
+        let recorder = Recorder::new(plan.audio_pt)?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (notes_tx, notes) = mpsc::channel(4);
+        let rtp_timeout = options.rtp_timeout;
+        let ear = self.ear;
+        let task = tokio::spawn(async move {
+            let mut report = Report {
+                announced_ssrc: announced,
+                sent_ssrc: ssrc,
+                ..Report::default()
+            };
+            let started = Instant::now();
+            let mut tone = tone;
+            let mut recorder = recorder;
+            let mut session = session;
+            let mut stop_rx = stop_rx;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_heard = started;
+            let mut told_silence = false;
+            let mut buf = [0u8; 1500];
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    _ = tick.tick() => {
+                        if let Ok(n) = tone.next_packet(&mut buf) {
+                            let _ = ear.send_to(&buf[..n], app).await;
+                        }
+                        if !told_silence && last_heard.elapsed() >= rtp_timeout {
+                            told_silence = true;
+                            let _ = notes_tx.try_send(Note::RtpTimeout);
+                        }
+                    }
+                    r = ear.recv_from(&mut buf) => {
+                        if let Ok((n, from)) = r {
+                            if from == app {
+                                recorder.push(&buf[..n]);
+                                last_heard = Instant::now();
+                            }
+                        }
+                    }
+                    e = session.events.recv() => match e {
+                        Some(e) => report.note(&e, &notes_tx),
+                        None => break,
+                    },
+                }
+            }
+            for e in session.stop().await {
+                report.note(&e, &notes_tx);
+            }
+            report.heard = recorder.analyse(1.0);
+            report.heard_packets = recorder.packets;
+            report
+        });
+        Ok(Running {
+            stop: stop_tx,
+            task,
+            notes,
+        })
+    }
+}
+
+/// What a running call's media tells the call.
+#[derive(Debug)]
+pub enum Note {
+    /// Nothing from the business for the RTP timeout.
+    RtpTimeout,
+    Failed(String),
+}
+
+pub struct Running {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Report>,
+    pub notes: mpsc::Receiver<Note>,
+}
+
+impl Running {
+    /// Stops the media and waits until every socket and task of it is gone.
+    pub async fn stop(self) -> Report {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub announced_ssrc: u32,
+    pub sent_ssrc: u32,
+    pub ice_ms: Option<f64>,
+    pub secure_ms: Option<f64>,
+    pub profile: Option<&'static str>,
+    pub first_rtp_in_ms: Option<f64>,
+    pub first_rtp_out_ms: Option<f64>,
+    pub failure: Option<String>,
+    pub stats: Stats,
+    /// Dominant frequency and RMS level of what the business sent.
+    pub heard: Option<(f64, f64)>,
+    pub heard_packets: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+impl Report {
+    fn note(&mut self, e: &MediaEvent, notes: &mpsc::Sender<Note>) {
+        match e {
+            MediaEvent::IceConnected { elapsed, .. } => self.ice_ms = Some(ms(*elapsed)),
+            MediaEvent::SecureUp { profile, elapsed } => {
+                self.secure_ms = Some(ms(*elapsed));
+                self.profile = Some(profile);
+            }
+            MediaEvent::FirstRtpIn { elapsed } => self.first_rtp_in_ms = Some(ms(*elapsed)),
+            MediaEvent::FirstRtpOut { elapsed } => self.first_rtp_out_ms = Some(ms(*elapsed)),
+            MediaEvent::Stats(s) => self.stats = s.clone(),
+            MediaEvent::Failed { reason } => {
+                self.failure = Some(reason.clone());
+                let _ = notes.try_send(Note::Failed(reason.clone()));
+            }
+        }
+    }
+
+    /// The business spoke first: its first packet reached us before we sent any.
+    pub fn business_first(&self) -> bool {
+        match (self.first_rtp_in_ms, self.first_rtp_out_ms) {
+            (Some(i), Some(o)) => i <= o,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "ice_ms": self.ice_ms,
+            "secure_ms": self.secure_ms,
+            "srtp_profile": self.profile,
+            "first_rtp_in_ms": self.first_rtp_in_ms,
+            "first_rtp_out_ms": self.first_rtp_out_ms,
+            "business_sent_first": self.business_first(),
+            "announced_ssrc": self.announced_ssrc,
+            "sent_ssrc": self.sent_ssrc,
+            "packets_in": self.stats.packets_in,
+            "packets_out": self.stats.packets_out,
+            "srtp_rejected": self.stats.srtp_rejected,
+            "heard_packets": self.heard_packets,
+            "heard_hz": self.heard.map(|h| (h.0 * 10.0).round() / 10.0),
+            "heard_rms": self.heard.map(|h| (h.1 * 1000.0).round() / 1000.0),
+            "failure": self.failure,
+        })
+    }
+}

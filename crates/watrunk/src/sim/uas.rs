@@ -1,0 +1,515 @@
+//! `watrunk sim serve`: Meta's side of business-initiated calls (WHATSAPP-SIP §3). TLS only. An
+//! INVITE gets a 407 with two challenges (SHA-256, then MD5) and, with the right credentials
+//! (username: the calling number without '+'), 100, 180 and a 200 with Meta's Record-Route,
+//! Contact and an ICE-lite answer. Refused as Meta refuses: a From host other than the configured
+//! business hostname (403 + Warning), an offer without ICE in DTLS mode (488), REGISTER (403), a
+//! re-INVITE (500), session timers (500). The call ends by the business's BYE, after the hold time
+//! (our BYE with x-wa-meta-call-duration), or after the RTP timeout (our BYE saying so).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use watrunk_sdp::{self as sdp, Security};
+use watrunk_sip::digest::{Algorithm, Authorization, NonceIssuer, Verifier};
+use watrunk_sip::{new_tag, Dialog, Message, Method, Request, Response};
+
+use super::link::Link;
+use super::media::{MediaOptions, Note, Relay};
+use super::{emit, meta_reason, new_via, SimServeArgs, META_DOMAIN, USER_AGENT};
+
+pub async fn run(args: SimServeArgs) -> Result<()> {
+    let options = args.media.options();
+    let relay = Arc::new(Relay::new(options.clone()).await?);
+    let (tls, origin) = crate::tls::server_config(&crate::tls::CertSource {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        hostname: args.tls_name.clone(),
+        state_dir: args.state_dir.clone(),
+    })?;
+    if let crate::tls::CertOrigin::SelfSignedNew(p)
+    | crate::tls::CertOrigin::SelfSignedExisting(p) = &origin
+    {
+        eprintln!(
+            "sim: self-signed certificate for {} in {}",
+            args.tls_name,
+            p.display()
+        );
+    }
+    let password = super::read_password(&args.password_file)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "sim: Meta's side listening on {} (TLS)",
+        listener.local_addr()?
+    );
+    let shared = Arc::new(Shared {
+        business_host: args.business_host.clone(),
+        password,
+        security: args.media.security(),
+        hold: Duration::from_secs_f64(args.media.hangup_after),
+        options,
+        relay,
+        verifier: std::sync::Mutex::new(
+            Verifier::new(NonceIssuer::with_random_key(300), META_DOMAIN)
+                .with_algorithms(&[Algorithm::Sha256, Algorithm::Md5]),
+        ),
+    });
+    let acceptor = TlsAcceptor::from(tls);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(16);
+    let mut finished = 0u32;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = accepted?;
+                let local = tcp.local_addr()?;
+                let acceptor = acceptor.clone();
+                let shared = shared.clone();
+                let done = done_tx.clone();
+                let trace = args.sip_trace;
+                tokio::spawn(async move {
+                    match acceptor.accept(tcp).await {
+                        Ok(stream) => connection(stream, local, peer, shared, done, trace).await,
+                        Err(e) => eprintln!("sim: TLS handshake with {peer} failed: {e}"),
+                    }
+                });
+            }
+            Some(()) = done_rx.recv() => {
+                finished += 1;
+                if args.calls > 0 && finished >= args.calls {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+struct Shared {
+    business_host: String,
+    password: String,
+    security: Security,
+    hold: Duration,
+    options: MediaOptions,
+    relay: Arc<Relay>,
+    verifier: std::sync::Mutex<Verifier>,
+}
+
+async fn connection<S>(
+    stream: S,
+    local: SocketAddr,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    done: mpsc::Sender<()>,
+    trace: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (link, mut incoming) = Link::open(stream, local, peer, trace);
+    let mut calls: HashMap<String, mpsc::Sender<Message>> = HashMap::new();
+    while let Some(message) = incoming.recv().await {
+        let call_id = match &message {
+            Message::Request(r) => r.call_id(),
+            Message::Response(r) => r.call_id(),
+        }
+        .unwrap_or_default()
+        .to_string();
+        calls.retain(|_, tx| !tx.is_closed());
+        if let Some(call) = calls.get(&call_id) {
+            let _ = call.try_send(message);
+            continue;
+        }
+        let Message::Request(req) = message else {
+            continue;
+        };
+        match req.method {
+            Method::INVITE if req.to().and_then(|t| t.tag().map(str::to_string)).is_none() => {
+                let (tx, rx) = mpsc::channel(16);
+                calls.insert(call_id, tx);
+                let (link, shared, done) = (link.clone(), shared.clone(), done.clone());
+                tokio::spawn(async move {
+                    call(req, rx, link, shared).await;
+                    let _ = done.send(()).await;
+                });
+            }
+            Method::REGISTER => {
+                let mut r = reply(&req, 403, "Forbidden");
+                r.headers.push(
+                    "Warning",
+                    format!("399 {META_DOMAIN} \"REGISTER is not used: Meta calls the SIP server configured for the number\""),
+                );
+                link.respond(&r).await;
+            }
+            Method::OPTIONS => link.respond(&reply(&req, 200, "OK")).await,
+            Method::ACK => {}
+            _ => {
+                link.respond(&reply(&req, 481, "Call/Transaction Does Not Exist"))
+                    .await
+            }
+        }
+    }
+}
+
+fn reply(req: &Request, status: u16, reason: &str) -> Response {
+    let mut r = Response::to_request(req, status, reason, Some(&new_tag()));
+    r.headers.push("Server", USER_AGENT);
+    r
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One business-initiated call, from its first INVITE to its end.
+async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, shared: Arc<Shared>) {
+    let started = Instant::now();
+    let call_id = first.call_id().unwrap_or_default().to_string();
+    let to_tag = new_tag();
+    let from_user = first
+        .from()
+        .and_then(|f| {
+            f.uri
+                .as_sip()
+                .and_then(|u| u.user_base().map(str::to_string))
+        })
+        .unwrap_or_default();
+    let to_user = first
+        .to()
+        .and_then(|t| {
+            t.uri
+                .as_sip()
+                .and_then(|u| u.user_base().map(str::to_string))
+        })
+        .unwrap_or_default();
+    let mut report = json!({
+        "event": "sim.call",
+        "direction": "business-initiated",
+        "call_id": call_id,
+        "from": from_user,
+        "to": to_user,
+    });
+    let refuse = |req: &Request, status: u16, reason: &str, warning: Option<String>| {
+        let mut r = Response::to_request(req, status, reason, Some(&to_tag));
+        r.headers.push("Server", USER_AGENT);
+        r.headers.push("X-FB-External-Domain", META_DOMAIN);
+        if let Some(w) = warning {
+            r.headers
+                .push("Warning", format!("399 {META_DOMAIN} \"{w}\""));
+        }
+        r
+    };
+
+    // The From host must be the SIP server configured for the number (WHATSAPP-SIP §3.3).
+    let from_host = first
+        .from()
+        .and_then(|f| f.uri.as_sip().map(|u| u.host.to_string()))
+        .unwrap_or_default();
+    if !from_host.eq_ignore_ascii_case(&shared.business_host) {
+        let text = format!(
+            "SIP server {from_host} from INVITE does not match any SIP server configured for phone number {from_user}"
+        );
+        link.respond(&refuse(&first, 403, &text, Some(text.clone())))
+            .await;
+        report["status"] = 403.into();
+        report["reason"] = text.into();
+        emit(report);
+        return;
+    }
+
+    // Digest: a 407 with SHA-256 then MD5, one retry.
+    let mut invite = first;
+    let mut challenged = false;
+    let algorithm = loop {
+        if let Some(value) = invite.headers.get("Proxy-Authorization") {
+            let verdict = Authorization::parse(value)
+                .map_err(|e| e.to_string())
+                .and_then(|auth| {
+                    if auth.username != from_user.trim_start_matches('+') {
+                        return Err(format!(
+                            "digest username {:?} is not the number without '+'",
+                            auth.username
+                        ));
+                    }
+                    let uri = invite.uri.to_string();
+                    let mut verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
+                    verifier
+                        .verify(
+                            &auth,
+                            "INVITE",
+                            &uri,
+                            &shared.password,
+                            &invite.body,
+                            now_secs(),
+                        )
+                        .map(|()| auth.algorithm)
+                        .map_err(|e| e.to_string())
+                });
+            match verdict {
+                Ok(algorithm) => break algorithm,
+                Err(why) => {
+                    link.respond(&refuse(&invite, 403, "Forbidden", Some(why.clone())))
+                        .await;
+                    report["status"] = 403.into();
+                    report["reason"] = why.into();
+                    emit(report);
+                    return;
+                }
+            }
+        }
+        if challenged {
+            link.respond(&refuse(
+                &invite,
+                403,
+                "Forbidden",
+                Some("no credentials after the challenge".into()),
+            ))
+            .await;
+            report["status"] = 403.into();
+            emit(report);
+            return;
+        }
+        challenged = true;
+        let mut r = refuse(&invite, 407, "Proxy Authentication Required", None);
+        {
+            let verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
+            for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
+                let challenge = verifier.challenge(algorithm, now_secs(), false);
+                r.headers.push("Proxy-Authenticate", challenge.to_string());
+            }
+        }
+        link.respond(&r).await;
+        invite = loop {
+            match tokio::time::timeout(Duration::from_secs(32), rx.recv()).await {
+                Ok(Some(Message::Request(req))) if req.method == Method::INVITE => break req,
+                Ok(Some(_)) => continue,
+                _ => {
+                    report["status"] = 407.into();
+                    report["reason"] = "no INVITE with credentials after the 407".into();
+                    emit(report);
+                    return;
+                }
+            }
+        };
+    };
+    report["digest"] = algorithm.to_string().into();
+
+    // Meta runs no session timers (WHATSAPP-SIP §6.3).
+    let timers = invite.headers.contains("Session-Expires")
+        || invite
+            .headers
+            .values("Supported")
+            .chain(invite.headers.values("Require"))
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("timer")));
+    if timers {
+        let why = "session timers are not supported";
+        link.respond(&refuse(
+            &invite,
+            500,
+            "Server Internal Error",
+            Some(why.into()),
+        ))
+        .await;
+        report["status"] = 500.into();
+        report["reason"] = why.into();
+        emit(report);
+        return;
+    }
+
+    let offer = match sdp::parse(&invite.body) {
+        Ok(o) => o,
+        Err(e) => {
+            link.respond(&refuse(
+                &invite,
+                488,
+                "Not Acceptable Here",
+                Some(e.to_string()),
+            ))
+            .await;
+            report["status"] = 488.into();
+            report["reason"] = e.to_string().into();
+            emit(report);
+            return;
+        }
+    };
+    let offered_ice = sdp::remote_ice_mode(&offer).is_some();
+    if shared.security == Security::Dtls && !offered_ice {
+        let why = "offer without ICE: the number is set up for DTLS-SRTP, which needs ICE";
+        link.respond(&refuse(
+            &invite,
+            488,
+            "Not Acceptable Here",
+            Some(why.into()),
+        ))
+        .await;
+        report["status"] = 488.into();
+        report["reason"] = why.into();
+        emit(report);
+        return;
+    }
+    link.respond(&reply_in_dialog(&invite, 100, "Trying", &to_tag))
+        .await;
+    let leg = match shared.relay.leg(shared.security).await {
+        Ok(l) => l,
+        Err(e) => {
+            link.respond(&refuse(
+                &invite,
+                500,
+                "Server Internal Error",
+                Some(e.to_string()),
+            ))
+            .await;
+            report["status"] = 500.into();
+            emit(report);
+            return;
+        }
+    };
+    let (answer, plan) = match leg.answer(&offer) {
+        Ok(a) => a,
+        Err(e) => {
+            link.respond(&refuse(
+                &invite,
+                488,
+                "Not Acceptable Here",
+                Some(e.to_string()),
+            ))
+            .await;
+            report["status"] = 488.into();
+            report["reason"] = e.to_string().into();
+            emit(report);
+            return;
+        }
+    };
+    link.respond(&reply_in_dialog(&invite, 180, "Ringing", &to_tag))
+        .await;
+    let contact = format!(
+        "<sip:{to_user}@{};transport=tls;ob>;isfocus",
+        link.hostport()
+    );
+    let mut ok = Response::dialog_response(&invite, 200, "OK", &to_tag, &contact);
+    ok.headers.push(
+        "Record-Route",
+        format!("<sip:{};transport=tls;lr>", link.hostport()),
+    );
+    ok.headers
+        .push("Allow", "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS");
+    ok.headers.push("X-FB-External-Domain", META_DOMAIN);
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = answer.into_bytes();
+    let mut dialog = match Dialog::from_uas(&invite, &ok) {
+        Ok(d) => d,
+        Err(e) => {
+            link.respond(&refuse(&invite, 400, "Bad Request", Some(e.to_string())))
+                .await;
+            report["status"] = 400.into();
+            emit(report);
+            return;
+        }
+    };
+    let media = match leg.start(plan, &shared.options) {
+        Ok(m) => m,
+        Err(e) => {
+            link.respond(&refuse(
+                &invite,
+                500,
+                "Server Internal Error",
+                Some(e.to_string()),
+            ))
+            .await;
+            report["status"] = 500.into();
+            emit(report);
+            return;
+        }
+    };
+    link.respond(&ok).await;
+    report["status"] = 200.into();
+    report["answered_ms"] = (started.elapsed().as_secs_f64() * 1000.0).round().into();
+    let answered = Instant::now();
+
+    let mut media = media;
+    let hold = tokio::time::sleep(shared.hold);
+    tokio::pin!(hold);
+    let mut acked = false;
+    let ack_deadline = tokio::time::sleep(Duration::from_secs(32));
+    tokio::pin!(ack_deadline);
+    let (by, reason) = loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                None => break ("connection", "the business's TLS connection closed".to_string()),
+                Some(Message::Request(req)) => match req.method {
+                    Method::ACK => acked = true,
+                    Method::BYE => {
+                        link.respond(&reply_in_dialog(&req, 200, "OK", &to_tag)).await;
+                        let why = req.headers.get("Reason").unwrap_or("BYE").to_string();
+                        break ("business", why);
+                    }
+                    Method::INVITE => {
+                        link.respond(&refuse(&req, 500, "Server Internal Error", Some("re-INVITE is not supported".into()))).await;
+                    }
+                    Method::UPDATE => {
+                        link.respond(&refuse(&req, 500, "Server Internal Error", Some("UPDATE is not supported".into()))).await;
+                    }
+                    _ => link.respond(&reply_in_dialog(&req, 200, "OK", &to_tag)).await,
+                },
+                Some(Message::Response(_)) => {}
+            },
+            () = &mut ack_deadline, if !acked => {
+                break ("sim", "no ACK for the 200 OK".to_string());
+            }
+            () = &mut hold => break ("sim", "user hung up".to_string()),
+            note = media.notes.recv() => match note {
+                Some(Note::RtpTimeout) => break ("sim", "RTP timeout".to_string()),
+                Some(Note::Failed(why)) => break ("sim", format!("media failed: {why}")),
+                None => {}
+            },
+        }
+    };
+    let duration = answered.elapsed().as_secs();
+    if by == "sim" {
+        if let Ok(mut bye) = dialog.create_request(Method::BYE) {
+            bye.headers.push_front("Via", new_via(&link));
+            bye.headers
+                .push("x-wa-meta-call-duration", duration.to_string());
+            bye.headers.push("Reason", meta_reason(&reason));
+            bye.headers.push("User-Agent", USER_AGENT);
+            link.request(&bye).await;
+            let answered = wait_final(&mut rx, Duration::from_secs(5)).await;
+            report["bye_status"] = answered.into();
+        }
+    }
+    let audio = media.stop().await;
+    report["acked"] = acked.into();
+    report["ended_by"] = by.into();
+    report["reason"] = reason.into();
+    report["duration_secs"] = duration.into();
+    report["media"] = audio.json();
+    let (routes, conns) = shared.relay.usage();
+    report["relay"] = json!({"media_routes": routes, "media_conns": conns});
+    emit(report);
+}
+
+fn reply_in_dialog(req: &Request, status: u16, reason: &str, to_tag: &str) -> Response {
+    let mut r = Response::to_request(req, status, reason, Some(to_tag));
+    r.headers.push("Server", USER_AGENT);
+    r
+}
+
+/// The status of the final response to our request, `None` when none came.
+pub(super) async fn wait_final(rx: &mut mpsc::Receiver<Message>, limit: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Message::Response(r))) if r.status >= 200 => return Some(r.status),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Whole calls between `watrunk serve` / `watrunk call` and `watrunk sim` over TLS on loopback, both
+//! directions, DTLS and SDES: the sim plays Meta (407 with SHA-256 + MD5, ICE-lite that never sends
+//! a check, an SSRC other than its SDP's, nothing sent before the business's first packet) and
+//! `watrunk sim sink` plays the voice agent. Checks: two-way tone by frequency (440 Hz from the
+//! user, 880 Hz from the agent), digest both ways, the business spoke first, both sides back to idle,
+//! and the refusals Meta gives (From host mismatch, wrong password) and CANCEL → 487.
+//! The same calls against real peers are in interop_calls.rs (rtpengine, baresip).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn find<'a>(events: &'a [serde_json::Value], name: &str, logs: &str) -> &'a serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["event"] == name)
+        .unwrap_or_else(|| panic!("no {name}\n{events:?}\n{logs}"))
+}
+
+fn near(v: &serde_json::Value, hz: f64) -> bool {
+    v.as_f64().is_some_and(|f| (f - hz).abs() <= hz * 0.03)
+}
+
+/// The sink's report of the call's stream (the agent heard the user's 440 Hz).
+fn assert_agent_heard_the_user(sink: &Background) {
+    // A stream is reported once its port has been quiet for a second.
+    for _ in 0..50 {
+        if sink.log().contains("sink.stream") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let streams = json_lines(&sink.log());
+    let stream = find(&streams, "sink.stream", &sink.log());
+    assert!(near(&stream["heard_hz"], 440.0), "{stream}");
+    assert!(stream["packets"].as_u64().unwrap() > 100, "{stream}");
+}
+
+/// The sim's report: answered, our tone (880 Hz from the agent) heard, the business first, idle.
+fn assert_sim_heard_the_agent(call: &serde_json::Value, srtp_profile_prefix: &str) {
+    assert_eq!(call["status"], 200, "{call}");
+    let media = &call["media"];
+    assert!(near(&media["heard_hz"], 880.0), "{call}");
+    assert!(media["heard_rms"].as_f64().unwrap() > 0.05, "{call}");
+    assert_eq!(media["business_sent_first"], true, "{call}");
+    assert_eq!(media["srtp_rejected"], 0, "{call}");
+    assert_ne!(media["announced_ssrc"], media["sent_ssrc"], "{call}");
+    assert!(
+        media["srtp_profile"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(srtp_profile_prefix)),
+        "{call}"
+    );
+    assert_eq!(call["bye_status"], 200, "{call}");
+}
+
+fn sink(dir: &std::path::Path, port: u16, secs: u32) -> Background {
+    let b = Background::spawn(
+        "sim sink",
+        Command::new(bin()).args([
+            "sim",
+            "sink",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--seconds",
+            &secs.to_string(),
+        ]),
+        dir.join("sink.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    b
+}
+
+fn user_calls_business(srtp: &str) {
+    let _serial = serial();
+    let dir = TempDir::new(&format!("sim-in-{srtp}"));
+    std::fs::write(dir.path().join("pw"), "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let sink = sink(dir.path(), sink_port, 30);
+    let pw = dir.path().join("pw");
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--challenge",
+        "--digest-algorithm",
+        "both",
+        "--srtp",
+        srtp,
+        "--media-ip",
+        "127.0.0.1",
+        "--sink",
+        &format!("127.0.0.1:{sink_port}"),
+        "--events",
+        "-",
+        "--api",
+        "off",
+    ]);
+    let tls = server.tls.unwrap();
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args([
+                "sim",
+                "call",
+                &tls.to_string(),
+                "--server-name",
+                "localhost",
+            ])
+            .args([
+                "--to",
+                "+15550001111",
+                "--hangup-after",
+                "4",
+                "--srtp",
+                srtp,
+            ])
+            .args(["--expect-hz", "880"])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--ca")
+            .arg(&ca),
+        Duration::from_secs(40),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let logs = format!("--- sim call\n{out}\n--- serve\n{}", server.log());
+    let _ = &logs;
+    let reports = json_lines(&out);
+    let call = find(&reports, "sim.call", &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(call["digest"], "SHA-256", "{call}");
+    assert_eq!(call["provisional"], serde_json::json!([180]), "{call}");
+    assert_sim_heard_the_agent(
+        call,
+        if srtp == "dtls" {
+            "SRTP_"
+        } else {
+            "AES_CM_128"
+        },
+    );
+    if srtp == "dtls" {
+        assert!(call["media"]["ice_ms"].as_f64().is_some(), "{call}");
+    }
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(ended["by"], "remote", "{ended}");
+    assert_eq!(ended["meta_call_duration_secs"], 4, "{ended}");
+    assert_eq!(
+        ended["sip_reason"], "SIP;cause=200;text=\"user hung up\"",
+        "{ended}"
+    );
+    assert_eq!(
+        ended["server"],
+        serde_json::json!({"calls": 0, "media_conns": 0, "media_routes": 0}),
+        "{ended}"
+    );
+    assert_agent_heard_the_user(&sink);
+}
+
+#[test]
+fn a_user_calls_the_business_through_sim_with_dtls_two_way_tone() {
+    user_calls_business("dtls");
+}
+
+#[test]
+fn a_user_calls_the_business_through_sim_with_sdes_two_way_tone() {
+    user_calls_business("sdes");
+}
+
+struct SimServe {
+    process: Background,
+    addr: std::net::SocketAddr,
+    cert: std::path::PathBuf,
+}
+
+fn sim_serve(dir: &std::path::Path, srtp: &str, business_host: &str, password: &str) -> SimServe {
+    let port = free_port();
+    std::fs::write(dir.join("meta-pw"), password).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let process = Background::spawn(
+        "sim serve",
+        Command::new(bin())
+            .args([
+                "sim",
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--tls-name",
+                "127.0.0.1",
+            ])
+            .args([
+                "--business-host",
+                business_host,
+                "--hangup-after",
+                "4",
+                "--srtp",
+                srtp,
+            ])
+            .arg("--password-file")
+            .arg(dir.join("meta-pw"))
+            .arg("--state-dir")
+            .arg(dir.join("simstate")),
+        dir.join("simserve.log"),
+    );
+    wait_tcp(addr, Duration::from_secs(10));
+    SimServe {
+        process,
+        addr,
+        cert: dir.join("simstate/127.0.0.1.selfsigned.crt"),
+    }
+}
+
+fn business_call(
+    dir: &std::path::Path,
+    sim: &SimServe,
+    srtp: &str,
+    sink_port: u16,
+) -> (bool, String) {
+    std::fs::write(dir.join("pw"), "per-number-secret\n").unwrap();
+    run(
+        Command::new(bin())
+            .args(["call", "--from", "+15550001111", "--to", "+12195550714"])
+            .args([
+                "--hostname",
+                "localhost",
+                "--tls",
+                "127.0.0.1:0",
+                "--api",
+                "off",
+            ])
+            .args(["--meta-server", &sim.addr.to_string(), "--srtp", srtp])
+            .args(["--media-ip", "127.0.0.1", "--events", "-"])
+            .args(["--sink", &format!("127.0.0.1:{sink_port}")])
+            .arg("--tls-ca")
+            .arg(&sim.cert)
+            .arg("--sip-password-file")
+            .arg(dir.join("pw"))
+            .arg("--state-dir")
+            .arg(dir.join("state")),
+        Duration::from_secs(40),
+    )
+}
+
+fn business_calls_user(srtp: &str) {
+    let _serial = serial();
+    let dir = TempDir::new(&format!("sim-out-{srtp}"));
+    let sink_port = free_port();
+    let sink = sink(dir.path(), sink_port, 30);
+    let sim = sim_serve(dir.path(), srtp, "localhost", "per-number-secret");
+    let (ok, out) = business_call(dir.path(), &sim, srtp, sink_port);
+    std::thread::sleep(Duration::from_millis(1000));
+    let logs = format!("--- watrunk call\n{out}\n--- sim\n{}", sim.process.log());
+    assert!(ok, "{logs}");
+    let reports = json_lines(&sim.process.log());
+    let call = find(&reports, "sim.call", &logs);
+    assert_eq!(call["digest"], "SHA-256", "{call}");
+    assert_eq!(call["from"], "+15550001111", "{call}");
+    assert_eq!(call["acked"], true, "{call}");
+    assert_eq!(
+        call["relay"],
+        serde_json::json!({"media_conns": 0, "media_routes": 0}),
+        "{call}"
+    );
+    assert_sim_heard_the_agent(
+        call,
+        if srtp == "dtls" {
+            "SRTP_"
+        } else {
+            "AES_CM_128"
+        },
+    );
+    let events = json_lines(&out);
+    let ended = find(&events, "call.ended", &logs);
+    assert_eq!(ended["meta_call_duration_secs"], 4, "{ended}");
+    assert_eq!(
+        ended["server"],
+        serde_json::json!({"calls": 0, "media_conns": 0, "media_routes": 0}),
+        "{ended}"
+    );
+    assert_agent_heard_the_user(&sink);
+}
+
+#[test]
+fn the_business_calls_a_user_through_sim_with_dtls_two_way_tone() {
+    business_calls_user("dtls");
+}
+
+#[test]
+fn the_business_calls_a_user_through_sim_with_sdes_two_way_tone() {
+    business_calls_user("sdes");
+}
+
+#[test]
+fn sim_refuses_a_from_host_it_was_not_configured_with_and_a_wrong_password() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-refusals");
+    let sim = sim_serve(dir.path(), "dtls", "sip.example.com", "per-number-secret");
+    let (ok, out) = business_call(dir.path(), &sim, "dtls", free_port());
+    assert!(!ok, "{out}");
+    let reports = json_lines(&sim.process.log());
+    let call = find(&reports, "sim.call", &sim.process.log());
+    assert_eq!(call["status"], 403, "{call}");
+    assert!(
+        call["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("SIP server localhost from INVITE does not match"),
+        "{call}"
+    );
+    drop(sim);
+
+    let dir = TempDir::new("sim-wrong-password");
+    let sim = sim_serve(dir.path(), "dtls", "localhost", "not-the-password");
+    let (ok, out) = business_call(dir.path(), &sim, "dtls", free_port());
+    assert!(!ok, "{out}");
+    let reports = json_lines(&sim.process.log());
+    let call = find(&reports, "sim.call", &sim.process.log());
+    assert_eq!(call["status"], 403, "{call}");
+    let events = json_lines(&out);
+    let ended = find(&events, "call.ended", &out);
+    assert_eq!(ended["status"], 403, "{ended}");
+}
+
+#[test]
+fn a_user_who_hangs_up_before_the_answer_cancels_and_gets_487() {
+    let _serial = serial();
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--media-ip",
+        "127.0.0.1",
+        "--sink",
+        &format!("127.0.0.1:{}", free_port()),
+        "--no-auto-answer",
+        "--events",
+        "-",
+        "--api",
+        "off",
+    ]);
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["sim", "call", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--to", "+15550001111"])
+            .args(["--cancel-after-ms", "500"])
+            .arg("--ca")
+            .arg(&ca),
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "{out}");
+    let reports = json_lines(&out);
+    let call = find(&reports, "sim.call", &out);
+    assert_eq!(call["status"], 487, "{call}");
+    assert_eq!(call["cancelled"], true, "{call}");
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(ended["server"]["calls"], 0, "{ended}");
+}
