@@ -308,7 +308,7 @@ fn the_business_calls_a_user_through_sim_with_sdes_two_way_tone() {
 }
 
 #[test]
-fn sim_refuses_a_from_host_it_was_not_configured_with_and_a_wrong_password() {
+fn sim_refuses_what_meta_refuses_from_host_wrong_password_offer_without_ice_register() {
     let _serial = serial();
     let dir = TempDir::new("sim-refusals");
     let sim = sim_serve(dir.path(), "dtls", "sip.example.com", "per-number-secret");
@@ -336,6 +336,35 @@ fn sim_refuses_a_from_host_it_was_not_configured_with_and_a_wrong_password() {
     let events = json_lines(&out);
     let ended = find(&events, "call.ended", &out);
     assert_eq!(ended["status"], 403, "{ended}");
+    drop(sim);
+
+    // A number set up for DTLS gets an SDES offer without ICE: 488 with the reason.
+    let dir = TempDir::new("sim-no-ice");
+    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+    let (ok, out) = business_call(dir.path(), &sim, "sdes", free_port());
+    assert!(!ok, "{out}");
+    let reports = json_lines(&sim.process.log());
+    let call = find(&reports, "sim.call", &sim.process.log());
+    assert_eq!(call["status"], 488, "{call}");
+    assert!(
+        call["reason"].as_str().unwrap().contains("without ICE"),
+        "{call}"
+    );
+    let events = json_lines(&out);
+    let ended = find(&events, "call.ended", &out);
+    assert_eq!(ended["status"], 488, "{ended}");
+
+    // Meta takes no REGISTER.
+    let (_, out) = run(
+        Command::new(bin())
+            .args(["probe", "sip:+15550001111@127.0.0.1;transport=tls"])
+            .args(["--server", &sim.addr.to_string(), "--transport", "tls"])
+            .args(["--method", "REGISTER", "--timeout-secs", "5"])
+            .arg("--ca")
+            .arg(&sim.cert),
+        Duration::from_secs(20),
+    );
+    assert!(out.contains("403"), "{out}");
 }
 
 #[test]
