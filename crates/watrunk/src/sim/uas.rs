@@ -197,238 +197,29 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
         "from": from_user,
         "to": to_user,
     });
-    let refuse = |req: &Request, status: u16, reason: &str, warning: Option<String>| {
-        let mut r = Response::to_request(req, status, reason, Some(&to_tag));
-        r.headers.push("Server", USER_AGENT);
-        r.headers.push("X-FB-External-Domain", META_DOMAIN);
-        if let Some(w) = warning {
-            r.headers
-                .push("Warning", format!("399 {META_DOMAIN} \"{w}\""));
-        }
-        r
-    };
-
-    // The From host must be the SIP server configured for the number (WHATSAPP-SIP §3.3).
-    let from_host = first
-        .from()
-        .and_then(|f| f.uri.as_sip().map(|u| u.host.to_string()))
-        .unwrap_or_default();
-    if !from_host.eq_ignore_ascii_case(&shared.business_host) {
-        let text = format!(
-            "SIP server {from_host} from INVITE does not match any SIP server configured for phone number {from_user}"
-        );
-        link.respond(&refuse(&first, 403, &text, Some(text.clone())))
-            .await;
-        report["status"] = 403.into();
-        report["reason"] = text.into();
-        emit(report);
-        return;
-    }
-
-    // Digest: a 407 with SHA-256 then MD5, one retry.
-    let mut invite = first;
-    let mut challenged = false;
-    let algorithm = loop {
-        if let Some(value) = invite.headers.get("Proxy-Authorization") {
-            let verdict = Authorization::parse(value)
-                .map_err(|e| e.to_string())
-                .and_then(|auth| {
-                    if auth.username != from_user.trim_start_matches('+') {
-                        return Err(format!(
-                            "digest username {:?} is not the number without '+'",
-                            auth.username
-                        ));
-                    }
-                    let uri = invite.uri.to_string();
-                    let mut verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
-                    verifier
-                        .verify(
-                            &auth,
-                            "INVITE",
-                            &uri,
-                            &shared.password,
-                            &invite.body,
-                            now_secs(),
-                        )
-                        .map(|()| auth.algorithm)
-                        .map_err(|e| e.to_string())
-                });
-            match verdict {
-                Ok(algorithm) => break algorithm,
-                Err(why) => {
-                    link.respond(&refuse(&invite, 403, "Forbidden", Some(why.clone())))
-                        .await;
-                    report["status"] = 403.into();
-                    report["reason"] = why.into();
-                    emit(report);
-                    return;
-                }
+    let admitted = admit(
+        first, &mut rx, &link, &shared, &to_tag, &from_user, &to_user,
+    )
+    .await;
+    let Admitted {
+        ok,
+        mut dialog,
+        media,
+        algorithm,
+    } = match admitted {
+        Ok(a) => a,
+        Err(refusal) => {
+            if let Some(req) = &refusal.request {
+                let r = refused(req, refusal.status, &refusal.phrase, &refusal.why, &to_tag);
+                link.respond(&r).await;
             }
-        }
-        if challenged {
-            link.respond(&refuse(
-                &invite,
-                403,
-                "Forbidden",
-                Some("no credentials after the challenge".into()),
-            ))
-            .await;
-            report["status"] = 403.into();
+            report["status"] = refusal.status.into();
+            report["reason"] = refusal.why.into();
             emit(report);
             return;
         }
-        challenged = true;
-        let mut r = refuse(&invite, 407, "Proxy Authentication Required", None);
-        {
-            let verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
-            for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
-                let challenge = verifier.challenge(algorithm, now_secs(), false);
-                r.headers.push("Proxy-Authenticate", challenge.to_string());
-            }
-        }
-        link.respond(&r).await;
-        invite = loop {
-            match tokio::time::timeout(Duration::from_secs(32), rx.recv()).await {
-                Ok(Some(Message::Request(req))) if req.method == Method::INVITE => break req,
-                Ok(Some(_)) => continue,
-                _ => {
-                    report["status"] = 407.into();
-                    report["reason"] = "no INVITE with credentials after the 407".into();
-                    emit(report);
-                    return;
-                }
-            }
-        };
     };
     report["digest"] = algorithm.to_string().into();
-
-    // Meta runs no session timers (WHATSAPP-SIP §6.3).
-    let timers = invite.headers.contains("Session-Expires")
-        || invite
-            .headers
-            .values("Supported")
-            .chain(invite.headers.values("Require"))
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("timer")));
-    if timers {
-        let why = "session timers are not supported";
-        link.respond(&refuse(
-            &invite,
-            500,
-            "Server Internal Error",
-            Some(why.into()),
-        ))
-        .await;
-        report["status"] = 500.into();
-        report["reason"] = why.into();
-        emit(report);
-        return;
-    }
-
-    let offer = match sdp::parse(&invite.body) {
-        Ok(o) => o,
-        Err(e) => {
-            link.respond(&refuse(
-                &invite,
-                488,
-                "Not Acceptable Here",
-                Some(e.to_string()),
-            ))
-            .await;
-            report["status"] = 488.into();
-            report["reason"] = e.to_string().into();
-            emit(report);
-            return;
-        }
-    };
-    let offered_ice = sdp::remote_ice_mode(&offer).is_some();
-    if shared.security == Security::Dtls && !offered_ice {
-        let why = "offer without ICE: the number is set up for DTLS-SRTP, which needs ICE";
-        link.respond(&refuse(
-            &invite,
-            488,
-            "Not Acceptable Here",
-            Some(why.into()),
-        ))
-        .await;
-        report["status"] = 488.into();
-        report["reason"] = why.into();
-        emit(report);
-        return;
-    }
-    link.respond(&reply_in_dialog(&invite, 100, "Trying", &to_tag))
-        .await;
-    let leg = match shared.relay.leg(shared.security).await {
-        Ok(l) => l,
-        Err(e) => {
-            link.respond(&refuse(
-                &invite,
-                500,
-                "Server Internal Error",
-                Some(e.to_string()),
-            ))
-            .await;
-            report["status"] = 500.into();
-            emit(report);
-            return;
-        }
-    };
-    let (answer, plan) = match leg.answer(&offer) {
-        Ok(a) => a,
-        Err(e) => {
-            link.respond(&refuse(
-                &invite,
-                488,
-                "Not Acceptable Here",
-                Some(e.to_string()),
-            ))
-            .await;
-            report["status"] = 488.into();
-            report["reason"] = e.to_string().into();
-            emit(report);
-            return;
-        }
-    };
-    link.respond(&reply_in_dialog(&invite, 180, "Ringing", &to_tag))
-        .await;
-    let contact = format!(
-        "<sip:{to_user}@{};transport=tls;ob>;isfocus",
-        link.hostport()
-    );
-    let mut ok = Response::dialog_response(&invite, 200, "OK", &to_tag, &contact);
-    ok.headers.push(
-        "Record-Route",
-        format!("<sip:{};transport=tls;lr>", link.hostport()),
-    );
-    ok.headers
-        .push("Allow", "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS");
-    ok.headers.push("X-FB-External-Domain", META_DOMAIN);
-    ok.headers.push("Content-Type", "application/sdp");
-    ok.body = answer.into_bytes();
-    let mut dialog = match Dialog::from_uas(&invite, &ok) {
-        Ok(d) => d,
-        Err(e) => {
-            link.respond(&refuse(&invite, 400, "Bad Request", Some(e.to_string())))
-                .await;
-            report["status"] = 400.into();
-            emit(report);
-            return;
-        }
-    };
-    let media = match leg.start(plan, &shared.options) {
-        Ok(m) => m,
-        Err(e) => {
-            link.respond(&refuse(
-                &invite,
-                500,
-                "Server Internal Error",
-                Some(e.to_string()),
-            ))
-            .await;
-            report["status"] = 500.into();
-            emit(report);
-            return;
-        }
-    };
     link.respond(&ok).await;
     report["status"] = 200.into();
     report["answered_ms"] = (started.elapsed().as_secs_f64() * 1000.0).round().into();
@@ -452,10 +243,10 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
                         break ("business", why);
                     }
                     Method::INVITE => {
-                        link.respond(&refuse(&req, 500, "Server Internal Error", Some("re-INVITE is not supported".into()))).await;
+                        link.respond(&refused(&req, 500, "Server Internal Error", "re-INVITE is not supported", &to_tag)).await;
                     }
                     Method::UPDATE => {
-                        link.respond(&refuse(&req, 500, "Server Internal Error", Some("UPDATE is not supported".into()))).await;
+                        link.respond(&refused(&req, 500, "Server Internal Error", "UPDATE is not supported", &to_tag)).await;
                     }
                     _ => link.respond(&reply_in_dialog(&req, 200, "OK", &to_tag)).await,
                 },
@@ -494,6 +285,198 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
     let (routes, conns) = shared.relay.usage();
     report["relay"] = json!({"media_routes": routes, "media_conns": conns});
     emit(report);
+}
+
+/// A refusal as Meta words it: the reason in a `Warning: 399 wa.meta.vc "..."`.
+fn refused(req: &Request, status: u16, phrase: &str, why: &str, to_tag: &str) -> Response {
+    let mut r = reply_in_dialog(req, status, phrase, to_tag);
+    r.headers.push("X-FB-External-Domain", META_DOMAIN);
+    r.headers.push(
+        "Warning",
+        format!("399 {META_DOMAIN} \"{}\"", why.replace('"', "'")),
+    );
+    r
+}
+
+/// Why a call was not answered, and the request to answer (none when the business went quiet).
+struct Refusal {
+    request: Option<Request>,
+    status: u16,
+    phrase: String,
+    why: String,
+}
+
+impl Refusal {
+    fn new(req: &Request, status: u16, phrase: &str, why: impl Into<String>) -> Refusal {
+        Refusal {
+            request: Some(req.clone()),
+            status,
+            phrase: phrase.to_string(),
+            why: why.into(),
+        }
+    }
+}
+
+struct Admitted {
+    ok: Response,
+    dialog: Dialog,
+    media: super::media::Running,
+    algorithm: Algorithm,
+}
+
+/// Everything before the 200 OK: the From host, digest, the offer, the media. The 200 is returned
+/// unsent.
+async fn admit(
+    first: Request,
+    rx: &mut mpsc::Receiver<Message>,
+    link: &Link,
+    shared: &Shared,
+    to_tag: &str,
+    from_user: &str,
+    to_user: &str,
+) -> Result<Admitted, Refusal> {
+    // The From host must be the SIP server configured for the number (WHATSAPP-SIP §3.3).
+    let from_host = first
+        .from()
+        .and_then(|f| f.uri.as_sip().map(|u| u.host.to_string()))
+        .unwrap_or_default();
+    if !from_host.eq_ignore_ascii_case(&shared.business_host) {
+        let text = format!(
+            "SIP server {from_host} from INVITE does not match any SIP server configured for phone number {from_user}"
+        );
+        return Err(Refusal::new(&first, 403, &text, text.clone()));
+    }
+
+    // Digest: a 407 with SHA-256 then MD5, one retry.
+    let mut invite = first;
+    let mut challenged = false;
+    let algorithm = loop {
+        if let Some(value) = invite.headers.get("Proxy-Authorization") {
+            let verdict = Authorization::parse(value)
+                .map_err(|e| e.to_string())
+                .and_then(|auth| {
+                    if auth.username != from_user.trim_start_matches('+') {
+                        return Err(format!(
+                            "digest username {:?} is not the number without '+'",
+                            auth.username
+                        ));
+                    }
+                    let uri = invite.uri.to_string();
+                    let mut verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
+                    verifier
+                        .verify(
+                            &auth,
+                            "INVITE",
+                            &uri,
+                            &shared.password,
+                            &invite.body,
+                            now_secs(),
+                        )
+                        .map(|()| auth.algorithm)
+                        .map_err(|e| e.to_string())
+                });
+            match verdict {
+                Ok(algorithm) => break algorithm,
+                Err(why) => return Err(Refusal::new(&invite, 403, "Forbidden", why)),
+            }
+        }
+        if challenged {
+            return Err(Refusal::new(
+                &invite,
+                403,
+                "Forbidden",
+                "no credentials after the challenge",
+            ));
+        }
+        challenged = true;
+        let mut r = reply_in_dialog(&invite, 407, "Proxy Authentication Required", to_tag);
+        r.headers.push("X-FB-External-Domain", META_DOMAIN);
+        {
+            let verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
+            for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
+                let challenge = verifier.challenge(algorithm, now_secs(), false);
+                r.headers.push("Proxy-Authenticate", challenge.to_string());
+            }
+        }
+        link.respond(&r).await;
+        invite = loop {
+            match tokio::time::timeout(Duration::from_secs(32), rx.recv()).await {
+                Ok(Some(Message::Request(req))) if req.method == Method::INVITE => break req,
+                Ok(Some(_)) => continue,
+                _ => {
+                    return Err(Refusal {
+                        request: None,
+                        status: 407,
+                        phrase: String::new(),
+                        why: "no INVITE with credentials after the 407".into(),
+                    })
+                }
+            }
+        };
+    };
+
+    // Meta runs no session timers (WHATSAPP-SIP §6.3).
+    let timers = invite.headers.contains("Session-Expires")
+        || invite
+            .headers
+            .values("Supported")
+            .chain(invite.headers.values("Require"))
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("timer")));
+    if timers {
+        return Err(Refusal::new(
+            &invite,
+            500,
+            "Server Internal Error",
+            "session timers are not supported",
+        ));
+    }
+    let offer = sdp::parse(&invite.body)
+        .map_err(|e| Refusal::new(&invite, 488, "Not Acceptable Here", e.to_string()))?;
+    if shared.security == Security::Dtls && sdp::remote_ice_mode(&offer).is_none() {
+        return Err(Refusal::new(
+            &invite,
+            488,
+            "Not Acceptable Here",
+            "offer without ICE: the number is set up for DTLS-SRTP, which needs ICE",
+        ));
+    }
+    link.respond(&reply_in_dialog(&invite, 100, "Trying", to_tag))
+        .await;
+    let leg = shared
+        .relay
+        .leg(shared.security)
+        .await
+        .map_err(|e| Refusal::new(&invite, 500, "Server Internal Error", e.to_string()))?;
+    let (answer, plan) = leg
+        .answer(&offer)
+        .map_err(|e| Refusal::new(&invite, 488, "Not Acceptable Here", e.to_string()))?;
+    link.respond(&reply_in_dialog(&invite, 180, "Ringing", to_tag))
+        .await;
+    let contact = format!(
+        "<sip:{to_user}@{};transport=tls;ob>;isfocus",
+        link.hostport()
+    );
+    let mut ok = Response::dialog_response(&invite, 200, "OK", to_tag, &contact);
+    ok.headers.push(
+        "Record-Route",
+        format!("<sip:{};transport=tls;lr>", link.hostport()),
+    );
+    ok.headers
+        .push("Allow", "INVITE, ACK, BYE, CANCEL, NOTIFY, OPTIONS");
+    ok.headers.push("X-FB-External-Domain", META_DOMAIN);
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = answer.into_bytes();
+    let dialog = Dialog::from_uas(&invite, &ok)
+        .map_err(|e| Refusal::new(&invite, 400, "Bad Request", e.to_string()))?;
+    let media = leg
+        .start(plan, &shared.options)
+        .map_err(|e| Refusal::new(&invite, 500, "Server Internal Error", e.to_string()))?;
+    Ok(Admitted {
+        ok,
+        dialog,
+        media,
+        algorithm,
+    })
 }
 
 fn reply_in_dialog(req: &Request, status: u16, reason: &str, to_tag: &str) -> Response {
