@@ -697,11 +697,7 @@ impl Call {
                 };
                 let user = invite
                     .from()
-                    .and_then(|f| {
-                        f.uri
-                            .as_sip()
-                            .and_then(|u| u.user_base().map(str::to_string))
-                    })
+                    .and_then(|f| f.uri.user_base().map(str::to_string))
                     .unwrap_or_default();
                 // Meta's digest username is the business number without '+' (WHATSAPP-SIP §3.6).
                 let creds = Credentials::new(

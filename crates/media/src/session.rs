@@ -293,28 +293,21 @@ impl Prepared {
         let app = UdpSocket::bind(cfg.app_bind)
             .await
             .map_err(|e| MediaError::Local(format!("bind {}: {e}", cfg.app_bind)))?;
-        if role == IceRole::None {
-            let addr = SocketAddr::new(cfg.media_ip, socket.local_addr().port());
-            return Ok(Prepared {
-                cfg,
-                identity,
-                agent: None,
-                role,
-                socket: socket.clone(),
-                ufrag: String::new(),
-                pwd: String::new(),
-                candidates: vec![addr],
-                app: Some(app),
-            });
-        }
-        if role == IceRole::Lite {
-            let (ufrag, pwd) = lite_credentials();
-            // Checks that arrive before `start` wait on the connection.
-            socket.lite_conn(&ufrag);
-            let candidates = std::iter::once(cfg.media_ip)
-                .chain(cfg.media_ip6)
-                .map(|ip| SocketAddr::new(cfg.public_ip.unwrap_or(ip), socket.local_addr().port()))
-                .collect();
+        if matches!(role, IceRole::None | IceRole::Lite) {
+            let port = socket.local_addr().port();
+            let (ufrag, pwd, candidates) = if role == IceRole::Lite {
+                let (ufrag, pwd) = lite_credentials();
+                // Checks that arrive before `start` wait on the connection.
+                socket.lite_conn(&ufrag);
+                let candidates = std::iter::once(cfg.media_ip)
+                    .chain(cfg.media_ip6)
+                    .map(|ip| SocketAddr::new(cfg.public_ip.unwrap_or(ip), port))
+                    .collect();
+                (ufrag, pwd, candidates)
+            } else {
+                let plain = SocketAddr::new(cfg.media_ip, port);
+                (String::new(), String::new(), vec![plain])
+            };
             return Ok(Prepared {
                 cfg,
                 identity,

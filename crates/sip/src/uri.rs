@@ -287,6 +287,11 @@ impl Uri {
             Uri::Other { .. } => None,
         }
     }
+
+    /// The user part of a sip/sips URI without user-part parameters (`+1555` of `+1555;tgrp=x`).
+    pub fn user_base(&self) -> Option<&str> {
+        self.as_sip().and_then(SipUri::user_base)
+    }
 }
 
 impl fmt::Display for Uri {

@@ -158,7 +158,7 @@ fn ms(d: Option<Duration>) -> serde_json::Value {
 }
 
 fn user_of(uri: &Uri) -> Option<String> {
-    uri.as_sip().and_then(|u| u.user_base().map(str::to_string))
+    uri.user_base().map(str::to_string)
 }
 
 /// host and port of a URI, for the next hop (TLS: 5061 by default).

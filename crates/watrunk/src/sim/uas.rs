@@ -176,19 +176,11 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
     let to_tag = new_tag();
     let from_user = first
         .from()
-        .and_then(|f| {
-            f.uri
-                .as_sip()
-                .and_then(|u| u.user_base().map(str::to_string))
-        })
+        .and_then(|f| f.uri.user_base().map(str::to_string))
         .unwrap_or_default();
     let to_user = first
         .to()
-        .and_then(|t| {
-            t.uri
-                .as_sip()
-                .and_then(|u| u.user_base().map(str::to_string))
-        })
+        .and_then(|t| t.uri.user_base().map(str::to_string))
         .unwrap_or_default();
     let mut report = json!({
         "event": "sim.call",
