@@ -402,3 +402,82 @@ fn a_user_who_hangs_up_before_the_answer_cancels_and_gets_487() {
     let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
     assert_eq!(ended["server"]["calls"], 0, "{ended}");
 }
+
+/// `sim load`: twenty concurrent DTLS calls (TLS, 407, ICE-lite, DTLS) through `watrunk serve`, each
+/// packet echoed by the load's agent side: all calls up, packets both ways with nothing lost, the
+/// latency and CPU figures present and plausible, the server idle afterwards.
+#[test]
+fn load_of_twenty_dtls_calls_through_serve() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-load");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let sink = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--challenge",
+        "--srtp",
+        "dtls",
+        "--media-ip",
+        "127.0.0.1",
+        "--sink",
+        &sink,
+        "--events",
+        "-",
+    ]);
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["sim", "load", "--target", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--sink", &sink])
+            .args([
+                "--calls", "20", "--rate", "40", "--window", "2", "--settle", "1",
+            ])
+            .args(["--pid", &server.pid().to_string()])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--ca")
+            .arg(&ca),
+        Duration::from_secs(60),
+    );
+    let logs = format!("--- sim load\n{out}\n--- serve\n{}", server.log());
+    let reports = json_lines(&out);
+    let load = find(&reports, "sim.load", &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(load["established"], 20, "{load}");
+    assert_eq!(load["failed"], 0, "{load}");
+    assert_eq!(load["loss_pct"]["to_agent"], 0.0, "{load}");
+    assert_eq!(load["loss_pct"]["to_meta"], 0.0, "{load}");
+    // 20 calls × 50 packets/s × 2 directions over the 2 s window.
+    let relayed = load["window"]["relayed_packets"].as_u64().unwrap();
+    assert!((3_600..=4_400).contains(&relayed), "{load}");
+    assert!(
+        load["window"]["relay_us_per_packet"].as_f64().unwrap() > 0.0,
+        "{load}"
+    );
+    for way in ["to_agent", "to_meta"] {
+        let p50 = load["latency_ms"][way]["p50"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 < 50.0, "{load}");
+    }
+    let secure = &load["setup_ms"]["secure"];
+    assert_eq!(secure["n"], 20, "{load}");
+    assert!(
+        secure["p50"].as_f64().unwrap() >= load["setup_ms"]["answered"]["p50"].as_f64().unwrap(),
+        "{load}"
+    );
+    let last = server.wait_event(
+        "call.ended",
+        |e| e["server"]["calls"] == 0,
+        Duration::from_secs(5),
+    );
+    assert_server_idle(&last);
+    let ended = server
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "call.ended")
+        .count();
+    assert_eq!(ended, 20, "{logs}");
+}

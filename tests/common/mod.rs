@@ -88,6 +88,10 @@ pub struct Server {
 }
 
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `watrunk serve --hostname localhost` with UDP, TCP and TLS on ephemeral loopback ports plus
     /// `extra` flags, and waits until every listener is up.
     pub fn start(extra: &[&str]) -> Server {

@@ -11,7 +11,9 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, MediaSocket, Prepared, Stats};
+use watrunk_media::{
+    IceRole, Identity, MediaConfig, MediaEvent, MediaSession, MediaSocket, Prepared, Stats,
+};
 use watrunk_sdp::{self as sdp, LocalMedia, MediaPlan, OfferState, Profile, Security};
 
 use super::audio::{Recorder, Tone};
@@ -25,6 +27,9 @@ pub struct MediaOptions {
     pub rtp_timeout: Duration,
     /// Send with the SSRC announced in the SDP instead of another one.
     pub keep_ssrc: bool,
+    /// Send before the far side's first packet (Meta does not; `sim load` does toward a relay that
+    /// waits for media itself, as rtpengine does).
+    pub speak_first: bool,
 }
 
 pub struct Relay {
@@ -37,31 +42,46 @@ pub struct Relay {
 pub struct Leg {
     prepared: Prepared,
     local: LocalMedia,
-    /// Where the tone comes from and the business's audio is recorded.
-    ear: UdpSocket,
+    /// Where the tone comes from and the business's audio is recorded (none when the leg's plain
+    /// side is someone else's socket, as in `sim load`).
+    ear: Option<UdpSocket>,
 }
 
 impl Relay {
     pub async fn new(options: MediaOptions) -> Result<Relay> {
+        let identity = Identity::generate().map_err(|e| anyhow!("{e}"))?;
+        Relay::with_identity(options, identity).await
+    }
+
+    /// A relay with its own media socket and a DTLS certificate shared with others.
+    pub async fn with_identity(options: MediaOptions, identity: Identity) -> Result<Relay> {
         let socket = MediaSocket::bind(SocketAddr::new(options.media_ip, 0))
             .await
             .with_context(|| format!("media socket on {}", options.media_ip))?;
         Ok(Relay {
             socket,
-            identity: Identity::generate().map_err(|e| anyhow!("{e}"))?,
+            identity,
             options,
         })
     }
 
-    /// Media for a call secured as `security` (ICE-lite for DTLS, a plain address for SDES).
+    /// Media for a call secured as `security` (ICE-lite for DTLS, a plain address for SDES), with
+    /// its own tone and recorder.
     pub async fn leg(&self, security: Security) -> Result<Leg> {
         let ear = UdpSocket::bind(SocketAddr::new(self.options.media_ip, 0)).await?;
+        let mut leg = self.leg_to(security, ear.local_addr()?).await?;
+        leg.ear = Some(ear);
+        Ok(leg)
+    }
+
+    /// Media for a call whose plain RTP goes to and comes from `app`.
+    pub async fn leg_to(&self, security: Security, app: SocketAddr) -> Result<Leg> {
         let mut cfg = MediaConfig::new(
             self.options.media_ip,
             SocketAddr::new(self.options.media_ip, 0),
-            ear.local_addr()?,
+            app,
         );
-        cfg.speak_first = false;
+        cfg.speak_first = self.options.speak_first;
         let role = match security {
             Security::Dtls => IceRole::Lite,
             _ => IceRole::None,
@@ -78,7 +98,7 @@ impl Relay {
         Ok(Leg {
             prepared,
             local,
-            ear,
+            ear: None,
         })
     }
 
@@ -113,14 +133,29 @@ impl Leg {
         Ok((as_meta(&sdp::print(&answer), self.local.security), plan))
     }
 
-    /// Starts the relay, the tone and the recorder for `plan`.
-    pub fn start(self, plan: MediaPlan, options: &MediaOptions) -> Result<Running> {
+    /// The SSRC Meta's relay sends with: another one than its SDP announced, unless told to keep it.
+    fn sending_ssrc(&self, options: &MediaOptions) -> u32 {
         let announced = self.local.ssrc;
-        let ssrc = if options.keep_ssrc {
+        if options.keep_ssrc {
             announced
         } else {
             announced.wrapping_add(0x1000_0001)
-        };
+        }
+    }
+
+    /// Starts only the relay for `plan`: its plain side is the `app` address the leg was made for.
+    pub fn start_session(self, plan: MediaPlan, options: &MediaOptions) -> MediaSession {
+        let ssrc = self.sending_ssrc(options);
+        self.prepared.start(plan, ssrc)
+    }
+
+    /// Starts the relay, the tone and the recorder for `plan`.
+    pub fn start(self, plan: MediaPlan, options: &MediaOptions) -> Result<Running> {
+        let announced = self.local.ssrc;
+        let ssrc = self.sending_ssrc(options);
+        let ear = self
+            .ear
+            .ok_or_else(|| anyhow!("this leg's plain side belongs to someone else"))?;
         let app = self.prepared.app_addr();
         let session = self.prepared.start(plan.clone(), ssrc);
         let tone = Tone::new(options.tone_hz, plan.audio_pt, rand::random())?;
@@ -128,7 +163,6 @@ impl Leg {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (notes_tx, notes) = mpsc::channel(4);
         let rtp_timeout = options.rtp_timeout;
-        let ear = self.ear;
         let task = tokio::spawn(async move {
             let mut report = Report {
                 announced_ssrc: announced,

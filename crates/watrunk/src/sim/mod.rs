@@ -6,6 +6,7 @@
 
 mod audio;
 mod link;
+mod load;
 mod media;
 mod uac;
 mod uas;
@@ -37,6 +38,12 @@ pub enum SimCommand {
     /// A voice-agent stand-in for `watrunk serve --sink`: plays a tone back to every call's port
     /// and reports what it heard.
     Sink(SinkArgs),
+    /// Meta at scale: N concurrent calls through watrunk serve (or rtpengine, or a bare UDP relay)
+    /// with 50 packets/s each way, echoed by the agent's side in this process; one `sim.load`
+    /// report with set-up times, loss, latency, jitter and CPU per relayed packet.
+    Load(load::LoadArgs),
+    /// The bare UDP relay `sim load --through bare` is measured against.
+    BareRelay(load::BareRelayArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -73,6 +80,7 @@ impl SimMediaArgs {
             tone_hz: self.tone_hz,
             rtp_timeout: Duration::from_secs_f64(self.rtp_timeout_secs.max(0.1)),
             keep_ssrc: self.keep_ssrc,
+            speak_first: false,
         }
     }
 
@@ -169,6 +177,8 @@ pub async fn run(command: SimCommand) -> Result<bool> {
         SimCommand::Serve(args) => uas::run(args).await.map(|()| true),
         SimCommand::Call(args) => uac::run(args).await,
         SimCommand::Sink(args) => sink(args).await.map(|()| true),
+        SimCommand::Load(args) => load::run(args).await,
+        SimCommand::BareRelay(args) => load::bare_relay(args).await.map(|()| true),
     }
 }
 

@@ -4,17 +4,21 @@
 //! an SDES offer; a 401/407 is answered once with the number's password (username: the business
 //! number without '+'). After the 200 and our ACK the call runs until the hold time (our BYE with
 //! `x-wa-meta-call-duration`), the business's BYE, or the RTP timeout. `--cancel-after-ms` cancels
-//! an unanswered call instead (the business must answer 487).
+//! an unanswered call instead (the business must answer 487). The steps are public to `sim load`,
+//! which places many such calls at once.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use rustls_pki_types::ServerName;
 use serde_json::json;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
-use watrunk_sdp as sdp;
+use watrunk_sdp::{self as sdp, MediaPlan, OfferState};
 use watrunk_sip::digest::{self, Challenge, Credentials};
 use watrunk_sip::{new_tag, retry_with_auth, Dialog, Message, Method, Request, Response, Uri};
 
@@ -23,42 +27,91 @@ use super::media::Relay;
 use super::uas::wait_final;
 use super::{emit, meta_reason, new_via, SimCallArgs, META_DOMAIN, USER_AGENT};
 
-/// Exit status: the call was answered and, with `--expect-hz`, the business's audio was that tone.
-pub async fn run(args: SimCallArgs) -> Result<bool> {
-    let (host, port) = split_target(&args.target);
-    let remote: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{host} has no address"))?;
-    let server_name = args.server_name.clone().unwrap_or_else(|| host.clone());
-    let tls = crate::tls::client_config(args.ca.as_deref())?;
-    let name = rustls_pki_types::ServerName::try_from(server_name.clone())
-        .map_err(|_| anyhow!("{server_name:?} is not a TLS server name"))?;
-    let tcp = TcpStream::connect(remote)
-        .await
-        .with_context(|| format!("cannot connect to {remote}"))?;
-    let local = tcp.local_addr()?;
-    let stream = TlsConnector::from(Arc::new((*tls).clone()))
-        .connect(name, tcp)
-        .await
-        .with_context(|| format!("TLS with {remote} (server name {server_name})"))?;
-    let (link, mut rx) = Link::open(stream, local, remote, args.sip_trace);
+/// A business's SIP server over TLS: where to connect and which name to verify.
+pub struct Target {
+    pub host: String,
+    remote: SocketAddr,
+    name: ServerName<'static>,
+    tls: TlsConnector,
+}
 
-    let options = args.media.options();
-    let relay = Relay::new(options.clone()).await?;
-    let security = args.media.security();
-    let leg = relay.leg(security).await?;
-    let (offer, offer_state) = leg.offer()?;
+impl Target {
+    pub async fn resolve(
+        target: &str,
+        ca: Option<&Path>,
+        server_name: Option<&str>,
+    ) -> Result<Target> {
+        let (host, port) = split_target(target);
+        let remote: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("cannot resolve {host}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{host} has no address"))?;
+        let server_name = server_name.unwrap_or(&host).to_string();
+        let tls = crate::tls::client_config(ca)?;
+        let name = ServerName::try_from(server_name.clone())
+            .map_err(|_| anyhow!("{server_name:?} is not a TLS server name"))?;
+        Ok(Target {
+            host,
+            remote,
+            name,
+            tls: TlsConnector::from(Arc::new((*tls).clone())),
+        })
+    }
 
+    /// A new verified TLS connection (Meta opens one per call toward a business).
+    pub async fn connect(&self, trace: bool) -> Result<(Link, mpsc::Receiver<Message>)> {
+        let tcp = TcpStream::connect(self.remote)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.remote))?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr()?;
+        let stream = self
+            .tls
+            .connect(self.name.clone(), tcp)
+            .await
+            .with_context(|| format!("TLS with {} (server name {:?})", self.remote, self.name))?;
+        Ok(Link::open(stream, local, self.remote, trace))
+    }
+}
+
+/// Who calls whom, and how the business's challenge is answered.
+pub struct Caller<'a> {
+    pub to: &'a str,
+    pub from: &'a str,
+    pub password: Option<&'a str>,
+    pub cancel_after: Option<Duration>,
+}
+
+/// The INVITE's final response and what led to it.
+pub struct Placed {
+    /// The INVITE as last sent (with credentials after a challenge).
+    pub invite: Request,
+    pub response: Response,
+    pub provisional: Vec<u16>,
+    /// The digest algorithm answered, if the business challenged.
+    pub digest: Option<String>,
+    pub cancelled: bool,
+}
+
+/// Sends the INVITE with `offer` and waits for its final response, answering one 401/407 (a second
+/// challenge, or one without a password to answer with, is returned as the final response).
+pub async fn place(
+    target: &Target,
+    link: &Link,
+    rx: &mut mpsc::Receiver<Message>,
+    caller: &Caller<'_>,
+    offer: String,
+) -> Result<Placed> {
+    let host = &target.host;
     let call_id = format!("outgoing:wacid.{}", new_tag());
-    let ruri = format!("sip:{}@{host};transport=tls", args.to);
+    let ruri = format!("sip:{}@{host};transport=tls", caller.to);
     let mut invite = Request::new(
         Method::INVITE,
         Uri::parse(&ruri).map_err(|e| anyhow!("{ruri}: {e}"))?,
     );
     let h = &mut invite.headers;
-    h.push("Via", new_via(&link));
+    h.push("Via", new_via(link));
     h.push(
         "Record-Route",
         format!("<sip:{};transport=tls;lr>", link.hostport()),
@@ -68,17 +121,17 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
         "From",
         format!(
             "\"{}\" <sip:{}@{META_DOMAIN}>;tag={}",
-            args.from.trim_start_matches('+'),
-            args.from,
+            caller.from.trim_start_matches('+'),
+            caller.from,
             new_tag()
         ),
     );
-    h.push("To", format!("<sip:{}@{host}>", args.to));
+    h.push("To", format!("<sip:{}@{host}>", caller.to));
     h.push(
         "Contact",
         format!(
             "<sip:{}@{};transport=tls;ob>;isfocus",
-            args.from,
+            caller.from,
             link.hostport()
         ),
     );
@@ -94,28 +147,12 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
     h.push("Content-Type", "application/sdp");
     invite.body = offer.into_bytes();
 
-    let started = Instant::now();
-    let mut report = json!({
-        "event": "sim.call",
-        "direction": "user-initiated",
-        "call_id": call_id,
-        "from": args.from,
-        "to": args.to,
-        "srtp": if security == sdp::Security::Dtls { "dtls" } else { "sdes" },
-    });
     link.request(&invite).await;
-    let password = args
-        .password_file
-        .as_deref()
-        .map(super::read_password)
-        .transpose()?;
-    let mut authenticated = false;
-    let cancel_at = args
-        .cancel_after_ms
-        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let mut digest_used = None;
+    let cancel_at = caller.cancel_after.map(|d| tokio::time::Instant::now() + d);
     let mut cancelled = false;
     let mut provisional = Vec::new();
-    let ok = loop {
+    let response = loop {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(64);
         let wait = match cancel_at {
             Some(at) if !cancelled => at.min(deadline),
@@ -156,72 +193,152 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
         if resp.status >= 300 {
             link.request(&ack_for_failure(&invite, &resp)).await;
         }
-        if matches!(resp.status, 401 | 407) && !authenticated {
-            let Some(password) = &password else {
-                report["status"] = resp.status.into();
-                report["reason"] = "challenged, and no --password-file to answer with".into();
-                emit(report);
-                return Ok(false);
-            };
-            let header = if resp.status == 407 {
-                "Proxy-Authenticate"
-            } else {
-                "WWW-Authenticate"
-            };
-            let challenges = Challenge::parse_supported(resp.headers.get_all(header));
-            let challenge = digest::choose_challenge(&challenges)
-                .ok_or_else(|| anyhow!("{} without a challenge we can answer", resp.status))?;
-            let creds = Credentials::new(args.to.trim_start_matches('+'), password.clone());
-            let auth = digest::answer_with_random_cnonce(
-                challenge,
-                &creds,
-                "INVITE",
-                &ruri,
-                &invite.body,
-                1,
-            );
-            let name = if resp.status == 407 {
-                "Proxy-Authorization"
-            } else {
-                "Authorization"
-            };
-            invite = retry_with_auth(&invite, name, &auth.to_string());
-            report["digest"] = challenge.algorithm.to_string().into();
-            authenticated = true;
-            link.request(&invite).await;
-            continue;
-        }
-        break resp;
+        let challenged = matches!(resp.status, 401 | 407);
+        let (Some(password), true, None) = (caller.password, challenged, &digest_used) else {
+            break resp;
+        };
+        let header = if resp.status == 407 {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
+        let challenges = Challenge::parse_supported(resp.headers.get_all(header));
+        let challenge = digest::choose_challenge(&challenges)
+            .ok_or_else(|| anyhow!("{} without a challenge we can answer", resp.status))?;
+        let creds = Credentials::new(caller.to.trim_start_matches('+'), password.to_string());
+        let auth =
+            digest::answer_with_random_cnonce(challenge, &creds, "INVITE", &ruri, &invite.body, 1);
+        let name = if resp.status == 407 {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        invite = retry_with_auth(&invite, name, &auth.to_string());
+        digest_used = Some(challenge.algorithm.to_string());
+        link.request(&invite).await;
     };
-    report["provisional"] = provisional.into();
-    report["status"] = ok.status.into();
-    report["reason"] = ok.reason.clone().into();
+    Ok(Placed {
+        invite,
+        response,
+        provisional,
+        digest: digest_used,
+        cancelled,
+    })
+}
+
+/// ACKs a 200 and takes its answer; an answer outside the WhatsApp profile gets our BYE at once
+/// and is the `Err` reason.
+pub async fn confirm(
+    link: &Link,
+    placed: &Placed,
+    offer: &OfferState,
+) -> Result<Result<(Dialog, MediaPlan), String>> {
+    let mut dialog = Dialog::from_uac(&placed.invite, &placed.response)
+        .map_err(|e| anyhow!("the 200 OK: {e}"))?;
+    let mut ack = dialog
+        .create_request(Method::ACK)
+        .map_err(|e| anyhow!("ACK: {e}"))?;
+    ack.headers.push_front("Via", new_via(link));
+    link.request(&ack).await;
+    let accepted = sdp::parse(&placed.response.body)
+        .map_err(|e| format!("the business's answer: {e}"))
+        .and_then(|answer| {
+            sdp::accept_answer(offer, &answer)
+                .map_err(|e| format!("the answer breaks the WhatsApp profile: {e}"))
+        });
+    match accepted {
+        Ok(plan) => Ok(Ok((dialog, plan))),
+        Err(reason) => {
+            let mut bye = dialog
+                .create_request(Method::BYE)
+                .map_err(|e| anyhow!("{e}"))?;
+            bye.headers.push_front("Via", new_via(link));
+            bye.headers.push("Reason", meta_reason("bad answer"));
+            link.request(&bye).await;
+            Ok(Err(reason))
+        }
+    }
+}
+
+/// Our BYE, as Meta sends it (call duration, Reason); the status of its response, if one came.
+pub async fn hang_up(
+    link: &Link,
+    rx: &mut mpsc::Receiver<Message>,
+    dialog: &mut Dialog,
+    duration_secs: u64,
+    reason: &str,
+) -> Result<Option<u16>> {
+    let mut bye = dialog
+        .create_request(Method::BYE)
+        .map_err(|e| anyhow!("{e}"))?;
+    bye.headers.push_front("Via", new_via(link));
+    bye.headers
+        .push("x-wa-meta-call-duration", duration_secs.to_string());
+    bye.headers.push("Reason", meta_reason(reason));
+    link.request(&bye).await;
+    Ok(wait_final(rx, Duration::from_secs(5)).await)
+}
+
+/// Exit status: the call was answered and, with `--expect-hz`, the business's audio was that tone.
+pub async fn run(args: SimCallArgs) -> Result<bool> {
+    let target = Target::resolve(
+        &args.target,
+        args.ca.as_deref(),
+        args.server_name.as_deref(),
+    )
+    .await?;
+    let (link, mut rx) = target.connect(args.sip_trace).await?;
+
+    let options = args.media.options();
+    let relay = Relay::new(options.clone()).await?;
+    let security = args.media.security();
+    let leg = relay.leg(security).await?;
+    let (offer, offer_state) = leg.offer()?;
+    let password = args
+        .password_file
+        .as_deref()
+        .map(super::read_password)
+        .transpose()?;
+    let caller = Caller {
+        to: &args.to,
+        from: &args.from,
+        password: password.as_deref(),
+        cancel_after: args.cancel_after_ms.map(Duration::from_millis),
+    };
+
+    let started = Instant::now();
+    let placed = place(&target, &link, &mut rx, &caller, offer).await?;
+    let ok = &placed.response;
+    let mut report = json!({
+        "event": "sim.call",
+        "direction": "user-initiated",
+        "call_id": placed.invite.headers.get("Call-ID"),
+        "from": args.from,
+        "to": args.to,
+        "srtp": if security == sdp::Security::Dtls { "dtls" } else { "sdes" },
+        "provisional": placed.provisional,
+        "status": ok.status,
+        "reason": ok.reason,
+    });
+    if let Some(d) = &placed.digest {
+        report["digest"] = d.as_str().into();
+    }
+    if matches!(ok.status, 401 | 407) && caller.password.is_none() {
+        report["reason"] = "challenged, and no --password-file to answer with".into();
+    }
     if let Some(w) = ok.headers.get("Warning") {
         report["warning"] = w.into();
     }
     if ok.status >= 300 {
-        report["cancelled"] = cancelled.into();
+        report["cancelled"] = placed.cancelled.into();
         emit(report);
         return Ok(false);
     }
     report["answered_ms"] = (started.elapsed().as_secs_f64() * 1000.0).round().into();
-    let mut dialog = Dialog::from_uac(&invite, &ok).map_err(|e| anyhow!("the 200 OK: {e}"))?;
-    let mut ack = dialog
-        .create_request(Method::ACK)
-        .map_err(|e| anyhow!("ACK: {e}"))?;
-    ack.headers.push_front("Via", new_via(&link));
-    link.request(&ack).await;
-    let answer = sdp::parse(&ok.body).map_err(|e| anyhow!("the business's answer: {e}"))?;
-    let plan = match sdp::accept_answer(&offer_state, &answer) {
-        Ok(p) => p,
-        Err(e) => {
-            report["reason"] = format!("the answer breaks the WhatsApp profile: {e}").into();
-            let mut bye = dialog
-                .create_request(Method::BYE)
-                .map_err(|e| anyhow!("{e}"))?;
-            bye.headers.push_front("Via", new_via(&link));
-            bye.headers.push("Reason", meta_reason("bad answer"));
-            link.request(&bye).await;
+    let (mut dialog, plan) = match confirm(&link, &placed, &offer_state).await? {
+        Ok(confirmed) => confirmed,
+        Err(reason) => {
+            report["reason"] = reason.into();
             emit(report);
             return Ok(false);
         }
@@ -253,15 +370,9 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
     };
     let duration = answered.elapsed().as_secs();
     if by == "sim" {
-        let mut bye = dialog
-            .create_request(Method::BYE)
-            .map_err(|e| anyhow!("{e}"))?;
-        bye.headers.push_front("Via", new_via(&link));
-        bye.headers
-            .push("x-wa-meta-call-duration", duration.to_string());
-        bye.headers.push("Reason", meta_reason(&reason));
-        link.request(&bye).await;
-        report["bye_status"] = wait_final(&mut rx, Duration::from_secs(5)).await.into();
+        report["bye_status"] = hang_up(&link, &mut rx, &mut dialog, duration, &reason)
+            .await?
+            .into();
     }
     let audio = media.stop().await;
     report["ended_by"] = by.into();

@@ -1,0 +1,432 @@
+//! `watrunk-bench report RESULTS --docs DIR`: turns the `sim.load` lines of one run of
+//! scripts/bench-capacity.sh into the "Capacity" section of DIR/benchmarks.md (between its
+//! markers; everything else in the file is kept), DIR/benchmarks.json (the headline figures) and
+//! DIR/capacity.png (CPU per packet and loss against concurrent calls, per relay).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use plotters::prelude::*;
+use serde_json::{json, Value};
+
+const BEGIN: &str = "<!-- capacity:begin -->";
+const END: &str = "<!-- capacity:end -->";
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// The relays of the sweep, as the report names them.
+const SERIES: [(&str, &str, &str, RGBColor); 4] = [
+    ("watrunk", "dtls", "watrunk (DTLS)", RGBColor(200, 30, 30)),
+    ("watrunk", "sdes", "watrunk (SDES)", RGBColor(240, 140, 0)),
+    (
+        "rtpengine",
+        "sdes",
+        "rtpengine userspace (SDES)",
+        RGBColor(30, 80, 200),
+    ),
+    ("bare", "none", "bare UDP relay", RGBColor(0, 0, 0)),
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some("report"), Some(results)) = (args.first().map(String::as_str), args.get(1)) else {
+        bail!("usage: watrunk-bench report RESULTS.jsonl [--docs DIR]");
+    };
+    let docs = args
+        .iter()
+        .position(|a| a == "--docs")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| PathBuf::from("docs"), PathBuf::from);
+    let text =
+        std::fs::read_to_string(results).with_context(|| format!("cannot read {results}"))?;
+    let runs: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "sim.load")
+        .collect();
+    if runs.is_empty() {
+        bail!("{results} has no sim.load lines");
+    }
+    let report = Report::new(runs);
+    let headline = report.headline();
+    std::fs::write(
+        docs.join("benchmarks.json"),
+        serde_json::to_string_pretty(&headline)? + "\n",
+    )?;
+    report.plot(&docs.join("capacity.png"))?;
+    let section = report.markdown(&headline);
+    let md_path = docs.join("benchmarks.md");
+    let md = std::fs::read_to_string(&md_path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let md = match (md.find(BEGIN), md.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{section}{}", &md[..b], &md[e + END.len()..]),
+        _ => format!("{}\n{section}\n", md.trim_end()),
+    };
+    std::fs::write(&md_path, md)?;
+    println!("{}", serde_json::to_string(&headline)?);
+    Ok(())
+}
+
+struct Report {
+    runs: Vec<Value>,
+}
+
+/// Concurrent calls, µs per packet, loss %.
+type Point = (f64, f64, f64);
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+fn spread(v: &Value, path: &[&str]) -> String {
+    let Some(s) = path.iter().try_fold(v, |v, k| v.get(k)) else {
+        return "–".into();
+    };
+    if s.is_null() {
+        return "–".into();
+    }
+    format!(
+        "{} / {} / {}",
+        fmt(num(s, &["p50"]), 2),
+        fmt(num(s, &["p99"]), 2),
+        fmt(num(s, &["max"]), 2)
+    )
+}
+
+/// The worse direction's loss, in percent.
+fn loss(v: &Value) -> Option<f64> {
+    let a = num(v, &["loss_pct", "to_agent"])?;
+    let b = num(v, &["loss_pct", "to_meta"])?;
+    Some(a.max(b))
+}
+
+fn clean(v: &Value) -> bool {
+    v["failed"] == 0 && loss(v) == Some(0.0)
+}
+
+impl Report {
+    fn new(runs: Vec<Value>) -> Report {
+        Report { runs }
+    }
+
+    fn sweep(&self, through: &str, srtp: &str) -> Vec<&Value> {
+        let mut runs: Vec<&Value> = self
+            .runs
+            .iter()
+            .filter(|r| r["through"] == through && r["srtp"] == srtp && r["hold"] == 0.0)
+            .collect();
+        runs.sort_by_key(|r| r["calls"].as_u64());
+        runs
+    }
+
+    fn at(&self, through: &str, srtp: &str, calls: u64) -> Option<&Value> {
+        self.sweep(through, srtp)
+            .into_iter()
+            .find(|r| r["calls"].as_u64() == Some(calls))
+    }
+
+    fn setups(&self) -> Vec<&Value> {
+        self.runs
+            .iter()
+            .filter(|r| r["hold"].as_f64().is_some_and(|h| h > 0.0))
+            .collect()
+    }
+
+    fn sizes(&self) -> Vec<u64> {
+        let set: BTreeSet<u64> = self
+            .runs
+            .iter()
+            .filter(|r| r["hold"] == 0.0)
+            .filter_map(|r| r["calls"].as_u64())
+            .collect();
+        set.into_iter().collect()
+    }
+
+    fn headline(&self) -> Value {
+        let dtls = self.sweep("watrunk", "dtls");
+        let max = dtls.iter().rev().find(|r| clean(r)).copied();
+        let top = dtls.last().copied();
+        let n = top.and_then(|r| r["calls"].as_u64()).unwrap_or(0);
+        let per_packet = |through, srtp| {
+            self.at(through, srtp, n)
+                .and_then(|r| num(r, &["window", "relay_us_per_packet"]))
+        };
+        let fastest_setup = self
+            .setups()
+            .into_iter()
+            .filter(|r| r["failed"] == 0)
+            .filter_map(|r| num(r, &["setups_per_second"]))
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        let p99 = top.and_then(|r| {
+            let a = num(r, &["latency_ms", "to_agent", "p99"])?;
+            let b = num(r, &["latency_ms", "to_meta", "p99"])?;
+            Some(a.max(b))
+        });
+        json!({
+            "calls_per_core": top.and_then(|r| num(r, &["window", "calls_per_relay_core"])),
+            "max_concurrent_calls": max.and_then(|r| r["calls"].as_u64()),
+            "loss_pct_at_max": top.and_then(loss),
+            "cpu_us_per_packet": per_packet("watrunk", "dtls"),
+            "bare_relay_us_per_packet": per_packet("bare", "none"),
+            "rtpengine_us_per_packet": per_packet("rtpengine", "sdes"),
+            "setups_per_second": fastest_setup,
+            "p99_added_latency_ms": p99,
+            "rss_kib_per_call": top.and_then(|r| num(r, &["rss_kib", "per_call"])),
+            "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "measured_at_calls": n,
+        })
+    }
+
+    fn markdown(&self, headline: &Value) -> String {
+        let mut s = String::new();
+        let date = std::process::Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let window = self
+            .runs
+            .iter()
+            .find_map(|r| num(r, &["window", "secs"]))
+            .unwrap_or(0.0);
+        let _ = writeln!(s, "{BEGIN}");
+        let _ = writeln!(
+            s,
+            "## Capacity: whole calls through `watrunk serve`, rtpengine and a bare UDP relay (same run)\n"
+        );
+        let _ = writeln!(
+            s,
+            "<!-- generated by scripts/bench-capacity.sh (watrunk-bench report); edit that, not this -->\n"
+        );
+        let _ = writeln!(
+            s,
+            "Run {date}: `nproc` = {}, {cpu}, Linux {}. Command: `scripts/bench-capacity.sh`; \
+             each row is one `watrunk sim load` run of its own, measured over a {window:.0} s window at \
+             full load; µs per packet is the relay process's CPU time (user + system, all threads) \
+             over the packets it relayed in the window, both ways.\n",
+            headline["nproc"],
+            kernel.trim()
+        );
+        let _ = writeln!(
+            s,
+            "![CPU per relayed packet and loss against concurrent calls](capacity.png)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| calls | watrunk DTLS µs/pkt | watrunk SDES µs/pkt | rtpengine µs/pkt | bare µs/pkt | \
+             watrunk DTLS / bare | watrunk SDES / bare | watrunk SDES / rtpengine | loss % (DTLS, SDES, rtpengine, bare) | \
+             watrunk cores (DTLS) | generator cores (DTLS) |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for n in self.sizes() {
+            let cost = |t, k| {
+                self.at(t, k, n)
+                    .and_then(|r| num(r, &["window", "relay_us_per_packet"]))
+            };
+            let (d, sd, rt, b) = (
+                cost("watrunk", "dtls"),
+                cost("watrunk", "sdes"),
+                cost("rtpengine", "sdes"),
+                cost("bare", "none"),
+            );
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+                _ => "–".into(),
+            };
+            let losses: Vec<String> = SERIES
+                .iter()
+                .map(|(t, k, _, _)| fmt(self.at(t, k, n).and_then(loss), 3))
+                .collect();
+            let dtls = self.at("watrunk", "dtls", n);
+            let gen_cores = dtls.and_then(|r| {
+                Some(num(r, &["window", "generator_cpu_secs"])? / num(r, &["window", "secs"])?)
+            });
+            let _ = writeln!(
+                s,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt(d, 2),
+                fmt(sd, 2),
+                fmt(rt, 2),
+                fmt(b, 2),
+                ratio(d, b),
+                ratio(sd, b),
+                ratio(sd, rt),
+                losses.join(", "),
+                fmt(dtls.and_then(|r| num(r, &["window", "relay_cores"])), 2),
+                fmt(gen_cores, 2),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nOne-way latency through the relay, in the window (p50 / p99 / max ms; the generator's own \
+             SRTP hop on Meta's side is included), and RFC 3550 jitter (p99 over calls, ms):\n"
+        );
+        let _ = writeln!(s, "| calls | relay | Meta → agent | agent → Meta | jitter p99 (→ agent, → Meta) | failed calls |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for n in self.sizes() {
+            for (t, k, name, _) in SERIES {
+                let Some(r) = self.at(t, k, n) else { continue };
+                let _ = writeln!(
+                    s,
+                    "| {n} | {name} | {} | {} | {}, {} | {} |",
+                    spread(r, &["latency_ms", "to_agent"]),
+                    spread(r, &["latency_ms", "to_meta"]),
+                    fmt(num(r, &["jitter_ms", "to_agent", "p99"]), 2),
+                    fmt(num(r, &["jitter_ms", "to_meta", "p99"]), 2),
+                    r["failed"],
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nCall set-up through watrunk (each call: a new TLS connection, INVITE, 407, INVITE with \
+             credentials, 200, ACK; then ICE and DTLS for DTLS calls; times from the first INVITE, ms, \
+             p50 / p99 / max):\n"
+        );
+        let _ = writeln!(s, "| run | offered / achieved set-ups/s | failed | INVITE → 200 | → ICE | → DTLS (SRTP keys) | → first RTP from watrunk |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let mut setup_rows: Vec<&Value> = self.setups();
+        setup_rows.extend(
+            self.sweep("watrunk", "dtls")
+                .into_iter()
+                .filter(|r| r["calls"].as_u64() == self.sizes().last().copied()),
+        );
+        for r in setup_rows {
+            let label = if r["hold"] == 0.0 {
+                format!("{} calls held (sweep, DTLS)", r["calls"])
+            } else {
+                format!("{} calls, {} s each (DTLS)", r["total"], r["hold"])
+            };
+            let _ = writeln!(
+                s,
+                "| {label} | {} / {} | {} | {} | {} | {} | {} |",
+                fmt(num(r, &["rate"]), 0),
+                fmt(num(r, &["setups_per_second"]), 1),
+                r["failed"],
+                spread(r, &["setup_ms", "answered"]),
+                spread(r, &["setup_ms", "ice"]),
+                spread(r, &["setup_ms", "secure"]),
+                spread(r, &["setup_ms", "first_rtp"]),
+            );
+        }
+        let _ = writeln!(s, "\nResident memory of the relay process (VmRSS before the first call and at full load):\n");
+        let _ = writeln!(
+            s,
+            "| calls | relay | RSS idle KiB | RSS loaded KiB | KiB per call |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|");
+        if let Some(&n) = self.sizes().last() {
+            for (t, k, name, _) in SERIES {
+                let Some(r) = self.at(t, k, n) else { continue };
+                let _ = writeln!(
+                    s,
+                    "| {n} | {name} | {} | {} | {} |",
+                    fmt(num(r, &["rss_kib", "idle"]), 0),
+                    fmt(num(r, &["rss_kib", "loaded"]), 0),
+                    fmt(num(r, &["rss_kib", "per_call"]), 1),
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nHeadline figures (docs/benchmarks.json, watrunk with DTLS at the largest size run):\n\n```json\n{}\n```\n{END}",
+            serde_json::to_string_pretty(headline).unwrap_or_default()
+        );
+        s
+    }
+
+    fn plot(&self, path: &Path) -> Result<()> {
+        let font = std::fs::read(FONT).with_context(|| format!("the plot's font {FONT}"))?;
+        plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            Box::leak(font.into_boxed_slice()),
+        )
+        .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+        let max_calls = self.sizes().last().copied().unwrap_or(1000) as f64 * 1.05;
+        let series: Vec<(&str, RGBColor, Vec<Point>)> = SERIES
+            .iter()
+            .map(|(t, k, name, color)| {
+                let points = self
+                    .sweep(t, k)
+                    .into_iter()
+                    .filter_map(|r| {
+                        Some((
+                            r["calls"].as_f64()?,
+                            num(r, &["window", "relay_us_per_packet"])?,
+                            loss(r)?,
+                        ))
+                    })
+                    .collect();
+                (*name, *color, points)
+            })
+            .collect();
+        let max_cost = series
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|x| x.1))
+            .fold(1.0f64, f64::max)
+            * 1.15;
+        let max_loss = series
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|x| x.2))
+            .fold(0.1f64, f64::max)
+            * 1.15;
+        let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (left, right) = root.split_horizontally(600);
+        let charts = [
+            (left, "CPU per relayed packet (µs)", max_cost, 1usize),
+            (right, "packet loss (%)", max_loss, 2usize),
+        ];
+        for (area, title, top, column) in charts {
+            let mut chart = ChartBuilder::on(&area)
+                .caption(title, ("sans-serif", 20))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(48)
+                .build_cartesian_2d(0f64..max_calls, 0f64..top)?;
+            chart
+                .configure_mesh()
+                .x_desc("concurrent calls")
+                .label_style(("sans-serif", 13))
+                .draw()?;
+            for (name, color, points) in &series {
+                let xy: Vec<(f64, f64)> = points
+                    .iter()
+                    .map(|p| (p.0, if column == 1 { p.1 } else { p.2 }))
+                    .collect();
+                let color = *color;
+                chart
+                    .draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))?
+                    .label(*name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart.draw_series(xy.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .label_font(("sans-serif", 13))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    }
+}

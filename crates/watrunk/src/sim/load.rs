@@ -1,0 +1,1182 @@
+//! `watrunk sim load`: Meta at scale. N concurrent WhatsApp-user calls, each as `sim call` places
+//! it (its own TLS connection, Meta's INVITE, the 407 answered, an ICE-lite DTLS or SDES offer, its
+//! own media socket), with Opus-sized packets at 50 per second each way. The agent's side is this
+//! process too (`--sink`, which the relay under test sends every call's plain RTP to): it echoes
+//! each packet, so both ends of the path share one clock and every packet carries its own
+//! timestamps (sent by "Meta", echoed by the agent). The same load can go through rtpengine's
+//! userspace relay (ng protocol) or a bare UDP relay (`sim bare-relay`) as references in the same
+//! run. One `sim.load` JSON line reports set-up times, loss, one-way latency and jitter (p50, p99,
+//! max) and, over a measurement window at full load, the relay's and this generator's CPU per
+//! relayed packet and the relay's resident memory per call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch, Semaphore};
+use watrunk_media::{Identity, MediaEvent, MediaSession};
+use watrunk_sdp::{self as sdp, MediaPlan, Security};
+use watrunk_sip::{Dialog, Message, Method, Response};
+
+use super::link::Link;
+use super::media::{MediaOptions, Relay};
+use super::uac::{self, Caller, Target};
+use super::SrtpMode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Through {
+    /// `watrunk serve` at --target, over SIP/TLS.
+    Watrunk,
+    /// rtpengine's userspace relay, driven over its ng protocol at --ng.
+    Rtpengine,
+    /// `watrunk sim bare-relay` at --relay: plain RTP, no SRTP (the kernel's UDP path alone).
+    Bare,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    #[arg(long, value_enum, default_value = "watrunk")]
+    pub through: Through,
+    /// The business's SIP server (host[:port]), for --through watrunk.
+    #[arg(long, default_value = "127.0.0.1:5061")]
+    pub target: String,
+    /// The business number called.
+    #[arg(long, default_value = "+15550001111")]
+    pub to: String,
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// rtpengine's ng control address, for --through rtpengine.
+    #[arg(long, default_value = "127.0.0.1:2223")]
+    pub ng: SocketAddr,
+    /// The bare relay's address, for --through bare.
+    #[arg(long, default_value = "127.0.0.1:4200")]
+    pub relay: SocketAddr,
+    /// The agent's side: the relay under test sends every call's plain RTP here.
+    #[arg(long, default_value = "127.0.0.1:4100")]
+    pub sink: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub media_ip: IpAddr,
+    #[arg(long, value_enum, default_value = "dtls")]
+    pub srtp: SrtpMode,
+    /// Concurrent calls.
+    #[arg(long, default_value_t = 100)]
+    pub calls: usize,
+    /// Calls placed in all (default: --calls).
+    #[arg(long)]
+    pub total: Option<usize>,
+    /// Call set-ups started per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds each call lasts after its answer; 0: until the measurement window has closed.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
+    /// Seconds of full load measured (CPU, latency), after --settle.
+    #[arg(long, default_value_t = 10.0)]
+    pub window: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// The relay's process, whose CPU time and resident memory are measured.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// RTP payload bytes (an Opus frame of 20 ms at ~32 kbit/s is 80).
+    #[arg(long, default_value_t = 80)]
+    pub payload: usize,
+}
+
+const PT: u8 = 111;
+const MAGIC: [u8; 4] = *b"WTLD";
+/// The payload's stamp: magic, call, sequence, sent (ns), echoed (ns).
+const STAMP: usize = 28;
+const SLOTS: u64 = 20;
+
+/// One packet's stamp, read from an RTP payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    call: u32,
+    seq: u32,
+    sent_ns: u64,
+    echoed_ns: u64,
+}
+
+fn payload_offset(packet: &[u8]) -> Option<usize> {
+    let first = *packet.first()?;
+    if first >> 6 != 2 {
+        return None;
+    }
+    let mut offset = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let words = packet.get(offset + 2..offset + 4)?;
+        offset += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    (packet.len() >= offset + STAMP).then_some(offset)
+}
+
+fn read_stamp(packet: &[u8]) -> Option<(usize, Stamp)> {
+    let at = payload_offset(packet)?;
+    let p = &packet[at..at + STAMP];
+    if p[..4] != MAGIC {
+        return None;
+    }
+    let u32_at = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().unwrap_or_default());
+    let u64_at = |i: usize| u64::from_be_bytes(p[i..i + 8].try_into().unwrap_or_default());
+    Some((
+        at,
+        Stamp {
+            call: u32_at(4),
+            seq: u32_at(8),
+            sent_ns: u64_at(12),
+            echoed_ns: u64_at(20),
+        },
+    ))
+}
+
+fn write_packet(buf: &mut [u8], payload: usize, stamp: Stamp) -> usize {
+    let len = 12 + payload.max(STAMP);
+    buf[0] = 0x80;
+    buf[1] = PT;
+    buf[2..4].copy_from_slice(&(stamp.seq as u16).to_be_bytes());
+    buf[4..8].copy_from_slice(&stamp.seq.wrapping_mul(960).to_be_bytes());
+    buf[8..12].copy_from_slice(&(0x5741_0000 ^ stamp.call).to_be_bytes());
+    let p = &mut buf[12..len];
+    p[..4].copy_from_slice(&MAGIC);
+    p[4..8].copy_from_slice(&stamp.call.to_be_bytes());
+    p[8..12].copy_from_slice(&stamp.seq.to_be_bytes());
+    p[12..20].copy_from_slice(&stamp.sent_ns.to_be_bytes());
+    p[20..28].copy_from_slice(&stamp.echoed_ns.to_be_bytes());
+    p[28..].fill(0);
+    len
+}
+
+/// One direction of one call: what arrived, by sequence range, and RFC 3550 interarrival jitter.
+#[derive(Debug, Default, Clone)]
+struct Flow {
+    received: u64,
+    min_seq: u32,
+    max_seq: u32,
+    jitter_ns: f64,
+    last_transit_ns: Option<i64>,
+}
+
+impl Flow {
+    fn record(&mut self, seq: u32, sent_ns: u64, now_ns: u64) {
+        if self.received == 0 {
+            self.min_seq = seq;
+            self.max_seq = seq;
+        }
+        self.received += 1;
+        self.min_seq = self.min_seq.min(seq);
+        self.max_seq = self.max_seq.max(seq);
+        let transit = now_ns as i64 - sent_ns as i64;
+        if let Some(last) = self.last_transit_ns {
+            let d = (transit - last).unsigned_abs() as f64;
+            self.jitter_ns += (d - self.jitter_ns) / 16.0;
+        }
+        self.last_transit_ns = Some(transit);
+    }
+
+    fn expected(&self) -> u64 {
+        if self.received == 0 {
+            0
+        } else {
+            u64::from(self.max_seq - self.min_seq) + 1
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.received)
+    }
+}
+
+/// Counters the packet tasks keep and the window reads (one writer each).
+#[derive(Default)]
+struct Counters {
+    meta_sent: AtomicU64,
+    meta_received: AtomicU64,
+    agent_received: AtomicU64,
+    send_failed: AtomicU64,
+    /// Calls whose echo has come back at least once, and are still up.
+    flowing: AtomicUsize,
+}
+
+/// The shared clock of both ends and the switch that opens the latency window.
+struct Clock {
+    epoch: Instant,
+    measuring: AtomicBool,
+}
+
+impl Clock {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+enum Control {
+    /// Call `call`'s plain side is at this address: start sending to it.
+    Up(u32, SocketAddr),
+    Down(u32),
+}
+
+/// What the Meta side's packet task knew at the end.
+struct MetaSide {
+    flows: Vec<Flow>,
+    latency: Histogram<u64>,
+    round_trip: Histogram<u64>,
+}
+
+/// Meta's side of every call's plain RTP: sends each call a stamped packet every 20 ms (calls
+/// spread over 20 one-millisecond slots) and reads the echoes.
+async fn meta_side(
+    socket: UdpSocket,
+    mut control: mpsc::Receiver<Control>,
+    total: usize,
+    payload: usize,
+    clock: Arc<Clock>,
+    counters: Arc<Counters>,
+) -> MetaSide {
+    let mut flows = vec![Flow::default(); total];
+    let mut targets: Vec<Option<(SocketAddr, u32)>> = vec![None; total];
+    let mut heard = vec![false; total];
+    let mut slots: Vec<Vec<u32>> = vec![Vec::new(); SLOTS as usize];
+    let mut latency = histogram();
+    let mut round_trip = histogram();
+    let start = tokio::time::Instant::now();
+    let mut next_slot: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut buf = [0u8; 1500];
+    loop {
+        tokio::select! {
+            biased;
+            c = control.recv() => match c {
+                Some(Control::Up(call, to)) => {
+                    if let Some(t) = targets.get_mut(call as usize) {
+                        *t = Some((to, 0));
+                        slots[call as usize % SLOTS as usize].push(call);
+                    }
+                }
+                Some(Control::Down(call)) => {
+                    let slot = &mut slots[call as usize % SLOTS as usize];
+                    slot.retain(|&c| c != call);
+                    if let Some(t) = targets.get_mut(call as usize) {
+                        *t = None;
+                    }
+                    if heard.get(call as usize).copied().unwrap_or(false) {
+                        counters.flowing.fetch_sub(1, Relaxed);
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                let due = start.elapsed().as_millis() as u64;
+                while next_slot <= due {
+                    for &call in &slots[(next_slot % SLOTS) as usize] {
+                        let Some((to, seq)) = targets[call as usize].as_mut() else { continue };
+                        let stamp = Stamp { call, seq: *seq, sent_ns: clock.now_ns(), echoed_ns: 0 };
+                        *seq += 1;
+                        let n = write_packet(&mut buf, payload, stamp);
+                        match socket.try_send_to(&buf[..n], *to) {
+                            Ok(_) => counters.meta_sent.fetch_add(1, Relaxed),
+                            Err(_) => counters.send_failed.fetch_add(1, Relaxed),
+                        };
+                    }
+                    next_slot += 1;
+                }
+            }
+            r = socket.readable() => {
+                if r.is_err() {
+                    break;
+                }
+                while let Ok((n, _)) = socket.try_recv_from(&mut buf) {
+                    let Some((_, s)) = read_stamp(&buf[..n]) else { continue };
+                    let Some(flow) = flows.get_mut(s.call as usize) else { continue };
+                    let now = clock.now_ns();
+                    flow.record(s.seq, s.echoed_ns, now);
+                    counters.meta_received.fetch_add(1, Relaxed);
+                    if !heard[s.call as usize] && targets[s.call as usize].is_some() {
+                        heard[s.call as usize] = true;
+                        counters.flowing.fetch_add(1, Relaxed);
+                    }
+                    if clock.measuring.load(Relaxed) {
+                        let _ = latency.record(now.saturating_sub(s.echoed_ns) / 1000);
+                        let _ = round_trip.record(now.saturating_sub(s.sent_ns) / 1000);
+                    }
+                }
+            }
+        }
+    }
+    MetaSide {
+        flows,
+        latency,
+        round_trip,
+    }
+}
+
+struct AgentSide {
+    flows: Vec<Flow>,
+    latency: Histogram<u64>,
+}
+
+/// The agent behind the relay: every stamped packet is recorded and sent straight back with the
+/// echo time written in.
+async fn agent_side(
+    socket: UdpSocket,
+    mut stop: watch::Receiver<bool>,
+    total: usize,
+    clock: Arc<Clock>,
+    counters: Arc<Counters>,
+) -> AgentSide {
+    let mut flows = vec![Flow::default(); total];
+    let mut latency = histogram();
+    let mut buf = [0u8; 1500];
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            r = socket.readable() => {
+                if r.is_err() {
+                    break;
+                }
+                while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
+                    let Some((at, s)) = read_stamp(&buf[..n]) else { continue };
+                    let Some(flow) = flows.get_mut(s.call as usize) else { continue };
+                    let now = clock.now_ns();
+                    flow.record(s.seq, s.sent_ns, now);
+                    counters.agent_received.fetch_add(1, Relaxed);
+                    if clock.measuring.load(Relaxed) {
+                        let _ = latency.record(now.saturating_sub(s.sent_ns) / 1000);
+                    }
+                    buf[at + 20..at + 28].copy_from_slice(&clock.now_ns().to_be_bytes());
+                    if socket.try_send_to(&buf[..n], from).is_err() {
+                        counters.send_failed.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+    AgentSide { flows, latency }
+}
+
+/// A UDP socket with room for bursts (the default 208 KiB overflows at a few hundred calls).
+fn roomy_socket(addr: SocketAddr) -> Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
+/// One call's set-up times from its first message (INVITE or ng offer), and how it ended.
+#[derive(Debug, Default)]
+struct CallRecord {
+    answered_ms: Option<f64>,
+    ice_ms: Option<f64>,
+    secure_ms: Option<f64>,
+    first_rtp_ms: Option<f64>,
+    /// When the media came up, from the load's start (for the set-up rate).
+    secure_at: Option<Duration>,
+    failure: Option<String>,
+}
+
+struct Shared {
+    args: LoadArgs,
+    target: Option<Target>,
+    password: Option<String>,
+    identity: Identity,
+    options: MediaOptions,
+    meta_addr: SocketAddr,
+    control: mpsc::Sender<Control>,
+    /// Turns true when calls held "until the window closed" are to hang up.
+    hang_up: watch::Receiver<bool>,
+    started: Instant,
+}
+
+fn ms_since(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1000.0
+}
+
+/// How a call's signalling goes on while its media runs, and how it is ended.
+enum Signalling {
+    Sip {
+        link: Link,
+        rx: mpsc::Receiver<Message>,
+        dialog: Box<Dialog>,
+    },
+    Ng {
+        call_id: String,
+    },
+    None,
+}
+
+impl Signalling {
+    /// Answers in-dialog requests until the far side ends the call.
+    async fn remote_end(&mut self) -> String {
+        let Signalling::Sip { link, rx, .. } = self else {
+            return std::future::pending().await;
+        };
+        loop {
+            match rx.recv().await {
+                None => return "the business closed the TLS connection".into(),
+                Some(Message::Request(req)) => {
+                    link.respond(&Response::to_request(&req, 200, "OK", None))
+                        .await;
+                    if req.method == Method::BYE {
+                        return "the business hung up".into();
+                    }
+                }
+                Some(Message::Response(_)) => {}
+            }
+        }
+    }
+
+    async fn end(self, ng: SocketAddr, duration: u64) {
+        match self {
+            Signalling::Sip {
+                link,
+                mut rx,
+                mut dialog,
+            } => {
+                let _ = uac::hang_up(&link, &mut rx, &mut dialog, duration, "user hung up").await;
+            }
+            Signalling::Ng { call_id } => {
+                let delete = NgCommand {
+                    command: "delete",
+                    call_id: &call_id,
+                    ..NgCommand::default()
+                };
+                let _ = ng_request(ng, &delete).await;
+            }
+            Signalling::None => {}
+        }
+    }
+}
+
+async fn run_call(shared: Arc<Shared>, call: u32) -> CallRecord {
+    let mut record = CallRecord::default();
+    if let Err(e) = call_inner(&shared, call, &mut record).await {
+        record.failure = Some(format!("{e:#}"));
+    }
+    record
+}
+
+async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Result<()> {
+    let args = &shared.args;
+    let t0 = Instant::now();
+    if args.through == Through::Bare {
+        return bare_call(shared, call, record, t0).await;
+    }
+    let security = match args.srtp {
+        SrtpMode::Dtls => Security::Dtls,
+        SrtpMode::Sdes => Security::Sdes,
+    };
+    let relay = Relay::with_identity(shared.options.clone(), shared.identity.clone()).await?;
+    let leg = relay.leg_to(security, shared.meta_addr).await?;
+    let (offer, offer_state) = leg.offer()?;
+    let (signalling, plan) = match args.through {
+        Through::Watrunk => {
+            let target = shared
+                .target
+                .as_ref()
+                .ok_or_else(|| anyhow!("no --target"))?;
+            let (link, mut rx) = target.connect(false).await?;
+            let from = format!("+1219{:07}", call);
+            let caller = Caller {
+                to: &args.to,
+                from: &from,
+                password: shared.password.as_deref(),
+                cancel_after: None,
+            };
+            let placed = uac::place(target, &link, &mut rx, &caller, offer).await?;
+            if placed.response.status != 200 {
+                bail!(
+                    "{} {}",
+                    placed.response.status,
+                    placed.response.reason.as_str()
+                );
+            }
+            record.answered_ms = Some(ms_since(t0));
+            let (dialog, plan) = uac::confirm(&link, &placed, &offer_state)
+                .await?
+                .map_err(|e| anyhow!(e))?;
+            (
+                Signalling::Sip {
+                    link,
+                    rx,
+                    dialog: Box::new(dialog),
+                },
+                plan,
+            )
+        }
+        Through::Rtpengine => {
+            let (call_id, plan) = rtpengine_negotiate(shared, call, &offer, &offer_state).await?;
+            record.answered_ms = Some(ms_since(t0));
+            (Signalling::Ng { call_id }, plan)
+        }
+        Through::Bare => unreachable!("handled above"),
+    };
+    let session = leg.start_session(plan, &shared.options);
+    let _ = shared
+        .control
+        .send(Control::Up(call, session.app_addr()))
+        .await;
+    let outcome = hold(shared, call, Some(session), signalling, record, t0).await;
+    drop(relay);
+    outcome
+}
+
+/// Runs the call's media until its hold time, the load's end or the far side's hang-up.
+async fn hold(
+    shared: &Shared,
+    call: u32,
+    mut session: Option<MediaSession>,
+    mut signalling: Signalling,
+    record: &mut CallRecord,
+    t0: Instant,
+) -> Result<()> {
+    let args = &shared.args;
+    let mut hang_up = shared.hang_up.clone();
+    let answered = Instant::now();
+    let hold = async {
+        if args.hold > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
+        } else {
+            let _ = hang_up.wait_for(|&h| h).await;
+        }
+    };
+    tokio::pin!(hold);
+    let mut failure = None;
+    let mut ours = true;
+    loop {
+        tokio::select! {
+            () = &mut hold => break,
+            why = signalling.remote_end() => {
+                failure = Some(why);
+                ours = false;
+                break;
+            }
+            e = async {
+                match session.as_mut() {
+                    Some(s) => s.events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match e {
+                Some(MediaEvent::IceConnected { .. }) => record.ice_ms = Some(ms_since(t0)),
+                Some(MediaEvent::SecureUp { .. }) => {
+                    record.secure_ms = Some(ms_since(t0));
+                    record.secure_at = Some(shared.started.elapsed());
+                }
+                Some(MediaEvent::FirstRtpIn { .. }) => record.first_rtp_ms = Some(ms_since(t0)),
+                Some(MediaEvent::Failed { reason }) => {
+                    failure = Some(format!("media failed: {reason}"));
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    let _ = shared.control.send(Control::Down(call)).await;
+    if ours {
+        signalling.end(args.ng, answered.elapsed().as_secs()).await;
+    }
+    if let Some(session) = session {
+        session.stop().await;
+    }
+    match failure {
+        Some(f) => Err(anyhow!(f)),
+        None => Ok(()),
+    }
+}
+
+/// The bare path: the call's plain side forwards to and from the bare relay from its own socket,
+/// as a call's SRTP socket would.
+async fn bare_call(shared: &Shared, call: u32, record: &mut CallRecord, t0: Instant) -> Result<()> {
+    let ip = shared.args.media_ip;
+    let app = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    let wire = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    let app_addr = app.local_addr()?;
+    let (relay, meta) = (shared.args.relay, shared.meta_addr);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let forward = tokio::spawn(async move {
+        let mut up = [0u8; 1500];
+        let mut down = [0u8; 1500];
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                r = app.recv_from(&mut up) => if let Ok((n, _)) = r {
+                    let _ = wire.send_to(&up[..n], relay).await;
+                },
+                r = wire.recv_from(&mut down) => if let Ok((n, _)) = r {
+                    let _ = app.send_to(&down[..n], meta).await;
+                },
+            }
+        }
+    });
+    record.answered_ms = Some(ms_since(t0));
+    record.secure_at = Some(shared.started.elapsed());
+    let _ = shared.control.send(Control::Up(call, app_addr)).await;
+    let outcome = hold(shared, call, None, Signalling::None, record, t0).await;
+    let _ = stop.send(());
+    let _ = forward.await;
+    outcome
+}
+
+/// rtpengine between Meta's side (our offer) and the agent (an answer at --sink): offer, then
+/// answer, as a SIP proxy in front of it would send them.
+async fn rtpengine_negotiate(
+    shared: &Shared,
+    call: u32,
+    offer: &str,
+    state: &sdp::OfferState,
+) -> Result<(String, MediaPlan)> {
+    let ng = shared.args.ng;
+    let call_id = format!("load-{}-{call}", std::process::id());
+    ng_request(
+        ng,
+        &NgCommand {
+            command: "offer",
+            call_id: &call_id,
+            from_tag: Some("meta"),
+            sdp: Some(offer),
+            transport_protocol: Some("RTP/AVP"),
+            ice: Some("remove"),
+            rtcp_mux: &["demux"],
+            replace: &["origin", "session-connection"],
+            ..NgCommand::default()
+        },
+    )
+    .await
+    .context("rtpengine offer")?;
+    let sink = shared.args.sink;
+    let agent = format!(
+        "v=0\r\no=- {call} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP {PT}\r\na=rtpmap:{PT} opus/48000/2\r\na=ptime:20\r\na=sendrecv\r\n",
+        ip = sink.ip(),
+        port = sink.port(),
+    );
+    let reply = ng_request(
+        ng,
+        &NgCommand {
+            command: "answer",
+            call_id: &call_id,
+            from_tag: Some("meta"),
+            to_tag: Some("agent"),
+            sdp: Some(&agent),
+            replace: &["origin", "session-connection"],
+            flags: &["no-rtcp-attribute"],
+            ..NgCommand::default()
+        },
+    )
+    .await
+    .context("rtpengine answer")?;
+    let answer = reply
+        .sdp
+        .ok_or_else(|| anyhow!("rtpengine's answer has no SDP"))?;
+    let answer = sdp::parse(answer.as_bytes()).map_err(|e| anyhow!("rtpengine's SDP: {e}"))?;
+    let plan = sdp::accept_answer(state, &answer).map_err(|e| anyhow!("rtpengine's SDP: {e}"))?;
+    Ok((call_id, plan))
+}
+
+/// An rtpengine ng command (a bencoded dict; empty fields are left out).
+#[derive(Serialize, Default)]
+struct NgCommand<'a> {
+    command: &'a str,
+    #[serde(rename = "call-id")]
+    call_id: &'a str,
+    #[serde(rename = "from-tag", skip_serializing_if = "Option::is_none")]
+    from_tag: Option<&'a str>,
+    #[serde(rename = "to-tag", skip_serializing_if = "Option::is_none")]
+    to_tag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sdp: Option<&'a str>,
+    #[serde(rename = "transport-protocol", skip_serializing_if = "Option::is_none")]
+    transport_protocol: Option<&'a str>,
+    #[serde(rename = "ICE", skip_serializing_if = "Option::is_none")]
+    ice: Option<&'a str>,
+    #[serde(rename = "rtcp-mux", skip_serializing_if = "<[_]>::is_empty")]
+    rtcp_mux: &'a [&'a str],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    replace: &'a [&'a str],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    flags: &'a [&'a str],
+}
+
+#[derive(Deserialize)]
+struct NgReply {
+    result: String,
+    #[serde(rename = "error-reason", default)]
+    error_reason: Option<String>,
+    #[serde(default)]
+    sdp: Option<String>,
+}
+
+/// One ng command (`"<cookie> <bencoded dict>"` over UDP) and rtpengine's reply.
+async fn ng_request(ng: SocketAddr, command: &NgCommand<'_>) -> Result<NgReply> {
+    let cookie = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let mut request = format!("{cookie} ").into_bytes();
+    request.extend(serde_bencode::to_bytes(command)?);
+    let local = SocketAddr::new(
+        if ng.is_ipv4() {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([0u16; 8])
+        },
+        0,
+    );
+    let socket = UdpSocket::bind(local).await?;
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..3 {
+        socket.send_to(&request, ng).await?;
+        let Ok(r) = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await
+        else {
+            continue;
+        };
+        let n = r?;
+        let Some(body) = buf[..n].strip_prefix(format!("{cookie} ").as_bytes()) else {
+            continue;
+        };
+        let reply: NgReply = serde_bencode::from_bytes(body).context("rtpengine's ng reply")?;
+        if reply.result != "ok" {
+            bail!(
+                "rtpengine: {}",
+                reply.error_reason.as_deref().unwrap_or(&reply.result)
+            );
+        }
+        return Ok(reply);
+    }
+    bail!("rtpengine at {ng} did not answer (ng)")
+}
+
+/// CPU time (user + system) of a process, summed over its threads' scheduler statistics.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = entry.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(Duration::from_nanos(total))
+}
+
+fn own_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given and cannot fail for RUSAGE_SELF.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// p50 / p99 / max of some milliseconds.
+fn spread(mut values: Vec<f64>) -> Value {
+    if values.is_empty() {
+        return Value::Null;
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let v = values[((values.len() - 1) as f64 * q).round() as usize];
+        (v * 1000.0).round() / 1000.0
+    };
+    json!({ "p50": at(0.5), "p99": at(0.99), "max": at(1.0), "n": values.len() })
+}
+
+/// p50 / p99 / max of a histogram of microseconds, in milliseconds.
+fn spread_us(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    let ms = |us: u64| (us as f64 / 1000.0 * 1000.0).round() / 1000.0;
+    json!({
+        "p50": ms(h.value_at_quantile(0.5)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "max": ms(h.max()),
+        "n": h.len(),
+    })
+}
+
+fn loss_pct(flows: &[Flow]) -> f64 {
+    let expected: u64 = flows.iter().map(Flow::expected).sum();
+    let lost: u64 = flows.iter().map(Flow::lost).sum();
+    if expected == 0 {
+        return 0.0;
+    }
+    (lost as f64 * 100.0 / expected as f64 * 1000.0).round() / 1000.0
+}
+
+fn jitter_ms(flows: &[Flow]) -> Value {
+    spread(
+        flows
+            .iter()
+            .filter(|f| f.received > 1)
+            .map(|f| f.jitter_ns / 1e6)
+            .collect(),
+    )
+}
+
+/// What the measurement window saw.
+struct Snapshot {
+    at: Instant,
+    relayed: u64,
+    relay_cpu: Option<Duration>,
+    own_cpu: Duration,
+}
+
+impl Snapshot {
+    fn take(counters: &Counters, pid: Option<u32>) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            relayed: counters.agent_received.load(Relaxed) + counters.meta_received.load(Relaxed),
+            relay_cpu: pid.and_then(process_cpu),
+            own_cpu: own_cpu(),
+        }
+    }
+}
+
+fn window_report(a: &Snapshot, b: &Snapshot, calls: usize) -> Value {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    let relayed = b.relayed.saturating_sub(a.relayed);
+    let per_packet = |cpu: Duration| {
+        (relayed > 0).then(|| (cpu.as_secs_f64() * 1e6 / relayed as f64 * 1000.0).round() / 1000.0)
+    };
+    let relay_cpu = match (a.relay_cpu, b.relay_cpu) {
+        (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+        _ => None,
+    };
+    let own = b.own_cpu.saturating_sub(a.own_cpu);
+    let relay_cores = relay_cpu.map(|c| c.as_secs_f64() / secs);
+    json!({
+        "secs": (secs * 1000.0).round() / 1000.0,
+        "relayed_packets": relayed,
+        "relayed_pps": (relayed as f64 / secs).round(),
+        "relay_cpu_secs": relay_cpu.map(|c| c.as_secs_f64()),
+        "relay_us_per_packet": relay_cpu.and_then(per_packet),
+        "relay_cores": relay_cores.map(|c| (c * 1000.0).round() / 1000.0),
+        "calls_per_relay_core": relay_cores.filter(|&c| c > 0.0).map(|c| (calls as f64 / c).round()),
+        "generator_cpu_secs": own.as_secs_f64(),
+        "generator_us_per_packet": per_packet(own),
+    })
+}
+
+pub async fn run(args: LoadArgs) -> Result<bool> {
+    let total = args.total.unwrap_or(args.calls).max(1);
+    let calls = args.calls.clamp(1, total);
+    if args.hold <= 0.0 && total != calls {
+        bail!("--hold 0 (until the window closes) needs --total equal to --calls");
+    }
+    if args.rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    let clock = Arc::new(Clock {
+        epoch: Instant::now(),
+        measuring: AtomicBool::new(false),
+    });
+    let counters = Arc::new(Counters::default());
+    let meta_socket = roomy_socket(SocketAddr::new(args.media_ip, 0))?;
+    let meta_addr = meta_socket.local_addr()?;
+    let agent_socket = roomy_socket(args.sink)?;
+    let (control, control_rx) = mpsc::channel(4096);
+    let meta_task = tokio::spawn(meta_side(
+        meta_socket,
+        control_rx,
+        total,
+        args.payload,
+        clock.clone(),
+        counters.clone(),
+    ));
+    let (stop_agent, stop_agent_rx) = watch::channel(false);
+    let agent_task = tokio::spawn(agent_side(
+        agent_socket,
+        stop_agent_rx,
+        total,
+        clock.clone(),
+        counters.clone(),
+    ));
+    let target = match args.through {
+        Through::Watrunk => Some(
+            Target::resolve(
+                &args.target,
+                args.ca.as_deref(),
+                args.server_name.as_deref(),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let password = args
+        .password_file
+        .as_deref()
+        .map(super::read_password)
+        .transpose()?;
+    let options = MediaOptions {
+        media_ip: args.media_ip,
+        tone_hz: 440.0,
+        rtp_timeout: Duration::from_secs(20),
+        keep_ssrc: false,
+        speak_first: args.through == Through::Rtpengine,
+    };
+    let (hang_up, hang_up_rx) = watch::channel(false);
+    let pid = args.pid;
+    let rate = args.rate;
+    let (hold, window, settle) = (args.hold, args.window, args.settle);
+    let through = args.through;
+    let srtp = args.srtp;
+    let rss_idle = pid.and_then(resident_kib);
+    let shared = Arc::new(Shared {
+        args,
+        target,
+        password,
+        identity: Identity::generate().map_err(|e| anyhow!("{e}"))?,
+        options,
+        meta_addr,
+        control,
+        hang_up: hang_up_rx,
+        started: Instant::now(),
+    });
+
+    let permits = Arc::new(Semaphore::new(calls));
+    let launcher = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut handles = Vec::with_capacity(total);
+            for call in 0..total {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                tokio::time::sleep_until(start + Duration::from_secs_f64(call as f64 / rate)).await;
+                let shared = shared.clone();
+                handles.push(tokio::spawn(async move {
+                    let record = run_call(shared, call as u32).await;
+                    drop(permit);
+                    record
+                }));
+            }
+            handles
+        })
+    };
+
+    let mut report = json!({
+        "event": "sim.load",
+        "through": format!("{through:?}").to_lowercase(),
+        "srtp": if through == Through::Bare { "none".to_string() } else { format!("{srtp:?}").to_lowercase() },
+        "calls": calls,
+        "total": total,
+        "rate": rate,
+        "hold": hold,
+    });
+    if hold <= 0.0 {
+        let limit = Instant::now() + Duration::from_secs_f64(total as f64 / rate + 30.0);
+        while counters.flowing.load(Relaxed) < calls && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        report["flowing_at_window"] = counters.flowing.load(Relaxed).into();
+        tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+        let rss_loaded = pid.and_then(resident_kib);
+        let a = Snapshot::take(&counters, pid);
+        clock.measuring.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_secs_f64(window)).await;
+        clock.measuring.store(false, Relaxed);
+        let b = Snapshot::take(&counters, pid);
+        report["window"] = window_report(&a, &b, calls);
+        report["rss_kib"] = json!({
+            "idle": rss_idle,
+            "loaded": rss_loaded,
+            "per_call": match (rss_idle, rss_loaded) {
+                (Some(i), Some(l)) => Some(((l.saturating_sub(i)) as f64 / calls as f64 * 10.0).round() / 10.0),
+                _ => None,
+            },
+        });
+        let _ = hang_up.send(true);
+    }
+    let handles = launcher.await?;
+    let mut records = Vec::with_capacity(handles.len());
+    for h in handles {
+        records.push(h.await.unwrap_or_else(|e| CallRecord {
+            failure: Some(format!("call task: {e}")),
+            ..CallRecord::default()
+        }));
+    }
+    drop(shared);
+    let _ = stop_agent.send(true);
+    let meta = meta_task.await?;
+    let agent = agent_task.await?;
+
+    let failed: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.failure.as_deref())
+        .collect();
+    let mut failures: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &failed {
+        *failures.entry(f).or_default() += 1;
+    }
+    let up: Vec<Duration> = records.iter().filter_map(|r| r.secure_at).collect();
+    let last_up = up.iter().max().copied().unwrap_or_default().as_secs_f64();
+    let pick = |f: fn(&CallRecord) -> Option<f64>| records.iter().filter_map(f).collect::<Vec<_>>();
+    report["established"] = up.len().into();
+    report["failed"] = failed.len().into();
+    report["failures"] = json!(failures.into_iter().take(5).collect::<BTreeMap<_, _>>());
+    report["setups_per_second"] = if last_up > 0.0 {
+        ((up.len() as f64 / last_up) * 10.0).round() / 10.0
+    } else {
+        0.0
+    }
+    .into();
+    report["setup_ms"] = json!({
+        "answered": spread(pick(|r| r.answered_ms)),
+        "ice": spread(pick(|r| r.ice_ms)),
+        "secure": spread(pick(|r| r.secure_ms)),
+        "first_rtp": spread(pick(|r| r.first_rtp_ms)),
+    });
+    report["packets"] = json!({
+        "meta_sent": counters.meta_sent.load(Relaxed),
+        "agent_received": counters.agent_received.load(Relaxed),
+        "meta_received": counters.meta_received.load(Relaxed),
+        "send_failed": counters.send_failed.load(Relaxed),
+    });
+    report["loss_pct"] = json!({
+        "to_agent": loss_pct(&agent.flows),
+        "to_meta": loss_pct(&meta.flows),
+    });
+    report["latency_ms"] = json!({
+        "to_agent": spread_us(&agent.latency),
+        "to_meta": spread_us(&meta.latency),
+        "round_trip": spread_us(&meta.round_trip),
+    });
+    report["jitter_ms"] = json!({
+        "to_agent": jitter_ms(&agent.flows),
+        "to_meta": jitter_ms(&meta.flows),
+    });
+    let ok = failed.is_empty();
+    super::emit(report);
+    Ok(ok)
+}
+
+#[derive(Args, Debug)]
+pub struct BareRelayArgs {
+    /// The Meta-facing socket every call shares.
+    #[arg(long, default_value = "127.0.0.1:4200")]
+    pub listen: SocketAddr,
+    /// Where every call's packets go (the agent).
+    #[arg(long, default_value = "127.0.0.1:4100")]
+    pub sink: SocketAddr,
+    /// Far addresses learnt at most (each gets its own local socket until exit).
+    #[arg(long, default_value_t = 8192)]
+    pub max_calls: usize,
+}
+
+/// `watrunk sim bare-relay`: the reference for the media path, the same socket and task layout as
+/// watrunk's (one shared socket toward Meta, a local socket L per call toward the agent, a task per
+/// call for the way back) with nothing else: no SRTP, no re-stamping. A call is learnt from its
+/// first packet.
+pub async fn bare_relay(args: BareRelayArgs) -> Result<()> {
+    let shared = Arc::new(roomy_socket(args.listen)?);
+    eprintln!("sim bare-relay: {} <-> {}", shared.local_addr()?, args.sink);
+    let mut routes: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let local = SocketAddr::new(args.sink.ip(), 0);
+    let mut buf = [0u8; 1500];
+    loop {
+        shared.readable().await?;
+        while let Ok((n, from)) = shared.try_recv_from(&mut buf) {
+            let l = match routes.get(&from) {
+                Some(l) => l,
+                None if routes.len() < args.max_calls => {
+                    let l = Arc::new(UdpSocket::bind(local).await?);
+                    let (back, l2) = (shared.clone(), l.clone());
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 1500];
+                        while let Ok((n, _)) = l2.recv_from(&mut buf).await {
+                            let _ = back.send_to(&buf[..n], from).await;
+                        }
+                    });
+                    routes.entry(from).or_insert(l)
+                }
+                None => continue,
+            };
+            let _ = l.try_send_to(&buf[..n], args.sink);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_survive_the_packet_and_an_rtp_extension() {
+        let mut buf = [0u8; 200];
+        let stamp = Stamp {
+            call: 7,
+            seq: 300,
+            sent_ns: 123_456_789,
+            echoed_ns: 0,
+        };
+        let n = write_packet(&mut buf, 80, stamp);
+        assert_eq!(n, 92);
+        assert_eq!(read_stamp(&buf[..n]).unwrap(), (12, stamp));
+        // The same payload behind a one-word header extension (X bit).
+        let mut ext = vec![
+            0x90, PT, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xbe, 0xde, 0, 1, 1, 2, 3, 4,
+        ];
+        ext.extend_from_slice(&buf[12..n]);
+        assert_eq!(read_stamp(&ext).unwrap(), (20, stamp));
+        assert!(read_stamp(&buf[..30]).is_none(), "short payload");
+        buf[12] = b'X';
+        assert!(read_stamp(&buf[..n]).is_none(), "not ours");
+    }
+
+    #[test]
+    fn flows_count_loss_by_sequence_range_and_jitter_by_transit() {
+        let mut flow = Flow::default();
+        for (seq, sent, arrived) in [(10, 0, 1_000), (11, 20, 1_020), (13, 60, 1_560)] {
+            flow.record(seq, sent * 1_000_000, arrived * 1_000_000);
+        }
+        assert_eq!((flow.expected(), flow.received, flow.lost()), (4, 3, 1));
+        // Transit 1000, 1000, 1500 ms: one step of 500 ms, weighted 1/16.
+        assert!(
+            (flow.jitter_ns / 1e6 - 31.25).abs() < 1e-6,
+            "{}",
+            flow.jitter_ns
+        );
+    }
+}

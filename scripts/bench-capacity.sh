@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Capacity benchmark (docs/benchmarks.md "Capacity", docs/benchmarks.json, docs/capacity.png):
+# `watrunk sim load` places N concurrent WhatsApp-user calls (TLS SIP, 407, SDES or ICE-lite + DTLS,
+# 50 packets/s each way, echoed by the agent side in the same process) through a release
+# `watrunk serve`, and the same packet load through rtpengine's userspace relay (SDES-SRTP <-> RTP)
+# and through `watrunk sim bare-relay` (plain UDP, same socket layout), one after the other in the
+# same run. Then two set-up runs (DTLS at 200 and 500 set-ups/s). Runs in a private network
+# namespace (ICE peers skip loopback), as root.
+#
+#   scripts/bench-capacity.sh                 # CALLS="100 250 500 750 1000" WINDOW=10
+#   CALLS="500 1000" WINDOW=5 scripts/bench-capacity.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+if [ -z "${WATRUNK_BENCH_NETNS:-}" ]; then
+  need=()
+  command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+  command -v cmake >/dev/null 2>&1 || need+=(cmake)
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+  cargo build --release --locked -p watrunk -p watrunk-bench
+  exec unshare -n env WATRUNK_BENCH_NETNS=1 bash "$0" "$@"
+fi
+
+ip link set lo up
+ip addr add 198.18.0.1/32 dev lo
+ulimit -n 20000 2>/dev/null || true
+IP=198.18.0.1
+W=$root/target/release/watrunk
+CALLS=${CALLS:-"100 250 500 750 1000"}
+WINDOW=${WINDOW:-10}
+RAMP=${RAMP:-250}
+out=$root/target/bench/capacity
+rm -rf "$out" && mkdir -p "$out"
+results=$out/results.jsonl
+echo secret > "$out/pw"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+
+load() { # through, extra args...
+  local through=$1; shift
+  timeout 300 "$W" sim load --through "$through" --media-ip $IP --sink $IP:4100 --window "$WINDOW" "$@" \
+    >> "$results" 2>> "$out/load.err" || echo "load $through $* failed (see $out/load.err)" >&2
+  tail -n 1 "$results" | cut -c1-160 >&2
+}
+
+serve() { # srtp
+  "$W" serve --hostname localhost --tls $IP:5061 --state-dir "$out/state" --api off \
+    --number +15550001111 --sip-password-file "$out/pw" --challenge --digest-algorithm both \
+    --srtp "$1" --media-ip $IP --sink $IP:4100 > "$out/serve.out" 2>> "$out/serve.err" &
+  SERVE=$!; pids+=("$SERVE")
+  for _ in $(seq 50); do [ -f "$out/state/localhost.selfsigned.crt" ] && break; sleep 0.1; done
+  sleep 0.5
+}
+
+through_watrunk() { # srtp, calls, extra...
+  local srtp=$1 n=$2; shift 2
+  serve "$srtp"
+  load watrunk --target $IP:5061 --server-name localhost --ca "$out/state/localhost.selfsigned.crt" \
+    --password-file "$out/pw" --srtp "$srtp" --calls "$n" --pid "$SERVE" "$@"
+  kill "$SERVE"; wait "$SERVE" 2>/dev/null || true
+}
+
+for n in $CALLS; do
+  echo "== $n calls" >&2
+  through_watrunk sdes "$n" --rate $RAMP
+  through_watrunk dtls "$n" --rate $RAMP
+  rtpengine --foreground --log-stderr --table=-1 --interface=$IP --listen-ng=127.0.0.1:2223 \
+    --port-min=20000 --port-max=29999 --log-level=3 2>> "$out/rtpengine.err" &
+  rtpe=$!; pids+=("$rtpe"); sleep 1
+  load rtpengine --srtp sdes --calls "$n" --rate $RAMP --pid $rtpe
+  kill $rtpe; wait $rtpe 2>/dev/null || true
+  "$W" sim bare-relay --listen $IP:4200 --sink $IP:4100 2>> "$out/bare.err" &
+  bare=$!; pids+=("$bare"); sleep 0.3
+  load bare --relay $IP:4200 --calls "$n" --rate $RAMP --pid $bare
+  kill $bare; wait $bare 2>/dev/null || true
+done
+
+echo "== set-up rate" >&2
+for rate in 200 500; do
+  through_watrunk dtls 1000 --total 1000 --rate $rate --hold 2
+done
+
+"$root/target/release/watrunk-bench" report "$results" --docs "$root/docs"
