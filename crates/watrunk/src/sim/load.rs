@@ -1029,6 +1029,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         });
         let _ = hang_up.send(true);
     }
+    let whole_run = (hold > 0.0).then(|| Snapshot::take(&counters, pid));
     let handles = launcher.await?;
     let mut records = Vec::with_capacity(handles.len());
     for h in handles {
@@ -1036,6 +1037,20 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
             failure: Some(format!("call task: {e}")),
             ..CallRecord::default()
         }));
+    }
+    if let Some(a) = whole_run {
+        // Set-up runs: the relay's CPU over the whole run, per call placed (its media included).
+        let b = Snapshot::take(&counters, pid);
+        let relay = match (a.relay_cpu, b.relay_cpu) {
+            (Some(x), Some(y)) => Some(y.saturating_sub(x).as_secs_f64()),
+            _ => None,
+        };
+        report["run"] = json!({
+            "secs": b.at.duration_since(a.at).as_secs_f64(),
+            "relay_cpu_secs": relay,
+            "relay_cpu_ms_per_call": relay.map(|r| (r * 1000.0 / total as f64 * 1000.0).round() / 1000.0),
+            "generator_cpu_secs": b.own_cpu.saturating_sub(a.own_cpu).as_secs_f64(),
+        });
     }
     drop(shared);
     let _ = stop_agent.send(true);
