@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Capacity benchmark (docs/benchmarks.md "Capacity", docs/benchmarks.json, docs/capacity.png):
+# Capacity benchmark (docs/benchmarks.md "Capacity", docs/benchmarks.json, docs/capacity.png, and the
+# raw sim.load lines in docs/capacity-results.jsonl, from which `watrunk-bench report` can redo the rest):
 # `watrunk sim load` places N concurrent WhatsApp-user calls (TLS SIP, 407, SDES or ICE-lite + DTLS,
 # 50 packets/s each way, echoed by the agent side in the same process) through a release
 # `watrunk serve`, and the same packet load through rtpengine's userspace relay (SDES-SRTP <-> RTP)
@@ -84,3 +85,4 @@ for rate in 200 500; do
 done
 
 "$root/target/release/watrunk-bench" report "$results" --docs "$root/docs"
+cp "$results" "$root/docs/capacity-results.jsonl"

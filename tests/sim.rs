@@ -97,14 +97,10 @@ fn sink(dir: &std::path::Path, port: u16, secs: u32) -> Background {
     b
 }
 
-fn user_calls_business(srtp: &str) {
-    let _serial = serial();
-    let dir = TempDir::new(&format!("sim-in-{srtp}"));
-    std::fs::write(dir.path().join("pw"), "per-number-secret\n").unwrap();
-    let sink_port = free_port();
-    let sink = sink(dir.path(), sink_port, 30);
-    let pw = dir.path().join("pw");
-    let server = Server::start(&[
+/// `watrunk serve` for the sim's WhatsApp user: one number, challenged with SHA-256 and MD5, its
+/// media relayed to `sink`, events on stdout.
+fn business_server(pw: &std::path::Path, srtp: &str, sink: &str) -> Server {
+    Server::start(&[
         "--number",
         "+15550001111",
         "--sip-password-file",
@@ -117,12 +113,22 @@ fn user_calls_business(srtp: &str) {
         "--media-ip",
         "127.0.0.1",
         "--sink",
-        &format!("127.0.0.1:{sink_port}"),
+        sink,
         "--events",
         "-",
         "--api",
         "off",
-    ]);
+    ])
+}
+
+fn user_calls_business(srtp: &str) {
+    let _serial = serial();
+    let dir = TempDir::new(&format!("sim-in-{srtp}"));
+    std::fs::write(dir.path().join("pw"), "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let sink = sink(dir.path(), sink_port, 30);
+    let pw = dir.path().join("pw");
+    let server = business_server(&pw, srtp, &format!("127.0.0.1:{sink_port}"));
     let tls = server.tls.unwrap();
     let ca = server.state.path().join("localhost.selfsigned.crt");
     let (ok, out) = run(
@@ -413,21 +419,7 @@ fn load_of_twenty_dtls_calls_through_serve() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "per-number-secret\n").unwrap();
     let sink = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(&[
-        "--number",
-        "+15550001111",
-        "--sip-password-file",
-        pw.to_str().unwrap(),
-        "--challenge",
-        "--srtp",
-        "dtls",
-        "--media-ip",
-        "127.0.0.1",
-        "--sink",
-        &sink,
-        "--events",
-        "-",
-    ]);
+    let server = business_server(&pw, "dtls", &sink);
     let ca = server.state.path().join("localhost.selfsigned.crt");
     let (ok, out) = run(
         Command::new(bin())

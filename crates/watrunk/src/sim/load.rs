@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use watrunk_sip::{Dialog, Message, Method, Response};
 use super::link::Link;
 use super::media::{MediaOptions, Relay};
 use super::uac::{self, Caller, Target};
-use super::SrtpMode;
+use super::{BusinessAccess, SrtpMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Through {
@@ -52,12 +51,8 @@ pub struct LoadArgs {
     /// The business number called.
     #[arg(long, default_value = "+15550001111")]
     pub to: String,
-    #[arg(long)]
-    pub password_file: Option<PathBuf>,
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    #[arg(long)]
-    pub server_name: Option<String>,
+    #[command(flatten)]
+    pub access: BusinessAccess,
     /// rtpengine's ng control address, for --through rtpengine.
     #[arg(long, default_value = "127.0.0.1:2223")]
     pub ng: SocketAddr,
@@ -933,21 +928,10 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         counters.clone(),
     ));
     let target = match args.through {
-        Through::Watrunk => Some(
-            Target::resolve(
-                &args.target,
-                args.ca.as_deref(),
-                args.server_name.as_deref(),
-            )
-            .await?,
-        ),
+        Through::Watrunk => Some(args.access.target(&args.target).await?),
         _ => None,
     };
-    let password = args
-        .password_file
-        .as_deref()
-        .map(super::read_password)
-        .transpose()?;
+    let password = args.access.password()?;
     let options = MediaOptions {
         media_ip: args.media_ip,
         tone_hz: 440.0,

@@ -122,6 +122,30 @@ pub struct SimServeArgs {
     pub media: SimMediaArgs,
 }
 
+/// How the sim reaches a business's SIP server: the TLS trust and the number's SIP password.
+#[derive(Args, Debug, Clone)]
+pub struct BusinessAccess {
+    /// Answer the business's digest challenge with this password (the number's SIP password).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Trust this CA (PEM) besides the web PKI roots, e.g. a self-signed certificate of watrunk serve.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// The TLS server name to verify (default: the target's host).
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+impl BusinessAccess {
+    async fn target(&self, target: &str) -> Result<uac::Target> {
+        uac::Target::resolve(target, self.ca.as_deref(), self.server_name.as_deref()).await
+    }
+
+    fn password(&self) -> Result<Option<String>> {
+        self.password_file.as_deref().map(read_password).transpose()
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SimCallArgs {
     /// The business's SIP server: host[:port] (port 5061 by default).
@@ -132,15 +156,8 @@ pub struct SimCallArgs {
     /// The WhatsApp user calling.
     #[arg(long, default_value = "+12195550714")]
     pub from: String,
-    /// Answer the business's digest challenge with this password (the number's SIP password).
-    #[arg(long)]
-    pub password_file: Option<PathBuf>,
-    /// Trust this CA (PEM) besides the web PKI roots, e.g. a self-signed certificate of watrunk serve.
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// The TLS server name to verify (default: the target's host).
-    #[arg(long)]
-    pub server_name: Option<String>,
+    #[command(flatten)]
+    pub access: BusinessAccess,
     /// CANCEL the INVITE if it has no final response after this many milliseconds.
     #[arg(long)]
     pub cancel_after_ms: Option<u64>,

@@ -281,12 +281,7 @@ pub async fn hang_up(
 
 /// Exit status: the call was answered and, with `--expect-hz`, the business's audio was that tone.
 pub async fn run(args: SimCallArgs) -> Result<bool> {
-    let target = Target::resolve(
-        &args.target,
-        args.ca.as_deref(),
-        args.server_name.as_deref(),
-    )
-    .await?;
+    let target = args.access.target(&args.target).await?;
     let (link, mut rx) = target.connect(args.sip_trace).await?;
 
     let options = args.media.options();
@@ -294,11 +289,7 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
     let security = args.media.security();
     let leg = relay.leg(security).await?;
     let (offer, offer_state) = leg.offer()?;
-    let password = args
-        .password_file
-        .as_deref()
-        .map(super::read_password)
-        .transpose()?;
+    let password = args.access.password()?;
     let caller = Caller {
         to: &args.to,
         from: &args.from,
