@@ -99,8 +99,8 @@ fn sink(dir: &std::path::Path, port: u16, secs: u32) -> Background {
 
 /// `watrunk serve` for the sim's WhatsApp user: one number, challenged with SHA-256 and MD5, its
 /// media relayed to `sink`, events on stdout.
-fn business_server(pw: &std::path::Path, srtp: &str, sink: &str) -> Server {
-    Server::start(&[
+fn business_server(pw: &std::path::Path, srtp: &str, sink: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
         "--number",
         "+15550001111",
         "--sip-password-file",
@@ -118,7 +118,9 @@ fn business_server(pw: &std::path::Path, srtp: &str, sink: &str) -> Server {
         "-",
         "--api",
         "off",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
 }
 
 fn user_calls_business(srtp: &str) {
@@ -128,7 +130,7 @@ fn user_calls_business(srtp: &str) {
     let sink_port = free_port();
     let sink = sink(dir.path(), sink_port, 30);
     let pw = dir.path().join("pw");
-    let server = business_server(&pw, srtp, &format!("127.0.0.1:{sink_port}"));
+    let server = business_server(&pw, srtp, &format!("127.0.0.1:{sink_port}"), &[]);
     let tls = server.tls.unwrap();
     let ca = server.state.path().join("localhost.selfsigned.crt");
     let (ok, out) = run(
@@ -419,7 +421,7 @@ fn load_of_twenty_dtls_calls_through_serve() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "per-number-secret\n").unwrap();
     let sink = format!("127.0.0.1:{}", free_port());
-    let server = business_server(&pw, "dtls", &sink);
+    let server = business_server(&pw, "dtls", &sink, &[]);
     let ca = server.state.path().join("localhost.selfsigned.crt");
     let (ok, out) = run(
         Command::new(bin())
@@ -472,4 +474,72 @@ fn load_of_twenty_dtls_calls_through_serve() {
         .filter(|e| e["event"] == "call.ended")
         .count();
     assert_eq!(ended, 20, "{logs}");
+}
+
+/// A call outlives the connection idle timer: Meta's TLS connection carries nothing but the call's
+/// BYE for as long as the call lasts, and watrunk keeps it open (found by a 20-minute soak, where
+/// every call lost its connection at the 900 s idle timeout).
+#[test]
+fn a_call_keeps_its_connection_past_the_idle_timeout() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-idle");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let _sink = sink(dir.path(), sink_port, 30);
+    let server = business_server(
+        &pw,
+        "sdes",
+        &format!("127.0.0.1:{sink_port}"),
+        &["--idle-timeout-secs", "1"],
+    );
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["sim", "call", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--to", "+15550001111"])
+            .args([
+                "--hangup-after",
+                "4",
+                "--srtp",
+                "sdes",
+                "--expect-hz",
+                "880",
+            ])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--ca")
+            .arg(&ca),
+        Duration::from_secs(40),
+    );
+    let logs = format!("--- sim call\n{out}\n--- serve\n{}", server.log());
+    let reports = json_lines(&out);
+    let call = find(&reports, "sim.call", &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(call["ended_by"], "sim", "{logs}");
+    assert_eq!(call["reason"], "user hung up", "{logs}");
+    assert_eq!(call["bye_status"], 200, "{logs}");
+    assert!(call["duration_secs"].as_u64().unwrap() >= 4, "{call}");
+}
+
+/// Without a call, an idle connection is still closed at the idle timeout.
+#[test]
+fn an_idle_connection_without_a_call_is_closed() {
+    use std::io::Read;
+    let _serial = serial();
+    let dir = TempDir::new("sim-idle-close");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let server = business_server(&pw, "sdes", "127.0.0.1:9", &["--idle-timeout-secs", "1"]);
+    let mut conn = std::net::TcpStream::connect(server.tcp.unwrap()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = conn.read(&mut buf).expect("closed, not timed out");
+    assert_eq!(n, 0, "the server closed the connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }

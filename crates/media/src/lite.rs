@@ -168,4 +168,31 @@ mod tests {
         let plain = check("sim:watrunk", PWD, false);
         assert!(!answer_check(&plain, from, "sim:watrunk", PWD).unwrap().1);
     }
+
+    /// A call lasts: the responder answers every consent check of a long call, not only the first
+    /// hundreds (RFC 7675: one every few seconds for as long as the call runs).
+    #[tokio::test]
+    async fn the_responder_answers_a_long_calls_consent_checks() {
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let socket = MediaSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
+        let conn = socket.lite_conn("sim");
+        let (_responder, _nominated) = respond(
+            socket.clone(),
+            conn,
+            ("sim".into(), PWD.into()),
+            "watrunk".into(),
+        );
+        let peer = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        for n in 0..1000 {
+            peer.send_to(&check("sim:watrunk", PWD, n == 0), socket.local_addr())
+                .await
+                .unwrap();
+            let got =
+                tokio::time::timeout(std::time::Duration::from_secs(1), peer.recv(&mut buf)).await;
+            assert!(got.is_ok(), "check {n} was not answered");
+        }
+    }
 }

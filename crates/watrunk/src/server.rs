@@ -389,6 +389,15 @@ impl Core {
             Inbound::Closed { conn } => {
                 self.conns.remove(&conn);
             }
+            Inbound::Idle { conn } => {
+                // A call outlives any idle timer: its BYE and Meta's go over this connection.
+                let Some(c) = self.conns.get(&conn) else {
+                    return;
+                };
+                if !self.calls.may_use(conn, c.remote) {
+                    let _ = c.tx.try_send(ConnCommand::Close);
+                }
+            }
         }
     }
 

@@ -53,6 +53,10 @@ pub enum Inbound {
     Closed {
         conn: ConnId,
     },
+    /// Nothing arrived for the idle timeout: the core closes the connection unless a call uses it.
+    Idle {
+        conn: ConnId,
+    },
 }
 
 #[derive(Debug)]
@@ -301,8 +305,14 @@ async fn serve_stream<S>(
     'read: loop {
         let n = tokio::select! {
             r = tokio::time::timeout(shared.limits.idle_timeout, reader.read(&mut buf)) => match r {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break 'read,
+                Ok(Ok(0)) | Ok(Err(_)) => break 'read,
                 Ok(Ok(n)) => n,
+                Err(_) => {
+                    if shared.core.send(Inbound::Idle { conn }).await.is_err() {
+                        break 'read;
+                    }
+                    continue 'read;
+                }
             },
             _ = tx.closed() => break 'read,
         };

@@ -5,6 +5,7 @@
 //! not tied to a connection: in-dialog requests go to the route set's first hop, over a live
 //! connection to it or a new one.
 
+use crate::transport::ConnId;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -146,6 +147,16 @@ pub struct Calls {
 }
 
 impl Calls {
+    /// Whether a live call may send or receive over the connection `conn` to `remote`: the one
+    /// its INVITE came on or from the same peer, or (for calls we placed, whose hop is chosen per
+    /// request) any connection at all.
+    pub fn may_use(&self, conn: ConnId, remote: SocketAddr) -> bool {
+        self.entries.values().any(|e| match &e.origin {
+            Some(o) => o.conn == Some(conn) || o.addr == remote,
+            None => true,
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
