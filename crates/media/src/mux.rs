@@ -148,11 +148,8 @@ impl MediaSocket {
         }
     }
 
-    pub(crate) async fn add_route(&self, remote: SocketAddr, route: InboundRoute) {
-        let _ = self
-            .commands
-            .send(RouteCommand::Add(remote, Box::new(route)))
-            .await;
+    pub(crate) async fn add_route(&self, remote: SocketAddr, route: Box<InboundRoute>) {
+        let _ = self.commands.send(RouteCommand::Add(remote, route)).await;
     }
 
     pub(crate) async fn move_route(&self, from: SocketAddr, to: SocketAddr) {

@@ -78,6 +78,8 @@ pub struct MediaConfig {
     pub app_bind: SocketAddr,
     /// The sink S: caller's RTP goes there, and only RTP from there is accepted.
     pub sink: SocketAddr,
+    /// ICE's pacing while checking (RFC 8445 Ta). webrtc-ice nominates a pair on the tick after
+    /// its first success, so against an ICE-lite peer this is most of the time to a selected pair.
     pub check_interval: Duration,
     /// How long the peer may leave our consent checks unanswered before the call fails (RFC 7675:
     /// 30 s); the first 5 s of it count as disconnected.
@@ -99,12 +101,22 @@ impl MediaConfig {
             include_loopback: media_ip.is_loopback(),
             app_bind,
             sink,
-            check_interval: Duration::from_millis(20),
+            check_interval: CHECK_INTERVAL,
             consent_timeout: Duration::from_secs(30),
             dtls_profiles: vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80],
             speak_first: true,
         }
     }
+}
+
+/// RFC 8445 §14.2's floor for Ta.
+const CHECK_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a pair is checked before webrtc-ice stops sending to it (a late answer still counts).
+const CHECKING_A_PAIR: Duration = Duration::from_millis(200);
+
+fn checks_per_pair(interval: Duration) -> u16 {
+    let interval = interval.max(Duration::from_millis(1)).as_millis();
+    (CHECKING_A_PAIR.as_millis() / interval).clamp(7, 200) as u16
 }
 
 /// Our DTLS certificate (ECDSA P-256) and its sha-256 fingerprint.
@@ -486,6 +498,7 @@ async fn ice_agent(
         udp_network,
         is_controlling: role == IceRole::Controlling,
         check_interval: cfg.check_interval,
+        max_binding_requests: Some(checks_per_pair(cfg.check_interval)),
         multicast_dns_mode: MulticastDnsMode::Disabled,
         include_loopback: cfg.include_loopback,
         ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| filter_ips.contains(&ip)))),
@@ -668,7 +681,9 @@ async fn run(
         (Some(agent), Some(ice)) => {
             // Before the first check: the peer may start DTLS as soon as its side connects.
             slow = socket.slow_path(&credentials.0);
-            let checks = connect_ice(
+            // Set-up futures are boxed: held inline they would size the call's task for its whole
+            // life.
+            let checks = Box::pin(connect_ice(
                 agent.clone(),
                 role,
                 ice,
@@ -676,7 +691,7 @@ async fn run(
                 &socket,
                 credentials,
                 leftovers,
-            );
+            ));
             let (agent, conn, ice_role) = tokio::select! {
                 r = checks => r?,
                 () = clock.stopped() => return Ok(()),
@@ -773,7 +788,7 @@ async fn run(
     let (early_tx, mut early_rx) = mpsc::channel::<Vec<u8>>(EARLY_PACKETS);
     let reader = tokio::spawn(slow_path_reader(slow, dtls_tx, early_tx));
 
-    let secured = async {
+    let secured = Box::pin(async {
         match &plan.keying {
             Keying::Dtls { fingerprint, role } => {
                 dtls_keys(
@@ -809,8 +824,9 @@ async fn run(
                 "plain RTP is for PBX legs, not this media session".into(),
             )),
         }
-    };
-    let keys = tokio::select! {
+    });
+    // Boxed for the same reason: only its DTLS connection stays for the call's life.
+    let keys = Box::new(tokio::select! {
         r = tokio::time::timeout(SET_UP_TIMEOUT, secured) => match r {
             Ok(k) => k?,
             Err(_) => {
@@ -820,7 +836,7 @@ async fn run(
             }
         },
         () = clock.stopped() => return Ok(()),
-    };
+    });
     let _ = events
         .send(MediaEvent::SecureUp {
             profile: keys.profile,
@@ -834,7 +850,7 @@ async fn run(
         remote_audio: plan.audio_pt,
         remote_dtmf: plan.dtmf_pt,
     };
-    let mut route = InboundRoute {
+    let mut route = Box::new(InboundRoute {
         srtp: keys.inbound,
         app: app.clone(),
         sink: cfg.sink,
@@ -844,7 +860,7 @@ async fn run(
         epoch: started,
         first_rtp: Some(events.clone()),
         reception: Reception::default(),
-    };
+    });
     while let Ok(mut packet) = early_rx.try_recv() {
         route.handle(&mut packet, Instant::now());
     }
@@ -873,7 +889,7 @@ async fn run(
     .await;
     reader.abort();
     if let Some(dtls) = keys.dtls {
-        let _ = dtls.close().await;
+        let _ = Box::pin(dtls.close()).await;
     }
     drop(agent);
     result

@@ -301,7 +301,9 @@ async fn serve_stream<S>(
         let _ = writer.shutdown().await;
     });
     let mut framer = StreamFramer::new(shared.limits.max_message);
-    let mut buf = vec![0u8; 16 * 1024];
+    // The framer keeps what a read leaves of a message: a small buffer is enough, and it is held
+    // for as long as the connection lives.
+    let mut buf = vec![0u8; 4 * 1024];
     'read: loop {
         let n = tokio::select! {
             r = tokio::time::timeout(shared.limits.idle_timeout, reader.read(&mut buf)) => match r {

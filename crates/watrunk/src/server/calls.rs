@@ -83,7 +83,11 @@ pub struct Ready {
 }
 
 enum MediaCmd {
-    Start { plan: sdp::MediaPlan, ssrc: u32 },
+    /// Boxed: every call's command channel has room for 32 of these.
+    Start {
+        plan: Box<sdp::MediaPlan>,
+        ssrc: u32,
+    },
     Dtmf(String),
     Stop,
 }
@@ -423,7 +427,7 @@ impl Core {
                     entry.timings.final_response = entry.timings.start.map(|s| s.elapsed());
                     if let Some(m) = &entry.media {
                         let _ = m.try_send(MediaCmd::Start {
-                            plan,
+                            plan: Box::new(plan),
                             ssrc: ready.local.ssrc,
                         });
                     }
@@ -660,7 +664,7 @@ impl Core {
             Ok(plan) => {
                 if let Some(m) = &entry.media {
                     let _ = m.try_send(MediaCmd::Start {
-                        plan,
+                        plan: Box::new(plan),
                         ssrc: entry.ssrc,
                     });
                 }
@@ -1097,7 +1101,8 @@ async fn run_media(
     mut commands: mpsc::Receiver<MediaCmd>,
     core: mpsc::Sender<CallInput>,
 ) {
-    let prepared = match Prepared::new(cfg, identity, role, &socket).await {
+    // The set-up and tear-down futures are boxed, so that they do not size the task for the call.
+    let prepared = match Box::pin(Prepared::new(cfg, identity, role, &socket)).await {
         Ok(p) => p,
         Err(e) => {
             let _ = core
@@ -1131,13 +1136,13 @@ async fn run_media(
             Some(MediaCmd::Start { plan, ssrc }) => break (plan, ssrc),
             Some(MediaCmd::Dtmf(_)) => continue,
             Some(MediaCmd::Stop) | None => {
-                prepared.close().await;
+                Box::pin(prepared.close()).await;
                 let _ = core.send(CallInput::MediaStopped { key }).await;
                 return;
             }
         }
     };
-    let mut session = prepared.start(plan, ssrc);
+    let mut session = prepared.start(*plan, ssrc);
     loop {
         tokio::select! {
             e = session.events.recv() => match e {
@@ -1157,7 +1162,7 @@ async fn run_media(
             },
         }
     }
-    for event in session.stop().await {
+    for event in Box::pin(session.stop()).await {
         let _ = core.send(CallInput::Media { key, event }).await;
     }
     let _ = core.send(CallInput::MediaStopped { key }).await;
