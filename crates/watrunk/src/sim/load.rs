@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,10 @@ pub struct LoadArgs {
     /// RTP payload bytes (an Opus frame of 20 ms at ~32 kbit/s is 80).
     #[arg(long, default_value_t = 80)]
     pub payload: usize,
+    /// Seconds between `sim.load.interval` lines during the window (packets, loss, CPU and the
+    /// kernel's UDP drop counters of that interval); 0: none.
+    #[arg(long, default_value_t = 60.0)]
+    pub report_every: f64,
 }
 
 const PT: u8 = 111;
@@ -166,7 +170,10 @@ struct Flow {
 }
 
 impl Flow {
-    fn record(&mut self, seq: u32, sent_ns: u64, now_ns: u64) {
+    /// Records one packet; returns how much it changed the count of lost packets (a gap before it
+    /// adds, a late packet filling one takes away).
+    fn record(&mut self, seq: u32, sent_ns: u64, now_ns: u64) -> i64 {
+        let lost_before = self.lost() as i64;
         if self.received == 0 {
             self.min_seq = seq;
             self.max_seq = seq;
@@ -180,6 +187,7 @@ impl Flow {
             self.jitter_ns += (d - self.jitter_ns) / 16.0;
         }
         self.last_transit_ns = Some(transit);
+        self.lost() as i64 - lost_before
     }
 
     fn expected(&self) -> u64 {
@@ -202,6 +210,9 @@ struct Counters {
     meta_received: AtomicU64,
     agent_received: AtomicU64,
     send_failed: AtomicU64,
+    /// Packets missing from each direction's sequence ranges so far.
+    lost_to_agent: AtomicI64,
+    lost_to_meta: AtomicI64,
     /// Calls whose echo has come back at least once, and are still up.
     flowing: AtomicUsize,
 }
@@ -302,7 +313,8 @@ async fn meta_side(
                     let Some((_, s)) = read_stamp(&buf[..n]) else { continue };
                     let Some(flow) = flows.get_mut(s.call as usize) else { continue };
                     let now = clock.now_ns();
-                    flow.record(s.seq, s.echoed_ns, now);
+                    let lost = flow.record(s.seq, s.echoed_ns, now);
+                    counters.lost_to_meta.fetch_add(lost, Relaxed);
                     counters.meta_received.fetch_add(1, Relaxed);
                     if !heard[s.call as usize] && targets[s.call as usize].is_some() {
                         heard[s.call as usize] = true;
@@ -351,7 +363,8 @@ async fn agent_side(
                     let Some((at, s)) = read_stamp(&buf[..n]) else { continue };
                     let Some(flow) = flows.get_mut(s.call as usize) else { continue };
                     let now = clock.now_ns();
-                    flow.record(s.seq, s.sent_ns, now);
+                    let lost = flow.record(s.seq, s.sent_ns, now);
+                    counters.lost_to_agent.fetch_add(lost, Relaxed);
                     counters.agent_received.fetch_add(1, Relaxed);
                     if clock.measuring.load(Relaxed) {
                         let _ = latency.record(now.saturating_sub(s.sent_ns) / 1000);
@@ -849,28 +862,109 @@ fn jitter_ms(flows: &[Flow]) -> Value {
     )
 }
 
-/// What the measurement window saw.
+/// The kernel's UDP drop counters: this network namespace's (`/proc/net/snmp`), and the host's
+/// per-CPU input backlog (`/proc/net/softnet_stat`), where every loopback packet waits for its
+/// softirq and is dropped beyond `net.core.netdev_max_backlog`.
+#[derive(Debug, Default, Clone, Copy)]
+struct KernelDrops {
+    udp_in_errors: u64,
+    udp_rcvbuf_errors: u64,
+    udp_sndbuf_errors: u64,
+    backlog_dropped: u64,
+    /// Softirq rounds that ran out of budget with packets left (not drops: a sign of a busy CPU).
+    time_squeezed: u64,
+}
+
+impl KernelDrops {
+    fn read() -> KernelDrops {
+        let mut drops = KernelDrops::default();
+        let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        if let (Some(names), Some(values)) = (udp.next(), udp.next()) {
+            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+                let value = value.parse().unwrap_or(0);
+                match name {
+                    "InErrors" => drops.udp_in_errors = value,
+                    "RcvbufErrors" => drops.udp_rcvbuf_errors = value,
+                    "SndbufErrors" => drops.udp_sndbuf_errors = value,
+                    _ => {}
+                }
+            }
+        }
+        let softnet = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+        for cpu in softnet.lines() {
+            let column = |i: usize| {
+                cpu.split_whitespace()
+                    .nth(i)
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                    .unwrap_or(0)
+            };
+            drops.backlog_dropped += column(1);
+            drops.time_squeezed += column(2);
+        }
+        drops
+    }
+
+    fn since(&self, earlier: &KernelDrops) -> Value {
+        json!({
+            "udp_in_errors": self.udp_in_errors.saturating_sub(earlier.udp_in_errors),
+            "udp_rcvbuf_errors": self.udp_rcvbuf_errors.saturating_sub(earlier.udp_rcvbuf_errors),
+            "udp_sndbuf_errors": self.udp_sndbuf_errors.saturating_sub(earlier.udp_sndbuf_errors),
+            "backlog_dropped": self.backlog_dropped.saturating_sub(earlier.backlog_dropped),
+            "time_squeezed": self.time_squeezed.saturating_sub(earlier.time_squeezed),
+        })
+    }
+}
+
+/// The counters at one moment of the window.
+#[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
-    relayed: u64,
+    to_agent: u64,
+    to_meta: u64,
+    lost_to_agent: i64,
+    lost_to_meta: i64,
+    send_failed: u64,
     relay_cpu: Option<Duration>,
     own_cpu: Duration,
+    kernel: KernelDrops,
 }
 
 impl Snapshot {
     fn take(counters: &Counters, pid: Option<u32>) -> Snapshot {
         Snapshot {
             at: Instant::now(),
-            relayed: counters.agent_received.load(Relaxed) + counters.meta_received.load(Relaxed),
+            to_agent: counters.agent_received.load(Relaxed),
+            to_meta: counters.meta_received.load(Relaxed),
+            lost_to_agent: counters.lost_to_agent.load(Relaxed),
+            lost_to_meta: counters.lost_to_meta.load(Relaxed),
+            send_failed: counters.send_failed.load(Relaxed),
             relay_cpu: pid.and_then(process_cpu),
             own_cpu: own_cpu(),
+            kernel: KernelDrops::read(),
         }
     }
+
+    fn relayed(&self) -> u64 {
+        self.to_agent + self.to_meta
+    }
+}
+
+/// Packets lost in one direction between two snapshots, and their share of those expected.
+fn interval_loss(received: u64, lost: i64) -> Value {
+    let lost = lost.max(0) as u64;
+    let expected = received + lost;
+    let pct = if expected == 0 {
+        0.0
+    } else {
+        (lost as f64 * 100.0 / expected as f64 * 1000.0).round() / 1000.0
+    };
+    json!({ "packets": lost, "pct": pct })
 }
 
 fn window_report(a: &Snapshot, b: &Snapshot, calls: usize) -> Value {
     let secs = b.at.duration_since(a.at).as_secs_f64();
-    let relayed = b.relayed.saturating_sub(a.relayed);
+    let relayed = b.relayed().saturating_sub(a.relayed());
     let per_packet = |cpu: Duration| {
         (relayed > 0).then(|| (cpu.as_secs_f64() * 1e6 / relayed as f64 * 1000.0).round() / 1000.0)
     };
@@ -889,7 +983,14 @@ fn window_report(a: &Snapshot, b: &Snapshot, calls: usize) -> Value {
         "relay_cores": relay_cores.map(|c| (c * 1000.0).round() / 1000.0),
         "calls_per_relay_core": relay_cores.filter(|&c| c > 0.0).map(|c| (calls as f64 / c).round()),
         "generator_cpu_secs": own.as_secs_f64(),
+        "generator_cores": ((own.as_secs_f64() / secs) * 1000.0).round() / 1000.0,
         "generator_us_per_packet": per_packet(own),
+        "lost": {
+            "to_agent": interval_loss(b.to_agent - a.to_agent, b.lost_to_agent - a.lost_to_agent),
+            "to_meta": interval_loss(b.to_meta - a.to_meta, b.lost_to_meta - a.lost_to_meta),
+        },
+        "send_failed": b.send_failed - a.send_failed,
+        "kernel_drops": b.kernel.since(&a.kernel),
     })
 }
 
@@ -907,6 +1008,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         measuring: AtomicBool::new(false),
     });
     let counters = Arc::new(Counters::default());
+    let kernel_at_start = KernelDrops::read();
     let meta_socket = roomy_socket(SocketAddr::new(args.media_ip, 0))?;
     let meta_addr = meta_socket.local_addr()?;
     let agent_socket = roomy_socket(args.sink)?;
@@ -943,6 +1045,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     let pid = args.pid;
     let rate = args.rate;
     let (hold, window, settle) = (args.hold, args.window, args.settle);
+    let report_every = args.report_every;
     let through = args.through;
     let srtp = args.srtp;
     let rss_idle = pid.and_then(resident_kib);
@@ -999,7 +1102,24 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         let rss_loaded = pid.and_then(resident_kib);
         let a = Snapshot::take(&counters, pid);
         clock.measuring.store(true, Relaxed);
-        tokio::time::sleep(Duration::from_secs_f64(window)).await;
+        let window_end = Instant::now() + Duration::from_secs_f64(window);
+        let every = (report_every > 0.0 && report_every < window)
+            .then(|| Duration::from_secs_f64(report_every));
+        let mut mark = a;
+        while Instant::now() < window_end {
+            let next = every.map_or(window_end, |e| (Instant::now() + e).min(window_end));
+            tokio::time::sleep_until(next.into()).await;
+            if every.is_some() {
+                let here = Snapshot::take(&counters, pid);
+                let mut line = window_report(&mark, &here, calls);
+                line["event"] = "sim.load.interval".into();
+                line["t"] = (here.at.duration_since(a.at).as_secs_f64().round()).into();
+                line["flowing"] = counters.flowing.load(Relaxed).into();
+                line["rss_kib"] = pid.and_then(resident_kib).into();
+                super::emit(line);
+                mark = here;
+            }
+        }
         clock.measuring.store(false, Relaxed);
         let b = Snapshot::take(&counters, pid);
         report["window"] = window_report(&a, &b, calls);
@@ -1073,10 +1193,32 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         "meta_received": counters.meta_received.load(Relaxed),
         "send_failed": counters.send_failed.load(Relaxed),
     });
+    // Established calls that one direction never reached, and how far the other got.
+    let silent: Vec<Value> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.secure_at.is_some() && r.failure.is_none())
+        .filter(|(c, _)| {
+            let received = |flows: &[Flow]| flows.get(*c).map_or(0, |f| f.received);
+            received(&agent.flows) == 0 || received(&meta.flows) == 0
+        })
+        .map(|(c, r)| {
+            json!({
+                "call": c,
+                "to_agent": agent.flows.get(c).map_or(0, |f| f.received),
+                "to_meta": meta.flows.get(c).map_or(0, |f| f.received),
+                "secure_ms": r.secure_ms,
+                "first_rtp_ms": r.first_rtp_ms,
+            })
+        })
+        .collect();
+    report["silent_calls"] = silent.len().into();
+    report["silent_examples"] = silent.into_iter().take(5).collect::<Vec<_>>().into();
     report["loss_pct"] = json!({
         "to_agent": loss_pct(&agent.flows),
         "to_meta": loss_pct(&meta.flows),
     });
+    report["kernel_drops"] = KernelDrops::read().since(&kernel_at_start);
     report["latency_ms"] = json!({
         "to_agent": spread_us(&agent.latency),
         "to_meta": spread_us(&meta.latency),
