@@ -7,6 +7,7 @@
 //! The boundary is `Prepared` (our candidates and fingerprint, for the SDP), `MediaPlan` (from
 //! watrunk-sdp) and `MediaEvent`s; nothing of webrtc-rs shows through it.
 
+mod batch;
 mod demux;
 mod dtls_endpoint;
 pub mod dtmf;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use webrtc_ice::udp_mux::{UDPMux, UDPMuxConn, UDPMuxConnParams, UDPMuxWriter};
 use webrtc_util::Conn;
 
+use crate::batch::Batch;
 use crate::quiet::{sweep_loop, QuietSinks, SinkClock};
 use crate::relay::InboundRoute;
 use crate::role::{RoleConflicts, Verdict};
@@ -320,7 +321,7 @@ fn stun_username_ufrag(packet: &[u8]) -> Option<String> {
 
 async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteCommand>) {
     let mut routes: HashMap<SocketAddr, Box<InboundRoute>> = HashMap::new();
-    let mut buf = [0u8; RECEIVE_MTU];
+    let mut batch = Batch::<RECEIVE_MTU>::new();
     loop {
         tokio::select! {
             biased;
@@ -347,45 +348,59 @@ async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteComman
                 if ready.is_err() {
                     return;
                 }
-                // Every datagram queued now, in one wake-up.
+                // Every datagram queued now, in one wake-up and a system call per BATCH of them.
                 loop {
-                    let (n, from) = match shared.socket.try_recv_from(&mut buf) {
-                        Ok(x) => x,
+                    let received = match batch.receive(&shared.socket) {
+                        Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         // ICMP errors reported on the socket: not ours to act on.
                         Err(_) => continue,
                     };
-                    if n == 0 {
-                        continue;
-                    }
-                    let from = canonical(from);
-                    if (128..=191).contains(&buf[0]) {
-                        if let Some(route) = routes.get_mut(&from) {
-                            route.handle(&mut buf[..n], Instant::now());
-                            continue;
-                        }
-                    }
-                    if let Some(conn) = shared.conn_of(&buf[..n], from) {
-                        if buf[0] >= 2 {
-                            let slow_paths = shared.slow_paths.lock().expect("slow path map");
-                            if let Some(slow) = slow_paths.get(conn.key()) {
-                                let _ = slow.try_send(buf[..n].to_vec());
-                                continue;
-                            }
-                        } else if stun::message::is_message(&buf[..n]) {
-                            if let Verdict::Answer(answer) =
-                                shared.role_conflicts.inbound(&buf[..n], conn.key())
-                            {
-                                let _ = shared.socket.send_to(&answer, from).await;
-                                continue;
-                            }
-                        }
-                        let _ = conn.write_packet(&buf[..n], from).await;
+                    let now = Instant::now();
+                    for i in 0..received {
+                        let (packet, from) = batch.packet(i);
+                        handle_datagram(&shared, &mut routes, packet, canonical(from), now).await;
                     }
                 }
             }
         }
     }
+}
+
+/// One datagram from the shared socket: a routed call's RTP or RTCP on the fast path, anything else
+/// to its call's slow path (DTLS records, early SRTP) or ICE agent (STUN).
+async fn handle_datagram(
+    shared: &Shared,
+    routes: &mut HashMap<SocketAddr, Box<InboundRoute>>,
+    packet: &mut [u8],
+    from: SocketAddr,
+    now: Instant,
+) {
+    let Some(&first) = packet.first() else {
+        return;
+    };
+    if (128..=191).contains(&first) {
+        if let Some(route) = routes.get_mut(&from) {
+            route.handle(packet, now);
+            return;
+        }
+    }
+    let Some(conn) = shared.conn_of(packet, from) else {
+        return;
+    };
+    if first >= 2 {
+        let slow_paths = shared.slow_paths.lock().expect("slow path map");
+        if let Some(slow) = slow_paths.get(conn.key()) {
+            let _ = slow.try_send(packet.to_vec());
+            return;
+        }
+    } else if stun::message::is_message(packet) {
+        if let Verdict::Answer(answer) = shared.role_conflicts.inbound(packet, conn.key()) {
+            let _ = shared.socket.send_to(&answer, from).await;
+            return;
+        }
+    }
+    let _ = conn.write_packet(packet, from).await;
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
