@@ -59,8 +59,10 @@ fn main() -> std::process::ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
+            // webrtc-ice warns on every normal call (a check tick before the far side's candidate
+            // is in, candidates closed after the agent); our own log says when ICE fails.
             tracing_subscriber::EnvFilter::try_from_env("WATRUNK_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,dtls=error,webrtc_ice=warn")
+                tracing_subscriber::EnvFilter::new("info,dtls=error,webrtc_ice=error")
             }),
         )
         .with_writer(std::io::stderr)
