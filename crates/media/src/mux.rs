@@ -6,7 +6,8 @@
 //! consent, DTLS). Once the call's keys exist, its selected remote address gets a route here:
 //! RTP and RTCP from that address are unprotected in the receive buffer and sent on to the call's
 //! sink by this socket's one reader task (no copy, no allocation, no task hop). STUN from the same
-//! address still goes to the agent, DTLS records to the DTLS connection.
+//! address still goes to the agent; DTLS records to the call's slow path, which drops them once the
+//! handshake is done.
 
 use std::collections::HashMap;
 use std::io;

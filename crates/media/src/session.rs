@@ -52,6 +52,7 @@ use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::MediaError;
 
 const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
+const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 const FIRST_RTCP: Duration = Duration::from_secs(1);
 /// The sink counts as silent after this long without a packet; we fill in with silence frames.
@@ -485,6 +486,7 @@ async fn ice_agent(
     }
     let filter_ips = media_ips.clone();
     let udp_network = UDPNetwork::Muxed(socket.clone());
+    let consent = ConsentPacing::of(cfg.consent_timeout);
     let agent = Agent::new(AgentConfig {
         network_types,
         candidate_types,
@@ -502,13 +504,9 @@ async fn ice_agent(
         multicast_dns_mode: MulticastDnsMode::Disabled,
         include_loopback: cfg.include_loopback,
         ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| filter_ips.contains(&ip)))),
-        disconnected_timeout: Some(cfg.consent_timeout.min(Duration::from_secs(5))),
-        failed_timeout: Some(
-            cfg.consent_timeout
-                .saturating_sub(Duration::from_secs(5))
-                .max(Duration::from_secs(1)),
-        ),
-        keepalive_interval: Some(Duration::from_secs(2).min(cfg.consent_timeout / 2)),
+        disconnected_timeout: Some(consent.disconnected),
+        failed_timeout: Some(consent.failed),
+        keepalive_interval: Some(consent.interval),
         local_ufrag: credentials
             .as_ref()
             .map(|c| c.0.clone())
@@ -602,8 +600,31 @@ struct Keys {
     outbound: SrtpContext,
     inbound: SrtpContext,
     profile: &'static str,
-    /// Kept open for alerts and close_notify until the call ends.
-    dtls: Option<DTLSConn>,
+}
+
+/// Consent freshness (RFC 7675) as webrtc-ice's timers: a check on the selected pair every
+/// `interval` (RFC 7675 §5.1: 5 s); Disconnected after two unanswered checks, which webrtc-ice
+/// recovers from by itself; Failed once `timeout` passed without an answer, which ends the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConsentPacing {
+    interval: Duration,
+    disconnected: Duration,
+    failed: Duration,
+}
+
+impl ConsentPacing {
+    fn of(timeout: Duration) -> ConsentPacing {
+        let interval = CONSENT_INTERVAL.min(timeout / 2);
+        let disconnected = (2 * interval + Duration::from_secs(1)).min(timeout);
+        ConsentPacing {
+            interval,
+            disconnected,
+            // webrtc-ice fails after disconnected + failed without an answer.
+            failed: timeout
+                .saturating_sub(disconnected)
+                .max(Duration::from_secs(1)),
+        }
+    }
 }
 
 fn srtp_profile_of_suite(suite: SdesSuite) -> SrtpProfile {
@@ -726,7 +747,7 @@ async fn run(
             let watch_events = events.clone();
             tokio::spawn(async move {
                 while let Some(s) = state_rx.recv().await {
-                    // Disconnected (5 s without answers) may recover; Failed (30 s) is RFC 7675's
+                    // Disconnected (two checks unanswered) may recover; Failed (30 s) is RFC 7675's
                     // expired consent.
                     if s == ConnectionState::Failed {
                         let _ = watch_events
@@ -817,7 +838,6 @@ async fn run(
                     outbound,
                     inbound,
                     profile: suite.name(),
-                    dtls: None,
                 })
             }
             Keying::Plain => Err(MediaError::Local(
@@ -825,7 +845,7 @@ async fn run(
             )),
         }
     });
-    // Boxed for the same reason: only its DTLS connection stays for the call's life.
+    // Boxed for the same reason: the SRTP contexts are all that stays of it.
     let keys = Box::new(tokio::select! {
         r = tokio::time::timeout(SET_UP_TIMEOUT, secured) => match r {
             Ok(k) => k?,
@@ -888,9 +908,6 @@ async fn run(
     )
     .await;
     reader.abort();
-    if let Some(dtls) = keys.dtls {
-        let _ = Box::pin(dtls.close()).await;
-    }
     drop(agent);
     result
 }
@@ -959,11 +976,16 @@ async fn dtls_keys(
         ((server_key, server_salt), (client_key, client_salt))
     };
     let (outbound, inbound) = contexts(profile, local, remote)?;
+    // The connection goes now, without a close_notify (the call's end is SIP's BYE): the keys are
+    // all a call needs of it, and it holds ~60 KiB (its read task and 8 KiB buffer, the handshake
+    // cache). webrtc-dtls answers no handshake record once its handshake returned, so keeping it
+    // would not answer a peer's retransmitted final flight either. Records that come later are
+    // dropped by the slow path.
+    drop(dtls);
     Ok(Keys {
         outbound,
         inbound,
         profile: name,
-        dtls: Some(dtls),
     })
 }
 
@@ -1036,7 +1058,7 @@ async fn connect_ice(
     }
 }
 
-/// The slow path's reader: DTLS records (handshake, later alerts) to the DTLS endpoint, and SRTP
+/// The slow path's reader: DTLS records (the handshake; later ones are dropped) to the DTLS endpoint, and SRTP
 /// that arrives before the fast path is routed kept for it.
 async fn slow_path_reader(
     mut slow: mpsc::Receiver<Vec<u8>>,
@@ -1223,5 +1245,24 @@ async fn write_loop(
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consent_is_checked_every_5_s_and_expires_after_the_timeout() {
+        let secs = Duration::from_secs;
+        let pacing = ConsentPacing::of(secs(30));
+        assert_eq!(pacing.interval, secs(5), "RFC 7675 §5.1");
+        assert_eq!(pacing.disconnected, secs(11), "two checks unanswered");
+        assert_eq!(pacing.disconnected + pacing.failed, secs(30));
+        // A short timeout (tests, `media` CLI) still gets two checks before it.
+        let short = ConsentPacing::of(secs(3));
+        assert_eq!(short.interval, Duration::from_millis(1500));
+        assert_eq!(short.disconnected, secs(3));
+        assert_eq!(short.failed, secs(1), "webrtc-ice needs a non-zero failed timeout");
     }
 }
