@@ -1263,6 +1263,10 @@ mod tests {
         let short = ConsentPacing::of(secs(3));
         assert_eq!(short.interval, Duration::from_millis(1500));
         assert_eq!(short.disconnected, secs(3));
-        assert_eq!(short.failed, secs(1), "webrtc-ice needs a non-zero failed timeout");
+        assert_eq!(
+            short.failed,
+            secs(1),
+            "webrtc-ice needs a non-zero failed timeout"
+        );
     }
 }
