@@ -1058,8 +1058,8 @@ async fn connect_ice(
     }
 }
 
-/// The slow path's reader: DTLS records (the handshake; later ones are dropped) to the DTLS endpoint, and SRTP
-/// that arrives before the fast path is routed kept for it.
+/// The slow path's reader: DTLS records to the DTLS endpoint (the handshake's; later ones find it
+/// gone and are dropped), and SRTP that arrives before the fast path is routed kept for it.
 async fn slow_path_reader(
     mut slow: mpsc::Receiver<Vec<u8>>,
     dtls_tx: mpsc::Sender<Vec<u8>>,
