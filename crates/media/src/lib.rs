@@ -8,6 +8,7 @@
 //! watrunk-sdp) and `MediaEvent`s; nothing of webrtc-rs shows through it.
 
 mod batch;
+mod consent;
 mod demux;
 mod dtls_endpoint;
 pub mod dtmf;

@@ -69,7 +69,7 @@ pub(crate) fn respond(
 
 /// The success response to a binding request for `username` signed with `password`, and whether
 /// it nominates; `None` for anything else (dropped, as a lite agent that is not asked).
-fn answer_check(
+pub(crate) fn answer_check(
     packet: &[u8],
     from: SocketAddr,
     username: &str,
@@ -175,7 +175,7 @@ mod tests {
     async fn the_responder_answers_a_long_calls_consent_checks() {
         let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let socket = MediaSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
-        let conn = socket.lite_conn("sim");
+        let conn = socket.ufrag_conn("sim");
         let (_responder, _nominated) = respond(
             socket.clone(),
             conn,

@@ -5,9 +5,9 @@
 //! remote address, or for a first STUN request by the ufrag in USERNAME (the slow path: ICE,
 //! consent, DTLS). Once the call's keys exist, its selected remote address gets a route here:
 //! RTP and RTCP from that address are unprotected in the receive buffer and sent on to the call's
-//! sink by this socket's one reader task (no copy, no allocation, no task hop). STUN from the same
-//! address still goes to the agent; DTLS records to the call's slow path, which drops them once the
-//! handshake is done.
+//! sink by this socket's one reader task (no copy, no allocation, no task hop). The agent then goes,
+//! and STUN from that address reaches the call's consent keeper (consent.rs); DTLS records go to
+//! the call's slow path, which drops them once the handshake is done.
 
 use std::collections::HashMap;
 use std::io;
@@ -231,8 +231,9 @@ impl MediaSocket {
         self.quiet.clock(quiet_after)
     }
 
-    /// The connection that takes the STUN of the ICE-lite call with local `ufrag` (lite.rs).
-    pub(crate) fn lite_conn(self: &Arc<Self>, ufrag: &str) -> UDPMuxConn {
+    /// The connection that takes the STUN for local `ufrag` without an agent: an ICE-lite call's
+    /// (lite.rs), or a full one's after set-up (consent.rs).
+    pub(crate) fn ufrag_conn(self: &Arc<Self>, ufrag: &str) -> UDPMuxConn {
         self.shared.conn_for(ufrag)
     }
 
@@ -250,8 +251,8 @@ impl MediaSocket {
         })
     }
 
-    /// Forgets the connection (and every address) of the ICE-lite call with local `ufrag`.
-    pub(crate) fn remove_lite(&self, ufrag: &str) {
+    /// Forgets the `ufrag_conn` (and every address) of local `ufrag`, and its slow path.
+    pub(crate) fn remove_ufrag_conn(&self, ufrag: &str) {
         self.shared.remove_conn(ufrag);
         self.drop_slow_path(ufrag);
     }

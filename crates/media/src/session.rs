@@ -13,10 +13,11 @@
 //! Ended ── stop() or Failed{reason}
 //! ```
 //!
-//! webrtc-rs does ICE (and keeps consent) and the DTLS handshake over the shared `MediaSocket`; the
-//! packets after set-up go through our own path: inbound, the socket's reader unprotects in place
-//! and sends to the sink (relay.rs); outbound, the call's task reads the sink, re-stamps, protects in
-//! place and sends on the shared socket. One receive, one SRTP operation, one send, no allocation.
+//! webrtc-rs does ICE and the DTLS handshake over the shared `MediaSocket`; both go once the keys
+//! exist, and consent is kept without them (consent.rs). The packets after set-up go through our
+//! own path: inbound, the socket's reader unprotects in place and sends to the sink (relay.rs);
+//! outbound, the call's task reads the sink, re-stamps, protects in place and sends on the shared
+//! socket. One receive, one SRTP operation, one send, no allocation.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -37,10 +38,10 @@ use webrtc_ice::candidate::candidate_base::unmarshal_candidate;
 use webrtc_ice::candidate::{Candidate, CandidateType};
 use webrtc_ice::mdns::MulticastDnsMode;
 use webrtc_ice::network_type::NetworkType;
-use webrtc_ice::state::ConnectionState;
 use webrtc_ice::udp_network::UDPNetwork;
 use webrtc_util::{Conn, KeyingMaterialExporter};
 
+use crate::consent::{self, Freshness, IceCredentials, CONSENT_INTERVAL};
 use crate::demux::{classify, PacketKind};
 use crate::dtls_endpoint::DtlsEndpoint;
 use crate::dtmf::DtmfSender;
@@ -52,7 +53,6 @@ use crate::srtp::{SrtpContext, SrtpProfile};
 use crate::MediaError;
 
 const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
-const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 const FIRST_RTCP: Duration = Duration::from_secs(1);
 /// The sink counts as silent after this long without a packet; we fill in with silence frames.
@@ -248,7 +248,7 @@ impl Drop for Prepared {
     /// A call prepared but never started leaves no connection on the shared socket.
     fn drop(&mut self) {
         if self.role == IceRole::Lite && self.app.is_some() {
-            self.socket.remove_lite(&self.ufrag);
+            self.socket.remove_ufrag_conn(&self.ufrag);
         }
         if let Some(agent) = self.agent.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -311,7 +311,7 @@ impl Prepared {
             let (ufrag, pwd, candidates) = if role == IceRole::Lite {
                 let (ufrag, pwd) = lite_credentials();
                 // Checks that arrive before `start` wait on the connection.
-                socket.lite_conn(&ufrag);
+                socket.ufrag_conn(&ufrag);
                 let candidates = std::iter::once(cfg.media_ip)
                     .chain(cfg.media_ip6)
                     .map(|ip| SocketAddr::new(cfg.public_ip.unwrap_or(ip), port))
@@ -417,8 +417,9 @@ impl Prepared {
                     let _ = agent.close().await;
                 }
                 None => {
-                    if role == IceRole::Lite {
-                        socket.remove_lite(&ufrag);
+                    // The ICE-lite responder's connection, or the consent keeper's.
+                    if role != IceRole::None {
+                        socket.remove_ufrag_conn(&ufrag);
                     }
                     if let Some(remote) = remote {
                         socket.remove_plain(remote);
@@ -602,9 +603,10 @@ struct Keys {
     profile: &'static str,
 }
 
-/// Consent freshness (RFC 7675) as webrtc-ice's timers: a check on the selected pair every
-/// `interval` (RFC 7675 §5.1: 5 s); Disconnected after two unanswered checks, which webrtc-ice
-/// recovers from by itself; Failed once `timeout` passed without an answer, which ends the call.
+/// Consent freshness (RFC 7675) as webrtc-ice's timers, while the agent lives (until the keys
+/// exist; consent.rs keeps it after): a check on the selected pair every `interval` (§5.1: 5 s);
+/// Disconnected after two unanswered checks, which webrtc-ice recovers from by itself; Failed once
+/// `timeout` passed without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ConsentPacing {
     interval: Duration,
@@ -696,112 +698,95 @@ async fn run(
     let slow;
     // An ICE-lite call answers checks (consent too) for as long as it runs.
     let _responder;
-    // ICE, or the remote address of an SDES call without ICE.
-    let (conn, remote): (Arc<dyn Conn + Send + Sync>, SocketAddr) = match (&agent, &plan.remote_ice)
-    {
-        (Some(agent), Some(ice)) => {
-            // Before the first check: the peer may start DTLS as soon as its side connects.
-            slow = socket.slow_path(&credentials.0);
-            // Set-up futures are boxed: held inline they would size the call's task for its whole
-            // life.
-            let checks = Box::pin(connect_ice(
-                agent.clone(),
-                role,
-                ice,
-                &cfg,
-                &socket,
-                credentials,
-                leftovers,
-            ));
-            let (agent, conn, ice_role) = tokio::select! {
-                r = checks => r?,
-                () = clock.stopped() => return Ok(()),
-            };
-            let (state_tx, mut state_rx) = mpsc::channel::<ConnectionState>(8);
-            agent.on_connection_state_change(Box::new(move |s| {
-                let state_tx = state_tx.clone();
-                Box::pin(async move {
-                    let _ = state_tx.try_send(s);
-                })
-            }));
-            let (local, remote) = agent
-                .get_selected_candidate_pair()
-                .map(|p| (p.local.addr(), p.remote.addr()))
-                .ok_or_else(|| MediaError::Peer("ICE connected without a selected pair".into()))?;
-            let _ = events
-                .send(MediaEvent::IceConnected {
-                    local,
-                    remote,
-                    role: ice_role,
-                    elapsed: started.elapsed(),
-                })
-                .await;
-            // The agent may switch pairs later (a peer's nomination): the route follows.
-            let poke = clock.clone();
-            agent.on_selected_candidate_pair_change(Box::new(move |_, remote| {
-                let _ = moves.try_send(Command::Moved(remote.addr()));
-                poke.poke();
-                Box::pin(async {})
-            }));
-            // Consent freshness (RFC 7675) is the agent's: a peer that stops answering ends the call.
-            let watch_events = events.clone();
-            tokio::spawn(async move {
-                while let Some(s) = state_rx.recv().await {
-                    // Disconnected (two checks unanswered) may recover; Failed (30 s) is RFC 7675's
-                    // expired consent.
-                    if s == ConnectionState::Failed {
-                        let _ = watch_events
-                            .send(MediaEvent::Failed {
-                                reason: "ICE consent expired: the peer stopped answering checks"
-                                    .into(),
-                            })
-                            .await;
-                        break;
-                    }
-                }
-            });
-            (conn, remote)
-        }
-        (None, Some(ice)) if role == IceRole::Lite => {
-            slow = socket.slow_path(&credentials.0);
-            let conn = socket.lite_conn(&credentials.0);
-            let (responder, mut nominated) =
-                crate::lite::respond(socket.clone(), conn, credentials.clone(), ice.ufrag.clone());
-            _responder = responder;
-            let remote = tokio::select! {
-                r = tokio::time::timeout(SET_UP_TIMEOUT, nominated.recv()) => match r {
-                    Ok(Some(remote)) => remote,
-                    _ => return Err(MediaError::Timeout(
-                        "ICE-lite: the peer nominated no pair in 10 s".into(),
-                    )),
-                },
-                () = clock.stopped() => return Ok(()),
-            };
-            let _ = events
-                .send(MediaEvent::IceConnected {
-                    local: socket.local_addr(),
-                    remote,
+    // ICE, or the remote address of an SDES call without ICE; the agent that selected the pair.
+    let (conn, remote, checked): (Arc<dyn Conn + Send + Sync>, SocketAddr, _) =
+        match (&agent, &plan.remote_ice) {
+            (Some(agent), Some(ice)) => {
+                // Before the first check: the peer may start DTLS as soon as its side connects.
+                slow = socket.slow_path(&credentials.0);
+                // Set-up futures are boxed: held inline they would size the call's task for its
+                // whole life.
+                let checks = Box::pin(connect_ice(
+                    agent.clone(),
                     role,
-                    elapsed: started.elapsed(),
-                })
-                .await;
-            set_routed(leftovers, remote);
-            (socket.lite_target(&credentials.0, remote), remote)
-        }
-        (None, _) => {
-            let remote = plan
-                .remote_rtp
-                .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
-            set_routed(leftovers, remote);
-            slow = socket.slow_path(&plain_key(remote));
-            (socket.plain_conn(remote), remote)
-        }
-        (Some(_), None) => {
-            return Err(MediaError::Local(
-                "prepared for ICE but the plan has no remote ICE agent".into(),
-            ))
-        }
-    };
+                    ice,
+                    &cfg,
+                    &socket,
+                    credentials.clone(),
+                    leftovers,
+                ));
+                let (agent, conn, ice_role) = tokio::select! {
+                    r = checks => r?,
+                    () = clock.stopped() => return Ok(()),
+                };
+                let (local, remote) = agent
+                    .get_selected_candidate_pair()
+                    .map(|p| (p.local.addr(), p.remote.addr()))
+                    .ok_or_else(|| {
+                        MediaError::Peer("ICE connected without a selected pair".into())
+                    })?;
+                let _ = events
+                    .send(MediaEvent::IceConnected {
+                        local,
+                        remote,
+                        role: ice_role,
+                        elapsed: started.elapsed(),
+                    })
+                    .await;
+                // While the keys are agreed the agent may still switch pairs (a peer's nomination):
+                // the route follows.
+                let poke = clock.clone();
+                agent.on_selected_candidate_pair_change(Box::new(move |_, remote| {
+                    let _ = moves.try_send(Command::Moved(remote.addr()));
+                    poke.poke();
+                    Box::pin(async {})
+                }));
+                (conn, remote, Some((agent, ice_role, ice)))
+            }
+            (None, Some(ice)) if role == IceRole::Lite => {
+                slow = socket.slow_path(&credentials.0);
+                let conn = socket.ufrag_conn(&credentials.0);
+                let (responder, mut nominated) = crate::lite::respond(
+                    socket.clone(),
+                    conn,
+                    credentials.clone(),
+                    ice.ufrag.clone(),
+                );
+                _responder = responder;
+                let remote = tokio::select! {
+                    r = tokio::time::timeout(SET_UP_TIMEOUT, nominated.recv()) => match r {
+                        Ok(Some(remote)) => remote,
+                        _ => return Err(MediaError::Timeout(
+                            "ICE-lite: the peer nominated no pair in 10 s".into(),
+                        )),
+                    },
+                    () = clock.stopped() => return Ok(()),
+                };
+                let _ = events
+                    .send(MediaEvent::IceConnected {
+                        local: socket.local_addr(),
+                        remote,
+                        role,
+                        elapsed: started.elapsed(),
+                    })
+                    .await;
+                set_routed(leftovers, remote);
+                (socket.lite_target(&credentials.0, remote), remote, None)
+            }
+            (None, _) => {
+                let remote = plan
+                    .remote_rtp
+                    .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
+                set_routed(leftovers, remote);
+                slow = socket.slow_path(&plain_key(remote));
+                (socket.plain_conn(remote), remote, None)
+            }
+            (Some(_), None) => {
+                return Err(MediaError::Local(
+                    "prepared for ICE but the plan has no remote ICE agent".into(),
+                ))
+            }
+        };
 
     // Until the fast path is routed, the slow path's reader hands DTLS records to the endpoint and
     // keeps the first SRTP packets for the inbound context.
@@ -886,6 +871,40 @@ async fn run(
     }
     socket.add_route(remote, route).await;
     set_routed(leftovers, remote);
+    drop(conn);
+
+    // Set up: the agent goes, and consent is kept on the selected pair without it (consent.rs).
+    let _consent = match checked {
+        Some((checking, ice_role, ice)) => {
+            if let Ok(mut l) = leftovers.lock() {
+                l.agent = None;
+            }
+            let _ = checking.close().await;
+            drop((checking, agent));
+            let freshness = Freshness::new(
+                Instant::now(),
+                IceCredentials {
+                    ufrag: credentials.0.clone(),
+                    pwd: credentials.1.clone(),
+                },
+                IceCredentials {
+                    ufrag: ice.ufrag.clone(),
+                    pwd: ice.pwd.clone(),
+                },
+                ice_role == IceRole::Controlling,
+                cfg.consent_timeout,
+            );
+            let conn = socket.ufrag_conn(&credentials.0);
+            Some(consent::keep(
+                socket.clone(),
+                conn,
+                remote,
+                freshness,
+                events.clone(),
+            ))
+        }
+        None => None,
+    };
 
     let result = write_loop(
         Outbound {
@@ -908,7 +927,6 @@ async fn run(
     )
     .await;
     reader.abort();
-    drop(agent);
     result
 }
 
