@@ -293,18 +293,56 @@ fn stat(media_log: &str, name: &str) -> Option<u64> {
         .max()
 }
 
+/// Consent freshness (RFC 7675) after set-up, from the capture: aiortc checked consent every 0.5 s
+/// and we answered each check; we checked every second (a 2 s timeout) and aiortc answered ours.
+/// Neither side let consent expire.
+fn assert_consent_kept_both_ways(run: &AiortcRun) {
+    let line = run
+        .report
+        .lines()
+        .find_map(|l| l.strip_prefix("consent: "))
+        .unwrap_or_else(|| panic!("no consent line\n{}", run.report));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let count = |way: &str, kind: &str| v[way][kind].as_u64().unwrap();
+    // The last check of either side may still be in flight when the capture stops.
+    assert!(
+        count("received", "requests") >= 5,
+        "aiortc's checks: {line}"
+    );
+    assert!(
+        count("sent", "answers") + 1 >= count("received", "requests"),
+        "every check of aiortc's answered: {line}"
+    );
+    assert!(count("sent", "requests") >= 3, "our checks: {line}");
+    assert!(
+        count("received", "answers") + 1 >= count("sent", "requests"),
+        "every check of ours answered: {line}"
+    );
+    assert!(
+        !run.report.contains("Consent to send expired"),
+        "{}",
+        run.report
+    );
+    assert!(
+        !run.media_log.contains(r#""event":"failed""#),
+        "{}",
+        run.media_log
+    );
+}
+
 /// aiortc offers as a browser would (full ICE, controlling, DTLS actpass, Opus on PT 96): we take the
 /// controlled role (RFC 8445 §6.1.1, no role conflict), answer setup:active, and map the local Opus PT
 /// 111 onto its 96. Each side records the other's tone. Mid-call, one of aiortc's SRTP packets is
 /// replayed 5 times and sent 5 times with a broken tag from aiortc's own address: all 10 are dropped
-/// and counted, and the audio is unharmed.
+/// and counted, and the audio is unharmed. Consent is kept both ways after set-up (we are controlled).
 #[test]
 fn aiortc_offerer_two_way_tone() {
     let _serial = serial();
     let run = aiortc(
         "watrunk-answers-aiortc.sh",
-        &[("SECS", "5"), ("INJECT", "1")],
+        &[("SECS", "5"), ("INJECT", "1"), ("CONSENT", "0.5")],
     );
+    assert_consent_kept_both_ways(&run);
     assert!(
         run.report.contains("injected 5 replays and 5 bad tags"),
         "{}",
@@ -338,14 +376,15 @@ fn aiortc_offerer_two_way_tone() {
 
 /// Our offer (actpass) answered by aiortc (setup:active: we are the DTLS server), with the sink
 /// restarted half-way under another SSRC: aiortc hears the tone throughout and the capture shows one
-/// SSRC from us for the whole call.
+/// SSRC from us for the whole call. Consent is kept both ways after set-up (we are controlling).
 #[test]
 fn aiortc_answerer_two_way_tone_and_one_ssrc_across_a_sink_restart() {
     let _serial = serial();
     let run = aiortc(
         "aiortc-answers-watrunk.sh",
-        &[("SECS", "6"), ("RESTART_SINK", "1")],
+        &[("SECS", "6"), ("RESTART_SINK", "1"), ("CONSENT", "0.5")],
     );
+    assert_consent_kept_both_ways(&run);
     assert!(run.offer.contains("a=setup:actpass\r\n"), "{}", run.offer);
     assert!(run.answer.contains("a=setup:active"), "{}", run.answer);
     assert!(
