@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use webrtc_ice::control::{AttrControlled, AttrControlling};
 use webrtc_ice::priority::PriorityAttr;
 use webrtc_ice::udp_mux::UDPMuxConn;
-use webrtc_util::Conn;
 
 use crate::lite::answer_check;
 use crate::mux::MediaSocket;
@@ -182,8 +181,9 @@ impl Drop for Keeper {
     }
 }
 
-/// Drives `freshness` toward `remote` over `conn` (the call's ufrag on the shared socket, `remote`
-/// registered on it); a lost consent fails the call on `events`.
+/// Drives `freshness` toward `remote`: the call's STUN comes from the shared socket's consent path,
+/// `conn` (the call's ufrag connection) only lets the peer's answers find the call by `remote`. A
+/// lost consent fails the call on `events`.
 pub(crate) fn keep(
     socket: Arc<MediaSocket>,
     conn: UDPMuxConn,
@@ -191,17 +191,18 @@ pub(crate) fn keep(
     mut freshness: Freshness,
     events: mpsc::Sender<MediaEvent>,
 ) -> Keeper {
+    let mut inbound = socket.consent_path(conn.key());
     let task = tokio::spawn(async move {
         let target = socket.target(remote);
+        // The peer's answers carry no USERNAME: they find the call by its address.
         conn.add_address(remote).await;
-        let mut buf = vec![0u8; 1500];
         loop {
             let wake = tokio::time::Instant::from_std(freshness.poll_timeout());
             tokio::select! {
-                received = conn.recv_from(&mut buf) => {
-                    let Ok((n, from)) = received else { return };
+                received = inbound.recv() => {
+                    let Some((packet, from)) = received else { return };
                     if let Received::Check(answer) =
-                        freshness.handle_packet(Instant::now(), &buf[..n], from)
+                        freshness.handle_packet(Instant::now(), &packet, from)
                     {
                         let _ = socket.socket().send_to(&answer, socket.target(from)).await;
                     }
@@ -370,5 +371,77 @@ mod tests {
             }
             other => panic!("not answered: {other:?}"),
         }
+    }
+
+    /// Over a real shared socket: our checks reach the peer and its answers keep the call; the
+    /// peer's checks are answered; once the peer goes quiet the call fails after the timeout.
+    #[tokio::test]
+    async fn the_keeper_keeps_consent_over_the_shared_socket_until_the_peer_goes_quiet() {
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let socket = MediaSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
+        let peer = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .unwrap();
+        let remote = peer.local_addr().unwrap();
+        let timeout = Duration::from_millis(600);
+        let (events, mut failed) = mpsc::channel(4);
+        let conn = socket.ufrag_conn("us");
+        let _keeper = keep(
+            socket.clone(),
+            conn,
+            remote,
+            freshness(Instant::now(), timeout),
+            events,
+        );
+        let mut theirs = freshness(Instant::now(), timeout);
+        std::mem::swap(&mut theirs.local, &mut theirs.remote);
+        let their_check = theirs.check(TransactionId::new()).unwrap();
+        let mut buf = [0u8; 1500];
+        let started = Instant::now();
+        let (mut our_checks, mut their_answers) = (0, 0);
+        while started.elapsed() < Duration::from_secs(2) {
+            peer.send_to(&their_check, socket.local_addr())
+                .await
+                .unwrap();
+            let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), peer.recv(&mut buf)).await
+            else {
+                continue;
+            };
+            let mut m = Message::new();
+            m.unmarshal_binary(&buf[..n]).unwrap();
+            if m.typ == BINDING_REQUEST {
+                our_checks += 1;
+                peer.send_to(&answer(&buf[..n], THEIRS), socket.local_addr())
+                    .await
+                    .unwrap();
+            } else if m.typ == BINDING_SUCCESS {
+                MessageIntegrity::new_short_term_integrity(OURS.into())
+                    .check(&mut m)
+                    .unwrap();
+                their_answers += 1;
+            }
+            assert!(failed.try_recv().is_err(), "consent lost while answered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(our_checks >= 4, "{our_checks} checks in 2 s at 300 ms");
+        assert!(
+            their_answers >= 4,
+            "{their_answers} of the peer's checks answered"
+        );
+        let quiet = Instant::now();
+        let event = tokio::time::timeout(Duration::from_secs(3), failed.recv())
+            .await
+            .expect("consent expires once the peer is quiet")
+            .unwrap();
+        assert!(
+            matches!(&event, MediaEvent::Failed { reason } if reason.contains("consent expired")),
+            "{event:?}"
+        );
+        assert!(
+            quiet.elapsed() <= timeout + Duration::from_millis(400),
+            "{:?}",
+            quiet.elapsed()
+        );
     }
 }

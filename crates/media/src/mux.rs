@@ -31,6 +31,8 @@ use crate::role::{RoleConflicts, Verdict};
 const RECEIVE_MTU: usize = 1500;
 const ROUTE_COMMANDS: usize = 256;
 const SLOW_PATH_PACKETS: usize = 64;
+/// A consent check each way every few seconds; more than this queued is a flood, dropped.
+const CONSENT_PATH_PACKETS: usize = 4;
 
 /// The slow-path key of a call without ICE.
 pub(crate) fn plain_key(remote: SocketAddr) -> String {
@@ -44,6 +46,9 @@ enum RouteCommand {
     Remove(SocketAddr, tokio::sync::oneshot::Sender<()>),
 }
 
+/// A packet and where it came from.
+pub(crate) type Datagram = (Vec<u8>, SocketAddr);
+
 /// What the reader and the agents' connections share.
 struct Shared {
     socket: Arc<UdpSocket>,
@@ -55,6 +60,9 @@ struct Shared {
     /// them: DTLS records and early SRTP. They bypass the agent, whose per-candidate readers would
     /// drop a packet of the other address family (all its candidates share this one connection).
     slow_paths: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
+    /// Per call (by ufrag) once its agent is gone, where its STUN goes: the consent keeper. A
+    /// `UDPMuxConn` reader would hold an 8 KiB buffer per call for a packet every few seconds.
+    consent_paths: Mutex<HashMap<String, mpsc::Sender<Datagram>>>,
     routes: AtomicUsize,
 }
 
@@ -92,6 +100,7 @@ impl MediaSocket {
             by_address: RwLock::default(),
             role_conflicts: RoleConflicts::default(),
             slow_paths: Mutex::default(),
+            consent_paths: Mutex::default(),
             routes: AtomicUsize::new(0),
         });
         let (commands, commands_rx) = mpsc::channel(ROUTE_COMMANDS);
@@ -190,6 +199,17 @@ impl MediaSocket {
             .remove(key);
     }
 
+    /// The STUN of the call with local `ufrag` (and its source), from now on (consent.rs).
+    pub(crate) fn consent_path(&self, ufrag: &str) -> mpsc::Receiver<Datagram> {
+        let (tx, rx) = mpsc::channel(CONSENT_PATH_PACKETS);
+        self.shared
+            .consent_paths
+            .lock()
+            .expect("consent path map")
+            .insert(ufrag.to_string(), tx);
+        rx
+    }
+
     /// Tells when the agent with local `ufrag` must take the other ICE role; the passwords check
     /// that the messages saying so are genuine.
     pub(crate) fn watch_role_conflicts(
@@ -251,10 +271,16 @@ impl MediaSocket {
         })
     }
 
-    /// Forgets the `ufrag_conn` (and every address) of local `ufrag`, and its slow path.
+    /// Forgets the `ufrag_conn` (and every address) of local `ufrag`, its slow path and its
+    /// consent path.
     pub(crate) fn remove_ufrag_conn(&self, ufrag: &str) {
         self.shared.remove_conn(ufrag);
         self.drop_slow_path(ufrag);
+        self.shared
+            .consent_paths
+            .lock()
+            .expect("consent path map")
+            .remove(ufrag);
     }
 
     /// Forgets the slow-path connection of a call without ICE.
@@ -399,6 +425,11 @@ async fn handle_datagram(
     } else if stun::message::is_message(packet) {
         if let Verdict::Answer(answer) = shared.role_conflicts.inbound(packet, conn.key()) {
             let _ = shared.socket.send_to(&answer, from).await;
+            return;
+        }
+        let consent_paths = shared.consent_paths.lock().expect("consent path map");
+        if let Some(consent) = consent_paths.get(conn.key()) {
+            let _ = consent.try_send((packet.to_vec(), from));
             return;
         }
     }
