@@ -294,8 +294,8 @@ fn stat(media_log: &str, name: &str) -> Option<u64> {
 }
 
 /// Consent freshness (RFC 7675) after set-up, from the capture: aiortc checked consent every 0.5 s
-/// and we answered each check; we checked every second (a 2 s timeout) and aiortc answered ours.
-/// Neither side let consent expire.
+/// and we answered each check; we checked every 1-2 s (half our 2-4 s timeout) and aiortc answered
+/// ours. Neither side let consent expire.
 fn assert_consent_kept_both_ways(run: &AiortcRun) {
     let line = run
         .report
@@ -313,7 +313,7 @@ fn assert_consent_kept_both_ways(run: &AiortcRun) {
         count("sent", "answers") + 1 >= count("received", "requests"),
         "every check of aiortc's answered: {line}"
     );
-    assert!(count("sent", "requests") >= 3, "our checks: {line}");
+    assert!(count("sent", "requests") >= 2, "our checks: {line}");
     assert!(
         count("received", "answers") + 1 >= count("sent", "requests"),
         "every check of ours answered: {line}"
@@ -382,7 +382,7 @@ fn aiortc_answerer_two_way_tone_and_one_ssrc_across_a_sink_restart() {
     let _serial = serial();
     let run = aiortc(
         "aiortc-answers-watrunk.sh",
-        &[("SECS", "6"), ("RESTART_SINK", "1"), ("CONSENT", "0.5")],
+        &[("SECS", "8"), ("RESTART_SINK", "1"), ("CONSENT", "0.5")],
     );
     assert_consent_kept_both_ways(&run);
     assert!(run.offer.contains("a=setup:actpass\r\n"), "{}", run.offer);

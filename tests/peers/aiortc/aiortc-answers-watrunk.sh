@@ -8,7 +8,7 @@
 # With MEDIA_IP6=ADDR that IPv6 address is put on lo and given to watrunk as --media-ip6 (one
 # dual-stack media socket for both families).
 # CONSENT=SECS: as in watrunk-answers-aiortc.sh (aiortc checks consent every SECS, watrunk's timeout
-# is 4 x SECS, the checks after set-up are counted from the capture).
+# is 8 x SECS, the checks after set-up are counted from the capture).
 #   unshare -n -- bash aiortc-answers-watrunk.sh WORKDIR   env: WATRUNK (binary), SECS (5), RESTART_SINK,
 #   CLAIM_CONTROLLING, MEDIA_IP6, CONSENT
 set -euo pipefail
@@ -18,9 +18,10 @@ secs=${SECS:-5}
 source "$here/namespace.sh"
 media_secs=$((secs + 3)); consent_args=()
 if [ -n "${CONSENT:-}" ]; then
-  # The call ends about when aiortc does: a check of ours unanswered after it left would fail it.
+  # The call ends about when aiortc does; a timeout of 8 x SECS (checks every 4 x SECS) outlasts
+  # the moment between aiortc leaving and watrunk's end.
   media_secs=$((secs + 1))
-  consent_args=(--consent-timeout-secs "$(/usr/bin/python3 -c "print(4 * $CONSENT)")")
+  consent_args=(--consent-timeout-secs "$(/usr/bin/python3 -c "print(8 * $CONSENT)")")
 fi
 
 printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.sdp
