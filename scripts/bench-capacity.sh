@@ -3,10 +3,12 @@
 # raw sim.load lines in docs/capacity-results.jsonl, from which `watrunk-bench report` can redo the rest):
 # `watrunk sim load` places N concurrent WhatsApp-user calls (TLS SIP, 407, SDES or ICE-lite + DTLS,
 # 50 packets/s each way, echoed by the agent side in the same process) through a release
-# `watrunk serve`, and the same packet load through rtpengine's userspace relay (SDES-SRTP <-> RTP)
-# and through `watrunk sim bare-relay` (plain UDP, same socket layout), one after the other in the
-# same run. Then two set-up runs (DTLS at 200 and 500 set-ups/s). Runs in a private network
-# namespace (ICE peers skip loopback), as root.
+# `watrunk serve`, then has the business place N calls to users through serve's API (sim load
+# playing Meta's SIP server: 407, ICE-lite, DTLS), and sends the same packet load through
+# rtpengine's userspace relay (SDES-SRTP <-> RTP) and through `watrunk sim bare-relay` (plain UDP,
+# same socket layout), one after the other in the same run. Then set-up runs (DTLS at 200 and 500
+# set-ups/s, and business-placed calls at 200/s). Runs in a private network namespace (ICE peers
+# skip loopback), as root.
 #
 #   scripts/bench-capacity.sh                 # CALLS="100 250 500 750 1000" WINDOW=10
 #   CALLS="500 1000" WINDOW=5 scripts/bench-capacity.sh
@@ -18,6 +20,7 @@ if [ -z "${WATRUNK_BENCH_NETNS:-}" ]; then
   command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
   command -v cmake >/dev/null 2>&1 || need+=(cmake)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
   fi
@@ -37,6 +40,10 @@ out=$root/target/bench/capacity
 rm -rf "$out" && mkdir -p "$out"
 results=$out/results.jsonl
 echo secret > "$out/pw"
+# Meta's TLS certificate for business-placed calls (serve trusts it with --tls-ca).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$IP" \
+  -addext "subjectAltName=IP:$IP" -addext "basicConstraints=critical,CA:FALSE" \
+  -keyout "$out/meta.key" -out "$out/meta.crt" 2>/dev/null
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
@@ -50,7 +57,8 @@ load() { # through, extra args...
 serve() { # srtp
   "$W" serve --hostname localhost --tls $IP:5061 --state-dir "$out/state" --api off \
     --number +15550001111 --sip-password-file "$out/pw" --challenge --digest-algorithm both \
-    --srtp "$1" --media-ip $IP --sink $IP:4100 > "$out/serve.out" 2>> "$out/serve.err" &
+    --srtp "$1" --media-ip $IP --sink $IP:4100 --api $IP:8061 --meta-server $IP:5062 \
+    --tls-ca "$out/meta.crt" > "$out/serve.out" 2>> "$out/serve.err" &
   SERVE=$!; pids+=("$SERVE")
   for _ in $(seq 50); do [ -f "$out/state/localhost.selfsigned.crt" ] && break; sleep 0.1; done
   sleep 0.5
@@ -64,10 +72,19 @@ through_watrunk() { # srtp, calls, extra...
   kill "$SERVE"; wait "$SERVE" 2>/dev/null || true
 }
 
+business_calls() { # srtp, calls, extra...
+  local srtp=$1 n=$2; shift 2
+  serve "$srtp"
+  load watrunk --direction to-user --api $IP:8061 --listen $IP:5062 --cert "$out/meta.crt" \
+    --key "$out/meta.key" --password-file "$out/pw" --srtp "$srtp" --calls "$n" --pid "$SERVE" "$@"
+  kill "$SERVE"; wait "$SERVE" 2>/dev/null || true
+}
+
 for n in $CALLS; do
   echo "== $n calls" >&2
   through_watrunk sdes "$n" --rate $RAMP
   through_watrunk dtls "$n" --rate $RAMP
+  business_calls dtls "$n" --rate $RAMP
   rtpengine --foreground --log-stderr --table=-1 --interface=$IP --listen-ng=127.0.0.1:2223 \
     --port-min=20000 --port-max=29999 --log-level=3 2>> "$out/rtpengine.err" &
   rtpe=$!; pids+=("$rtpe"); sleep 1
@@ -83,6 +100,7 @@ echo "== set-up rate" >&2
 for rate in 200 500; do
   through_watrunk dtls 1000 --total 1000 --rate $rate --hold 2
 done
+business_calls dtls 1000 --total 1000 --rate 200 --hold 2
 
 "$root/target/release/watrunk-bench" report "$results" --docs "$root/docs"
 cp "$results" "$root/docs/capacity-results.jsonl"

@@ -476,6 +476,94 @@ fn load_of_twenty_dtls_calls_through_serve() {
     assert_eq!(ended, 20, "{logs}");
 }
 
+/// The business calls users at load: ten calls placed through serve's control API, each INVITE
+/// answered by `sim load` playing Meta (407 with SHA-256 and MD5, ICE-lite, DTLS), every packet
+/// echoed by the agent side: all calls up, SHA-256 chosen, nothing lost, the server idle after.
+#[test]
+fn load_of_ten_business_placed_dtls_calls_through_the_api() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-load-to-user");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    // Meta's certificate exists before serve starts, so that serve can be told to trust it.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("meta.crt"), dir.path().join("meta.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let sink = format!("127.0.0.1:{}", free_port());
+    let meta = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--srtp",
+        "dtls",
+        "--media-ip",
+        "127.0.0.1",
+        "--sink",
+        &sink,
+        "--events",
+        "-",
+        "--meta-server",
+        &meta,
+        "--tls-ca",
+        cert_file.to_str().unwrap(),
+    ]);
+    let api = server.api.expect("serve's control API").to_string();
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["sim", "load", "--direction", "to-user", "--api", &api])
+            .args(["--listen", &meta, "--sink", &sink])
+            .args([
+                "--calls", "10", "--rate", "20", "--window", "2", "--settle", "1",
+            ])
+            .args(["--pid", &server.pid().to_string()])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--cert")
+            .arg(&cert_file)
+            .arg("--key")
+            .arg(&key_file),
+        Duration::from_secs(60),
+    );
+    let logs = format!("--- sim load\n{out}\n--- serve\n{}", server.log());
+    let reports = json_lines(&out);
+    let load = find(&reports, "sim.load", &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(load["direction"], "to-user", "{load}");
+    assert_eq!(load["established"], 10, "{load}");
+    assert_eq!(load["failed"], 0, "{load}");
+    assert_eq!(load["digest"], serde_json::json!({"SHA-256": 10}), "{load}");
+    assert_eq!(load["loss_pct"]["to_agent"], 0.0, "{load}");
+    assert_eq!(load["loss_pct"]["to_meta"], 0.0, "{load}");
+    // 10 calls × 50 packets/s × 2 directions over the 2 s window.
+    let relayed = load["window"]["relayed_packets"].as_u64().unwrap();
+    assert!((1_800..=2_200).contains(&relayed), "{load}");
+    assert_eq!(load["setup_ms"]["first_rtp"]["n"], 10, "{load}");
+    let last = server.wait_event(
+        "call.ended",
+        |e| e["server"]["calls"] == 0,
+        Duration::from_secs(5),
+    );
+    assert_server_idle(&last);
+    let ended: Vec<_> = server
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "call.ended")
+        .collect();
+    assert_eq!(ended.len(), 10, "{logs}");
+    for e in &ended {
+        assert_eq!(e["direction"], "outbound", "{e}");
+        assert_eq!(e["by"], "remote", "{e}");
+        assert!(e["stats"]["packets_in"].as_u64().unwrap() > 50, "{e}");
+    }
+}
+
 /// A call outlives the connection idle timer: Meta's TLS connection carries nothing but the call's
 /// BYE for as long as the call lasts, and watrunk keeps it open (found by a 20-minute soak, where
 /// every call lost its connection at the 900 s idle timeout).

@@ -15,18 +15,77 @@ const BEGIN: &str = "<!-- capacity:begin -->";
 const END: &str = "<!-- capacity:end -->";
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
+/// One relay of the sweep: what `sim load` went through, with which keys, in which direction.
+#[derive(Clone, Copy)]
+struct Series {
+    through: &'static str,
+    srtp: &'static str,
+    direction: &'static str,
+    name: &'static str,
+    color: RGBColor,
+}
+
+const fn series(
+    through: &'static str,
+    srtp: &'static str,
+    direction: &'static str,
+    name: &'static str,
+    color: RGBColor,
+) -> Series {
+    Series {
+        through,
+        srtp,
+        direction,
+        name,
+        color,
+    }
+}
+
+const USERS_CALL: &str = "to-business";
+const BUSINESS_CALLS: &str = "to-user";
+const DTLS: Series = series(
+    "watrunk",
+    "dtls",
+    USERS_CALL,
+    "watrunk (DTLS)",
+    RGBColor(200, 30, 30),
+);
+const DTLS_OUT: Series = series(
+    "watrunk",
+    "dtls",
+    BUSINESS_CALLS,
+    "watrunk, business calls users (DTLS)",
+    RGBColor(150, 0, 150),
+);
+const SDES: Series = series(
+    "watrunk",
+    "sdes",
+    USERS_CALL,
+    "watrunk (SDES)",
+    RGBColor(240, 140, 0),
+);
+const RTPENGINE: Series = series(
+    "rtpengine",
+    "sdes",
+    USERS_CALL,
+    "rtpengine userspace (SDES)",
+    RGBColor(30, 80, 200),
+);
+const BARE: Series = series(
+    "bare",
+    "none",
+    USERS_CALL,
+    "bare UDP relay",
+    RGBColor(0, 0, 0),
+);
+
 /// The relays of the sweep, as the report names them.
-const SERIES: [(&str, &str, &str, RGBColor); 4] = [
-    ("watrunk", "dtls", "watrunk (DTLS)", RGBColor(200, 30, 30)),
-    ("watrunk", "sdes", "watrunk (SDES)", RGBColor(240, 140, 0)),
-    (
-        "rtpengine",
-        "sdes",
-        "rtpengine userspace (SDES)",
-        RGBColor(30, 80, 200),
-    ),
-    ("bare", "none", "bare UDP relay", RGBColor(0, 0, 0)),
-];
+const SERIES: [Series; 5] = [DTLS, DTLS_OUT, SDES, RTPENGINE, BARE];
+
+/// A run's direction (runs from before `--direction` were all users calling the business).
+fn direction(r: &Value) -> &str {
+    r["direction"].as_str().unwrap_or(USERS_CALL)
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -113,18 +172,23 @@ impl Report {
         Report { runs }
     }
 
-    fn sweep(&self, through: &str, srtp: &str) -> Vec<&Value> {
+    fn sweep(&self, of: Series) -> Vec<&Value> {
         let mut runs: Vec<&Value> = self
             .runs
             .iter()
-            .filter(|r| r["through"] == through && r["srtp"] == srtp && r["hold"] == 0.0)
+            .filter(|r| {
+                r["through"] == of.through
+                    && r["srtp"] == of.srtp
+                    && direction(r) == of.direction
+                    && r["hold"] == 0.0
+            })
             .collect();
         runs.sort_by_key(|r| r["calls"].as_u64());
         runs
     }
 
-    fn at(&self, through: &str, srtp: &str, calls: u64) -> Option<&Value> {
-        self.sweep(through, srtp)
+    fn at(&self, of: Series, calls: u64) -> Option<&Value> {
+        self.sweep(of)
             .into_iter()
             .find(|r| r["calls"].as_u64() == Some(calls))
     }
@@ -148,17 +212,18 @@ impl Report {
 
     fn headline(&self) -> Value {
         // Every figure is taken at the largest size watrunk carried with no failed call and no loss.
-        let dtls = self.sweep("watrunk", "dtls");
+        let dtls = self.sweep(DTLS);
         let top = dtls.iter().rev().find(|r| clean(r)).copied();
         let n = top.and_then(|r| r["calls"].as_u64()).unwrap_or(0);
-        let per_packet = |through, srtp| {
-            self.at(through, srtp, n)
+        let per_packet = |of| {
+            self.at(of, n)
                 .and_then(|r| num(r, &["window", "relay_us_per_packet"]))
         };
+        let business_calls = self.at(DTLS_OUT, n);
         let fastest_setup = self
             .setups()
             .into_iter()
-            .filter(|r| r["failed"] == 0)
+            .filter(|r| r["failed"] == 0 && direction(r) == USERS_CALL)
             .filter_map(|r| num(r, &["setups_per_second"]))
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
         let p99 = top.and_then(|r| {
@@ -170,14 +235,19 @@ impl Report {
             "calls_per_core": top.and_then(|r| num(r, &["window", "calls_per_relay_core"])),
             "max_concurrent_calls": top.and_then(|r| r["calls"].as_u64()),
             "loss_pct_at_max": top.and_then(loss),
-            "cpu_us_per_packet": per_packet("watrunk", "dtls"),
-            "bare_relay_us_per_packet": per_packet("bare", "none"),
-            "rtpengine_us_per_packet": per_packet("rtpengine", "sdes"),
+            "cpu_us_per_packet": per_packet(DTLS),
+            "bare_relay_us_per_packet": per_packet(BARE),
+            "rtpengine_us_per_packet": per_packet(RTPENGINE),
             "setups_per_second": fastest_setup,
             "p99_added_latency_ms": p99,
             "rss_kib_per_call": top.and_then(|r| num(r, &["rss_kib", "per_call"])),
             "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "measured_at_calls": n,
+            "business_calls_users": {
+                "loss_pct": business_calls.and_then(loss),
+                "cpu_us_per_packet": per_packet(DTLS_OUT),
+                "rss_kib_per_call": business_calls.and_then(|r| num(r, &["rss_kib", "per_call"])),
+            },
         })
     }
 
@@ -227,21 +297,22 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| calls | watrunk DTLS µs/pkt | watrunk SDES µs/pkt | rtpengine µs/pkt | bare µs/pkt | \
-             watrunk DTLS / bare | watrunk SDES / bare | watrunk SDES / rtpengine | loss % (DTLS, SDES, rtpengine, bare) | \
-             watrunk cores (DTLS) | generator cores (DTLS) |"
+            "| calls | watrunk DTLS µs/pkt | business calls users, DTLS µs/pkt | watrunk SDES µs/pkt | rtpengine µs/pkt | bare µs/pkt | \
+             watrunk DTLS / bare | business calls users / bare | watrunk SDES / bare | watrunk SDES / rtpengine | \
+             loss % (DTLS, business calls users, SDES, rtpengine, bare) | watrunk cores (DTLS) | generator cores (DTLS) |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for n in self.sizes() {
-            let cost = |t, k| {
-                self.at(t, k, n)
+            let cost = |of| {
+                self.at(of, n)
                     .and_then(|r| num(r, &["window", "relay_us_per_packet"]))
             };
-            let (d, sd, rt, b) = (
-                cost("watrunk", "dtls"),
-                cost("watrunk", "sdes"),
-                cost("rtpengine", "sdes"),
-                cost("bare", "none"),
+            let (d, out, sd, rt, b) = (
+                cost(DTLS),
+                cost(DTLS_OUT),
+                cost(SDES),
+                cost(RTPENGINE),
+                cost(BARE),
             );
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
@@ -249,20 +320,22 @@ impl Report {
             };
             let losses: Vec<String> = SERIES
                 .iter()
-                .map(|(t, k, _, _)| fmt(self.at(t, k, n).and_then(loss), 3))
+                .map(|of| fmt(self.at(*of, n).and_then(loss), 3))
                 .collect();
-            let dtls = self.at("watrunk", "dtls", n);
+            let dtls = self.at(DTLS, n);
             let gen_cores = dtls.and_then(|r| {
                 Some(num(r, &["window", "generator_cpu_secs"])? / num(r, &["window", "secs"])?)
             });
             let _ = writeln!(
                 s,
-                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fmt(d, 2),
+                fmt(out, 2),
                 fmt(sd, 2),
                 fmt(rt, 2),
                 fmt(b, 2),
                 ratio(d, b),
+                ratio(out, b),
                 ratio(sd, b),
                 ratio(sd, rt),
                 losses.join(", "),
@@ -278,8 +351,9 @@ impl Report {
         let _ = writeln!(s, "| calls | relay | Meta → agent | agent → Meta | jitter p99 (→ agent, → Meta) | failed calls |");
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for n in self.sizes() {
-            for (t, k, name, _) in SERIES {
-                let Some(r) = self.at(t, k, n) else { continue };
+            for of in SERIES {
+                let Some(r) = self.at(of, n) else { continue };
+                let name = of.name;
                 let _ = writeln!(
                     s,
                     "| {n} | {name} | {} | {} | {}, {} | {} |",
@@ -293,23 +367,31 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nCall set-up through watrunk (each call: a new TLS connection, INVITE, 407, INVITE with \
-             credentials, 200, ACK; then ICE and DTLS for DTLS calls; times from the first INVITE, ms, \
-             p50 / p99 / max):\n"
+            "\nCall set-up through watrunk (a user's call: a new TLS connection, INVITE, 407, INVITE with \
+             credentials, 200, ACK, times from the first INVITE; a business's call: `POST /calls` to \
+             watrunk's API, INVITE over watrunk's one TLS connection to Meta, 407, INVITE with \
+             credentials, 200, ACK, times from the POST; then ICE and DTLS; ms, p50 / p99 / max):\n"
         );
         let _ = writeln!(s, "| run | offered / achieved set-ups/s | failed | INVITE → 200 | → ICE | → DTLS (SRTP keys) | → first RTP from watrunk | watrunk CPU ms per call (with its media) |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         let mut setup_rows: Vec<&Value> = self.setups();
-        setup_rows.extend(
-            self.sweep("watrunk", "dtls")
-                .into_iter()
-                .filter(|r| r["calls"].as_u64() == self.sizes().last().copied()),
-        );
+        for of in [DTLS, DTLS_OUT] {
+            setup_rows.extend(
+                self.sweep(of)
+                    .into_iter()
+                    .filter(|r| r["calls"].as_u64() == self.sizes().last().copied()),
+            );
+        }
         for r in setup_rows {
-            let label = if r["hold"] == 0.0 {
-                format!("{} calls held (sweep, DTLS)", r["calls"])
+            let who = if direction(r) == BUSINESS_CALLS {
+                "business calls users, "
             } else {
-                format!("{} calls, {} s each (DTLS)", r["total"], r["hold"])
+                ""
+            };
+            let label = if r["hold"] == 0.0 {
+                format!("{} calls held (sweep, {who}DTLS)", r["calls"])
+            } else {
+                format!("{} calls, {} s each ({who}DTLS)", r["total"], r["hold"])
             };
             let _ = writeln!(
                 s,
@@ -329,15 +411,15 @@ impl Report {
             "\nResident memory of the relay process per call (VmRSS at full load minus before the first \
              call, divided by the calls; KiB):\n"
         );
-        let names: Vec<&str> = SERIES.iter().map(|x| x.2).collect();
+        let names: Vec<&str> = SERIES.iter().map(|x| x.name).collect();
         let _ = writeln!(s, "| calls | {} |", names.join(" | "));
-        let _ = writeln!(s, "|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|{}", "---|".repeat(SERIES.len()));
         for n in self.sizes() {
             let cells: Vec<String> = SERIES
                 .iter()
-                .map(|(t, k, _, _)| {
+                .map(|of| {
                     fmt(
-                        self.at(t, k, n)
+                        self.at(*of, n)
                             .and_then(|r| num(r, &["rss_kib", "per_call"])),
                         1,
                     )
@@ -364,9 +446,9 @@ impl Report {
         let max_calls = self.sizes().last().copied().unwrap_or(1000) as f64 * 1.05;
         let series: Vec<(&str, RGBColor, Vec<Point>)> = SERIES
             .iter()
-            .map(|(t, k, name, color)| {
+            .map(|of| {
                 let points = self
-                    .sweep(t, k)
+                    .sweep(*of)
                     .into_iter()
                     .filter_map(|r| {
                         Some((
@@ -376,7 +458,7 @@ impl Report {
                         ))
                     })
                     .collect();
-                (*name, *color, points)
+                (of.name, of.color, points)
             })
             .collect();
         let max_cost = series

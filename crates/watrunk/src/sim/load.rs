@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,11 +25,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch, Semaphore};
 use watrunk_media::{Identity, MediaEvent, MediaSession};
 use watrunk_sdp::{self as sdp, MediaPlan, Security};
-use watrunk_sip::{Dialog, Message, Method, Response};
+use watrunk_sip::{new_tag, Dialog, Message, Method, Response};
 
 use super::link::Link;
 use super::media::{MediaOptions, Relay};
+use super::placed::{Incoming, Placing};
 use super::uac::{self, Caller, Target};
+use super::uas::{self, Gate, MediaFrom};
 use super::{BusinessAccess, SrtpMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -41,16 +44,46 @@ pub enum Through {
     Bare,
 }
 
+/// Who calls whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    /// WhatsApp users call the business: Meta's INVITEs go to watrunk serve at --target.
+    ToBusiness,
+    /// The business calls WhatsApp users: each call is placed through watrunk's control API at
+    /// --api, and its INVITE comes to this process, Meta's SIP server at --listen (watrunk's
+    /// --meta-server).
+    ToUser,
+}
+
 #[derive(Args, Debug)]
 pub struct LoadArgs {
     #[arg(long, value_enum, default_value = "watrunk")]
     pub through: Through,
+    #[arg(long, value_enum, default_value = "to-business")]
+    pub direction: Direction,
     /// The business's SIP server (host[:port]), for --through watrunk.
     #[arg(long, default_value = "127.0.0.1:5061")]
     pub target: String,
-    /// The business number called.
+    /// The business number: called, or calling with --direction to-user.
     #[arg(long, default_value = "+15550001111")]
     pub to: String,
+    /// watrunk's control API, for --direction to-user.
+    #[arg(long, default_value = "127.0.0.1:8061")]
+    pub api: SocketAddr,
+    /// Meta's SIP server as this process plays it (TLS), for --direction to-user.
+    #[arg(long, default_value = "127.0.0.1:5062")]
+    pub listen: SocketAddr,
+    /// The host the business's INVITEs must carry in From (its --hostname), for --direction to-user.
+    #[arg(long, default_value = "localhost")]
+    pub business_host: String,
+    /// Meta's TLS certificate and key (PEM), for --direction to-user; without them a self-signed
+    /// certificate for the --listen address is made in --state-dir.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    #[arg(long, default_value = ".watrunk-sim")]
+    pub state_dir: PathBuf,
     #[command(flatten)]
     pub access: BusinessAccess,
     /// rtpengine's ng control address, for --through rtpengine.
@@ -406,12 +439,16 @@ struct CallRecord {
     first_rtp_ms: Option<f64>,
     /// When the media came up, from the load's start (for the set-up rate).
     secure_at: Option<Duration>,
+    /// The digest algorithm the business answered our challenge with (business-placed calls).
+    digest: Option<String>,
     failure: Option<String>,
 }
 
 struct Shared {
     args: LoadArgs,
     target: Option<Target>,
+    /// Meta's SIP server and watrunk's API, for business-placed calls.
+    placing: Option<Arc<Placing>>,
     password: Option<String>,
     identity: Identity,
     options: MediaOptions,
@@ -448,6 +485,7 @@ impl Signalling {
         loop {
             match rx.recv().await {
                 None => return "the business closed the TLS connection".into(),
+                Some(Message::Request(req)) if req.method == Method::ACK => {}
                 Some(Message::Request(req)) => {
                     link.respond(&Response::to_request(&req, 200, "OK", None))
                         .await;
@@ -495,6 +533,9 @@ async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Resu
     let t0 = Instant::now();
     if args.through == Through::Bare {
         return bare_call(shared, call, record, t0).await;
+    }
+    if let Some(placing) = &shared.placing {
+        return placed_call(shared, placing, call, record, t0).await;
     }
     let security = match args.srtp {
         SrtpMode::Dtls => Security::Dtls,
@@ -550,6 +591,55 @@ async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Resu
         .control
         .send(Control::Up(call, session.app_addr()))
         .await;
+    let outcome = hold(shared, call, Some(session), signalling, record, t0).await;
+    drop(relay);
+    outcome
+}
+
+/// A call the business places: through watrunk's API, then its INVITE answered as Meta answers.
+async fn placed_call(
+    shared: &Shared,
+    placing: &Placing,
+    call: u32,
+    record: &mut CallRecord,
+    t0: Instant,
+) -> Result<()> {
+    let args = &shared.args;
+    let Incoming {
+        invite,
+        mut rx,
+        link,
+    } = placing.place(call, &args.to, args.sink).await?;
+    let relay = Relay::with_identity(shared.options.clone(), shared.identity.clone()).await?;
+    let to_tag = new_tag();
+    let media = MediaFrom {
+        relay: &relay,
+        app: Some(shared.meta_addr),
+    };
+    let admitted = match uas::admit(invite, &mut rx, &link, &placing.gate, media, &to_tag).await {
+        Ok(a) => a,
+        Err(refusal) => {
+            if let Some(req) = &refusal.request {
+                let r = uas::refused(req, refusal.status, &refusal.phrase, &refusal.why, &to_tag);
+                link.respond(&r).await;
+            }
+            bail!("we refused the INVITE: {} {}", refusal.status, refusal.why);
+        }
+    };
+    record.digest = Some(admitted.algorithm.to_string());
+    // The ICE-lite side is listening before the 200 tells the business where it is.
+    let session = admitted.leg.start_session(admitted.plan, &shared.options);
+    link.respond(&admitted.ok).await;
+    record.answered_ms = Some(ms_since(t0));
+    let _ = shared
+        .control
+        .send(Control::Up(call, session.app_addr()))
+        .await;
+    let signalling = Signalling::Sip {
+        link,
+        rx,
+        dialog: Box::new(admitted.dialog),
+    };
     let outcome = hold(shared, call, Some(session), signalling, record, t0).await;
     drop(relay);
     outcome
@@ -1029,11 +1119,27 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
         clock.clone(),
         counters.clone(),
     ));
-    let target = match args.through {
-        Through::Watrunk => Some(args.access.target(&args.target).await?),
-        _ => None,
-    };
     let password = args.access.password()?;
+    let (target, placing) = match (args.through, args.direction) {
+        (Through::Watrunk, Direction::ToBusiness) => {
+            (Some(args.access.target(&args.target).await?), None)
+        }
+        (Through::Watrunk, Direction::ToUser) => {
+            let password = password
+                .clone()
+                .ok_or_else(|| anyhow!("--direction to-user needs --password-file"))?;
+            let security = match args.srtp {
+                SrtpMode::Dtls => Security::Dtls,
+                SrtpMode::Sdes => Security::Sdes,
+            };
+            let gate = Gate::new(args.business_host.clone(), password, security);
+            let tls = (args.cert.clone(), args.key.clone(), args.state_dir.clone());
+            let placing = Placing::start(args.listen, tls, args.api, gate).await?;
+            (None, Some(placing))
+        }
+        (_, Direction::ToUser) => bail!("--direction to-user is for --through watrunk"),
+        _ => (None, None),
+    };
     let options = MediaOptions {
         media_ip: args.media_ip,
         tone_hz: 440.0,
@@ -1049,9 +1155,11 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     let through = args.through;
     let srtp = args.srtp;
     let rss_idle = pid.and_then(resident_kib);
+    let direction = args.direction;
     let shared = Arc::new(Shared {
         args,
         target,
+        placing,
         password,
         identity: Identity::generate().map_err(|e| anyhow!("{e}"))?,
         options,
@@ -1086,6 +1194,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     let mut report = json!({
         "event": "sim.load",
         "through": format!("{through:?}").to_lowercase(),
+        "direction": if direction == Direction::ToUser { "to-user" } else { "to-business" },
         "srtp": if through == Through::Bare { "none".to_string() } else { format!("{srtp:?}").to_lowercase() },
         "calls": calls,
         "total": total,
@@ -1172,6 +1281,13 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
     let up: Vec<Duration> = records.iter().filter_map(|r| r.secure_at).collect();
     let last_up = up.iter().max().copied().unwrap_or_default().as_secs_f64();
     let pick = |f: fn(&CallRecord) -> Option<f64>| records.iter().filter_map(f).collect::<Vec<_>>();
+    let mut digests: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in records.iter().filter_map(|r| r.digest.as_deref()) {
+        *digests.entry(d).or_default() += 1;
+    }
+    if !digests.is_empty() {
+        report["digest"] = json!(digests);
+    }
     report["established"] = up.len().into();
     report["failed"] = failed.len().into();
     report["failures"] = json!(failures.into_iter().take(5).collect::<BTreeMap<_, _>>());

@@ -8,6 +8,7 @@ mod audio;
 mod link;
 mod load;
 mod media;
+mod placed;
 mod uac;
 mod uas;
 
@@ -41,7 +42,7 @@ pub enum SimCommand {
     /// Meta at scale: N concurrent calls through watrunk serve (or rtpengine, or a bare UDP relay)
     /// with 50 packets/s each way, echoed by the agent's side in this process; one `sim.load`
     /// report with set-up times, loss, latency, jitter and CPU per relayed packet.
-    Load(load::LoadArgs),
+    Load(Box<load::LoadArgs>),
     /// The bare UDP relay `sim load --through bare` is measured against.
     BareRelay(load::BareRelayArgs),
 }
@@ -194,7 +195,7 @@ pub async fn run(command: SimCommand) -> Result<bool> {
         SimCommand::Serve(args) => uas::run(args).await.map(|()| true),
         SimCommand::Call(args) => uac::run(args).await,
         SimCommand::Sink(args) => sink(args).await.map(|()| true),
-        SimCommand::Load(args) => load::run(args).await,
+        SimCommand::Load(args) => load::run(*args).await,
         SimCommand::BareRelay(args) => load::bare_relay(args).await.map(|()| true),
     }
 }

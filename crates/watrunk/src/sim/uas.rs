@@ -16,12 +16,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use watrunk_sdp::{self as sdp, Security};
+use watrunk_sdp::{self as sdp, MediaPlan, Security};
 use watrunk_sip::digest::{Algorithm, Authorization, NonceIssuer, Verifier};
 use watrunk_sip::{new_tag, Dialog, Message, Method, Request, Response};
 
 use super::link::Link;
-use super::media::{MediaOptions, Note, Relay};
+use super::media::{Leg, MediaOptions, Note, Relay};
 use super::{emit, meta_reason, new_via, SimServeArgs, META_DOMAIN, USER_AGENT};
 
 pub async fn run(args: SimServeArgs) -> Result<()> {
@@ -51,16 +51,10 @@ pub async fn run(args: SimServeArgs) -> Result<()> {
         listener.local_addr()?
     );
     let shared = Arc::new(Shared {
-        business_host: args.business_host.clone(),
-        password,
-        security: args.media.security(),
+        gate: Gate::new(args.business_host.clone(), password, args.media.security()),
         hold: Duration::from_secs_f64(args.media.hangup_after),
         options,
         relay,
-        verifier: std::sync::Mutex::new(
-            Verifier::new(NonceIssuer::with_random_key(300), META_DOMAIN)
-                .with_algorithms(&[Algorithm::Sha256, Algorithm::Md5]),
-        ),
     });
     let acceptor = TlsAcceptor::from(tls);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(16);
@@ -92,13 +86,33 @@ pub async fn run(args: SimServeArgs) -> Result<()> {
 }
 
 struct Shared {
-    business_host: String,
-    password: String,
-    security: Security,
+    gate: Gate,
     hold: Duration,
     options: MediaOptions,
     relay: Arc<Relay>,
+}
+
+/// What Meta checks before it answers a business's INVITE: the From host, the digest (its nonces
+/// and the number's password) and the offer's key exchange.
+pub(super) struct Gate {
+    business_host: String,
+    password: String,
+    security: Security,
     verifier: std::sync::Mutex<Verifier>,
+}
+
+impl Gate {
+    pub(super) fn new(business_host: String, password: String, security: Security) -> Gate {
+        Gate {
+            business_host,
+            password,
+            security,
+            verifier: std::sync::Mutex::new(
+                Verifier::new(NonceIssuer::with_random_key(300), META_DOMAIN)
+                    .with_algorithms(&[Algorithm::Sha256, Algorithm::Md5]),
+            ),
+        }
+    }
 }
 
 async fn connection<S>(
@@ -169,19 +183,21 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The user parts of a request's From and To (the calling and the called number).
+pub(super) fn users(req: &Request) -> (String, String) {
+    let user = |addr: Option<watrunk_sip::NameAddr>| {
+        addr.and_then(|a| a.uri.user_base().map(str::to_string))
+            .unwrap_or_default()
+    };
+    (user(req.from()), user(req.to()))
+}
+
 /// One business-initiated call, from its first INVITE to its end.
 async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, shared: Arc<Shared>) {
     let started = Instant::now();
     let call_id = first.call_id().unwrap_or_default().to_string();
     let to_tag = new_tag();
-    let from_user = first
-        .from()
-        .and_then(|f| f.uri.user_base().map(str::to_string))
-        .unwrap_or_default();
-    let to_user = first
-        .to()
-        .and_then(|t| t.uri.user_base().map(str::to_string))
-        .unwrap_or_default();
+    let (from_user, to_user) = users(&first);
     let mut report = json!({
         "event": "sim.call",
         "direction": "business-initiated",
@@ -190,15 +206,30 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
         "to": to_user,
     });
     let admitted = admit(
-        first, &mut rx, &link, &shared, &to_tag, &from_user, &to_user,
+        first,
+        &mut rx,
+        &link,
+        &shared.gate,
+        MediaFrom {
+            relay: &shared.relay,
+            app: None,
+        },
+        &to_tag,
     )
     .await;
-    let Admitted {
-        ok,
-        mut dialog,
-        media,
-        algorithm,
-    } = match admitted {
+    let admitted = match admitted {
+        Ok(a) => match a.leg.start(a.plan, &shared.options) {
+            Ok(media) => Ok((a.ok, a.dialog, media, a.algorithm)),
+            Err(e) => Err(Refusal::new(
+                &a.invite,
+                500,
+                "Server Internal Error",
+                e.to_string(),
+            )),
+        },
+        Err(refusal) => Err(refusal),
+    };
+    let (ok, mut dialog, media, algorithm) = match admitted {
         Ok(a) => a,
         Err(refusal) => {
             if let Some(req) = &refusal.request {
@@ -280,7 +311,13 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
 }
 
 /// A refusal as Meta words it: the reason in a `Warning: 399 wa.meta.vc "..."`.
-fn refused(req: &Request, status: u16, phrase: &str, why: &str, to_tag: &str) -> Response {
+pub(super) fn refused(
+    req: &Request,
+    status: u16,
+    phrase: &str,
+    why: &str,
+    to_tag: &str,
+) -> Response {
     let mut r = reply_in_dialog(req, status, phrase, to_tag);
     r.headers.push("X-FB-External-Domain", META_DOMAIN);
     r.headers.push(
@@ -291,11 +328,11 @@ fn refused(req: &Request, status: u16, phrase: &str, why: &str, to_tag: &str) ->
 }
 
 /// Why a call was not answered, and the request to answer (none when the business went quiet).
-struct Refusal {
-    request: Option<Request>,
-    status: u16,
-    phrase: String,
-    why: String,
+pub(super) struct Refusal {
+    pub request: Option<Request>,
+    pub status: u16,
+    pub phrase: String,
+    pub why: String,
 }
 
 impl Refusal {
@@ -309,30 +346,40 @@ impl Refusal {
     }
 }
 
-struct Admitted {
-    ok: Response,
-    dialog: Dialog,
-    media: super::media::Running,
-    algorithm: Algorithm,
+/// An admitted call: the 200 OK to send once its media has started, and the media's leg and plan.
+pub(super) struct Admitted {
+    pub invite: Request,
+    pub ok: Response,
+    pub dialog: Dialog,
+    pub leg: Leg,
+    pub plan: MediaPlan,
+    pub algorithm: Algorithm,
 }
 
-/// Everything before the 200 OK: the From host, digest, the offer, the media. The 200 is returned
-/// unsent.
-async fn admit(
+/// Where an admitted call's media leg comes from: `app` is its plain side when that belongs to
+/// someone else (`sim load`); none gives the leg its own tone and recorder.
+pub(super) struct MediaFrom<'a> {
+    pub relay: &'a Relay,
+    pub app: Option<SocketAddr>,
+}
+
+/// Everything before the 200 OK: the From host, digest, the offer, the media's leg. The 200 is
+/// returned unsent.
+pub(super) async fn admit(
     first: Request,
     rx: &mut mpsc::Receiver<Message>,
     link: &Link,
-    shared: &Shared,
+    gate: &Gate,
+    media: MediaFrom<'_>,
     to_tag: &str,
-    from_user: &str,
-    to_user: &str,
 ) -> Result<Admitted, Refusal> {
+    let (from_user, to_user) = users(&first);
     // The From host must be the SIP server configured for the number (WHATSAPP-SIP §3.3).
     let from_host = first
         .from()
         .and_then(|f| f.uri.as_sip().map(|u| u.host.to_string()))
         .unwrap_or_default();
-    if !from_host.eq_ignore_ascii_case(&shared.business_host) {
+    if !from_host.eq_ignore_ascii_case(&gate.business_host) {
         let text = format!(
             "SIP server {from_host} from INVITE does not match any SIP server configured for phone number {from_user}"
         );
@@ -354,13 +401,13 @@ async fn admit(
                         ));
                     }
                     let uri = invite.uri.to_string();
-                    let mut verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut verifier = gate.verifier.lock().unwrap_or_else(|e| e.into_inner());
                     verifier
                         .verify(
                             &auth,
                             "INVITE",
                             &uri,
-                            &shared.password,
+                            &gate.password,
                             &invite.body,
                             now_secs(),
                         )
@@ -384,7 +431,7 @@ async fn admit(
         let mut r = reply_in_dialog(&invite, 407, "Proxy Authentication Required", to_tag);
         r.headers.push("X-FB-External-Domain", META_DOMAIN);
         {
-            let verifier = shared.verifier.lock().unwrap_or_else(|e| e.into_inner());
+            let verifier = gate.verifier.lock().unwrap_or_else(|e| e.into_inner());
             for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
                 let challenge = verifier.challenge(algorithm, now_secs(), false);
                 r.headers.push("Proxy-Authenticate", challenge.to_string());
@@ -424,7 +471,7 @@ async fn admit(
     }
     let offer = sdp::parse(&invite.body)
         .map_err(|e| Refusal::new(&invite, 488, "Not Acceptable Here", e.to_string()))?;
-    if shared.security == Security::Dtls && sdp::remote_ice_mode(&offer).is_none() {
+    if gate.security == Security::Dtls && sdp::remote_ice_mode(&offer).is_none() {
         return Err(Refusal::new(
             &invite,
             488,
@@ -434,11 +481,11 @@ async fn admit(
     }
     link.respond(&reply_in_dialog(&invite, 100, "Trying", to_tag))
         .await;
-    let leg = shared
-        .relay
-        .leg(shared.security)
-        .await
-        .map_err(|e| Refusal::new(&invite, 500, "Server Internal Error", e.to_string()))?;
+    let leg = match media.app {
+        Some(app) => media.relay.leg_to(gate.security, app).await,
+        None => media.relay.leg(gate.security).await,
+    }
+    .map_err(|e| Refusal::new(&invite, 500, "Server Internal Error", e.to_string()))?;
     let (answer, plan) = leg
         .answer(&offer)
         .map_err(|e| Refusal::new(&invite, 488, "Not Acceptable Here", e.to_string()))?;
@@ -460,13 +507,12 @@ async fn admit(
     ok.body = answer.into_bytes();
     let dialog = Dialog::from_uas(&invite, &ok)
         .map_err(|e| Refusal::new(&invite, 400, "Bad Request", e.to_string()))?;
-    let media = leg
-        .start(plan, &shared.options)
-        .map_err(|e| Refusal::new(&invite, 500, "Server Internal Error", e.to_string()))?;
     Ok(Admitted {
+        invite,
         ok,
         dialog,
-        media,
+        leg,
+        plan,
         algorithm,
     })
 }
