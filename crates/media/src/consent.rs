@@ -200,7 +200,8 @@ pub(crate) fn keep(
             let wake = tokio::time::Instant::from_std(freshness.poll_timeout());
             tokio::select! {
                 received = inbound.recv() => {
-                    let Some((packet, from)) = received else { return };
+                    let Some(datagram) = received else { return };
+                    let (packet, from) = *datagram;
                     if let Received::Check(answer) =
                         freshness.handle_packet(Instant::now(), &packet, from)
                     {

@@ -23,7 +23,9 @@ pub mod srtp;
 
 pub use demux::{classify, is_rtcp, PacketKind};
 pub use mux::MediaSocket;
-pub use session::{IceRole, Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
+pub use session::{
+    IceConnected, IceRole, Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats,
+};
 
 /// Whose fault a media failure is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -46,8 +46,8 @@ enum RouteCommand {
     Remove(SocketAddr, tokio::sync::oneshot::Sender<()>),
 }
 
-/// A packet and where it came from.
-pub(crate) type Datagram = (Vec<u8>, SocketAddr);
+/// A packet and its source, boxed: a channel's block of 32 of them lives as long as the call.
+pub(crate) type Datagram = Box<(Vec<u8>, SocketAddr)>;
 
 /// What the reader and the agents' connections share.
 struct Shared {
@@ -59,7 +59,8 @@ struct Shared {
     /// Per call (by ufrag, or `plain_key`), where its non-STUN packets go until the fast path takes
     /// them: DTLS records and early SRTP. They bypass the agent, whose per-candidate readers would
     /// drop a packet of the other address family (all its candidates share this one connection).
-    slow_paths: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
+    /// `None` once the call is routed: what still comes that way is dropped.
+    slow_paths: Mutex<HashMap<String, Option<mpsc::Sender<Vec<u8>>>>>,
     /// Per call (by ufrag) once its agent is gone, where its STUN goes: the consent keeper. A
     /// `UDPMuxConn` reader would hold an 8 KiB buffer per call for a packet every few seconds.
     consent_paths: Mutex<HashMap<String, mpsc::Sender<Datagram>>>,
@@ -180,15 +181,29 @@ impl MediaSocket {
     }
 
     /// The non-STUN packets of the call known by `key` (its ufrag, or `plain_key`) until its fast
-    /// path is routed, and DTLS records after.
+    /// path is routed (`close_slow_path`).
     pub(crate) fn slow_path(&self, key: &str) -> mpsc::Receiver<Vec<u8>> {
         let (tx, rx) = mpsc::channel(SLOW_PATH_PACKETS);
         self.shared
             .slow_paths
             .lock()
             .expect("slow path map")
-            .insert(key.to_string(), tx);
+            .insert(key.to_string(), Some(tx));
         rx
+    }
+
+    /// The call known by `key` is routed: its slow path's channel goes, and what still arrives
+    /// that way (a DTLS record after the handshake) is dropped until the call ends.
+    pub(crate) fn close_slow_path(&self, key: &str) {
+        if let Some(slow) = self
+            .shared
+            .slow_paths
+            .lock()
+            .expect("slow path map")
+            .get_mut(key)
+        {
+            *slow = None;
+        }
     }
 
     pub(crate) fn drop_slow_path(&self, key: &str) {
@@ -419,7 +434,9 @@ async fn handle_datagram(
     if first >= 2 {
         let slow_paths = shared.slow_paths.lock().expect("slow path map");
         if let Some(slow) = slow_paths.get(conn.key()) {
-            let _ = slow.try_send(packet.to_vec());
+            if let Some(slow) = slow {
+                let _ = slow.try_send(packet.to_vec());
+            }
             return;
         }
     } else if stun::message::is_message(packet) {
@@ -429,7 +446,7 @@ async fn handle_datagram(
         }
         let consent_paths = shared.consent_paths.lock().expect("consent path map");
         if let Some(consent) = consent_paths.get(conn.key()) {
-            let _ = consent.try_send((packet.to_vec(), from));
+            let _ = consent.try_send(Box::new((packet.to_vec(), from)));
             return;
         }
     }
@@ -535,5 +552,45 @@ impl Conn for PlainConn {
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Until a call is routed its DTLS records reach its slow path; once it is, the path's channel
+    /// is gone and what still comes that way is dropped, not queued anywhere.
+    #[tokio::test]
+    async fn a_closed_slow_path_drops_what_still_arrives() {
+        let socket = MediaSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let remote = peer.local_addr().unwrap();
+        let _conn = socket.plain_conn(remote);
+        let key = plain_key(remote);
+        let mut slow = socket.slow_path(&key);
+        let record = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        peer.send_to(&record, socket.local_addr()).await.unwrap();
+        let delivered = tokio::time::timeout(Duration::from_secs(2), slow.recv()).await;
+        assert_eq!(delivered.unwrap().as_deref(), Some(&record[..]));
+
+        socket.close_slow_path(&key);
+        peer.send_to(&record, socket.local_addr()).await.unwrap();
+        let after = tokio::time::timeout(Duration::from_secs(2), slow.recv()).await;
+        assert_eq!(
+            after.unwrap(),
+            None,
+            "the channel closed, nothing delivered"
+        );
+        assert_eq!(
+            socket.usage().1,
+            2,
+            "the call's connection and slow path entry stay"
+        );
+        socket.remove_plain(remote);
+        assert_eq!(socket.usage(), (0, 0));
     }
 }

@@ -143,15 +143,11 @@ impl Identity {
     }
 }
 
+/// What a call's media tells its owner. The large events are boxed: every call's event channel
+/// holds a block of 32 of them for as long as the call lasts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
-    IceConnected {
-        local: SocketAddr,
-        remote: SocketAddr,
-        /// Our role in the end: the other one than chosen when the peer won a role conflict.
-        role: IceRole,
-        elapsed: Duration,
-    },
+    IceConnected(Box<IceConnected>),
     SecureUp {
         profile: &'static str,
         elapsed: Duration,
@@ -162,10 +158,20 @@ pub enum MediaEvent {
     FirstRtpIn {
         elapsed: Duration,
     },
-    Stats(Stats),
+    Stats(Box<Stats>),
     Failed {
         reason: String,
     },
+}
+
+/// The pair ICE selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceConnected {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Our role in the end: the other one than chosen when the peer won a role conflict.
+    pub role: IceRole,
+    pub elapsed: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -226,6 +232,7 @@ struct Parts {
     /// Our ICE ufrag and password (kept if the agent is made again in the other role).
     credentials: (String, String),
     clock: Arc<SinkClock>,
+    plan: MediaPlan,
 }
 
 /// What a call leaves on the shared socket until whoever ends it clears it.
@@ -374,7 +381,8 @@ impl Prepared {
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let app_addr = self.app_addr();
         let dtmf_negotiated = plan.dtmf_pt.is_some();
-        let parts = Parts {
+        // Boxed: the call's task would otherwise hold the parts (and the plan) for its whole life.
+        let parts = Box::new(Parts {
             cfg: self.cfg.clone(),
             identity: self.identity.clone(),
             agent: self.agent.take(),
@@ -383,7 +391,8 @@ impl Prepared {
             app: self.app.take().expect("a Prepared starts once"),
             credentials: (self.ufrag.clone(), self.pwd.clone()),
             clock: self.socket.sink_clock(SINK_SILENCE),
-        };
+            plan,
+        });
         let clock = parts.clock.clone();
         let moves_tx = commands_tx.clone();
         let task = tokio::spawn(async move {
@@ -397,7 +406,6 @@ impl Prepared {
             });
             let result = run(
                 parts,
-                plan,
                 ssrc,
                 started,
                 events_tx.clone(),
@@ -414,7 +422,7 @@ impl Prepared {
             socket.drop_slow_path(&ufrag);
             match agent {
                 Some(agent) => {
-                    let _ = agent.close().await;
+                    let _ = Box::pin(agent.close()).await;
                 }
                 None => {
                     // The ICE-lite responder's connection, or the consent keeper's.
@@ -674,15 +682,49 @@ fn contexts(
     Ok((outbound, inbound))
 }
 
+/// What a set-up call keeps: its outbound side, its inbound counters, and what answers or sends
+/// consent checks for as long as it runs.
+struct Established {
+    out: Box<Outbound>,
+    counters: Arc<InboundCounters>,
+    _consent: Option<consent::Keeper>,
+    _responder: Option<crate::lite::Responder>,
+}
+
 async fn run(
-    parts: Parts,
-    plan: MediaPlan,
+    parts: Box<Parts>,
     ssrc: u32,
     started: Instant,
     events: mpsc::Sender<MediaEvent>,
     (moves, commands): (mpsc::Sender<Command>, mpsc::Receiver<Command>),
     leftovers: &std::sync::Mutex<Leftovers>,
 ) -> Result<(), MediaError> {
+    // Set-up is boxed: its state (ICE, the DTLS handshake, keys on their way) would otherwise
+    // size the call's task for its whole life.
+    let set_up = Box::pin(set_up(parts, ssrc, started, &events, moves, leftovers));
+    let Some(Established {
+        out,
+        counters,
+        _consent,
+        _responder,
+    }) = set_up.await?
+    else {
+        return Ok(());
+    };
+    write_loop(out, commands, &counters, started, events, leftovers).await
+}
+
+/// ICE (or the ICE-lite responder, or a plain address), the keys, the fast path's route and the
+/// consent keeper: everything before the call's first outbound packet. `None` when the call was
+/// stopped first.
+async fn set_up(
+    parts: Box<Parts>,
+    ssrc: u32,
+    started: Instant,
+    events: &mpsc::Sender<MediaEvent>,
+    moves: mpsc::Sender<Command>,
+    leftovers: &std::sync::Mutex<Leftovers>,
+) -> Result<Option<Established>, MediaError> {
     let Parts {
         cfg,
         identity,
@@ -692,18 +734,20 @@ async fn run(
         app,
         credentials,
         clock,
-    } = parts;
+        plan,
+    } = *parts;
 
-    // The call's non-STUN packets until its fast path is routed, DTLS records after.
-    let slow;
+    // The call's non-STUN packets until its fast path is routed.
+    let (slow, slow_path_key): (_, String);
     // An ICE-lite call answers checks (consent too) for as long as it runs.
-    let _responder;
+    let mut responder = None;
     // ICE, or the remote address of an SDES call without ICE; the agent that selected the pair.
     let (conn, remote, checked): (Arc<dyn Conn + Send + Sync>, SocketAddr, _) =
         match (&agent, &plan.remote_ice) {
             (Some(agent), Some(ice)) => {
                 // Before the first check: the peer may start DTLS as soon as its side connects.
-                slow = socket.slow_path(&credentials.0);
+                slow_path_key = credentials.0.clone();
+                slow = socket.slow_path(&slow_path_key);
                 // Set-up futures are boxed: held inline they would size the call's task for its
                 // whole life.
                 let checks = Box::pin(connect_ice(
@@ -717,7 +761,7 @@ async fn run(
                 ));
                 let (agent, conn, ice_role) = tokio::select! {
                     r = checks => r?,
-                    () = clock.stopped() => return Ok(()),
+                    () = clock.stopped() => return Ok(None),
                 };
                 let (local, remote) = agent
                     .get_selected_candidate_pair()
@@ -726,12 +770,12 @@ async fn run(
                         MediaError::Peer("ICE connected without a selected pair".into())
                     })?;
                 let _ = events
-                    .send(MediaEvent::IceConnected {
+                    .send(MediaEvent::IceConnected(Box::new(IceConnected {
                         local,
                         remote,
                         role: ice_role,
                         elapsed: started.elapsed(),
-                    })
+                    })))
                     .await;
                 // While the keys are agreed the agent may still switch pairs (a peer's nomination):
                 // the route follows.
@@ -744,15 +788,16 @@ async fn run(
                 (conn, remote, Some((agent, ice_role, ice)))
             }
             (None, Some(ice)) if role == IceRole::Lite => {
-                slow = socket.slow_path(&credentials.0);
+                slow_path_key = credentials.0.clone();
+                slow = socket.slow_path(&slow_path_key);
                 let conn = socket.ufrag_conn(&credentials.0);
-                let (responder, mut nominated) = crate::lite::respond(
+                let (answering, mut nominated) = crate::lite::respond(
                     socket.clone(),
                     conn,
                     credentials.clone(),
                     ice.ufrag.clone(),
                 );
-                _responder = responder;
+                responder = Some(answering);
                 let remote = tokio::select! {
                     r = tokio::time::timeout(SET_UP_TIMEOUT, nominated.recv()) => match r {
                         Ok(Some(remote)) => remote,
@@ -760,15 +805,15 @@ async fn run(
                             "ICE-lite: the peer nominated no pair in 10 s".into(),
                         )),
                     },
-                    () = clock.stopped() => return Ok(()),
+                    () = clock.stopped() => return Ok(None),
                 };
                 let _ = events
-                    .send(MediaEvent::IceConnected {
+                    .send(MediaEvent::IceConnected(Box::new(IceConnected {
                         local: socket.local_addr(),
                         remote,
                         role,
                         elapsed: started.elapsed(),
-                    })
+                    })))
                     .await;
                 set_routed(leftovers, remote);
                 (socket.lite_target(&credentials.0, remote), remote, None)
@@ -778,7 +823,8 @@ async fn run(
                     .remote_rtp
                     .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
                 set_routed(leftovers, remote);
-                slow = socket.slow_path(&plain_key(remote));
+                slow_path_key = plain_key(remote);
+                slow = socket.slow_path(&slow_path_key);
                 (socket.plain_conn(remote), remote, None)
             }
             (Some(_), None) => {
@@ -830,8 +876,7 @@ async fn run(
             )),
         }
     });
-    // Boxed for the same reason: the SRTP contexts are all that stays of it.
-    let keys = Box::new(tokio::select! {
+    let keys = tokio::select! {
         r = tokio::time::timeout(SET_UP_TIMEOUT, secured) => match r {
             Ok(k) => k?,
             Err(_) => {
@@ -840,41 +885,65 @@ async fn run(
                 ))
             }
         },
-        () = clock.stopped() => return Ok(()),
-    });
-    let _ = events
-        .send(MediaEvent::SecureUp {
-            profile: keys.profile,
-            elapsed: started.elapsed(),
-        })
-        .await;
-
+        () = clock.stopped() => return Ok(None),
+    };
+    // The SRTP contexts go straight to the heap, each with its direction's state: nothing of the
+    // keys is held in the call's task across an await.
+    let Keys {
+        outbound,
+        inbound,
+        profile,
+    } = keys;
     let app = Arc::new(app);
-    let inbound = Arc::new(InboundCounters::default());
+    let counters = Arc::new(InboundCounters::default());
     let payloads = PayloadMap {
         remote_audio: plan.audio_pt,
         remote_dtmf: plan.dtmf_pt,
     };
     let mut route = Box::new(InboundRoute {
-        srtp: keys.inbound,
+        srtp: inbound,
         app: app.clone(),
         sink: cfg.sink,
         payloads,
-        counters: inbound.clone(),
+        counters: counters.clone(),
         local_ssrc: ssrc,
         epoch: started,
         first_rtp: Some(events.clone()),
         reception: Reception::default(),
     });
+    let out = Box::new(Outbound {
+        app,
+        clock,
+        sink: cfg.sink,
+        socket: socket.clone(),
+        remote,
+        srtp: outbound,
+        ssrc,
+        audio_pt: plan.audio_pt,
+        payloads,
+        speak_first: cfg.speak_first,
+    });
+    let _ = events
+        .send(MediaEvent::SecureUp {
+            profile,
+            elapsed: started.elapsed(),
+        })
+        .await;
     while let Ok(mut packet) = early_rx.try_recv() {
         route.handle(&mut packet, Instant::now());
     }
     socket.add_route(remote, route).await;
     set_routed(leftovers, remote);
     drop(conn);
+    // Routed: the slow path has nothing left to deliver (the DTLS connection is gone with its
+    // keys, RTP takes the fast path), so its reader and channels go; what still arrives there is
+    // dropped.
+    socket.close_slow_path(&slow_path_key);
+    reader.abort();
+    drop(early_rx);
 
     // Set up: the agent goes, and consent is kept on the selected pair without it (consent.rs).
-    let _consent = match checked {
+    let consent = match checked {
         Some((checking, ice_role, ice)) => {
             if let Ok(mut l) = leftovers.lock() {
                 l.agent = None;
@@ -906,28 +975,12 @@ async fn run(
         None => None,
     };
 
-    let result = write_loop(
-        Outbound {
-            app,
-            clock,
-            sink: cfg.sink,
-            socket: socket.clone(),
-            remote,
-            srtp: keys.outbound,
-            ssrc,
-            audio_pt: plan.audio_pt,
-            payloads,
-            speak_first: cfg.speak_first,
-        },
-        commands,
-        &inbound,
-        started,
-        events,
-        leftovers,
-    )
-    .await;
-    reader.abort();
-    result
+    Ok(Some(Established {
+        out,
+        counters,
+        _consent: consent,
+        _responder: responder,
+    }))
 }
 
 fn set_routed(leftovers: &std::sync::Mutex<Leftovers>, remote: SocketAddr) {
@@ -1111,7 +1164,7 @@ struct Outbound {
 }
 
 async fn write_loop(
-    mut out: Outbound,
+    mut out: Box<Outbound>,
     mut commands: mpsc::Receiver<Command>,
     inbound: &InboundCounters,
     started: Instant,
@@ -1175,7 +1228,7 @@ async fn write_loop(
             () = &mut tick, if own_timer => {
                 if clock.is_stopping() {
                     stats.take_inbound(inbound);
-                    let _ = events.try_send(MediaEvent::Stats(stats.clone()));
+                    let _ = events.try_send(MediaEvent::Stats(Box::new(stats.clone())));
                     return Ok(());
                 }
                 let now = Instant::now();
@@ -1208,7 +1261,7 @@ async fn write_loop(
                         let _ = out.socket.socket().send_to(&report[..n], target).await;
                     }
                     stats.take_inbound(inbound);
-                    let _ = events.try_send(MediaEvent::Stats(stats.clone()));
+                    let _ = events.try_send(MediaEvent::Stats(Box::new(stats.clone())));
                 }
                 if dtmf.is_none() {
                     dtmf = dtmf_queue.pop_front();

@@ -55,15 +55,12 @@ pub async fn run(command: MediaCommand) -> Result<()> {
 fn event_json(e: &MediaEvent) -> String {
     let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
     match e {
-        MediaEvent::IceConnected {
-            local,
-            remote,
-            role,
-            elapsed,
-        } => format!(
-            r#"{{"event":"ice.connected","local":"{local}","remote":"{remote}","role":"{}","ms":{:.1}}}"#,
-            role.name(),
-            ms(elapsed)
+        MediaEvent::IceConnected(ice) => format!(
+            r#"{{"event":"ice.connected","local":"{}","remote":"{}","role":"{}","ms":{:.1}}}"#,
+            ice.local,
+            ice.remote,
+            ice.role.name(),
+            ms(&ice.elapsed)
         ),
         MediaEvent::SecureUp { profile, elapsed } => format!(
             r#"{{"event":"secure.up","profile":"{profile}","ms":{:.1}}}"#,

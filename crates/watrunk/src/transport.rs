@@ -158,9 +158,15 @@ pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>
             match tls {
                 None => serve_stream(stream, remote, local, Transport::Tcp, conn, shared).await,
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(shared.limits.handshake_timeout, handshake).await {
+                    // The handshake's state and the TLS stream are boxed: held inline they would
+                    // size the connection's task, one after the other, for its whole life.
+                    let handshake = Box::pin(tokio::time::timeout(
+                        shared.limits.handshake_timeout,
+                        acceptor.accept(stream),
+                    ));
+                    match handshake.await {
                         Ok(Ok(tls)) => {
+                            let tls = Box::new(tls);
                             serve_stream(tls, remote, local, Transport::Tls, conn, shared).await
                         }
                         Ok(Err(e)) => tracing::info!("TLS handshake with {remote} failed: {e}"),
@@ -233,8 +239,14 @@ pub fn connect(
                         return;
                     }
                 };
-                match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+                // Boxed as on accept: the handshake's state would size the task.
+                let handshake = Box::pin(tokio::time::timeout(
+                    timeout,
+                    connector.connect(name, stream),
+                ));
+                match handshake.await {
                     Ok(Ok(tls)) => {
+                        let tls = Box::new(tls);
                         serve_stream(tls, remote, local, Transport::Tls, conn, shared).await
                     }
                     Ok(Err(e)) => {

@@ -16,7 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use watrunk_call::{
     Call, CallEvent, CallOutput, Direction, Ending, Local, MetaHeaders, OutboundCall, Side,
 };
-use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, MediaSocket, Prepared, Stats};
+use watrunk_media::{
+    IceConnected, IceRole, Identity, MediaConfig, MediaEvent, MediaSession, MediaSocket, Prepared,
+    Stats,
+};
 use watrunk_sdp::{self as sdp, LocalMedia, Profile, Security};
 use watrunk_sip::transaction::{Peer, TransactionId, Transport};
 use watrunk_sip::values::NameAddr;
@@ -144,7 +147,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Calls {
     next_key: CallKey,
-    entries: HashMap<CallKey, Entry>,
+    /// Boxed: a table of 2.4 KiB entries at most 7/8 full leaves whole pages of empty slots.
+    entries: HashMap<CallKey, Box<Entry>>,
     by_sip_call_id: HashMap<String, CallKey>,
     by_name: HashMap<String, CallKey>,
     by_transaction: HashMap<TransactionId, CallKey>,
@@ -285,7 +289,7 @@ impl Core {
             .insert(req.call_id().unwrap_or_default().to_string(), key);
         self.calls.by_name.insert(name.clone(), key);
         self.calls.by_transaction.insert(id, key);
-        self.calls.entries.insert(key, entry);
+        self.calls.entries.insert(key, Box::new(entry));
         self.events.emit(json!({
             "event": "call.incoming",
             "call": name,
@@ -505,12 +509,13 @@ impl Core {
             return;
         };
         match event {
-            MediaEvent::IceConnected {
-                local,
-                remote,
-                role,
-                elapsed,
-            } => {
+            MediaEvent::IceConnected(ice) => {
+                let IceConnected {
+                    local,
+                    remote,
+                    role,
+                    elapsed,
+                } = *ice;
                 entry.timings.ice = Some(elapsed);
                 self.events.emit(json!({
                     "event": "media.ice", "call": entry.id, "local": local.to_string(),
@@ -526,7 +531,7 @@ impl Core {
             }
             MediaEvent::FirstRtpOut { elapsed } => entry.timings.first_rtp_out = Some(elapsed),
             MediaEvent::FirstRtpIn { elapsed } => entry.timings.first_rtp_in = Some(elapsed),
-            MediaEvent::Stats(s) => entry.stats = Some(s),
+            MediaEvent::Stats(s) => entry.stats = Some(*s),
             MediaEvent::Failed { reason } => {
                 tracing::info!("call {}: media failed: {reason}", entry.id);
                 entry.media_failure.get_or_insert(reason.clone());
@@ -1009,7 +1014,7 @@ impl Core {
         while placeholder.poll_output().is_some() {}
         self.calls.entries.insert(
             key,
-            Entry {
+            Box::new(Entry {
                 call: placeholder,
                 id: name.clone(),
                 number: from.into(),
@@ -1033,7 +1038,7 @@ impl Core {
                 wants_answer: false,
                 ice_role: IceRole::Controlling,
                 answered: false,
-            },
+            }),
         );
         self.calls.by_name.insert(name.clone(), key);
         self.events.emit(json!({
@@ -1090,8 +1095,63 @@ fn sdp_refusal(req: &Request, e: &sdp::SdpError, host: &str, to_tag: &str) -> Re
     r
 }
 
+/// One call's media task: set-up (boxed: its state would otherwise size the task for the whole
+/// call), then the session's events to the core and the core's commands to the session.
 #[allow(clippy::too_many_arguments)]
-async fn run_media(
+fn run_media(
+    key: CallKey,
+    cfg: MediaConfig,
+    identity: Identity,
+    role: IceRole,
+    socket: Arc<MediaSocket>,
+    security: Security,
+    commands: mpsc::Receiver<MediaCmd>,
+    core: mpsc::Sender<CallInput>,
+) -> impl std::future::Future<Output = ()> {
+    let set_up = Box::pin(set_up_media(
+        key,
+        cfg,
+        identity,
+        role,
+        socket,
+        security,
+        commands,
+        core.clone(),
+    ));
+    async move {
+        let Some((mut session, mut commands)) = set_up.await else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                e = session.events.recv() => match e {
+                    Some(event) => { let _ = core.send(CallInput::Media { key, event }).await; }
+                    None => break,
+                },
+                c = commands.recv() => match c {
+                    Some(MediaCmd::Dtmf(keys)) => {
+                        for k in keys.chars() {
+                            if let Err(e) = session.send_dtmf(k, Duration::from_millis(100)) {
+                                tracing::info!("call {key}: DTMF {k}: {e}");
+                            }
+                        }
+                    }
+                    Some(MediaCmd::Start { .. }) => {}
+                    Some(MediaCmd::Stop) | None => break,
+                },
+            }
+        }
+        for event in Box::pin(session.stop()).await {
+            let _ = core.send(CallInput::Media { key, event }).await;
+        }
+        let _ = core.send(CallInput::MediaStopped { key }).await;
+    }
+}
+
+/// Prepares the call's media, tells the core what to put in the SDP, and starts the session when
+/// the core says so; `None` when the call ended first (the core has been told).
+#[allow(clippy::too_many_arguments)]
+async fn set_up_media(
     key: CallKey,
     cfg: MediaConfig,
     identity: Identity,
@@ -1100,8 +1160,7 @@ async fn run_media(
     security: Security,
     mut commands: mpsc::Receiver<MediaCmd>,
     core: mpsc::Sender<CallInput>,
-) {
-    // The set-up and tear-down futures are boxed, so that they do not size the task for the call.
+) -> Option<(MediaSession, mpsc::Receiver<MediaCmd>)> {
     let prepared = match Box::pin(Prepared::new(cfg, identity, role, &socket)).await {
         Ok(p) => p,
         Err(e) => {
@@ -1112,7 +1171,7 @@ async fn run_media(
                 })
                 .await;
             let _ = core.send(CallInput::MediaStopped { key }).await;
-            return;
+            return None;
         }
     };
     let mut local = LocalMedia::generate(Profile::WhatsApp, security)
@@ -1138,32 +1197,9 @@ async fn run_media(
             Some(MediaCmd::Stop) | None => {
                 Box::pin(prepared.close()).await;
                 let _ = core.send(CallInput::MediaStopped { key }).await;
-                return;
+                return None;
             }
         }
     };
-    let mut session = prepared.start(*plan, ssrc);
-    loop {
-        tokio::select! {
-            e = session.events.recv() => match e {
-                Some(event) => { let _ = core.send(CallInput::Media { key, event }).await; }
-                None => break,
-            },
-            c = commands.recv() => match c {
-                Some(MediaCmd::Dtmf(keys)) => {
-                    for k in keys.chars() {
-                        if let Err(e) = session.send_dtmf(k, Duration::from_millis(100)) {
-                            tracing::info!("call {key}: DTMF {k}: {e}");
-                        }
-                    }
-                }
-                Some(MediaCmd::Start { .. }) => {}
-                Some(MediaCmd::Stop) | None => break,
-            },
-        }
-    }
-    for event in Box::pin(session.stop()).await {
-        let _ = core.send(CallInput::Media { key, event }).await;
-    }
-    let _ = core.send(CallInput::MediaStopped { key }).await;
+    Some((prepared.start(*plan, ssrc), commands))
 }

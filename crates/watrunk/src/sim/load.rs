@@ -681,7 +681,7 @@ async fn hold(
                     None => std::future::pending().await,
                 }
             } => match e {
-                Some(MediaEvent::IceConnected { .. }) => record.ice_ms = Some(ms_since(t0)),
+                Some(MediaEvent::IceConnected(_)) => record.ice_ms = Some(ms_since(t0)),
                 Some(MediaEvent::SecureUp { .. }) => {
                     record.secure_ms = Some(ms_since(t0));
                     record.secure_at = Some(shared.started.elapsed());

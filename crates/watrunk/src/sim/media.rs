@@ -265,14 +265,14 @@ fn ms(d: Duration) -> f64 {
 impl Report {
     fn note(&mut self, e: &MediaEvent, notes: &mpsc::Sender<Note>) {
         match e {
-            MediaEvent::IceConnected { elapsed, .. } => self.ice_ms = Some(ms(*elapsed)),
+            MediaEvent::IceConnected(ice) => self.ice_ms = Some(ms(ice.elapsed)),
             MediaEvent::SecureUp { profile, elapsed } => {
                 self.secure_ms = Some(ms(*elapsed));
                 self.profile = Some(profile);
             }
             MediaEvent::FirstRtpIn { elapsed } => self.first_rtp_in_ms = Some(ms(*elapsed)),
             MediaEvent::FirstRtpOut { elapsed } => self.first_rtp_out_ms = Some(ms(*elapsed)),
-            MediaEvent::Stats(s) => self.stats = s.clone(),
+            MediaEvent::Stats(s) => self.stats = (**s).clone(),
             MediaEvent::Failed { reason } => {
                 self.failure = Some(reason.clone());
                 let _ = notes.try_send(Note::Failed(reason.clone()));
