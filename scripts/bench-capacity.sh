@@ -55,7 +55,7 @@ load() { # through, extra args...
 }
 
 serve() { # srtp
-  "$W" serve --hostname localhost --tls $IP:5061 --state-dir "$out/state" --api off \
+  "$W" serve --hostname localhost --tls $IP:5061 --state-dir "$out/state" \
     --number +15550001111 --sip-password-file "$out/pw" --challenge --digest-algorithm both \
     --srtp "$1" --media-ip $IP --sink $IP:4100 --api $IP:8061 --meta-server $IP:5062 \
     --tls-ca "$out/meta.crt" > "$out/serve.out" 2>> "$out/serve.err" &
