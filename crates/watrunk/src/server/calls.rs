@@ -435,6 +435,10 @@ impl Core {
                             ssrc: ready.local.ssrc,
                         });
                     }
+                    // The offer/answer is done (Meta sends no re-INVITE): what it needed goes
+                    // rather than stay with the call.
+                    entry.offer = None;
+                    entry.ready = None;
                 }
             }
             Err(e) => {
@@ -673,6 +677,8 @@ impl Core {
                         ssrc: entry.ssrc,
                     });
                 }
+                entry.offer_state = None;
+                entry.ready = None;
             }
             Err(e) => {
                 let reason = format!("Meta's answer is refused: {}: {e}", e.rule());
