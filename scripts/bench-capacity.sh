@@ -97,6 +97,7 @@ for n in $CALLS; do
 done
 
 echo "== set-up rate" >&2
+sleep 5 # the sweep's last sockets and processes gone first
 for rate in 200 500; do
   through_watrunk dtls 1000 --total 1000 --rate $rate --hold 2
 done
