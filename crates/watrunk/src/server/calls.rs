@@ -325,7 +325,9 @@ impl Core {
         cfg.public_ip = media.public_ip;
         let (tx, rx) = mpsc::channel(16);
         entry.media = Some(tx);
-        tokio::spawn(run_media(
+        // The set-up is boxed: its state would otherwise size the call's media task for its
+        // whole life.
+        let set_up = Box::pin(set_up_media(
             key,
             cfg,
             media.identity.clone(),
@@ -335,6 +337,7 @@ impl Core {
             rx,
             self.call_tx.clone(),
         ));
+        tokio::spawn(run_media(key, set_up, self.call_tx.clone()));
     }
 
     pub(super) fn on_call_input(&mut self, input: CallInput) {
@@ -1101,57 +1104,39 @@ fn sdp_refusal(req: &Request, e: &sdp::SdpError, host: &str, to_tag: &str) -> Re
     r
 }
 
-/// One call's media task: set-up (boxed: its state would otherwise size the task for the whole
-/// call), then the session's events to the core and the core's commands to the session.
-#[allow(clippy::too_many_arguments)]
-fn run_media(
+/// One call's media task: its set-up, then the session's events to the core and the core's
+/// commands to the session.
+async fn run_media(
     key: CallKey,
-    cfg: MediaConfig,
-    identity: Identity,
-    role: IceRole,
-    socket: Arc<MediaSocket>,
-    security: Security,
-    commands: mpsc::Receiver<MediaCmd>,
+    set_up: impl std::future::Future<Output = Option<(MediaSession, mpsc::Receiver<MediaCmd>)>>,
     core: mpsc::Sender<CallInput>,
-) -> impl std::future::Future<Output = ()> {
-    let set_up = Box::pin(set_up_media(
-        key,
-        cfg,
-        identity,
-        role,
-        socket,
-        security,
-        commands,
-        core.clone(),
-    ));
-    async move {
-        let Some((mut session, mut commands)) = set_up.await else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                e = session.events.recv() => match e {
-                    Some(event) => { let _ = core.send(CallInput::Media { key, event }).await; }
-                    None => break,
-                },
-                c = commands.recv() => match c {
-                    Some(MediaCmd::Dtmf(keys)) => {
-                        for k in keys.chars() {
-                            if let Err(e) = session.send_dtmf(k, Duration::from_millis(100)) {
-                                tracing::info!("call {key}: DTMF {k}: {e}");
-                            }
+) {
+    let Some((mut session, mut commands)) = set_up.await else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            e = session.events.recv() => match e {
+                Some(event) => { let _ = core.send(CallInput::Media { key, event }).await; }
+                None => break,
+            },
+            c = commands.recv() => match c {
+                Some(MediaCmd::Dtmf(keys)) => {
+                    for k in keys.chars() {
+                        if let Err(e) = session.send_dtmf(k, Duration::from_millis(100)) {
+                            tracing::info!("call {key}: DTMF {k}: {e}");
                         }
                     }
-                    Some(MediaCmd::Start { .. }) => {}
-                    Some(MediaCmd::Stop) | None => break,
-                },
-            }
+                }
+                Some(MediaCmd::Start { .. }) => {}
+                Some(MediaCmd::Stop) | None => break,
+            },
         }
-        for event in Box::pin(session.stop()).await {
-            let _ = core.send(CallInput::Media { key, event }).await;
-        }
-        let _ = core.send(CallInput::MediaStopped { key }).await;
     }
+    for event in Box::pin(session.stop()).await {
+        let _ = core.send(CallInput::Media { key, event }).await;
+    }
+    let _ = core.send(CallInput::MediaStopped { key }).await;
 }
 
 /// Prepares the call's media, tells the core what to put in the SDP, and starts the session when

@@ -2,12 +2,13 @@
 //! CRLF keep-alives) and a writer fed through a bounded queue, so that a call's task can send
 //! without owning the stream. Over TLS no request is retransmitted (RFC 3261 §17.1.1.2).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use watrunk_sip::framing::{Frame, StreamFramer};
-use watrunk_sip::{Message, Request, Response};
+use watrunk_sip::{Message, Method, Request, Response};
 
 const MAX_MESSAGE: usize = 64 * 1024;
 const QUEUE: usize = 64;
@@ -119,4 +120,44 @@ impl Link {
             SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
         }
     }
+}
+
+/// A connection's messages by Call-ID: each call's go to the task that owns the call.
+#[derive(Default)]
+pub struct ByCallId {
+    calls: HashMap<String, mpsc::Sender<Message>>,
+}
+
+impl ByCallId {
+    /// Hands `message` to the call of its Call-ID; a request that no call owns comes back, with
+    /// its Call-ID, for the connection to deal with.
+    pub fn route(&mut self, message: Message) -> Option<(String, Request)> {
+        let call_id = match &message {
+            Message::Request(r) => r.call_id(),
+            Message::Response(r) => r.call_id(),
+        }
+        .unwrap_or_default()
+        .to_string();
+        self.calls.retain(|_, tx| !tx.is_closed());
+        if let Some(call) = self.calls.get(&call_id) {
+            let _ = call.try_send(message);
+            return None;
+        }
+        match message {
+            Message::Request(req) => Some((call_id, req)),
+            Message::Response(_) => None,
+        }
+    }
+
+    /// From now on, the messages of `call_id` come out of the receiver.
+    pub fn add(&mut self, call_id: String) -> mpsc::Receiver<Message> {
+        let (tx, rx) = mpsc::channel(16);
+        self.calls.insert(call_id, tx);
+        rx
+    }
+}
+
+/// An INVITE that starts a call (no To tag yet).
+pub fn is_new_invite(req: &Request) -> bool {
+    req.method == Method::INVITE && req.to().and_then(|t| t.tag().map(str::to_string)).is_none()
 }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use watrunk_sip::{Message, Method, Request, Response};
 
-use super::link::Link;
+use super::link::{is_new_invite, ByCallId, Link};
 use super::uas::{self, Gate};
 
 /// How long a placed call may take to reach us as an INVITE.
@@ -131,14 +131,14 @@ impl Placing {
         let incoming = match posted {
             Ok(()) => tokio::time::timeout(INVITE_WAIT, rx).await,
             Err(e) => {
-                self.forget(call);
+                self.claim(call);
                 return Err(e);
             }
         };
         match incoming {
             Ok(Ok(incoming)) => Ok(incoming),
             _ => {
-                self.forget(call);
+                self.claim(call);
                 bail!(
                     "no INVITE {}s after the API placed the call",
                     INVITE_WAIT.as_secs()
@@ -147,13 +147,7 @@ impl Placing {
         }
     }
 
-    fn forget(&self, call: u32) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&call);
-    }
-
+    /// Takes call `call` off the waiting list (its INVITE came, or it will not).
     fn claim(&self, call: u32) -> Option<oneshot::Sender<Incoming>> {
         self.waiting
             .lock()
@@ -165,32 +159,18 @@ impl Placing {
 /// One connection from watrunk: a new INVITE goes to the load call its To names, everything else
 /// to the call of its Call-ID.
 async fn connection(link: Link, mut incoming: mpsc::Receiver<Message>, placing: Arc<Placing>) {
-    let mut calls: HashMap<String, mpsc::Sender<Message>> = HashMap::new();
+    let mut calls = ByCallId::default();
     while let Some(message) = incoming.recv().await {
-        let call_id = match &message {
-            Message::Request(r) => r.call_id(),
-            Message::Response(r) => r.call_id(),
-        }
-        .unwrap_or_default()
-        .to_string();
-        calls.retain(|_, tx| !tx.is_closed());
-        if let Some(call) = calls.get(&call_id) {
-            let _ = call.try_send(message);
-            continue;
-        }
-        let Message::Request(req) = message else {
+        let Some((call_id, req)) = calls.route(message) else {
             continue;
         };
-        let fresh_invite =
-            req.method == Method::INVITE && req.to().is_some_and(|t| t.tag().is_none());
-        let waiting = fresh_invite
+        let waiting = is_new_invite(&req)
             .then(|| call_of(&uas::users(&req).1))
             .flatten()
             .and_then(|call| placing.claim(call));
         match waiting {
             Some(waiting) => {
-                let (tx, rx) = mpsc::channel(16);
-                calls.insert(call_id, tx);
+                let rx = calls.add(call_id);
                 let _ = waiting.send(Incoming {
                     invite: req,
                     rx,

@@ -6,7 +6,6 @@
 //! re-INVITE (500), session timers (500). The call ends by the business's BYE, after the hold time
 //! (our BYE with x-wa-meta-call-duration), or after the RTP timeout (our BYE saying so).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +19,7 @@ use watrunk_sdp::{self as sdp, MediaPlan, Security};
 use watrunk_sip::digest::{Algorithm, Authorization, NonceIssuer, Verifier};
 use watrunk_sip::{new_tag, Dialog, Message, Method, Request, Response};
 
-use super::link::Link;
+use super::link::{is_new_invite, ByCallId, Link};
 use super::media::{Leg, MediaOptions, Note, Relay};
 use super::{emit, meta_reason, new_via, SimServeArgs, META_DOMAIN, USER_AGENT};
 
@@ -126,26 +125,14 @@ async fn connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (link, mut incoming) = Link::open(stream, local, peer, trace);
-    let mut calls: HashMap<String, mpsc::Sender<Message>> = HashMap::new();
+    let mut calls = ByCallId::default();
     while let Some(message) = incoming.recv().await {
-        let call_id = match &message {
-            Message::Request(r) => r.call_id(),
-            Message::Response(r) => r.call_id(),
-        }
-        .unwrap_or_default()
-        .to_string();
-        calls.retain(|_, tx| !tx.is_closed());
-        if let Some(call) = calls.get(&call_id) {
-            let _ = call.try_send(message);
-            continue;
-        }
-        let Message::Request(req) = message else {
+        let Some((call_id, req)) = calls.route(message) else {
             continue;
         };
         match req.method {
-            Method::INVITE if req.to().and_then(|t| t.tag().map(str::to_string)).is_none() => {
-                let (tx, rx) = mpsc::channel(16);
-                calls.insert(call_id, tx);
+            Method::INVITE if is_new_invite(&req) => {
+                let rx = calls.add(call_id);
                 let (link, shared, done) = (link.clone(), shared.clone(), done.clone());
                 tokio::spawn(async move {
                     call(req, rx, link, shared).await;
