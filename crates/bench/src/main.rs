@@ -43,44 +43,20 @@ const fn series(
 
 const USERS_CALL: &str = "to-business";
 const BUSINESS_CALLS: &str = "to-user";
-const DTLS: Series = series(
-    "watrunk",
-    "dtls",
-    USERS_CALL,
-    "watrunk (DTLS)",
-    RGBColor(200, 30, 30),
-);
-const DTLS_OUT: Series = series(
-    "watrunk",
-    "dtls",
-    BUSINESS_CALLS,
-    "watrunk, business calls users (DTLS)",
-    RGBColor(150, 0, 150),
-);
-const SDES: Series = series(
-    "watrunk",
-    "sdes",
-    USERS_CALL,
-    "watrunk (SDES)",
-    RGBColor(240, 140, 0),
-);
-const RTPENGINE: Series = series(
-    "rtpengine",
-    "sdes",
-    USERS_CALL,
-    "rtpengine userspace (SDES)",
-    RGBColor(30, 80, 200),
-);
-const BARE: Series = series(
-    "bare",
-    "none",
-    USERS_CALL,
-    "bare UDP relay",
-    RGBColor(0, 0, 0),
-);
-
 /// The relays of the sweep, as the report names them.
-const SERIES: [Series; 5] = [DTLS, DTLS_OUT, SDES, RTPENGINE, BARE];
+#[rustfmt::skip]
+const SERIES: [Series; 5] = [
+    series("watrunk", "dtls", USERS_CALL, "watrunk (DTLS)", RGBColor(200, 30, 30)),
+    series("watrunk", "dtls", BUSINESS_CALLS, "watrunk, business calls users (DTLS)", RGBColor(150, 0, 150)),
+    series("watrunk", "sdes", USERS_CALL, "watrunk (SDES)", RGBColor(240, 140, 0)),
+    series("rtpengine", "sdes", USERS_CALL, "rtpengine userspace (SDES)", RGBColor(30, 80, 200)),
+    series("bare", "none", USERS_CALL, "bare UDP relay", RGBColor(0, 0, 0)),
+];
+const DTLS: Series = SERIES[0];
+const DTLS_OUT: Series = SERIES[1];
+const SDES: Series = SERIES[2];
+const RTPENGINE: Series = SERIES[3];
+const BARE: Series = SERIES[4];
 
 /// A run's direction (runs from before `--direction` were all users calling the business).
 fn direction(r: &Value) -> &str {
