@@ -207,9 +207,14 @@ fn invite_with_digest(
         &invite.uri.to_string(),
         &invite.body,
         1,
+        &mut rand::thread_rng(),
     );
-    let retry =
-        watrunk_sip::dialog::retry_with_auth(invite, "Proxy-Authorization", &auth.to_string());
+    let retry = watrunk_sip::dialog::retry_with_auth(
+        invite,
+        "Proxy-Authorization",
+        &auth.to_string(),
+        &mut rand::thread_rng(),
+    );
     send(tls, &retry.to_bytes());
     let resp = final_response(tls, buf);
     (retry, resp)

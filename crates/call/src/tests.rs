@@ -1,10 +1,19 @@
-//! The call state machine against Meta's captured messages (tests/data/whatsapp): what goes out for
-//! each input, checked header by header.
+//! The WhatsApp leg against Meta's captured messages (tests/data/whatsapp): what goes out for each
+//! input, checked header by header. Whole flows between two legs are in `tests/harness.rs`.
 
-use super::*;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use watrunk_sdp::{Capabilities, Fingerprint, LocalMedia, Security};
 use watrunk_sip::digest::{Authorization, NonceIssuer, Verifier};
-use watrunk_sip::transaction::{Event, Output, Peer, TimerConfig, TransactionLayer, Transport};
-use watrunk_sip::Message;
+use watrunk_sip::transaction::{
+    Event, Output, Peer, TimerConfig, TransactionId, TransactionLayer, Transport,
+};
+use watrunk_sip::uri::Uri;
+use watrunk_sip::{Message, Method, Request, Response};
+
+use crate::*;
 
 fn sample(name: &str) -> Message {
     let path = format!(
@@ -23,11 +32,50 @@ fn request(name: &str) -> Request {
     }
 }
 
-fn local() -> Local {
-    Local {
-        contact: "<sip:+12145551869@sip.example.com;transport=tls>".into(),
-        user_agent: "watrunk/test".into(),
+fn setup(security: Security) -> LegSetup {
+    LegSetup {
+        local: Local {
+            contact: "<sip:+12145551869@sip.example.com;transport=tls>".into(),
+            user_agent: "watrunk/test".into(),
+            warning_host: "sip.example.com".into(),
+        },
+        capabilities: Capabilities::whatsapp(security),
+        policy: LegPolicy::whatsapp(),
     }
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(11)
+}
+
+/// Our local description as media would make it.
+fn local_media(security: Security) -> LocalMedia {
+    let mut local = LocalMedia::for_capabilities(&Capabilities::whatsapp(security), &mut rng())
+        .with_candidates(["198.18.0.1:40000".parse().unwrap()])
+        .with_fingerprint(Fingerprint::sha256(vec![0xab; 32]));
+    local.ice_ufrag = "wAtR".into();
+    local.ice_pwd = "k9/+eWq3mZ1xT0pLr8sVn2bY".into();
+    local
+}
+
+/// A Meta-shaped DTLS offer (ICE-lite, its relay's candidate): the doc samples mask their keys.
+fn meta_offer() -> Vec<u8> {
+    let mut meta = local_media(Security::Dtls);
+    meta.ice_lite = true;
+    meta.candidates = vec!["157.240.0.10:3480".parse().unwrap()];
+    let offer = watrunk_sdp::offer(&meta).unwrap();
+    watrunk_sdp::print(offer.sdp()).into_bytes()
+}
+
+/// A sample INVITE from Meta, carrying a usable offer.
+fn meta_invite(name: &str) -> Request {
+    let mut invite = request(name);
+    invite.body = meta_offer();
+    invite
+}
+
+fn incoming(invite: Request, tx: TransactionId) -> Leg {
+    Leg::incoming(invite, tx, setup(Security::Dtls), &mut rng()).expect("Meta's offer is agreed")
 }
 
 /// A real transaction id: the layer hands one out for an incoming request.
@@ -53,7 +101,7 @@ fn server_transaction(req: &Request) -> TransactionId {
     }
 }
 
-fn drain(call: &mut Call) -> Vec<CallOutput> {
+fn drain(call: &mut Leg) -> Vec<CallOutput> {
     std::iter::from_fn(|| call.poll_output()).collect()
 }
 
@@ -73,13 +121,25 @@ fn ended(out: &[CallOutput]) -> Option<&Ending> {
     })
 }
 
-fn answered_inbound() -> (Call, Request) {
-    let invite = request("meta-invite-user-initiated-digest-01.sip");
+fn answered_inbound() -> (Leg, Request) {
+    let invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
     let tx = server_transaction(&invite);
-    let mut call = Call::incoming(invite.clone(), tx, local());
+    let mut call = incoming(invite.clone(), tx);
     let out = drain(&mut call);
     assert_eq!(responses(&out)[0].status, 180);
-    call.answer(b"v=0\r\n".to_vec()).unwrap();
+    call.answer().unwrap();
+    let asked = drain(&mut call);
+    assert!(
+        matches!(
+            &asked[..],
+            [CallOutput::Media(MediaIntent::Prepare {
+                security: Security::Dtls,
+                ice_role: watrunk_sdp::IceRole::Controlling
+            })]
+        ),
+        "media is asked for, controlling toward Meta's ICE-lite relay: {asked:?}"
+    );
+    call.media_ready(local_media(Security::Dtls));
     (call, invite)
 }
 
@@ -98,7 +158,19 @@ fn inbound_200_copies_record_route_exactly_and_in_order() {
         Some("<sip:+12145551869@sip.example.com;transport=tls>")
     );
     assert!(ok.to().unwrap().tag().is_some());
-    assert_eq!(ok.body, b"v=0\r\n");
+    let answer = watrunk_sdp::parse(&ok.body).unwrap();
+    assert!(
+        watrunk_sdp::check(
+            &answer,
+            watrunk_sdp::Side::Business,
+            Some(watrunk_sdp::Kind::Answer)
+        )
+        .is_empty(),
+        "our answer meets the WhatsApp profile"
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Media(MediaIntent::Start { .. }))));
     for never in ["Session-Expires", "Require", "Supported"] {
         assert!(ok.headers.get(never).is_none(), "{never} must not be sent");
     }
@@ -111,7 +183,12 @@ fn inbound_200_copies_record_route_exactly_and_in_order() {
 fn inbound_ack_then_bye_from_meta_ends_with_its_duration() {
     let (mut call, invite) = answered_inbound();
     let ok = responses(&drain(&mut call))[0].clone();
-    call.handle_ack();
+    let mut ack = Request::new(
+        Method::ACK,
+        Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
+    );
+    ack.headers.push("Call-ID", invite.call_id().unwrap());
+    call.handle_ack(&ack);
     assert_eq!(
         drain(&mut call),
         vec![CallOutput::Event(CallEvent::Confirmed)]
@@ -130,9 +207,12 @@ fn inbound_ack_then_bye_from_meta_ends_with_its_duration() {
     bye.headers.push("x-wa-meta-call-duration", "17");
     bye.headers
         .push("Reason", "SIP;cause=200;text=\"user hung up\"");
-    let resp = call.handle_bye(&bye);
-    assert_eq!(resp.status, 200);
-    let e = ended(&drain(&mut call)).cloned().expect("ended");
+    let bye_tx = server_transaction(&bye);
+    call.handle_request(bye_tx, &bye);
+    let out = drain(&mut call);
+    assert_eq!(responses(&out)[0].status, 200);
+    assert!(out.contains(&CallOutput::Media(MediaIntent::Stop)));
+    let e = ended(&out).cloned().expect("ended");
     assert_eq!(e.by, Side::Remote);
     assert_eq!(e.meta_duration_secs, Some(17));
     assert_eq!(
@@ -149,8 +229,8 @@ fn inbound_lost_ack_sends_bye_through_the_route_set_and_ends_when_answered() {
     call.handle_ack_timeout();
     let out = drain(&mut call);
     let bye = match &out[..] {
-        [CallOutput::Send(bye)] => bye.clone(),
-        other => panic!("expected one BYE, got {other:?}"),
+        [CallOutput::Send(bye), CallOutput::Media(MediaIntent::Stop)] => bye.clone(),
+        other => panic!("expected one BYE and Stop, got {other:?}"),
     };
     assert_eq!(bye.method, Method::BYE);
     // R-URI: Meta's Contact; Route: the Record-Route in received order (we are the UAS).
@@ -165,7 +245,7 @@ fn inbound_lost_ack_sends_bye_through_the_route_set_and_ends_when_answered() {
     assert_eq!(call.state_name(), "ending");
     let tx = server_transaction(&invite);
     call.request_sent(&Method::BYE, tx);
-    call.handle_response(tx, &Response::new(200, "OK"));
+    call.handle_response(Instant::now(), tx, &Response::new(200, "OK"));
     let e = ended(&drain(&mut call)).cloned().expect("ended");
     assert_eq!(e.by, Side::Local);
     assert!(e.reason.contains("no ACK"), "{}", e.reason);
@@ -173,9 +253,9 @@ fn inbound_lost_ack_sends_bye_through_the_route_set_and_ends_when_answered() {
 
 #[test]
 fn inbound_cancel_before_answer_ends_with_487() {
-    let invite = request("meta-invite-user-initiated-digest-01.sip");
+    let invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
     let tx = server_transaction(&invite);
-    let mut call = Call::incoming(invite.clone(), tx, local());
+    let mut call = incoming(invite.clone(), tx);
     drain(&mut call);
     let cancel = watrunk_sip::transaction::build_cancel(&invite);
     call.handle_cancel(&cancel);
@@ -183,16 +263,16 @@ fn inbound_cancel_before_answer_ends_with_487() {
     assert_eq!(e.status, Some(487));
     assert_eq!(e.by, Side::Remote);
     assert!(
-        call.answer(vec![]).is_err(),
+        call.answer().is_err(),
         "a cancelled call cannot be answered"
     );
 }
 
 #[test]
 fn inbound_reject_keeps_the_warning_and_has_our_tag() {
-    let invite = request("meta-invite-user-initiated-digest-01.sip");
+    let invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
     let tx = server_transaction(&invite);
-    let mut call = Call::incoming(invite, tx, local());
+    let mut call = incoming(invite, tx);
     drain(&mut call);
     let mut r = Response::new(488, "Not Acceptable Here (no-opus)");
     r.headers.push("Warning", "399 sip.example.com \"no Opus\"");
@@ -208,18 +288,27 @@ fn inbound_reject_keeps_the_warning_and_has_our_tag() {
     assert_eq!(ended(&out).unwrap().status, Some(488));
 }
 
-fn outbound(password: Option<&str>) -> (Call, Request) {
-    let mut call = Call::outgoing(
+fn outbound(password: Option<&str>) -> (Leg, Request) {
+    let mut call = Leg::outgoing(
         OutboundCall {
             from_number: "+17125550259".into(),
             hostname: "meta-voip.example.com".into(),
             to_user: "+12195550714".into(),
             domain: "wa.meta.vc".into(),
-            offer: b"v=0\r\n".to_vec(),
             password: password.map(str::to_string),
         },
-        local(),
-    );
+        setup(Security::Sdes),
+        &mut rng(),
+    )
+    .unwrap();
+    assert!(matches!(
+        &drain(&mut call)[..],
+        [CallOutput::Media(MediaIntent::Prepare {
+            security: Security::Sdes,
+            ice_role: watrunk_sdp::IceRole::None
+        })]
+    ));
+    call.media_ready(local_media(Security::Sdes));
     let invite = match &drain(&mut call)[..] {
         [CallOutput::Send(r)] => r.clone(),
         other => panic!("{other:?}"),
@@ -228,7 +317,7 @@ fn outbound(password: Option<&str>) -> (Call, Request) {
 }
 
 /// The INVITE as the layer sent it (with a Via), and its client transaction id.
-fn send(call: &mut Call, layer: &mut TransactionLayer, req: Request) -> (TransactionId, Request) {
+fn send(call: &mut Leg, layer: &mut TransactionLayer, req: Request) -> (TransactionId, Request) {
     let peer = Peer {
         transport: Transport::Tls,
         addr: "127.0.0.1:5061".parse().unwrap(),
@@ -305,7 +394,7 @@ fn outbound_answers_metas_dual_407_with_sha256_and_username_without_plus() {
             .challenge("wa.meta.vc", watrunk_sip::digest::Algorithm::Md5, 10, false)
             .to_string(),
     );
-    call.handle_response(tx, &challenge);
+    call.handle_response(Instant::now(), tx, &challenge);
     let retry = match &drain(&mut call)[..] {
         [CallOutput::Send(r)] => r.clone(),
         other => panic!("{other:?}"),
@@ -330,7 +419,7 @@ fn outbound_answers_metas_dual_407_with_sha256_and_username_without_plus() {
         .expect("Meta accepts our credentials");
     // A second 407 means the password is wrong: the call ends with that said.
     let (tx2, sent2) = send(&mut call, &mut layer, retry);
-    call.handle_response(tx2, &response_to(&sent2, 407, "meta2"));
+    call.handle_response(Instant::now(), tx2, &response_to(&sent2, 407, "meta2"));
     let e = ended(&drain(&mut call)).cloned().expect("ended");
     assert_eq!(e.status, Some(407));
     assert!(e.reason.contains("password"), "{}", e.reason);
@@ -341,7 +430,7 @@ fn outbound_2xx_is_acked_through_metas_route_set() {
     let (mut call, invite) = outbound(None);
     let mut layer = layer();
     let (tx, sent) = send(&mut call, &mut layer, invite);
-    call.handle_response(tx, &response_to(&sent, 180, "m1"));
+    call.handle_response(Instant::now(), tx, &response_to(&sent, 180, "m1"));
     assert_eq!(
         drain(&mut call),
         vec![CallOutput::Event(CallEvent::Ringing)]
@@ -357,8 +446,8 @@ fn outbound_2xx_is_acked_through_metas_route_set() {
         "Contact",
         "<sip:+12195550714@wa.meta.vc;transport=tls;ob>;isfocus",
     );
-    ok.body = b"v=0 answer\r\n".to_vec();
-    call.handle_response(tx, &ok);
+    ok.body = meta_sdes_answer(&sent);
+    call.handle_response(Instant::now(), tx, &ok);
     let out = drain(&mut call);
     let ack = match &out[0] {
         CallOutput::Ack(a) => a,
@@ -377,7 +466,14 @@ fn outbound_2xx_is_acked_through_metas_route_set() {
         ]
     );
     assert!(out.contains(&CallOutput::Event(CallEvent::Answered)));
-    assert!(out.contains(&CallOutput::RemoteAnswer(b"v=0 answer\r\n".to_vec())));
+    let plan = match out.iter().find_map(|o| match o {
+        CallOutput::Media(MediaIntent::Start { plan, .. }) => Some(plan),
+        _ => None,
+    }) {
+        Some(plan) => plan,
+        None => panic!("the answer starts media: {out:?}"),
+    };
+    assert!(matches!(plan.keying, watrunk_sdp::Keying::Sdes { .. }));
 }
 
 #[test]
@@ -391,7 +487,7 @@ fn outbound_failures_say_what_they_mean() {
         let (mut call, invite) = outbound(Some("pw"));
         let mut layer = layer();
         let (tx, sent) = send(&mut call, &mut layer, invite);
-        call.handle_response(tx, &response_to(&sent, status, "m"));
+        call.handle_response(Instant::now(), tx, &response_to(&sent, status, "m"));
         let e = ended(&drain(&mut call)).cloned().expect("ended");
         assert_eq!(e.status, Some(status));
         assert!(e.reason.contains(words), "{status}: {}", e.reason);
@@ -403,10 +499,95 @@ fn outbound_hang_up_while_ringing_cancels() {
     let (mut call, invite) = outbound(None);
     let mut layer = layer();
     let (tx, sent) = send(&mut call, &mut layer, invite);
-    call.handle_response(tx, &response_to(&sent, 180, "m1"));
+    call.handle_response(Instant::now(), tx, &response_to(&sent, 180, "m1"));
     drain(&mut call);
     call.hang_up("business hung up", 16);
     assert_eq!(drain(&mut call), vec![CallOutput::Cancel { invite: tx }]);
-    call.handle_response(tx, &response_to(&sent, 487, "m1"));
+    call.handle_response(Instant::now(), tx, &response_to(&sent, 487, "m1"));
     assert_eq!(ended(&drain(&mut call)).unwrap().status, Some(487));
+}
+
+/// Meta's SDES answer to our INVITE's offer, as its relay writes it (ICE-lite, its own key).
+fn meta_sdes_answer(invite: &Request) -> Vec<u8> {
+    let offer = watrunk_sdp::parse(&invite.body).unwrap();
+    let mut meta = local_media(Security::Sdes);
+    meta.ice_lite = true;
+    meta.sdes_key = [9; 30];
+    let (answer, _) = watrunk_sdp::answer(&offer, &meta).unwrap();
+    watrunk_sdp::print(&answer).into_bytes()
+}
+
+#[test]
+fn an_offer_breaking_the_profile_makes_no_leg_and_gets_488_with_the_rule() {
+    let mut invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
+    let text = String::from_utf8(invite.body.clone()).unwrap();
+    invite.body = text.replace("opus/48000/2", "speex/16000").into_bytes();
+    let tx = server_transaction(&invite);
+    let refusal = Leg::incoming(invite, tx, setup(Security::Dtls), &mut rng()).unwrap_err();
+    assert_eq!(refusal.status, 488);
+    assert_eq!(refusal.reason, "Not Acceptable Here (no-opus)");
+    assert_eq!(
+        refusal.headers.get("Warning"),
+        Some("399 sip.example.com \"no opus/48000/2 in the offer\"")
+    );
+    assert!(refusal.to().unwrap().tag().is_some());
+}
+
+#[test]
+fn the_whatsapp_leg_refuses_reinvite_and_never_sends_one() {
+    let (mut call, invite) = answered_inbound();
+    let ok = responses(&drain(&mut call))[0].clone();
+    let mut ack = Request::new(
+        Method::ACK,
+        Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
+    );
+    ack.headers.push("Call-ID", invite.call_id().unwrap());
+    call.handle_ack(&ack);
+    drain(&mut call);
+    let mut reinvite = Request::new(
+        Method::INVITE,
+        Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
+    );
+    reinvite
+        .headers
+        .push("Via", invite.headers.get("Via").unwrap());
+    reinvite
+        .headers
+        .push("From", invite.headers.get("From").unwrap());
+    reinvite.headers.push("To", ok.headers.get("To").unwrap());
+    reinvite.headers.push("Call-ID", invite.call_id().unwrap());
+    reinvite.headers.push("CSeq", "9990 INVITE");
+    reinvite.body = invite.body.clone();
+    let tx = server_transaction(&reinvite);
+    call.handle_request(tx, &reinvite);
+    let out = drain(&mut call);
+    assert_eq!(responses(&out)[0].status, 488);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, CallOutput::Media(MediaIntent::Update { .. }))));
+    assert_eq!(
+        call.reoffer(Reoffer::Invite, Direction::SendOnly),
+        Err(CallError::Forbidden("re-INVITE"))
+    );
+    assert_eq!(
+        call.reoffer(Reoffer::Update, Direction::SendOnly),
+        Err(CallError::Forbidden("UPDATE"))
+    );
+    assert!(drain(&mut call).is_empty());
+}
+
+#[test]
+fn a_bad_domain_is_an_error_not_a_panic() {
+    let r = Leg::outgoing(
+        OutboundCall {
+            from_number: "+17125550259".into(),
+            hostname: "meta-voip.example.com".into(),
+            to_user: "+12195550714".into(),
+            domain: "wa meta vc".into(),
+            password: None,
+        },
+        setup(Security::Dtls),
+        &mut rng(),
+    );
+    assert!(matches!(r, Err(CallError::BadTarget(_))), "{r:?}");
 }

@@ -280,7 +280,7 @@ async fn relay(mode: Mode, n: usize, seconds: f64) -> Outcome {
                     std::mem::replace(&mut call.events, tokio::sync::mpsc::channel(1).1);
                 tokio::spawn(async move {
                     while let Some(e) = events.recv().await {
-                        if let MediaEvent::Failed { reason } = e {
+                        if let MediaEvent::Failed(reason) = e {
                             eprintln!("call failed: {reason}");
                         }
                     }

@@ -25,6 +25,7 @@ use webrtc_ice::udp_mux::UDPMuxConn;
 use crate::lite::answer_check;
 use crate::mux::MediaSocket;
 use crate::session::MediaEvent;
+use crate::MediaError;
 
 /// RFC 7675 §5.1: a consent check every 5 s on average.
 pub(crate) const CONSENT_INTERVAL: Duration = Duration::from_secs(5);
@@ -217,7 +218,7 @@ pub(crate) fn keep(
                         Err(Expired) => {
                             let reason = "ICE consent expired: the peer stopped answering checks";
                             let _ = events
-                                .send(MediaEvent::Failed { reason: reason.into() })
+                                .send(MediaEvent::Failed(Box::new(MediaError::Timeout(reason.into()))))
                                 .await;
                             return;
                         }
@@ -436,7 +437,7 @@ mod tests {
             .expect("consent expires once the peer is quiet")
             .unwrap();
         assert!(
-            matches!(&event, MediaEvent::Failed { reason } if reason.contains("consent expired")),
+            matches!(&event, MediaEvent::Failed(e) if e.to_string().contains("consent expired")),
             "{event:?}"
         );
         assert!(

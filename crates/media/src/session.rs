@@ -23,10 +23,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
+pub use watrunk_sdp::IceRole;
+use watrunk_sdp::{Capabilities, LocalMedia};
 use watrunk_sdp::{DtlsRole, Fingerprint, Keying, MediaPlan, RemoteIce, SdesSuite};
 use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
@@ -159,9 +162,8 @@ pub enum MediaEvent {
         elapsed: Duration,
     },
     Stats(Box<Stats>),
-    Failed {
-        reason: String,
-    },
+    /// Boxed like the other large events; says whose fault it is.
+    Failed(Box<MediaError>),
 }
 
 /// The pair ICE selected.
@@ -267,39 +269,6 @@ impl Drop for Prepared {
     }
 }
 
-/// Our ICE role, chosen per RFC 8445 §6.1.1 before any check is sent, so that a conforming peer
-/// never sees a role conflict: controlling toward an ICE-lite peer (Meta) and when we offer;
-/// controlled when we answer a full agent's offer (a browser calling in).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IceRole {
-    Controlling,
-    Controlled,
-    /// ICE-lite as Meta's relay: answers the peer's checks, never sends one (`watrunk sim`).
-    Lite,
-    /// No ICE: SDES toward an offer with a plain address.
-    None,
-}
-
-impl IceRole {
-    pub fn name(self) -> &'static str {
-        match self {
-            IceRole::Controlling => "controlling",
-            IceRole::Controlled => "controlled",
-            IceRole::Lite => "lite",
-            IceRole::None => "none",
-        }
-    }
-
-    /// The role of the answerer toward an offer: `offer_has_ice`, and whether the offerer is lite.
-    pub fn for_answer(offer_has_ice: bool, offerer_lite: bool) -> IceRole {
-        match (offer_has_ice, offerer_lite) {
-            (false, _) => IceRole::None,
-            (true, true) => IceRole::Controlling,
-            (true, false) => IceRole::Controlled,
-        }
-    }
-}
-
 impl Prepared {
     /// Gathers host candidates on `cfg.media_ip` (ICE) with the port of the shared `socket`, or
     /// just takes that address (`IceRole::None`, SDES toward an offer without ICE), and binds the
@@ -353,6 +322,19 @@ impl Prepared {
             candidates,
             app: Some(app),
         })
+    }
+
+    /// Our local description for the SDP: fresh per-call values for `caps` (SSRC, CNAME, SDES
+    /// key, drawn from `rng`) with this call's candidates, ICE credentials and fingerprint; marked
+    /// ICE-lite when we play Meta's relay.
+    pub fn local_media(&self, caps: &Capabilities, rng: &mut impl RngCore) -> LocalMedia {
+        let mut local = LocalMedia::for_capabilities(caps, rng)
+            .with_candidates(self.candidates.iter().copied())
+            .with_fingerprint(self.fingerprint().clone());
+        local.ice_ufrag = self.ufrag.clone();
+        local.ice_pwd = self.pwd.clone();
+        local.ice_lite = self.role == IceRole::Lite;
+        local
     }
 
     pub fn ice_credentials(&self) -> (&str, &str) {
@@ -435,11 +417,7 @@ impl Prepared {
                 }
             }
             if let Err(e) = result {
-                let _ = events_tx
-                    .send(MediaEvent::Failed {
-                        reason: e.to_string(),
-                    })
-                    .await;
+                let _ = events_tx.send(MediaEvent::Failed(Box::new(e))).await;
             }
         });
         MediaSession {

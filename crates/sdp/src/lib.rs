@@ -8,6 +8,7 @@
 
 mod check;
 mod error;
+mod ice;
 mod inspect;
 mod local;
 mod pbx;
@@ -21,7 +22,8 @@ pub use sdp_types::Session;
 
 pub use check::{check, Kind, Side};
 pub use error::SdpError;
-pub use local::{Codec, LocalMedia, Profile, Security};
+pub use ice::IceRole;
+pub use local::{Capabilities, Codec, LocalMedia, Profile, Security};
 pub use plan::{
     Direction, DtlsRole, Fingerprint, Keying, MediaPlan, RemoteCandidate, RemoteIce, SdesSuite,
     Transcoding,
@@ -59,11 +61,95 @@ pub fn print(session: &Session) -> String {
     session.to_string()
 }
 
-/// Our answer to `offer` and the plan for the media stack.
+/// Checks a remote offer against what we can do and negotiates it, before any per-call value
+/// exists: the refusal (488 with its rule) comes before a port or a task is taken. The answer is
+/// written later, once, from the result ([`AgreedOffer::answer`]).
+pub fn agree(offer: Session, caps: &Capabilities) -> Result<AgreedOffer, SdpError> {
+    match caps.profile {
+        Profile::WhatsApp => whatsapp::agree(offer),
+        Profile::Pbx => pbx::agree(offer, caps),
+    }
+}
+
+/// Our answer to `offer` and the plan for the media stack (`agree` and `AgreedOffer::answer`).
 pub fn answer(offer: &Session, local: &LocalMedia) -> Result<(Session, MediaPlan), SdpError> {
-    match local.profile {
-        Profile::WhatsApp => whatsapp::answer(offer, local),
-        Profile::Pbx => pbx::answer(offer, local),
+    agree(offer.clone(), &local.capabilities())?.answer(local)
+}
+
+/// A remote offer that our profile accepts: the answer's shape and the media plan, waiting for
+/// our per-call values (candidates, ICE credentials, fingerprint, SDES key).
+#[derive(Debug, Clone)]
+pub struct AgreedOffer {
+    offer: Session,
+    audio_index: usize,
+    stream: write::Stream,
+    plan: MediaPlan,
+    /// The offer's own direction, before ours is applied.
+    offered_direction: Direction,
+    security: Security,
+    ice_role: IceRole,
+}
+
+impl AgreedOffer {
+    pub(crate) fn new(
+        offer: Session,
+        facts: &inspect::AudioFacts,
+        stream: write::Stream,
+        plan: MediaPlan,
+        security: Security,
+    ) -> AgreedOffer {
+        let ice_role = if stream.ice {
+            IceRole::for_answer(true, facts.ice_lite)
+        } else {
+            IceRole::None
+        };
+        AgreedOffer {
+            offer,
+            audio_index: facts.index,
+            offered_direction: stream.direction.answer(),
+            stream,
+            plan,
+            security,
+            ice_role,
+        }
+    }
+
+    /// The plan as negotiated, before our per-call values (an SDES plan has no local key yet).
+    pub fn plan(&self) -> &MediaPlan {
+        &self.plan
+    }
+
+    /// The key exchange of the answer (a WhatsApp answer follows the offer's).
+    pub fn security(&self) -> Security {
+        self.security
+    }
+
+    /// Our ICE role toward the offerer (RFC 8445 §6.1.1).
+    pub fn ice_role(&self) -> IceRole {
+        self.ice_role
+    }
+
+    pub fn offer(&self) -> &Session {
+        &self.offer
+    }
+
+    /// Our answer with this leg's values, and the plan for the media stack. Only our own
+    /// configuration can fail here (`SdpError::Local`, a 500): the offer was checked by `agree`.
+    pub fn answer(&self, local: &LocalMedia) -> Result<(Session, MediaPlan), SdpError> {
+        if self.stream.setup.is_some() && local.fingerprint.is_none() {
+            return Err(SdpError::Local(
+                "DTLS answer without a certificate fingerprint".into(),
+            ));
+        }
+        let mut stream = self.stream.clone();
+        stream.direction = self.offered_direction.answer_with(local.direction);
+        let mut plan = self.plan.clone();
+        plan.direction = stream.direction;
+        if let Keying::Sdes { local_key, .. } = &mut plan.keying {
+            *local_key = local.sdes_key.to_vec();
+        }
+        let sdp = write::answer_session(&stream, local, &self.offer, self.audio_index);
+        Ok((sdp, plan))
     }
 }
 
@@ -83,7 +169,7 @@ impl OfferState {
     pub(crate) fn new(local: &LocalMedia, stream: &write::Stream) -> OfferState {
         OfferState {
             local: local.clone(),
-            sdp: write::session(stream, 0, Vec::new()),
+            sdp: write::session(stream, local, 0, Vec::new()),
             formats: stream.formats.clone(),
             crypto: stream.crypto.clone(),
         }
@@ -106,7 +192,14 @@ impl OfferState {
             inspect::Proto::Savp => Security::Sdes,
             _ => Security::Plain,
         };
-        let mut local = LocalMedia::generate(profile, security);
+        let mut local = LocalMedia::for_capabilities(
+            &Capabilities {
+                profile,
+                security,
+                codecs: Vec::new(),
+            },
+            &mut rand::rngs::mock::StepRng::new(1, 1),
+        );
         local.ice_ufrag = facts.ice_ufrag.clone().unwrap_or_default();
         local.ice_pwd = facts.ice_pwd.clone().unwrap_or_default();
         local.fingerprint = facts.sha256_fingerprint().cloned();
@@ -153,12 +246,4 @@ pub fn accept_answer(state: &OfferState, answer: &Session) -> Result<MediaPlan, 
 /// `inline:` key material as written in a=crypto (base64 of key and salt).
 pub fn sdes_inline(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
-}
-
-/// What the offer's audio stream says about the remote ICE agent, before negotiating (the media
-/// stack picks its ICE role from it, RFC 8445 §6.1.1): `None` without ICE credentials, else
-/// `Some(lite)`.
-pub fn remote_ice_mode(offer: &Session) -> Option<bool> {
-    let facts = inspect::audio(offer).ok()?;
-    (facts.ice_ufrag.is_some() && facts.ice_pwd.is_some()).then_some(facts.ice_lite)
 }

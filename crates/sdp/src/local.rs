@@ -1,13 +1,14 @@
 //! What we bring to a negotiation: the profile, our ICE credentials, host candidates, certificate
-//! fingerprint, SSRC and SDES key. Random values are made here by `LocalMedia::generate` (CSPRNG) so
-//! the negotiation functions stay pure and tests can pin every value.
+//! fingerprint, SSRC and SDES key. Random values are drawn by `LocalMedia::generate` from the
+//! generator the caller passes (the binary seeds one from the OS), so the negotiation functions stay
+//! pure and tests can pin every value.
 
 use std::net::SocketAddr;
 
-use rand::{rngs::OsRng, Rng, RngCore};
+use rand::{Rng, RngCore};
 use serde::Serialize;
 
-use crate::plan::Fingerprint;
+use crate::plan::{Direction, Fingerprint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -98,6 +99,37 @@ impl Codec {
     }
 }
 
+/// What a leg can do, from configuration: checked against an offer before any per-call value
+/// (port, credentials, key) exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    pub profile: Profile,
+    /// Our offers' key exchange (a WhatsApp answer follows the offer's instead).
+    pub security: Security,
+    /// PBX profile: the codecs we accept, in our order of preference.
+    pub codecs: Vec<Codec>,
+}
+
+impl Capabilities {
+    pub fn whatsapp(security: Security) -> Capabilities {
+        Capabilities {
+            profile: Profile::WhatsApp,
+            security,
+            codecs: DEFAULT_CODECS.to_vec(),
+        }
+    }
+
+    pub fn pbx(security: Security, codecs: Vec<Codec>) -> Capabilities {
+        Capabilities {
+            profile: Profile::Pbx,
+            security,
+            codecs,
+        }
+    }
+}
+
+const DEFAULT_CODECS: [Codec; 4] = [Codec::Opus, Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalMedia {
     pub profile: Profile,
@@ -116,26 +148,52 @@ pub struct LocalMedia {
     pub codecs: Vec<Codec>,
     /// o= session id.
     pub session_id: u64,
+    /// o= session version: raised each time a re-negotiation changes our SDP (RFC 3264 §8).
+    pub session_version: u64,
+    /// What we want of the stream: `SendOnly` or `Inactive` while we hold the far side.
+    pub direction: Direction,
+    /// Write `a=ice-lite` (Meta's relay, as `watrunk sim` plays it). Never on the business side.
+    pub ice_lite: bool,
 }
 
 impl LocalMedia {
-    /// Fresh random credentials, SSRC, CNAME and SDES key from the OS CSPRNG.
-    pub fn generate(profile: Profile, security: Security) -> LocalMedia {
-        let mut rng = OsRng;
+    /// Fresh credentials, SSRC, CNAME and SDES key drawn from `rng` (the caller's CSPRNG).
+    pub fn generate(profile: Profile, security: Security, rng: &mut impl RngCore) -> LocalMedia {
+        let caps = Capabilities {
+            profile,
+            security,
+            codecs: DEFAULT_CODECS.to_vec(),
+        };
+        LocalMedia::for_capabilities(&caps, rng)
+    }
+
+    /// Per-call values for a leg with these capabilities.
+    pub fn for_capabilities(caps: &Capabilities, rng: &mut impl RngCore) -> LocalMedia {
         let mut sdes_key = [0u8; 30];
         rng.fill_bytes(&mut sdes_key);
         LocalMedia {
-            profile,
-            security,
-            ice_ufrag: random_ice_chars(&mut rng, 8),
-            ice_pwd: random_ice_chars(&mut rng, 24),
+            profile: caps.profile,
+            security: caps.security,
+            ice_ufrag: random_ice_chars(rng, 8),
+            ice_pwd: random_ice_chars(rng, 24),
             candidates: Vec::new(),
             fingerprint: None,
             ssrc: rng.gen(),
-            cname: random_ice_chars(&mut rng, 16).replace(['+', '/'], "x"),
+            cname: random_ice_chars(rng, 16).replace(['+', '/'], "x"),
             sdes_key,
-            codecs: vec![Codec::Opus, Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent],
+            codecs: caps.codecs.clone(),
             session_id: rng.gen_range(1..=i64::MAX as u64),
+            session_version: 2,
+            direction: Direction::SendRecv,
+            ice_lite: false,
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            profile: self.profile,
+            security: self.security,
+            codecs: self.codecs.clone(),
         }
     }
 
@@ -160,7 +218,7 @@ impl LocalMedia {
 }
 
 /// ice-char = ALPHA / DIGIT / "+" / "/" (RFC 8839 §5.4).
-fn random_ice_chars(rng: &mut impl Rng, len: usize) -> String {
+fn random_ice_chars(rng: &mut impl RngCore, len: usize) -> String {
     const ICE_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     (0..len)
         .map(|_| ICE_CHARS[rng.gen_range(0..ICE_CHARS.len())] as char)

@@ -6,15 +6,15 @@ use sdp_types::Session;
 
 use crate::error::SdpError;
 use crate::inspect::{self, AudioFacts, Proto};
-use crate::local::{Codec, LocalMedia, Profile, Security};
+use crate::local::{Capabilities, Codec, LocalMedia, Profile, Security};
 use crate::plan::{Direction, Keying, MediaPlan, SdesSuite, Transcoding};
 use crate::rules;
 use crate::whatsapp::single_ssrc;
-use crate::write::{self, Stream};
-use crate::OfferState;
+use crate::write::Stream;
+use crate::{AgreedOffer, OfferState};
 
-fn required_proto(local: &LocalMedia) -> Result<(Proto, &'static str), SdpError> {
-    match local.security {
+fn required_proto(security: Security) -> Result<(Proto, &'static str), SdpError> {
+    match security {
         Security::Plain => Ok((Proto::Avp, "RTP/AVP")),
         Security::Sdes => Ok((Proto::Savp, "RTP/SAVP")),
         Security::Dtls => Err(SdpError::Local(
@@ -37,12 +37,10 @@ fn describe(codecs: &[Codec]) -> String {
         .join(", ")
 }
 
-pub(crate) fn answer(
-    offer: &Session,
-    local: &LocalMedia,
-) -> Result<(Session, MediaPlan), SdpError> {
-    let facts = inspect::audio(offer)?;
-    let (proto, want) = required_proto(local)?;
+/// A PBX's offer checked against our codecs and key exchange, chosen per RFC 3264.
+pub(crate) fn agree(offer: Session, caps: &Capabilities) -> Result<AgreedOffer, SdpError> {
+    let facts = inspect::audio(&offer)?;
+    let (proto, want) = required_proto(caps.security)?;
     if facts.port == 0 {
         return Err(SdpError::Rejected);
     }
@@ -56,7 +54,7 @@ pub(crate) fn answer(
         });
     }
     // Every codec we accept that the offer has, in our order of preference, with the offer's PTs.
-    let mut formats: Vec<(u8, Codec)> = local
+    let mut formats: Vec<(u8, Codec)> = caps
         .codecs
         .iter()
         .filter(|c| **c != Codec::TelephoneEvent)
@@ -71,10 +69,10 @@ pub(crate) fn answer(
     let Some(&(audio_pt, codec)) = formats.first() else {
         return Err(SdpError::NoCommonCodec {
             offered: facts.describe_formats(),
-            accepted: describe(&local.codecs),
+            accepted: describe(&caps.codecs),
         });
     };
-    let dtmf_pt = local
+    let dtmf_pt = caps
         .codecs
         .contains(&Codec::TelephoneEvent)
         .then(|| facts.dtmf().map(|f| f.pt))
@@ -82,13 +80,13 @@ pub(crate) fn answer(
     if let Some(pt) = dtmf_pt {
         formats.push((pt, Codec::TelephoneEvent));
     }
-    let (keying, crypto) = match local.security {
+    let (keying, crypto) = match caps.security {
         Security::Sdes => {
             let (tag, suite, remote_key) = rules::choose_crypto(&facts)?;
             (
                 Keying::Sdes {
                     suite,
-                    local_key: local.sdes_key.to_vec(),
+                    local_key: Vec::new(),
                     remote_key,
                     tag,
                 },
@@ -97,10 +95,20 @@ pub(crate) fn answer(
         }
         _ => (Keying::Plain, Vec::new()),
     };
-    let remote_rtp = facts.default_destination().ok_or(SdpError::NoConnection)?;
-    let direction = facts.direction.answer();
+    // c=0.0.0.0 is RFC 2543's hold: the offerer receives nothing (RFC 3264 §8.4).
+    let remote_rtp = facts.default_destination();
+    let offered = match (remote_rtp, facts.direction) {
+        (Some(_), d) => d,
+        (None, _) if facts.connection.is_some_and(|ip| ip.is_unspecified()) => {
+            match facts.direction {
+                Direction::SendRecv | Direction::SendOnly => Direction::SendOnly,
+                _ => Direction::Inactive,
+            }
+        }
+        (None, _) => return Err(SdpError::NoConnection),
+    };
+    let direction = offered.answer();
     let stream = Stream {
-        local,
         proto: if facts.proto_text.eq_ignore_ascii_case("RTP/AVPF")
             || facts.proto_text.eq_ignore_ascii_case("RTP/SAVPF")
         {
@@ -122,16 +130,15 @@ pub(crate) fn answer(
         maxptime: false,
         direction,
     };
-    let sdp = write::answer_session(&stream, offer, facts.index);
     let plan = plan(
         &facts, remote_rtp, keying, codec, audio_pt, dtmf_pt, direction,
     );
-    Ok((sdp, plan))
+    Ok(AgreedOffer::new(offer, &facts, stream, plan, caps.security))
 }
 
 fn plan(
     facts: &AudioFacts,
-    remote_rtp: std::net::SocketAddr,
+    remote_rtp: Option<std::net::SocketAddr>,
     keying: Keying,
     codec: Codec,
     audio_pt: u8,
@@ -141,7 +148,7 @@ fn plan(
     MediaPlan {
         profile: Profile::Pbx,
         remote_ice: None,
-        remote_rtp: Some(remote_rtp),
+        remote_rtp,
         keying,
         codec,
         audio_pt,
@@ -160,7 +167,7 @@ fn plan(
 }
 
 pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
-    let (_, proto) = required_proto(local)?;
+    let (_, proto) = required_proto(local.security)?;
     if local.default_address().is_none() {
         return Err(SdpError::Local("a PBX offer needs a media address".into()));
     }
@@ -176,7 +183,6 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
         Vec::new()
     };
     let stream = Stream {
-        local,
         proto,
         formats,
         mid: None,
@@ -186,14 +192,14 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
         crypto,
         rtcp_mux: false,
         maxptime: false,
-        direction: Direction::SendRecv,
+        direction: local.direction,
     };
     Ok(OfferState::new(local, &stream))
 }
 
 pub(crate) fn accept_answer(state: &OfferState, answer: &Session) -> Result<MediaPlan, SdpError> {
     let facts = inspect::audio(answer)?;
-    let (proto, want) = required_proto(&state.local)?;
+    let (proto, want) = required_proto(state.local.security)?;
     if facts.port == 0 {
         return Err(SdpError::Rejected);
     }
@@ -218,14 +224,12 @@ pub(crate) fn accept_answer(state: &OfferState, answer: &Session) -> Result<Medi
         Security::Sdes => rules::accepted_crypto(&facts, &state.crypto, &state.local.sdes_key)?,
         _ => Keying::Plain,
     };
-    let remote_rtp = facts.default_destination().ok_or(SdpError::NoConnection)?;
+    let direction = facts.direction.answer();
+    let remote_rtp = facts.default_destination();
+    if remote_rtp.is_none() && direction.sends() {
+        return Err(SdpError::NoConnection);
+    }
     Ok(plan(
-        &facts,
-        remote_rtp,
-        keying,
-        codec,
-        audio_pt,
-        dtmf_pt,
-        facts.direction.answer(),
+        &facts, remote_rtp, keying, codec, audio_pt, dtmf_pt, direction,
     ))
 }

@@ -184,6 +184,33 @@ impl Direction {
             other => other,
         }
     }
+
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    fn of(sends: bool, receives: bool) -> Direction {
+        match (sends, receives) {
+            (true, true) => Direction::SendRecv,
+            (true, false) => Direction::SendOnly,
+            (false, true) => Direction::RecvOnly,
+            (false, false) => Direction::Inactive,
+        }
+    }
+
+    /// Our answer's direction toward an offer with `self`, when we want `ours` (RFC 3264 §6.1: a
+    /// held side answers `sendonly` even to `sendrecv`; `inactive` stays `inactive`).
+    pub fn answer_with(self, ours: Direction) -> Direction {
+        let mirrored = self.answer();
+        Direction::of(
+            mirrored.sends() && ours.sends(),
+            mirrored.receives() && ours.receives(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

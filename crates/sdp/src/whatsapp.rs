@@ -12,19 +12,17 @@ use crate::inspect::{self, AudioFacts};
 use crate::local::{Codec, LocalMedia, Profile, Security};
 use crate::plan::{Keying, MediaPlan, SdesSuite, Transcoding};
 use crate::rules::{self, Mode};
-use crate::write::{self, Stream};
-use crate::OfferState;
+use crate::write::Stream;
+use crate::{AgreedOffer, OfferState};
 
 /// The payload type we offer telephone-event/8000 on (Meta's own number, WHATSAPP-SIP §7.6).
 pub const DEFAULT_DTMF_PT: u8 = 126;
 const OPUS_PT: u8 = 111;
 const MID: &str = "audio";
 
-pub(crate) fn answer(
-    offer: &Session,
-    local: &LocalMedia,
-) -> Result<(Session, MediaPlan), SdpError> {
-    let facts = inspect::audio(offer)?;
+/// Meta's offer checked and negotiated (§6.6); our per-call values come in at answer time.
+pub(crate) fn agree(offer: Session) -> Result<AgreedOffer, SdpError> {
+    let facts = inspect::audio(&offer)?;
     if let Some(first) = rules::whatsapp_stream(&facts).into_iter().next() {
         return Err(first);
     }
@@ -53,7 +51,7 @@ pub(crate) fn answer(
             (
                 Keying::Sdes {
                     suite,
-                    local_key: local.sdes_key.to_vec(),
+                    local_key: Vec::new(),
                     remote_key,
                     tag,
                 },
@@ -63,19 +61,11 @@ pub(crate) fn answer(
             )
         }
     };
-    if mode == Mode::Dtls && local.fingerprint.is_none() {
-        return Err(SdpError::Local(
-            "DTLS answer without a certificate fingerprint".into(),
-        ));
-    }
-
     let mut formats = vec![(opus_pt, Codec::Opus)];
     if let Some(pt) = dtmf_pt {
         formats.push((pt, Codec::TelephoneEvent));
     }
-    let direction = facts.direction.answer();
     let stream = Stream {
-        local,
         proto: match mode {
             Mode::Dtls => "UDP/TLS/RTP/SAVPF",
             Mode::Sdes => "RTP/SAVP",
@@ -88,11 +78,21 @@ pub(crate) fn answer(
         crypto,
         rtcp_mux: true,
         maxptime: true,
-        direction,
+        direction: facts.direction.answer(),
     };
-    let sdp = write::answer_session(&stream, offer, facts.index);
-    let plan = plan(&facts, remote_ice, keying, opus_pt, dtmf_pt, direction);
-    Ok((sdp, plan))
+    let security = match mode {
+        Mode::Dtls => Security::Dtls,
+        Mode::Sdes => Security::Sdes,
+    };
+    let plan = plan(
+        &facts,
+        remote_ice,
+        keying,
+        opus_pt,
+        dtmf_pt,
+        stream.direction,
+    );
+    Ok(AgreedOffer::new(offer, &facts, stream, plan, security))
 }
 
 fn plan(
@@ -156,7 +156,6 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
         (DEFAULT_DTMF_PT, Codec::TelephoneEvent),
     ];
     let stream = Stream {
-        local,
         proto,
         formats,
         mid: Some(MID.into()),
@@ -166,7 +165,7 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
         crypto,
         rtcp_mux: true,
         maxptime: true,
-        direction: crate::plan::Direction::SendRecv,
+        direction: local.direction,
     };
     Ok(OfferState::new(local, &stream))
 }

@@ -10,8 +10,9 @@ use sdp_types::{Attribute, Connection, Media, Origin, Session};
 use crate::local::{Codec, LocalMedia};
 use crate::plan::{Direction, SdesSuite};
 
-pub(crate) struct Stream<'a> {
-    pub local: &'a LocalMedia,
+/// Our audio stream's shape, apart from the per-call values in `LocalMedia`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stream {
     pub proto: &'static str,
     /// Payload types in m-line order.
     pub formats: Vec<(u8, Codec)>,
@@ -29,7 +30,12 @@ pub(crate) struct Stream<'a> {
 }
 
 /// An answer: our stream in place of the offer's m-line `audio_index`, every other m-line rejected.
-pub(crate) fn answer_session(stream: &Stream, offer: &Session, audio_index: usize) -> Session {
+pub(crate) fn answer_session(
+    stream: &Stream,
+    local: &LocalMedia,
+    offer: &Session,
+    audio_index: usize,
+) -> Session {
     let others = offer
         .medias
         .iter()
@@ -37,7 +43,7 @@ pub(crate) fn answer_session(stream: &Stream, offer: &Session, audio_index: usiz
         .filter(|(i, _)| *i != audio_index)
         .map(|(_, m)| rejected(m))
         .collect();
-    session(stream, audio_index, others)
+    session(stream, local, audio_index, others)
 }
 
 /// A rejected m-line of an answer (RFC 3264 §6: port 0, same media and transport).
@@ -58,8 +64,12 @@ fn rejected(offered: &Media) -> Media {
 
 /// Session-level lines around our stream. `others` are the answer's rejected m-lines in order; our
 /// audio m-line goes at `audio_index` among them (offers pass none and 0).
-pub(crate) fn session(stream: &Stream, audio_index: usize, others: Vec<Media>) -> Session {
-    let local = stream.local;
+pub(crate) fn session(
+    stream: &Stream,
+    local: &LocalMedia,
+    audio_index: usize,
+    others: Vec<Media>,
+) -> Session {
     let default = local
         .default_address()
         .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9));
@@ -68,20 +78,28 @@ pub(crate) fn session(stream: &Stream, audio_index: usize, others: Vec<Media>) -
     } else {
         default.ip()
     };
-    let mut session = Session::new(Origin::with_ip_addr(local.session_id, 2, origin_ip), "-");
+    let mut session = Session::new(
+        Origin::with_ip_addr(local.session_id, local.session_version, origin_ip),
+        "-",
+    );
+    if local.ice_lite && stream.ice {
+        session.attributes.push(Attribute {
+            attribute: "ice-lite".into(),
+            value: None,
+        });
+    }
     if stream.bundle {
         if let Some(mid) = &stream.mid {
             session.add_attribute_with_value("group", format!("BUNDLE {mid}"));
         }
     }
     let mut medias = others;
-    medias.insert(audio_index.min(medias.len()), media(stream, default));
+    medias.insert(audio_index.min(medias.len()), media(stream, local, default));
     session.add_medias(medias);
     session
 }
 
-fn media(stream: &Stream, default: SocketAddr) -> Media {
-    let local = stream.local;
+fn media(stream: &Stream, local: &LocalMedia, default: SocketAddr) -> Media {
     let fmt: Vec<String> = stream
         .formats
         .iter()

@@ -12,10 +12,10 @@ use crate::transaction::{new_branch, set_top_via};
 use crate::uri::{Scheme, Uri};
 use crate::values::NameAddr;
 
-/// A fresh From/To tag: 16 random alphanumerics (RFC 3261 §19.3 asks for at least 32 random bits).
-pub fn new_tag() -> String {
-    rand::thread_rng()
-        .sample_iter(Alphanumeric)
+/// A fresh From/To tag: 16 random alphanumerics from `rng` (RFC 3261 §19.3 asks for at least 32
+/// random bits).
+pub fn new_tag(rng: &mut impl Rng) -> String {
+    rng.sample_iter(Alphanumeric)
         .take(16)
         .map(char::from)
         .collect()
@@ -76,7 +76,7 @@ pub enum DialogError {
     OutOfOrder { received: u32, last: u32 },
     #[error("local misuse: the dialog is terminated")]
     Terminated,
-    #[error("local misuse: only the UAC sends the ACK for a 2xx")]
+    #[error("local misuse: an ACK answers a 2xx to an INVITE we sent, and we sent none")]
     AckFromUas,
 }
 
@@ -119,7 +119,9 @@ pub struct Dialog {
     /// The first route when it lacks `lr` (a strict router, RFC 3261 §12.2.1.1).
     strict_first: Option<Uri>,
     secure: bool,
-    invite_seq: u32,
+    /// CSeq of the last INVITE we sent in this dialog (the initial one as UAC, or a re-INVITE):
+    /// the ACK for its 2xx repeats it.
+    invite_seq: Option<u32>,
     /// Authorization / Proxy-Authorization of the INVITE: the ACK for the 2xx repeats them
     /// (§13.2.2.4).
     credentials: Vec<(String, String)>,
@@ -158,7 +160,7 @@ impl Dialog {
             strict_first: strict_first(&route_set)?,
             route_set,
             secure: is_secure(invite),
-            invite_seq: cseq.seq,
+            invite_seq: None,
             credentials: Vec::new(),
         })
     }
@@ -204,7 +206,7 @@ impl Dialog {
             strict_first: strict_first(&route_set)?,
             route_set,
             secure: is_secure(invite),
-            invite_seq: cseq.seq,
+            invite_seq: Some(cseq.seq),
             credentials,
         })
     }
@@ -320,14 +322,14 @@ impl Dialog {
             return Err(DialogError::Terminated);
         }
         let seq = if method == Method::ACK {
-            if self.role != Role::Uac {
-                return Err(DialogError::AckFromUas);
-            }
-            self.invite_seq
+            self.invite_seq.ok_or(DialogError::AckFromUas)?
         } else {
             // RFC 3261 §8.1.1.5 only asks for less than 2^31; a UAS starts its own space at 1.
             let next = self.local_seq.map_or(1, |s| s.wrapping_add(1));
             self.local_seq = Some(next);
+            if method == Method::INVITE {
+                self.invite_seq = Some(next);
+            }
             next
         };
         let (uri, routes) = match &self.strict_first {
@@ -436,7 +438,12 @@ impl Response {
 /// credentials header (`Authorization` or `Proxy-Authorization`) replacing any earlier one, CSeq +
 /// 1 and a new branch in the top Via (a request without Via gets its Via from the transaction
 /// layer).
-pub fn retry_with_auth(original: &Request, header_name: &str, header_value: &str) -> Request {
+pub fn retry_with_auth(
+    original: &Request,
+    header_name: &str,
+    header_value: &str,
+    rng: &mut impl Rng,
+) -> Request {
     let mut r = original.clone();
     r.headers.remove(header_name);
     r.headers.push(header_name, header_value.to_string());
@@ -445,7 +452,7 @@ pub fn retry_with_auth(original: &Request, header_name: &str, header_value: &str
         r.headers.set("CSeq", cseq.to_string());
     }
     if let Some(mut via) = r.top_via() {
-        let branch = new_branch();
+        let branch = new_branch(rng);
         match via
             .params
             .iter_mut()

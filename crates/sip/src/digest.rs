@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use md5::Md5;
@@ -471,7 +472,7 @@ pub fn answer(
     }
 }
 
-/// [`answer`] with a fresh random cnonce.
+/// [`answer`] with a fresh cnonce from `rng`.
 pub fn answer_with_random_cnonce(
     challenge: &Challenge,
     creds: &Credentials,
@@ -479,6 +480,7 @@ pub fn answer_with_random_cnonce(
     digest_uri: &str,
     body: &[u8],
     nc: u32,
+    rng: &mut impl RngCore,
 ) -> Authorization {
     answer(
         challenge,
@@ -487,14 +489,14 @@ pub fn answer_with_random_cnonce(
         digest_uri,
         body,
         nc,
-        &new_cnonce(),
+        &new_cnonce(rng),
     )
 }
 
-/// 128 random bits as 32 hex digits.
-pub fn new_cnonce() -> String {
+/// 128 random bits from `rng` as 32 hex digits.
+pub fn new_cnonce(rng: &mut impl RngCore) -> String {
     let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
+    rng.fill_bytes(&mut bytes);
     hex(&bytes)
 }
 
@@ -540,12 +542,23 @@ const NONCE_TAG_LEN: usize = 16;
 const NONCE_LEN: usize = 8 + NONCE_SALT_LEN + NONCE_TAG_LEN;
 
 /// Issues stateless nonces: hex(timestamp ‖ salt ‖ HMAC-SHA256(key, timestamp ‖ salt ‖ realm)),
-/// the MAC truncated to 128 bits. The random salt keeps nonces issued in the same second apart,
+/// the MAC truncated to 128 bits. The salt, a counter, keeps nonces issued in the same second apart,
 /// so their nonce counts are tracked separately.
-#[derive(Clone)]
 pub struct NonceIssuer {
     key: [u8; 32],
     lifetime_secs: u64,
+    /// Nonces issued so far: the next one's salt.
+    issued: AtomicU64,
+}
+
+impl Clone for NonceIssuer {
+    fn clone(&self) -> Self {
+        NonceIssuer {
+            key: self.key,
+            lifetime_secs: self.lifetime_secs,
+            issued: AtomicU64::new(self.issued.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl fmt::Debug for NonceIssuer {
@@ -558,15 +571,14 @@ impl fmt::Debug for NonceIssuer {
 }
 
 impl NonceIssuer {
+    /// `key` is the caller's secret (the binary draws one per process: nonces do not survive a
+    /// restart).
     pub fn new(key: [u8; 32], lifetime_secs: u64) -> Self {
-        NonceIssuer { key, lifetime_secs }
-    }
-
-    /// A key that lives as long as this process: nonces do not survive a restart.
-    pub fn with_random_key(lifetime_secs: u64) -> Self {
-        let mut key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut key);
-        NonceIssuer::new(key, lifetime_secs)
+        NonceIssuer {
+            key,
+            lifetime_secs,
+            issued: AtomicU64::new(0),
+        }
     }
 
     pub fn lifetime_secs(&self) -> u64 {
@@ -574,8 +586,7 @@ impl NonceIssuer {
     }
 
     pub fn issue(&self, realm: &str, now_secs: u64) -> String {
-        let mut salt = [0u8; NONCE_SALT_LEN];
-        rand::thread_rng().fill_bytes(&mut salt);
+        let salt: [u8; NONCE_SALT_LEN] = self.issued.fetch_add(1, Ordering::Relaxed).to_be_bytes();
         let mut raw = Vec::with_capacity(NONCE_LEN);
         raw.extend_from_slice(&now_secs.to_be_bytes());
         raw.extend_from_slice(&salt);
@@ -1306,10 +1317,11 @@ mod tests {
         assert_eq!(a.response.len(), 64);
         assert_ne!(a.response, b.response);
 
-        let r = answer_with_random_cnonce(&sess, &creds(), "INVITE", RURI, b"", 1);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        let r = answer_with_random_cnonce(&sess, &creds(), "INVITE", RURI, b"", 1, &mut rng);
         let cnonce = r.cnonce.unwrap();
         assert!(cnonce.len() >= 16 && cnonce.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(new_cnonce(), new_cnonce());
+        assert_ne!(new_cnonce(&mut rng), new_cnonce(&mut rng));
     }
 
     #[test]

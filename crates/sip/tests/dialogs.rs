@@ -8,6 +8,10 @@ use watrunk_sip::dialog::{Dialog, DialogError, DialogId, DialogState, Role};
 use watrunk_sip::transaction::{Config, Event, Output, Peer, TransactionLayer, Transport};
 use watrunk_sip::{retry_with_auth, Message, Method, Request, Response, Uri};
 
+fn rng() -> rand::rngs::StdRng {
+    rand::SeedableRng::seed_from_u64(3)
+}
+
 fn parse(text: &str) -> Message {
     let wire = text.trim_start().replace('\n', "\r\n");
     Message::parse_datagram(wire.as_bytes()).unwrap()
@@ -352,6 +356,7 @@ v=0
         &first,
         "Proxy-Authorization",
         "Digest username=\"17015558857\"",
+        &mut rng(),
     );
     assert_eq!(retry.headers.get("CSeq"), Some("2 INVITE"));
     for h in ["Call-ID", "From", "To", "Content-Type"] {
@@ -372,7 +377,12 @@ v=0
         Some("Digest username=\"17015558857\"")
     );
 
-    let again = retry_with_auth(&retry, "Proxy-Authorization", "Digest username=\"x\"");
+    let again = retry_with_auth(
+        &retry,
+        "Proxy-Authorization",
+        "Digest username=\"x\"",
+        &mut rng(),
+    );
     assert_eq!(again.headers.get("CSeq"), Some("3 INVITE"));
     assert_eq!(
         again
@@ -418,6 +428,7 @@ fn the_407_flow_end_to_end() {
         &sent1,
         "Proxy-Authorization",
         "Digest username=\"17015558857\"",
+        &mut rng(),
     );
     let id2 = l.send_request(t0, retry, meta.clone()).unwrap();
     assert_ne!(id1, id2);

@@ -159,15 +159,19 @@ pub async fn probe(args: ProbeArgs) -> Result<()> {
         watrunk_sip::Host::parse(&host_of(local), false)
             .unwrap_or(watrunk_sip::Host::Domain("invalid".into())),
         Some(local.port()),
-        &new_branch(),
+        &new_branch(&mut rand::thread_rng()),
     );
     req.headers.push("Via", format!("{via};rport"));
     req.headers.push("Max-Forwards", "70");
-    req.headers
-        .push("From", format!("<{from}>;tag={}", new_tag()));
+    req.headers.push(
+        "From",
+        format!("<{from}>;tag={}", new_tag(&mut rand::thread_rng())),
+    );
     req.headers.push("To", format!("<{uri}>"));
-    req.headers
-        .push("Call-ID", format!("{}@watrunk", new_tag()));
+    req.headers.push(
+        "Call-ID",
+        format!("{}@watrunk", new_tag(&mut rand::thread_rng())),
+    );
     req.headers.push("CSeq", format!("1 {method}"));
     req.headers.push("User-Agent", crate::server::SERVER);
     if method == Method::INVITE {
@@ -322,7 +326,7 @@ fn authenticated_retry(req: &Request, resp: &Response, creds: &Credentials) -> R
         &uri,
         &req.body,
         1,
-        &digest::new_cnonce(),
+        &digest::new_cnonce(&mut rand::thread_rng()),
     );
     eprintln!(
         "answering {} challenge from realm {:?} with {}",
@@ -332,6 +336,7 @@ fn authenticated_retry(req: &Request, resp: &Response, creds: &Credentials) -> R
         req,
         answer_header,
         &auth.to_string(),
+        &mut rand::thread_rng(),
     ))
 }
 

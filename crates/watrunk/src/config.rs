@@ -242,7 +242,8 @@ pub struct NumberConfig {
     pub number: String,
     pub password: Option<String>,
     pub challenge: bool,
-    pub sink: Option<SocketAddr>,
+    /// Where its calls' audio goes (the loader refuses a number without one).
+    pub sink: SocketAddr,
     pub srtp: Srtp,
 }
 
@@ -432,6 +433,20 @@ fn resolve_calls(
         "--srtp (media.srtp)",
     )?;
     let sink = args.sink.or(file.media.sink);
+    let media = args.media_ip.or(file.media.ip).map(|ip| MediaSettings {
+        ip,
+        ip6: args.media_ip6.or(file.media.ip6),
+        port: args.media_port.or(file.media.port).unwrap_or(0),
+        public_ip: args.public_ip.or(file.media.public_ip),
+    });
+    if (!args.numbers.is_empty() || !file.numbers.is_empty()) && media.is_none() {
+        bail!("calls need a media address: pass --media-ip IP (config key media.ip)");
+    }
+    let need_sink = |number: &str, sink: Option<SocketAddr>| {
+        sink.with_context(|| {
+            format!("no sink for {number}: pass --sink HOST:PORT (config key media.sink) where its calls' audio goes")
+        })
+    };
     let mut numbers = BTreeMap::new();
     for number in &args.numbers {
         check_number(number, "--number")?;
@@ -445,7 +460,7 @@ fn resolve_calls(
                 number: number.clone(),
                 password: password.map(str::to_string),
                 challenge,
-                sink,
+                sink: need_sink(number, sink)?,
                 srtp,
             },
         );
@@ -469,25 +484,13 @@ fn resolve_calls(
                 number: n.number.clone(),
                 password,
                 challenge,
-                sink: n.sink.or(sink),
+                sink: need_sink(&n.number, n.sink.or(sink))?,
                 srtp: match &n.srtp {
                     Some(v) => parse_srtp(Some(v), &format!("{key}.srtp"))?,
                     None => srtp,
                 },
             },
         );
-    }
-    let media = args.media_ip.or(file.media.ip).map(|ip| MediaSettings {
-        ip,
-        ip6: args.media_ip6.or(file.media.ip6),
-        port: args.media_port.or(file.media.port).unwrap_or(0),
-        public_ip: args.public_ip.or(file.media.public_ip),
-    });
-    if !numbers.is_empty() && media.is_none() {
-        bail!("calls need a media address: pass --media-ip IP (config key media.ip)");
-    }
-    if let Some((n, _)) = numbers.iter().find(|(_, n)| n.sink.is_none()) {
-        bail!("no sink for {n}: pass --sink HOST:PORT (config key media.sink) where its calls' audio goes");
     }
     let domain = file
         .meta

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use watrunk_media::srtp::SrtpProfile;
 use watrunk_media::{IceRole, Identity, MediaConfig, MediaEvent, MediaSocket, Prepared};
-use watrunk_sdp::{self as sdp, LocalMedia, Profile, Security};
+use watrunk_sdp::{self as sdp, Capabilities, LocalMedia, Security};
 
 #[derive(Subcommand)]
 pub enum MediaCommand {
@@ -87,8 +87,8 @@ fn event_json(e: &MediaEvent) -> String {
             "rtt_us": s.rtt_us,
         })
         .to_string(),
-        MediaEvent::Failed { reason } => {
-            serde_json::json!({"event": "failed", "reason": reason}).to_string()
+        MediaEvent::Failed(reason) => {
+            serde_json::json!({"event": "failed", "reason": reason.to_string()}).to_string()
         }
     }
 }
@@ -166,12 +166,10 @@ async fn prepare(
     cfg.stun_server = sink.stun_server.clone();
     cfg.dtls_profiles = sink.srtp_profiles.iter().map(|p| p.profile()).collect();
     let prepared = Prepared::new(cfg, Identity::generate()?, role, &socket).await?;
-    let mut local = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
-        .with_candidates(prepared.candidates().iter().copied())
-        .with_fingerprint(prepared.fingerprint().clone());
-    let (ufrag, pwd) = prepared.ice_credentials();
-    local.ice_ufrag = ufrag.to_string();
-    local.ice_pwd = pwd.to_string();
+    let local = prepared.local_media(
+        &Capabilities::whatsapp(Security::Dtls),
+        &mut rand::thread_rng(),
+    );
     Ok((prepared, local, socket))
 }
 
@@ -187,10 +185,7 @@ async fn answer(args: AnswerArgs) -> Result<()> {
     let text =
         std::fs::read(&args.offer).with_context(|| format!("--offer {}", args.offer.display()))?;
     let offer = sdp::parse(&text).map_err(|e| anyhow::anyhow!("offer: {e}"))?;
-    let role = match sdp::remote_ice_mode(&offer) {
-        None => IceRole::None,
-        Some(lite) => IceRole::for_answer(true, lite),
-    };
+    let role = IceRole::answering(&offer);
     let (prepared, local, _socket) = prepare(&args.sink, role).await?;
     let (answer, plan) = match sdp::answer(&offer, &local) {
         Ok(x) => x,
@@ -272,7 +267,8 @@ async fn relay(prepared: Prepared, plan: sdp::MediaPlan, ssrc: u32, args: &SinkA
                 println!("{}", serde_json::json!({"event": "dtmf.sent", "keys": keys}));
             }
             e = session.events.recv() => match e {
-                Some(MediaEvent::Failed { reason }) => {
+                Some(MediaEvent::Failed(reason)) => {
+                    let reason = reason.to_string();
                     // Timed here: the session's own clock started with it.
                     let ms = started.elapsed().as_secs_f64() * 1000.0;
                     println!("{}", serde_json::json!({"event": "failed", "ms": ms, "reason": reason}));
@@ -286,8 +282,8 @@ async fn relay(prepared: Prepared, plan: sdp::MediaPlan, ssrc: u32, args: &SinkA
     }
     // What the call still had to say, its final stats last.
     for e in session.stop().await {
-        if let MediaEvent::Failed { reason } = &e {
-            failed.get_or_insert(reason.clone());
+        if let MediaEvent::Failed(reason) = &e {
+            failed.get_or_insert(reason.to_string());
         }
         println!("{}", event_json(&e));
     }

@@ -175,7 +175,7 @@ fn security(s: SrtpArg) -> Security {
 fn local_media(args: &LocalArgs, default_security: Security) -> Result<LocalMedia> {
     let profile = profile(args.profile);
     let security = args.srtp.map(security).unwrap_or(default_security);
-    let mut local = LocalMedia::generate(profile, security)
+    let mut local = LocalMedia::generate(profile, security, &mut rand::thread_rng())
         .with_candidates(args.media_addrs.iter().copied())
         .with_fingerprint(certificate_fingerprint(args.cert.as_deref())?);
     if !args.codecs.is_empty() {

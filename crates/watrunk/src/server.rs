@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -141,7 +143,7 @@ pub async fn run_with(
             "number {}: {}challenged, audio to {}",
             n.number,
             if n.challenge { "" } else { "not " },
-            n.sink.map(|s| s.to_string()).unwrap_or_default()
+            n.sink
         );
     }
     let mut core = Core::new(cfg, udp_sockets, shared, media, tls_client, events, call_tx);
@@ -183,6 +185,8 @@ pub struct Core {
     call_tx: mpsc::Sender<CallInput>,
     pump_later: Vec<calls::CallKey>,
     call_done: Option<(String, tokio::sync::oneshot::Sender<()>)>,
+    /// The core's generator (tags, per-call seeds), seeded from the OS at start.
+    rng: StdRng,
     one_shot: bool,
     had_call: bool,
     /// Calls we placed that ended without an answer (`watrunk call` exits non-zero for them).
@@ -199,8 +203,9 @@ impl Core {
         events: Events,
         call_tx: mpsc::Sender<CallInput>,
     ) -> Self {
+        let mut rng = StdRng::from_entropy();
         let mut key = [0u8; 32];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut key);
+        rng.fill_bytes(&mut key);
         let sent_by = match cfg.tls.map(|a| a.port()) {
             Some(5061) | None => cfg.hostname.clone(),
             Some(port) => format!("{}:{port}", cfg.hostname),
@@ -209,6 +214,7 @@ impl Core {
             layer: TransactionLayer::new(watrunk_sip::transaction::Config {
                 timers: TimerConfig::default(),
                 sent_by: Some(sent_by),
+                seed: rng.next_u64(),
                 ..Default::default()
             }),
             policy: UasPolicy::default(),
@@ -227,6 +233,7 @@ impl Core {
             call_tx,
             pump_later: Vec::new(),
             call_done: None,
+            rng,
             one_shot: false,
             had_call: false,
             unanswered: Vec::new(),

@@ -29,7 +29,8 @@ pub fn local(profile: Profile, security: Security) -> LocalMedia {
         "198.18.0.1:40000".parse().unwrap(),
         "[2001:db8::1]:40000".parse().unwrap(),
     ];
-    let mut l = LocalMedia::generate(profile, security)
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    let mut l = LocalMedia::generate(profile, security, &mut rng)
         .with_candidates(addrs)
         .with_fingerprint(Fingerprint::sha256(LOCAL_FP.to_vec()));
     l.ice_ufrag = "wAtR".into();

@@ -20,7 +20,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::distributions::Alphanumeric;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 pub use client::ack_for_non_2xx;
 use client::{ClientInvite, ClientNonInvite};
@@ -68,6 +69,9 @@ pub struct Config {
     pub max_transactions: usize,
     /// `host[:port]` for the Via the layer adds to outgoing requests that carry none.
     pub sent_by: Option<String>,
+    /// Seeds the layer's generator (branches, the To tags of its own answers). The binary draws it
+    /// from the OS; tests pin it.
+    pub seed: u64,
 }
 
 impl From<TimerConfig> for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             trying_delay: Some(Duration::from_millis(200)),
             max_transactions: 8192,
             sent_by: None,
+            seed: 0,
         }
     }
 }
@@ -252,16 +257,11 @@ pub enum IncomingError {
     UnmatchedResponse { status: u16 },
 }
 
-/// A fresh RFC 3261 branch: the magic cookie and 22 random alphanumerics.
-pub fn new_branch() -> String {
+/// A fresh RFC 3261 branch: the magic cookie and 22 random alphanumerics from `rng`.
+pub fn new_branch(rng: &mut impl Rng) -> String {
     let mut b = String::with_capacity(MAGIC_COOKIE.len() + 22);
     b.push_str(MAGIC_COOKIE);
-    b.extend(
-        rand::thread_rng()
-            .sample_iter(Alphanumeric)
-            .take(22)
-            .map(char::from),
-    );
+    b.extend(rng.sample_iter(Alphanumeric).take(22).map(char::from));
     b
 }
 
@@ -457,12 +457,15 @@ pub struct TransactionLayer {
     ack_keys: HashMap<AckKey, TransactionId>,
     timers: BTreeSet<(Instant, TransactionId)>,
     out: VecDeque<Output>,
+    rng: StdRng,
 }
 
 impl TransactionLayer {
     pub fn new(config: impl Into<Config>) -> Self {
+        let config = config.into();
         TransactionLayer {
-            config: config.into(),
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
             next_id: 0,
             entries: HashMap::new(),
             server_keys: HashMap::new(),
@@ -738,7 +741,7 @@ impl TransactionLayer {
         }
     }
 
-    fn prepare_via(&self, req: &mut Request, transport: Transport) -> Result<(), SendError> {
+    fn prepare_via(&mut self, req: &mut Request, transport: Transport) -> Result<(), SendError> {
         if !req.headers.contains("Via") {
             let sent_by = self.config.sent_by.as_deref().ok_or(SendError::NoVia)?;
             let rport = if transport == Transport::Udp {
@@ -751,14 +754,15 @@ impl TransactionLayer {
                 format!(
                     "SIP/2.0/{} {sent_by};branch={}{rport}",
                     transport.via_token(),
-                    new_branch()
+                    new_branch(&mut self.rng)
                 ),
             );
             return Ok(());
         }
         let mut via = req.top_via().ok_or(SendError::BadVia)?;
         if via.branch().is_none() {
-            via.params.push(("branch".into(), Some(new_branch())));
+            via.params
+                .push(("branch".into(), Some(new_branch(&mut self.rng))));
             set_top_via(&mut req.headers, &via);
         }
         Ok(())
@@ -864,6 +868,11 @@ impl TransactionLayer {
             request: req.clone(),
             from: from.clone(),
         }));
+        let fresh_tag = if req.method == Method::INVITE {
+            new_tag(&mut self.rng)
+        } else {
+            String::new()
+        };
         let mut cx = Ctx {
             id,
             peer: &from,
@@ -875,6 +884,7 @@ impl TransactionLayer {
                 now,
                 req,
                 self.config.trying_delay,
+                fresh_tag,
                 &mut cx,
             ))
         } else {
@@ -897,12 +907,14 @@ impl TransactionLayer {
             return;
         }
         let to_tag = invite.and_then(|inv| match &mut self.entries.get_mut(&inv)?.machine {
-            Machine::ServerInvite(t) => Some(t.ensure_to_tag()),
+            Machine::ServerInvite(t) => Some(t.to_tag()),
             _ => None,
         });
         let response = match &to_tag {
             Some(tag) => Response::to_request(&req, 200, reason_phrase(200), Some(tag)),
-            None => Response::to_request(&req, 481, reason_phrase(481), Some(&new_tag())),
+            None => {
+                Response::to_request(&req, 481, reason_phrase(481), Some(&new_tag(&mut self.rng)))
+            }
         };
         let id = self.alloc_id();
         let cx = Ctx {
@@ -945,7 +957,7 @@ impl TransactionLayer {
 
     fn reject_overloaded(&mut self, req: &Request, from: Peer) {
         let reason = format!("{} (too many transactions)", reason_phrase(503));
-        let resp = Response::to_request(req, 503, reason, Some(&new_tag()));
+        let resp = Response::to_request(req, 503, reason, Some(&new_tag(&mut self.rng)));
         self.out.push_back(Output::Transmit {
             id: None,
             to: from,

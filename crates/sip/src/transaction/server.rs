@@ -7,7 +7,6 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use super::{Backoff, Ctx, Event, Peer, RespondError, TimeoutReason};
-use crate::dialog::new_tag;
 use crate::message::{reason_phrase, Request, Response};
 use crate::method::Method;
 
@@ -37,7 +36,7 @@ use crate::method::Method;
 pub(super) struct ServerInvite {
     request: Request,
     /// The To tag of our responses, reused for the 487 and for the 200 to a CANCEL (RFC 3261 §9.2).
-    to_tag: Option<String>,
+    to_tag: String,
     state: InviteState,
 }
 
@@ -66,14 +65,19 @@ enum InviteState {
 
 impl ServerInvite {
     /// `trying_delay`: when to send 100 Trying if the TU has not sent a provisional; None: never.
+    /// `fresh_tag`: our To tag if the request has none and the TU sends no tagged response first.
     pub fn start(
         now: Instant,
         request: Request,
         trying_delay: Option<Duration>,
+        fresh_tag: String,
         cx: &mut Ctx<'_>,
     ) -> Self {
         let mut tx = ServerInvite {
-            to_tag: request.to().and_then(|t| t.tag().map(str::to_string)),
+            to_tag: request
+                .to()
+                .and_then(|t| t.tag().map(str::to_string))
+                .unwrap_or(fresh_tag),
             request,
             state: InviteState::Proceeding {
                 last: None,
@@ -104,8 +108,8 @@ impl ServerInvite {
 
     /// The To tag our responses carry (or will carry), chosen now if no tagged response was sent
     /// yet.
-    pub fn ensure_to_tag(&mut self) -> String {
-        self.to_tag.get_or_insert_with(new_tag).clone()
+    pub fn to_tag(&self) -> String {
+        self.to_tag.clone()
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
@@ -175,7 +179,7 @@ impl ServerInvite {
     ) -> Result<(), RespondError> {
         use InviteState::*;
         if let Some(tag) = response.to().and_then(|t| t.tag().map(str::to_string)) {
-            self.to_tag = Some(tag);
+            self.to_tag = tag;
         }
         let status = response.status;
         self.state = match (mem::replace(&mut self.state, Terminated), status) {
@@ -231,7 +235,7 @@ impl ServerInvite {
         if self.has_final() || self.is_terminated() {
             return false;
         }
-        let tag = self.ensure_to_tag();
+        let tag = self.to_tag();
         let resp = Response::to_request(&self.request, 487, reason_phrase(487), Some(&tag));
         self.state = Self::complete(now, resp, cx);
         true

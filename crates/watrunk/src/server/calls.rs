@@ -1,9 +1,9 @@
-//! The core's calls: it owns one [`Call`] state machine per call and one media task per call, and
-//! moves what they say between the transaction layer, the media stack and the events. An INVITE to
-//! a business number becomes a call; its SDP is checked before any port is taken (488 with the
-//! rule), media is prepared in the call's task, and the answer goes out when it is ready. Calls are
-//! not tied to a connection: in-dialog requests go to the route set's first hop, over a live
-//! connection to it or a new one.
+//! The core's calls: one [`Leg`] (the invite session: dialog, offer/answer, media intents) and one
+//! media task per call, and what moves between them, the transaction layer and the events. An
+//! INVITE to a business number becomes a leg, whose offer is agreed before any port or task is
+//! taken (a refused offer gets its 488 and no call); what the leg asks of media is carried out
+//! here. Calls are not tied to a connection: in-dialog requests go to the route set's first hop,
+//! over a live connection to it or a new one.
 
 use crate::transport::ConnId;
 use std::collections::HashMap;
@@ -11,16 +11,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use watrunk_call::{
-    Call, CallEvent, CallOutput, Direction, Ending, Local, MetaHeaders, OutboundCall, Side,
+    CallDirection, CallEvent, CallOutput, Ending, Fault, Leg, LegPolicy, LegSetup, Local,
+    MediaFailure, MediaIntent, MetaHeaders, OutboundCall,
 };
 use watrunk_media::{
-    IceConnected, IceRole, Identity, MediaConfig, MediaEvent, MediaSession, MediaSocket, Prepared,
-    Stats,
+    IceConnected, IceRole, Identity, MediaConfig, MediaError, MediaEvent, MediaSession,
+    MediaSocket, Prepared, Stats,
 };
-use watrunk_sdp::{self as sdp, LocalMedia, Profile, Security};
+use watrunk_sdp::{self as sdp, Capabilities, LocalMedia, Security};
 use watrunk_sip::transaction::{Peer, TransactionId, Transport};
 use watrunk_sip::values::NameAddr;
 use watrunk_sip::{Message, Method, Request, Response, Uri};
@@ -34,7 +37,7 @@ pub type CallKey = u64;
 pub enum CallInput {
     MediaReady {
         key: CallKey,
-        result: Result<Ready, String>,
+        result: Result<Ready, MediaError>,
     },
     Media {
         key: CallKey,
@@ -80,6 +83,7 @@ pub enum Command {
     },
 }
 
+/// A call's local description, made by its media task.
 pub struct Ready {
     local: LocalMedia,
     app_addr: SocketAddr,
@@ -117,17 +121,12 @@ struct Timings {
 }
 
 struct Entry {
-    call: Call,
+    leg: Leg,
     id: String,
     number: String,
     remote: String,
     sink: SocketAddr,
     meta: MetaHeaders,
-    /// Inbound: Meta's offer.
-    offer: Option<sdp::Session>,
-    /// Outbound: our offer.
-    offer_state: Option<sdp::OfferState>,
-    ready: Option<Ready>,
     media: Option<mpsc::Sender<MediaCmd>>,
     /// The peer the INVITE came from (inbound): its connection is tried first for our requests.
     origin: Option<Peer>,
@@ -135,12 +134,8 @@ struct Entry {
     stats: Option<Stats>,
     /// Kept until the media task has stopped, then reported with the final stats.
     ended: Option<Ending>,
-    media_failure: Option<String>,
     local_rtp: Option<SocketAddr>,
     ssrc: u32,
-    wants_answer: bool,
-    /// Inbound: our ICE role toward the offer, for media prepared on answer.
-    ice_role: IceRole,
     answered: bool,
 }
 
@@ -191,17 +186,39 @@ fn hop_of(uri: &Uri) -> Option<(String, u16)> {
     Some((host, sip.port.unwrap_or(5061)))
 }
 
+/// The media stack's failure as the leg takes it: whose fault, and what happened.
+fn media_failure(e: &MediaError) -> MediaFailure {
+    let (fault, detail) = match e {
+        MediaError::Peer(d) => (Fault::Peer, d),
+        MediaError::Timeout(d) => (Fault::Timeout, d),
+        MediaError::Local(d) => (Fault::Local, d),
+    };
+    MediaFailure {
+        fault,
+        detail: detail.clone(),
+    }
+}
+
 impl Core {
-    fn local_for(&self, number: &str) -> Local {
+    /// The WhatsApp leg's configuration for one of our numbers.
+    fn leg_setup(&self, number: &str, srtp: Srtp) -> LegSetup {
         let port = self.cfg.tls.map(|a| a.port()).unwrap_or(5061);
         let hostport = if port == 5061 {
             self.cfg.hostname.clone()
         } else {
             format!("{}:{port}", self.cfg.hostname)
         };
-        Local {
-            contact: format!("<sip:{number}@{hostport};transport=tls>"),
-            user_agent: SERVER.to_string(),
+        LegSetup {
+            local: Local {
+                contact: format!("<sip:{number}@{hostport};transport=tls>"),
+                user_agent: SERVER.to_string(),
+                warning_host: self.cfg.hostname.clone(),
+            },
+            capabilities: Capabilities::whatsapp(match srtp {
+                Srtp::Dtls => Security::Dtls,
+                Srtp::Sdes => Security::Sdes,
+            }),
+            policy: LegPolicy::whatsapp(),
         }
     }
 
@@ -215,15 +232,14 @@ impl Core {
         to_tag: &str,
     ) -> Option<Response> {
         let now = Instant::now();
-        let host = self.cfg.hostname.clone();
-        let Some(media) = self.media.as_ref() else {
+        if self.media.is_none() {
             return Some(reply(
                 req,
                 503,
                 "Service Unavailable (no media address: --media-ip)",
                 to_tag,
             ));
-        };
+        }
         if self
             .calls
             .by_sip_call_id
@@ -236,39 +252,26 @@ impl Core {
                 to_tag,
             ));
         }
-        // The offer is checked before any port or task is taken.
-        let offer = match sdp::parse(&req.body) {
-            Ok(o) => o,
-            Err(e) => return Some(sdp_refusal(req, &e, &host, to_tag)),
-        };
-        let mut probe = LocalMedia::generate(Profile::WhatsApp, Security::Dtls)
-            .with_candidates([SocketAddr::new(media.ip, 9)])
-            .with_fingerprint(media.identity.fingerprint().clone());
-        probe.ice_ufrag = "probe".into();
-        probe.ice_pwd = "probeprobeprobeprobeprobe".into();
-        if let Err(e) = sdp::answer(&offer, &probe) {
-            return Some(sdp_refusal(req, &e, &host, to_tag));
-        }
-        let role = match sdp::remote_ice_mode(&offer) {
-            None => IceRole::None,
-            Some(lite) => IceRole::for_answer(true, lite),
+        // The offer is agreed before any port or task is taken; a refusal makes no call.
+        let setup = self.leg_setup(&number.number, number.srtp);
+        let leg = match Leg::incoming(req.clone(), id, setup, &mut self.rng) {
+            Ok(leg) => leg,
+            Err(refusal) => return Some(refusal),
         };
         let key = self.new_key();
-        let call = Call::incoming(req.clone(), id, self.local_for(&number.number));
-        let name = format!("c{key}-{}", &watrunk_sip::dialog::new_tag()[..6]);
+        let name = format!(
+            "c{key}-{}",
+            &watrunk_sip::dialog::new_tag(&mut self.rng)[..6]
+        );
         let meta = MetaHeaders::of(req);
         let remote = req.from().and_then(|f| user_of(&f.uri)).unwrap_or_default();
-        let sink = number.sink.expect("resolved config has a sink per number");
         let entry = Entry {
-            call,
+            leg,
             id: name.clone(),
             number: number.number.clone(),
             remote: remote.clone(),
-            sink,
+            sink: number.sink,
             meta: meta.clone(),
-            offer: Some(offer),
-            offer_state: None,
-            ready: None,
             media: None,
             origin: Some(from.clone()),
             timings: Timings {
@@ -277,11 +280,8 @@ impl Core {
             },
             stats: None,
             ended: None,
-            media_failure: None,
             local_rtp: None,
             ssrc: 0,
-            wants_answer: self.cfg.calls.auto_answer,
-            ice_role: role,
             answered: false,
         };
         self.calls
@@ -302,9 +302,11 @@ impl Core {
             "cta_payload": meta.cta_payload,
             "deeplink_payload": meta.deeplink_payload,
         }));
-        // Answered by the API: media waits for the answer, which may choose the call's sink.
+        // Otherwise the API answers; media is prepared then, for the sink it may choose.
         if self.cfg.calls.auto_answer {
-            self.start_media(key, role, Security::Dtls);
+            if let Some(e) = self.calls.entries.get_mut(&key) {
+                let _ = e.leg.answer();
+            }
         }
         self.pump(key);
         None
@@ -315,11 +317,15 @@ impl Core {
         self.calls.next_key
     }
 
+    /// The leg's `Prepare`: a media task that makes our local description, then runs the session.
     fn start_media(&mut self, key: CallKey, role: IceRole, security: Security) {
         let (Some(media), Some(entry)) = (self.media.as_ref(), self.calls.entries.get_mut(&key))
         else {
             return;
         };
+        if entry.media.is_some() {
+            return;
+        }
         let mut cfg = MediaConfig::new(media.ip, SocketAddr::new(entry.sink.ip(), 0), entry.sink);
         cfg.media_ip6 = media.ip6;
         cfg.public_ip = media.public_ip;
@@ -329,11 +335,14 @@ impl Core {
         // whole life.
         let set_up = Box::pin(set_up_media(
             key,
-            cfg,
-            media.identity.clone(),
-            role,
-            media.socket.clone(),
-            security,
+            MediaSetUp {
+                cfg,
+                identity: media.identity.clone(),
+                role,
+                socket: media.socket.clone(),
+                security,
+                seed: self.rng.next_u64(),
+            },
             rx,
             self.call_tx.clone(),
         ));
@@ -362,7 +371,7 @@ impl Core {
                     if let (Some(e), Message::Request(r)) =
                         (self.calls.entries.get_mut(&key), &message)
                     {
-                        e.call.handle_send_failure(&r.method, &reason);
+                        e.leg.handle_send_failure(&r.method, &reason);
                     }
                     self.pump(key);
                 }
@@ -371,144 +380,23 @@ impl Core {
         }
     }
 
-    fn media_ready(&mut self, key: CallKey, result: Result<Ready, String>) {
+    fn media_ready(&mut self, key: CallKey, result: Result<Ready, MediaError>) {
         let Some(entry) = self.calls.entries.get_mut(&key) else {
             return;
         };
         entry.timings.media_ready = entry.timings.start.map(|s| s.elapsed());
         match result {
-            Err(reason) => {
-                tracing::warn!("call {}: media: {reason}", entry.id);
-                entry.media_failure = Some(reason.clone());
-                match entry.call.direction() {
-                    Direction::Inbound => {
-                        let mut r =
-                            Response::new(500, "Server Internal Error (media set-up failed)");
-                        r.headers
-                            .push("Warning", format!("399 {} \"{reason}\"", self.cfg.hostname));
-                        let _ = entry
-                            .call
-                            .reject(r, format!("media set-up failed: {reason}"));
-                    }
-                    Direction::Outbound => {
-                        entry.ended = Some(Ending {
-                            by: Side::Local,
-                            status: None,
-                            reason: format!("media set-up failed: {reason}"),
-                            sip_reason: None,
-                            meta_duration_secs: None,
-                        });
-                    }
-                }
-                entry.media = None;
+            Err(e) => {
+                tracing::warn!("call {}: media: {e}", entry.id);
+                entry.leg.media_failed(media_failure(&e));
             }
             Ok(ready) => {
                 entry.local_rtp = Some(ready.app_addr);
                 entry.ssrc = ready.local.ssrc;
-                match entry.call.direction() {
-                    Direction::Inbound => {
-                        entry.ready = Some(ready);
-                        if entry.wants_answer {
-                            self.answer_call(key);
-                        }
-                    }
-                    Direction::Outbound => self.send_offer(key, ready),
-                }
+                entry.leg.media_ready(ready.local);
             }
         }
         self.pump(key);
-    }
-
-    fn answer_call(&mut self, key: CallKey) {
-        let host = self.cfg.hostname.clone();
-        let Some(entry) = self.calls.entries.get_mut(&key) else {
-            return;
-        };
-        let (Some(offer), Some(ready)) = (&entry.offer, &entry.ready) else {
-            entry.wants_answer = true;
-            return;
-        };
-        match sdp::answer(offer, &ready.local) {
-            Ok((answer, plan)) => {
-                if entry.call.answer(sdp::print(&answer).into_bytes()).is_ok() {
-                    entry.timings.final_response = entry.timings.start.map(|s| s.elapsed());
-                    if let Some(m) = &entry.media {
-                        let _ = m.try_send(MediaCmd::Start {
-                            plan: Box::new(plan),
-                            ssrc: ready.local.ssrc,
-                        });
-                    }
-                    // The offer/answer is done (Meta sends no re-INVITE): what it needed goes
-                    // rather than stay with the call.
-                    entry.offer = None;
-                    entry.ready = None;
-                }
-            }
-            Err(e) => {
-                let r = sdp_refusal_response(&e, &host);
-                let _ = entry
-                    .call
-                    .reject(r, format!("offer refused: {}: {e}", e.rule()));
-            }
-        }
-    }
-
-    fn send_offer(&mut self, key: CallKey, ready: Ready) {
-        let domain = self.cfg.calls.meta_domain.clone();
-        let hostname = self.cfg.hostname.clone();
-        let Some(entry) = self.calls.entries.get_mut(&key) else {
-            return;
-        };
-        let state = match sdp::offer(&ready.local) {
-            Ok(s) => s,
-            Err(e) => {
-                entry.ended = Some(Ending {
-                    by: Side::Local,
-                    status: None,
-                    reason: format!("our offer cannot be made: {e}"),
-                    sip_reason: None,
-                    meta_duration_secs: None,
-                });
-                if let Some(m) = &entry.media {
-                    let _ = m.try_send(MediaCmd::Stop);
-                }
-                return;
-            }
-        };
-        let password = self
-            .cfg
-            .calls
-            .numbers
-            .get(&entry.number)
-            .and_then(|n| n.password.clone());
-        let local = {
-            let port = self.cfg.tls.map(|a| a.port()).unwrap_or(5061);
-            let hostport = if port == 5061 {
-                hostname.clone()
-            } else {
-                format!("{hostname}:{port}")
-            };
-            Local {
-                contact: format!("<sip:{}@{hostport};transport=tls>", entry.number),
-                user_agent: SERVER.to_string(),
-            }
-        };
-        entry.call = Call::outgoing(
-            OutboundCall {
-                from_number: entry.number.clone(),
-                hostname,
-                to_user: entry.remote.clone(),
-                domain,
-                offer: sdp::print(state.sdp()).into_bytes(),
-                password,
-            },
-            local,
-        );
-        self.calls
-            .by_sip_call_id
-            .insert(entry.call.call_id().to_string(), key);
-        entry.offer_state = Some(state);
-        entry.ready = Some(ready);
     }
 
     fn media_event(&mut self, key: CallKey, event: MediaEvent) {
@@ -539,17 +427,16 @@ impl Core {
             MediaEvent::FirstRtpOut { elapsed } => entry.timings.first_rtp_out = Some(elapsed),
             MediaEvent::FirstRtpIn { elapsed } => entry.timings.first_rtp_in = Some(elapsed),
             MediaEvent::Stats(s) => entry.stats = Some(*s),
-            MediaEvent::Failed { reason } => {
-                tracing::info!("call {}: media failed: {reason}", entry.id);
-                entry.media_failure.get_or_insert(reason.clone());
-                // Q.850 cause 41: temporary failure.
-                entry.call.hang_up(&format!("media failed: {reason}"), 41);
+            MediaEvent::Failed(e) => {
+                tracing::info!("call {}: media failed: {e}", entry.id);
+                entry.leg.media_failed(media_failure(&e));
                 self.pump(key);
             }
         }
     }
 
-    /// A request for a call found by Call-ID: BYE ends it; anything else in the dialog is refused.
+    /// A request for a call found by Call-ID (BYE, re-INVITE, UPDATE ...): its leg answers it.
+    /// `Some(None)`: taken, the leg's response follows; `None`: no such call.
     pub(super) fn in_dialog_request(
         &mut self,
         id: TransactionId,
@@ -557,23 +444,9 @@ impl Core {
     ) -> Option<Option<Response>> {
         let key = *self.calls.by_sip_call_id.get(req.call_id()?)?;
         let entry = self.calls.entries.get_mut(&key)?;
-        let resp = match req.method {
-            Method::BYE => entry.call.handle_bye(req),
-            // No re-INVITE or UPDATE toward or from Meta (WHATSAPP-SIP §3.9).
-            Method::INVITE | Method::UPDATE => Response::to_request(
-                req,
-                488,
-                "Not Acceptable Here (no re-INVITE or UPDATE in WhatsApp calls)",
-                None,
-            ),
-            Method::OPTIONS => Response::to_request(req, 200, "OK", None),
-            _ => Response::to_request(req, 405, "Method Not Allowed", None),
-        };
-        let _ = id;
-        let mut resp = resp;
-        resp.headers.push("Server", SERVER);
+        entry.leg.handle_request(id, req);
         self.pump_later.push(key);
-        Some(Some(resp))
+        Some(None)
     }
 
     pub(super) fn on_ack(&mut self, req: &Request) {
@@ -581,7 +454,7 @@ impl Core {
             return;
         };
         if let Some(e) = self.calls.entries.get_mut(&key) {
-            e.call.handle_ack();
+            e.leg.handle_ack(req);
         }
         self.pump(key);
     }
@@ -591,7 +464,7 @@ impl Core {
             return;
         };
         if let Some(e) = self.calls.entries.get_mut(&key) {
-            e.call.handle_cancel(req);
+            e.leg.handle_cancel(req);
         }
         self.pump(key);
     }
@@ -601,11 +474,10 @@ impl Core {
             return;
         };
         if let Some(e) = self.calls.entries.get_mut(&key) {
-            if resp.status >= 200 && e.timings.final_response.is_none() && e.call.invite().is_some()
-            {
+            if resp.status >= 200 && e.timings.final_response.is_none() && e.leg.is_calling() {
                 e.timings.final_response = e.timings.start.map(|s| s.elapsed());
             }
-            e.call.handle_response(id, resp);
+            e.leg.handle_response(Instant::now(), id, resp);
         }
         self.pump(key);
     }
@@ -617,9 +489,9 @@ impl Core {
         };
         if let Some(e) = self.calls.entries.get_mut(&key) {
             if no_ack {
-                e.call.handle_ack_timeout();
+                e.leg.handle_ack_timeout();
             } else {
-                e.call.handle_request_timeout(id);
+                e.leg.handle_request_timeout(id);
             }
         }
         self.pump(key);
@@ -631,14 +503,14 @@ impl Core {
         }
     }
 
-    /// Carries out what a call asked for.
+    /// Carries out what a call's leg asked for.
     fn pump(&mut self, key: CallKey) {
         let now = Instant::now();
         loop {
             let Some(entry) = self.calls.entries.get_mut(&key) else {
                 return;
             };
-            let Some(out) = entry.call.poll_output() else {
+            let Some(out) = entry.leg.poll_output() else {
                 break;
             };
             match out {
@@ -646,6 +518,9 @@ impl Core {
                     transaction,
                     response,
                 } => {
+                    if response.status == 200 && entry.timings.final_response.is_none() {
+                        entry.timings.final_response = entry.timings.start.map(|s| s.elapsed());
+                    }
                     if let Err(e) = self.layer.respond(now, transaction, response) {
                         tracing::debug!("call {key}: respond: {e}");
                     }
@@ -658,36 +533,38 @@ impl Core {
                     }
                     Err(e) => tracing::debug!("call {key}: cancel: {e}"),
                 },
-                CallOutput::RemoteAnswer(body) => self.accept_answer(key, &body),
+                CallOutput::Media(intent) => self.media_intent(key, intent),
                 CallOutput::Event(ev) => self.call_event(key, ev),
             }
         }
     }
 
-    fn accept_answer(&mut self, key: CallKey, body: &[u8]) {
+    fn media_intent(&mut self, key: CallKey, intent: MediaIntent) {
         let Some(entry) = self.calls.entries.get_mut(&key) else {
             return;
         };
-        let result = sdp::parse(body).and_then(|answer| match &entry.offer_state {
-            Some(state) => sdp::accept_answer(state, &answer),
-            None => Err(sdp::SdpError::Syntax("no offer of ours".into())),
-        });
-        match result {
-            Ok(plan) => {
-                if let Some(m) = &entry.media {
-                    let _ = m.try_send(MediaCmd::Start {
-                        plan: Box::new(plan),
-                        ssrc: entry.ssrc,
-                    });
-                }
-                entry.offer_state = None;
-                entry.ready = None;
+        let command = match intent {
+            MediaIntent::Prepare { security, ice_role } => {
+                self.start_media(key, ice_role, security);
+                return;
             }
-            Err(e) => {
-                let reason = format!("Meta's answer is refused: {}: {e}", e.rule());
-                entry.media_failure = Some(reason.clone());
-                entry.call.hang_up(&reason, 65);
+            MediaIntent::Start { plan, ssrc } => MediaCmd::Start { plan, ssrc },
+            MediaIntent::SendDtmf { keys } => MediaCmd::Dtmf(keys),
+            MediaIntent::Stop => MediaCmd::Stop,
+            // The WhatsApp leg never renegotiates (its policy refuses re-offers), so the relay
+            // has no use for a new plan yet; the PBX bridge's legs will.
+            MediaIntent::Update { .. } => {
+                tracing::warn!(
+                    "call {}: a media update is not supported by the relay",
+                    entry.id
+                );
+                return;
             }
+        };
+        if let Some(m) = &entry.media {
+            // A full queue or a finished task: a Stop is then not needed, its MediaStopped is
+            // on the way; a lost DTMF key is the API caller's to retry.
+            let _ = m.try_send(command);
         }
     }
 
@@ -702,7 +579,7 @@ impl Core {
             CallEvent::Answered => {
                 entry.answered = true;
                 self.events.emit(json!({
-                "event": "call.answered", "call": entry.id, "direction": entry.call.direction().name(),
+                "event": "call.answered", "call": entry.id, "direction": direction_name(entry.leg.direction()),
                 "local_rtp": entry.local_rtp.map(|a| a.to_string()), "sink": entry.sink.to_string(),
                 "ssrc": entry.ssrc, "ms": ms(entry.timings.final_response),
                 }))
@@ -710,15 +587,16 @@ impl Core {
             CallEvent::Confirmed => self
                 .events
                 .emit(json!({"event": "call.confirmed", "call": entry.id})),
+            CallEvent::MediaUpdated(direction) => self.events.emit(json!({
+                "event": "media.updated", "call": entry.id, "direction": direction.attribute(),
+            })),
+            CallEvent::ReofferRefused(status) => self.events.emit(json!({
+                "event": "media.update_refused", "call": entry.id, "status": status,
+            })),
             CallEvent::Ended(ending) => {
                 entry.ended = Some(ending);
-                match &entry.media {
-                    Some(m) => {
-                        if m.try_send(MediaCmd::Stop).is_err() {
-                            // The task is gone already; its MediaStopped is on the way.
-                        }
-                    }
-                    None => self.finish(key),
+                if entry.media.is_none() {
+                    self.finish(key);
                 }
             }
         }
@@ -726,46 +604,47 @@ impl Core {
 
     /// Reports `call.ended` and forgets the call once both its signalling and its media are done.
     fn finish(&mut self, key: CallKey) {
-        let Some(entry) = self.calls.entries.get(&key) else {
+        let Some(entry) = self.calls.entries.remove(&key) else {
             return;
         };
-        if entry.media.is_some() || entry.ended.is_none() {
+        let Some(ending) = entry.ended.clone().filter(|_| entry.media.is_none()) else {
+            self.calls.entries.insert(key, entry);
             return;
-        }
-        let entry = self.calls.entries.remove(&key).expect("present");
+        };
         self.calls.by_sip_call_id.retain(|_, k| *k != key);
         self.calls.by_name.remove(&entry.id);
         self.calls.by_transaction.retain(|_, k| *k != key);
-        let ending = entry.ended.expect("checked");
-        if !entry.answered && entry.call.direction() == Direction::Outbound {
+        let direction = entry.leg.direction();
+        if !entry.answered && direction == CallDirection::Outbound {
             self.unanswered
                 .push(format!("{}: {}", entry.id, ending.reason));
         }
         let t = &entry.timings;
         let sip_ms = match (t.final_response, t.media_ready) {
-            (Some(f), Some(m)) if entry.call.direction() == Direction::Inbound => {
+            (Some(f), Some(m)) if direction == CallDirection::Inbound => {
                 ms(Some(f.saturating_sub(m)))
             }
             _ => serde_json::Value::Null,
         };
-        let stats = entry.stats.map(|s| {
+        let stats = entry.stats.as_ref().map(|s| {
             json!({
                 "packets_out": s.packets_out, "packets_in": s.packets_in, "bytes_out": s.bytes_out,
                 "bytes_in": s.bytes_in, "silence_out": s.silence_out, "dtmf_out": s.dtmf_out,
                 "srtp_rejected": s.srtp_rejected, "lost": s.lost, "jitter_us": s.jitter_us, "rtt_us": s.rtt_us,
             })
         });
+        let inbound = direction == CallDirection::Inbound;
         self.events.emit(json!({
             "event": "call.ended",
             "call": entry.id,
-            "direction": entry.call.direction().name(),
-            "from": if entry.call.direction() == Direction::Inbound { &entry.remote } else { &entry.number },
-            "to": if entry.call.direction() == Direction::Inbound { &entry.number } else { &entry.remote },
+            "direction": direction_name(direction),
+            "from": if inbound { &entry.remote } else { &entry.number },
+            "to": if inbound { &entry.number } else { &entry.remote },
             "by": ending.by.name(),
             "status": ending.status,
             "reason": ending.reason,
             "sip_reason": ending.sip_reason,
-            "media_failure": entry.media_failure,
+            "media_failure": ending.media_failure.as_ref().map(|f| f.to_string()),
             "meta_call_id": entry.meta.call_id,
             "meta_call_duration_secs": ending.meta_duration_secs,
             "timings_ms": {
@@ -880,7 +759,7 @@ impl Core {
                     .calls
                     .entries
                     .get(&key)
-                    .is_none_or(|e| e.call.is_ended())
+                    .is_none_or(|e| e.leg.is_ended())
                 {
                     return;
                 }
@@ -888,13 +767,13 @@ impl Core {
                     Ok(id) => {
                         self.calls.by_transaction.insert(id, key);
                         if let Some(e) = self.calls.entries.get_mut(&key) {
-                            e.call.request_sent(&method, id);
+                            e.leg.request_sent(&method, id);
                         }
                     }
                     Err(err) => {
                         tracing::warn!("call {key}: {method}: {err}");
                         if let Some(e) = self.calls.entries.get_mut(&key) {
-                            e.call.handle_send_failure(&method, &err.to_string());
+                            e.leg.handle_send_failure(&method, &err.to_string());
                         }
                     }
                 }
@@ -919,25 +798,23 @@ impl Core {
                 let _ = reply.send(self.originate(&from, &to, sink));
             }
             Command::Answer { call, sink, reply } => {
-                let r = match self.find(&call) {
+                let found = self.find(&call);
+                let r = match found.and_then(|k| self.calls.entries.get_mut(&k)) {
                     None => Err(format!("no call {call}")),
-                    Some(key) => {
-                        let e = self.calls.entries.get_mut(&key).expect("indexed");
-                        if e.call.direction() != Direction::Inbound || e.call.invite().is_none() {
-                            Err(format!("{call} is not ringing"))
-                        } else if e.wants_answer {
-                            Err(format!("{call} is being answered already"))
-                        } else {
-                            e.wants_answer = true;
-                            if let Some(sink) = sink {
-                                e.sink = sink;
-                            }
-                            let role = e.ice_role;
-                            self.start_media(key, role, Security::Dtls);
-                            Ok(())
+                    Some(e) if !e.leg.is_ringing() => Err(format!("{call} is not ringing")),
+                    Some(e) if e.leg.is_answering() => {
+                        Err(format!("{call} is being answered already"))
+                    }
+                    Some(e) => {
+                        if let Some(sink) = sink {
+                            e.sink = sink;
                         }
+                        e.leg.answer().map_err(|e| e.to_string())
                     }
                 };
+                if let Some(key) = found {
+                    self.pump(key);
+                }
                 let _ = reply.send(r);
             }
             Command::HangUp { call, reply } => {
@@ -945,7 +822,7 @@ impl Core {
                     None => Err(format!("no call {call}")),
                     Some(key) => {
                         if let Some(e) = self.calls.entries.get_mut(&key) {
-                            e.call.hang_up("hung up by the application", 16);
+                            e.leg.hang_up("hung up by the application", 16);
                         }
                         self.pump(key);
                         Ok(())
@@ -954,15 +831,17 @@ impl Core {
                 let _ = reply.send(r);
             }
             Command::Dtmf { call, keys, reply } => {
-                let r = match self.find(&call).and_then(|k| self.calls.entries.get(&k)) {
+                let found = self.find(&call);
+                let r = match found.and_then(|k| self.calls.entries.get_mut(&k)) {
                     None => Err(format!("no call {call}")),
-                    Some(e) => match &e.media {
-                        Some(m) if e.call.is_answered() => m
-                            .try_send(MediaCmd::Dtmf(keys))
-                            .map_err(|_| "DTMF queue full".to_string()),
-                        _ => Err(format!("{call} has no media up")),
-                    },
+                    Some(e) if !e.leg.is_answered() || e.media.is_none() => {
+                        Err(format!("{call} has no media up"))
+                    }
+                    Some(e) => e.leg.send_dtmf(&keys).map_err(|e| e.to_string()),
                 };
+                if let Some(key) = found {
+                    self.pump(key);
+                }
                 let _ = reply.send(r);
             }
             Command::List { reply } => {
@@ -972,7 +851,7 @@ impl Core {
                     .values()
                     .map(|e| {
                         json!({
-                            "call": e.id, "direction": e.call.direction().name(), "state": e.call.state_name(),
+                            "call": e.id, "direction": direction_name(e.leg.direction()), "state": e.leg.state_name(),
                             "number": e.number, "remote": e.remote, "sink": e.sink.to_string(),
                             "local_rtp": e.local_rtp.map(|a| a.to_string()),
                             "age_ms": ms(e.timings.start.map(|s| s.elapsed())),
@@ -984,7 +863,8 @@ impl Core {
         }
     }
 
-    /// A business-initiated call: media first (our offer needs its candidates), then the INVITE.
+    /// A business-initiated call: its leg asks for media first (our offer needs its candidates),
+    /// then sends the INVITE.
     pub(super) fn originate(
         &mut self,
         from: &str,
@@ -1002,37 +882,36 @@ impl Core {
         if to.is_empty() || to.contains(['@', ' ', ';', '<', '>']) {
             return Err(format!("{to:?} is not a WhatsApp user number or BSUID"));
         }
-        let sink = sink
-            .or(number.sink)
-            .ok_or("no sink: pass one or configure --sink")?;
-        let key = self.new_key();
-        let name = format!("c{key}-{}", &watrunk_sip::dialog::new_tag()[..6]);
-        // A placeholder until the offer exists: it never emits anything.
-        let placeholder = Call::outgoing(
+        let setup = self.leg_setup(from, number.srtp);
+        let leg = Leg::outgoing(
             OutboundCall {
                 from_number: from.into(),
                 hostname: self.cfg.hostname.clone(),
                 to_user: to.into(),
                 domain: self.cfg.calls.meta_domain.clone(),
-                offer: Vec::new(),
-                password: None,
+                password: number.password.clone(),
             },
-            self.local_for(from),
+            setup,
+            &mut self.rng,
+        )
+        .map_err(|e| e.to_string())?;
+        let key = self.new_key();
+        let name = format!(
+            "c{key}-{}",
+            &watrunk_sip::dialog::new_tag(&mut self.rng)[..6]
         );
-        let mut placeholder = placeholder;
-        while placeholder.poll_output().is_some() {}
+        self.calls
+            .by_sip_call_id
+            .insert(leg.call_id().to_string(), key);
         self.calls.entries.insert(
             key,
             Box::new(Entry {
-                call: placeholder,
+                leg,
                 id: name.clone(),
                 number: from.into(),
                 remote: to.into(),
-                sink,
+                sink: sink.unwrap_or(number.sink),
                 meta: MetaHeaders::default(),
-                offer: None,
-                offer_state: None,
-                ready: None,
                 media: None,
                 origin: None,
                 timings: Timings {
@@ -1041,11 +920,8 @@ impl Core {
                 },
                 stats: None,
                 ended: None,
-                media_failure: None,
                 local_rtp: None,
                 ssrc: 0,
-                wants_answer: false,
-                ice_role: IceRole::Controlling,
                 answered: false,
             }),
         );
@@ -1053,12 +929,15 @@ impl Core {
         self.events.emit(json!({
             "event": "call.outgoing", "call": name, "direction": "outbound", "from": from, "to": to,
         }));
-        let (role, security) = match number.srtp {
-            Srtp::Dtls => (IceRole::Controlling, Security::Dtls),
-            Srtp::Sdes => (IceRole::None, Security::Sdes),
-        };
-        self.start_media(key, role, security);
+        self.pump(key);
         Ok(name)
+    }
+}
+
+fn direction_name(d: CallDirection) -> &'static str {
+    match d {
+        CallDirection::Inbound => "inbound",
+        CallDirection::Outbound => "outbound",
     }
 }
 
@@ -1073,35 +952,6 @@ fn split_server(s: &str) -> (String, u16) {
         ),
         _ => (s.to_string(), 5061),
     }
-}
-
-fn sdp_refusal_response(e: &sdp::SdpError, host: &str) -> Response {
-    let mut r = Response::new(
-        e.status(),
-        format!(
-            "{} ({})",
-            watrunk_sip::message::reason_phrase(e.status()),
-            e.rule()
-        ),
-    );
-    r.headers.push("Warning", e.warning(host));
-    r.headers.push("Server", SERVER);
-    r
-}
-
-fn sdp_refusal(req: &Request, e: &sdp::SdpError, host: &str, to_tag: &str) -> Response {
-    let mut r = reply(
-        req,
-        e.status(),
-        &format!(
-            "{} ({})",
-            watrunk_sip::message::reason_phrase(e.status()),
-            e.rule()
-        ),
-        to_tag,
-    );
-    r.headers.push("Warning", e.warning(host));
-    r
 }
 
 /// One call's media task: its set-up, then the session's events to the core and the core's
@@ -1139,38 +989,50 @@ async fn run_media(
     let _ = core.send(CallInput::MediaStopped { key }).await;
 }
 
-/// Prepares the call's media, tells the core what to put in the SDP, and starts the session when
-/// the core says so; `None` when the call ended first (the core has been told).
-#[allow(clippy::too_many_arguments)]
-async fn set_up_media(
-    key: CallKey,
+/// What a call's media set-up needs from the core.
+struct MediaSetUp {
     cfg: MediaConfig,
     identity: Identity,
     role: IceRole,
     socket: Arc<MediaSocket>,
     security: Security,
+    /// Seeds the generator of this call's ICE credentials, SSRC and SDES key.
+    seed: u64,
+}
+
+/// Prepares the call's media, tells the core our local description, and starts the session when
+/// the core says so; `None` when the call ended first (the core has been told).
+async fn set_up_media(
+    key: CallKey,
+    set_up: MediaSetUp,
     mut commands: mpsc::Receiver<MediaCmd>,
     core: mpsc::Sender<CallInput>,
 ) -> Option<(MediaSession, mpsc::Receiver<MediaCmd>)> {
+    let MediaSetUp {
+        cfg,
+        identity,
+        role,
+        socket,
+        security,
+        seed,
+    } = set_up;
     let prepared = match Box::pin(Prepared::new(cfg, identity, role, &socket)).await {
         Ok(p) => p,
         Err(e) => {
             let _ = core
                 .send(CallInput::MediaReady {
                     key,
-                    result: Err(e.to_string()),
+                    result: Err(e),
                 })
                 .await;
             let _ = core.send(CallInput::MediaStopped { key }).await;
             return None;
         }
     };
-    let mut local = LocalMedia::generate(Profile::WhatsApp, security)
-        .with_candidates(prepared.candidates().iter().copied())
-        .with_fingerprint(prepared.fingerprint().clone());
-    let (ufrag, pwd) = prepared.ice_credentials();
-    local.ice_ufrag = ufrag.to_string();
-    local.ice_pwd = pwd.to_string();
+    let local = prepared.local_media(
+        &Capabilities::whatsapp(security),
+        &mut StdRng::seed_from_u64(seed),
+    );
     let ready = Ready {
         local,
         app_addr: prepared.app_addr(),

@@ -611,7 +611,7 @@ async fn placed_call(
         link,
     } = placing.place(call, &args.to, args.sink).await?;
     let relay = Relay::with_identity(shared.options.clone(), shared.identity.clone()).await?;
-    let to_tag = new_tag();
+    let to_tag = new_tag(&mut rand::thread_rng());
     let media = MediaFrom {
         relay: &relay,
         app: Some(shared.meta_addr),
@@ -687,7 +687,7 @@ async fn hold(
                     record.secure_at = Some(shared.started.elapsed());
                 }
                 Some(MediaEvent::FirstRtpIn { .. }) => record.first_rtp_ms = Some(ms_since(t0)),
-                Some(MediaEvent::Failed { reason }) => {
+                Some(MediaEvent::Failed(reason)) => {
                     failure = Some(format!("media failed: {reason}"));
                     break;
                 }

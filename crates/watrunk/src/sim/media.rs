@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use watrunk_media::{
     IceRole, Identity, MediaConfig, MediaEvent, MediaSession, MediaSocket, Prepared, Stats,
 };
-use watrunk_sdp::{self as sdp, LocalMedia, MediaPlan, OfferState, Profile, Security};
+use watrunk_sdp::{self as sdp, Capabilities, LocalMedia, MediaPlan, OfferState, Security};
 
 use super::audio::{Recorder, Tone};
 
@@ -89,12 +89,8 @@ impl Relay {
         let prepared = Prepared::new(cfg, self.identity.clone(), role, &self.socket)
             .await
             .map_err(|e| anyhow!("{e}"))?;
-        let mut local = LocalMedia::generate(Profile::WhatsApp, security)
-            .with_candidates(prepared.candidates().iter().copied())
-            .with_fingerprint(prepared.fingerprint().clone());
-        let (ufrag, pwd) = prepared.ice_credentials();
-        local.ice_ufrag = ufrag.to_string();
-        local.ice_pwd = pwd.to_string();
+        let local =
+            prepared.local_media(&Capabilities::whatsapp(security), &mut rand::thread_rng());
         Ok(Leg {
             prepared,
             local,
@@ -108,29 +104,19 @@ impl Relay {
     }
 }
 
-/// Meta's SDP is ICE-lite at session level; ours (the negotiator's) is full ICE.
-fn as_meta(sdp: &str, security: Security) -> String {
-    if security != Security::Dtls {
-        return sdp.to_string();
-    }
-    match sdp.find("\r\nm=") {
-        Some(i) => format!("{}\r\na=ice-lite{}", &sdp[..i], &sdp[i..]),
-        None => sdp.to_string(),
-    }
-}
-
 impl Leg {
     /// A Meta-shaped offer (user-initiated call).
     pub fn offer(&self) -> Result<(String, OfferState)> {
         let state = sdp::offer(&self.local).map_err(|e| anyhow!("our offer: {e}"))?;
-        let text = as_meta(&sdp::print(state.sdp()), self.local.security);
+        // Meta's SDP is ICE-lite at session level (`local_media` marks it so for `IceRole::Lite`).
+        let text = sdp::print(state.sdp());
         Ok((text, state))
     }
 
     /// A Meta-shaped answer to the business's offer (business-initiated call).
     pub fn answer(&self, offer: &sdp::Session) -> Result<(String, MediaPlan), sdp::SdpError> {
         let (answer, plan) = sdp::answer(offer, &self.local)?;
-        Ok((as_meta(&sdp::print(&answer), self.local.security), plan))
+        Ok((sdp::print(&answer), plan))
     }
 
     /// The SSRC Meta's relay sends with: another one than its SDP announced, unless told to keep it.
@@ -273,9 +259,10 @@ impl Report {
             MediaEvent::FirstRtpIn { elapsed } => self.first_rtp_in_ms = Some(ms(*elapsed)),
             MediaEvent::FirstRtpOut { elapsed } => self.first_rtp_out_ms = Some(ms(*elapsed)),
             MediaEvent::Stats(s) => self.stats = (**s).clone(),
-            MediaEvent::Failed { reason } => {
+            MediaEvent::Failed(e) => {
+                let reason = e.to_string();
                 self.failure = Some(reason.clone());
-                let _ = notes.try_send(Note::Failed(reason.clone()));
+                let _ = notes.try_send(Note::Failed(reason));
             }
         }
     }

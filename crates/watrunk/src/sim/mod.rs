@@ -214,7 +214,7 @@ fn new_via(link: &Link) -> String {
     format!(
         "SIP/2.0/TLS {};rport;branch={};alias",
         link.hostport(),
-        watrunk_sip::new_branch()
+        watrunk_sip::new_branch(&mut rand::thread_rng())
     )
 }
 

@@ -104,7 +104,7 @@ pub async fn place(
     offer: String,
 ) -> Result<Placed> {
     let host = &target.host;
-    let call_id = format!("outgoing:wacid.{}", new_tag());
+    let call_id = format!("outgoing:wacid.{}", new_tag(&mut rand::thread_rng()));
     let ruri = format!("sip:{}@{host};transport=tls", caller.to);
     let mut invite = Request::new(
         Method::INVITE,
@@ -123,7 +123,7 @@ pub async fn place(
             "\"{}\" <sip:{}@{META_DOMAIN}>;tag={}",
             caller.from.trim_start_matches('+'),
             caller.from,
-            new_tag()
+            new_tag(&mut rand::thread_rng())
         ),
     );
     h.push("To", format!("<sip:{}@{host}>", caller.to));
@@ -206,14 +206,21 @@ pub async fn place(
         let challenge = digest::choose_challenge(&challenges)
             .ok_or_else(|| anyhow!("{} without a challenge we can answer", resp.status))?;
         let creds = Credentials::new(caller.to.trim_start_matches('+'), password.to_string());
-        let auth =
-            digest::answer_with_random_cnonce(challenge, &creds, "INVITE", &ruri, &invite.body, 1);
+        let auth = digest::answer_with_random_cnonce(
+            challenge,
+            &creds,
+            "INVITE",
+            &ruri,
+            &invite.body,
+            1,
+            &mut rand::thread_rng(),
+        );
         let name = if resp.status == 407 {
             "Proxy-Authorization"
         } else {
             "Authorization"
         };
-        invite = retry_with_auth(&invite, name, &auth.to_string());
+        invite = retry_with_auth(&invite, name, &auth.to_string(), &mut rand::thread_rng());
         digest_used = Some(challenge.algorithm.to_string());
         link.request(&invite).await;
     };

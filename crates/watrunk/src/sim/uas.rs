@@ -107,7 +107,7 @@ impl Gate {
             password,
             security,
             verifier: std::sync::Mutex::new(
-                Verifier::new(NonceIssuer::with_random_key(300), META_DOMAIN)
+                Verifier::new(NonceIssuer::new(rand::random(), 300), META_DOMAIN)
                     .with_algorithms(&[Algorithm::Sha256, Algorithm::Md5]),
             ),
         }
@@ -158,7 +158,7 @@ async fn connection<S>(
 }
 
 fn reply(req: &Request, status: u16, reason: &str) -> Response {
-    let mut r = Response::to_request(req, status, reason, Some(&new_tag()));
+    let mut r = Response::to_request(req, status, reason, Some(&new_tag(&mut rand::thread_rng())));
     r.headers.push("Server", USER_AGENT);
     r
 }
@@ -183,7 +183,7 @@ pub(super) fn users(req: &Request) -> (String, String) {
 async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, shared: Arc<Shared>) {
     let started = Instant::now();
     let call_id = first.call_id().unwrap_or_default().to_string();
-    let to_tag = new_tag();
+    let to_tag = new_tag(&mut rand::thread_rng());
     let (from_user, to_user) = users(&first);
     let mut report = json!({
         "event": "sim.call",
@@ -458,7 +458,7 @@ pub(super) async fn admit(
     }
     let offer = sdp::parse(&invite.body)
         .map_err(|e| Refusal::new(&invite, 488, "Not Acceptable Here", e.to_string()))?;
-    if gate.security == Security::Dtls && sdp::remote_ice_mode(&offer).is_none() {
+    if gate.security == Security::Dtls && sdp::IceRole::answering(&offer) == sdp::IceRole::None {
         return Err(Refusal::new(
             &invite,
             488,
