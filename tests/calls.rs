@@ -258,6 +258,7 @@ fn assert_idle(ended: &serde_json::Value) {
 fn metas_sample_invites_get_a_407_then_a_200_whose_answer_passes_sdp_check() {
     let dir = TempDir::new("calls-samples");
     let (mut server, _sink) = serve(dir.path(), &["--challenge", "--digest-algorithm", "both"]);
+    let mut seen: Vec<String> = Vec::new();
     for name in [
         "meta-invite-user-initiated-01.sip",
         "meta-invite-user-initiated-digest-01.sip",
@@ -294,9 +295,43 @@ fn metas_sample_invites_get_a_407_then_a_200_whose_answer_passes_sdp_check() {
             .push("CSeq", format!("{} ACK", retry.cseq().unwrap().seq));
         ack.headers.push("Max-Forwards", "70");
         send(&mut tls, &ack.to_bytes());
-        let call_id = retry.call_id().unwrap().to_string();
-        let answered = server.wait_event("call.answered", |_| true, Duration::from_secs(5));
-        let call = answered["call"].as_str().unwrap().to_string();
+        // This sample's call, found by Meta's call id (x-wa-meta-wacid, else the Call-ID).
+        let meta_call_id = retry
+            .headers
+            .get("x-wa-meta-wacid")
+            .or(retry.call_id())
+            .unwrap()
+            .to_string();
+        // Two samples are one call's two INVITEs (same Call-ID): the newest such call is this one.
+        let incoming = server.wait_event(
+            "call.incoming",
+            |e| {
+                e["meta_call_id"] == meta_call_id.as_str()
+                    && !seen.iter().any(|c| e["call"] == c.as_str())
+            },
+            Duration::from_secs(5),
+        );
+        let call = incoming["call"].as_str().unwrap().to_string();
+        seen.push(call.clone());
+        let answered = server.wait_event(
+            "call.answered",
+            |e| e["call"] == call,
+            Duration::from_secs(5),
+        );
+        assert_eq!(answered["direction"], "inbound", "{name}: {answered}");
+        // The answer takes the offer's key exchange (WHATSAPP-SIP §6.6).
+        let answer = String::from_utf8_lossy(&ok.body).to_string();
+        if name.contains("sdes") {
+            assert!(
+                answer.contains("RTP/SAVP") && answer.contains("a=crypto:"),
+                "{name}: {answer}"
+            );
+        } else {
+            assert!(
+                answer.contains("UDP/TLS/RTP/SAVPF") && answer.contains("a=setup:active"),
+                "{name}: {answer}"
+            );
+        }
         send(
             &mut tls,
             &bye_for(&retry, &ok, retry.cseq().unwrap().seq + 1),
@@ -311,7 +346,6 @@ fn metas_sample_invites_get_a_407_then_a_200_whose_answer_passes_sdp_check() {
             "{ended}"
         );
         assert_idle(&ended);
-        let _ = call_id;
     }
     server.assert_alive();
 }

@@ -38,8 +38,10 @@ fn near(v: &serde_json::Value, hz: f64) -> bool {
     v.as_f64().is_some_and(|f| (f - hz).abs() <= hz * 0.03)
 }
 
-/// The sink's report of the call's stream (the agent heard the user's 440 Hz).
-fn assert_agent_heard_the_user(sink: &Background) {
+/// The sink's report of the call's stream (the agent heard the user's 440 Hz), and the one SSRC
+/// it arrived with: the one the sim says it sent, which is not the one its SDP announced (Meta's
+/// relay overwrites SSRCs), so watrunk relays what is on the wire and does not trust the SDP.
+fn assert_agent_heard_the_user(sink: &Background, call: &serde_json::Value) {
     // A stream is reported once its port has been quiet for a second.
     for _ in 0..50 {
         if sink.log().contains("sink.stream") {
@@ -51,6 +53,16 @@ fn assert_agent_heard_the_user(sink: &Background) {
     let stream = find(&streams, "sink.stream", &sink.log());
     assert!(near(&stream["heard_hz"], 440.0), "{stream}");
     assert!(stream["packets"].as_u64().unwrap() > 100, "{stream}");
+    let media = &call["media"];
+    assert_eq!(
+        stream["ssrcs"],
+        serde_json::json!([media["sent_ssrc"]]),
+        "{stream}\n{call}"
+    );
+    assert_ne!(
+        stream["ssrcs"][0], media["announced_ssrc"],
+        "{stream}\n{call}"
+    );
 }
 
 /// The sim's report: answered, our tone (880 Hz from the agent) heard, the business first, idle.
@@ -184,7 +196,7 @@ fn user_calls_business(srtp: &str) {
         "{ended}"
     );
     assert_server_idle(&ended);
-    assert_agent_heard_the_user(&sink);
+    assert_agent_heard_the_user(&sink, call);
 }
 
 #[test]
@@ -303,7 +315,7 @@ fn business_calls_user(srtp: &str) {
     let ended = find(&events, "call.ended", &logs);
     assert_eq!(ended["meta_call_duration_secs"], 4, "{ended}");
     assert_server_idle(ended);
-    assert_agent_heard_the_user(&sink);
+    assert_agent_heard_the_user(&sink, call);
 }
 
 #[test]
@@ -373,7 +385,16 @@ fn sim_refuses_what_meta_refuses_from_host_wrong_password_offer_without_ice_regi
             .arg(&sim.cert),
         Duration::from_secs(20),
     );
-    assert!(out.contains("403"), "{out}");
+    // The probe prints the final response as its own line; Meta's answer to REGISTER is 403.
+    let finals: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.len() > 4
+                && l.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+                && l.as_bytes()[3] == b' '
+        })
+        .collect();
+    assert_eq!(finals, ["403 Forbidden"], "{out}");
 }
 
 #[test]

@@ -1511,13 +1511,8 @@ impl Ctx {
         if !matches!(up.reneg, Reneg::Idle | Reneg::Retry { .. }) {
             return (up, Response::to_request(req, 491, "Request Pending", None));
         }
-        if matches!(up.reneg, Reneg::Retry { .. }) {
-            // Their offer wins over our retry: ours would be answered against stale media.
-            if let Reneg::Retry { previous, .. } = up.reneg {
-                up.local.direction = previous;
-            }
-            up.reneg = Reneg::Idle;
-        }
+        // While our re-offer waits for its retry, theirs is answered with what we want already
+        // (`local.direction`); ours still goes at its time.
         let mut ok = Response::to_request(req, 200, "OK", None);
         ok.headers.push("Contact", self.setup.local.contact.clone());
         ok.headers.push("Allow", self.setup.policy.allow());

@@ -187,12 +187,33 @@ mod tests {
             .unwrap();
         let mut buf = [0u8; 1500];
         for n in 0..1000 {
-            peer.send_to(&check("sim:watrunk", PWD, n == 0), socket.local_addr())
-                .await
-                .unwrap();
+            let sent = check("sim:watrunk", PWD, n == 0);
+            peer.send_to(&sent, socket.local_addr()).await.unwrap();
             let got =
                 tokio::time::timeout(std::time::Duration::from_secs(1), peer.recv(&mut buf)).await;
-            assert!(got.is_ok(), "check {n} was not answered");
+            let len = match got {
+                Ok(Ok(len)) => len,
+                other => panic!("check {n} was not answered: {other:?}"),
+            };
+            assert_answers(&sent, &buf[..len], peer.local_addr().unwrap(), n);
         }
+    }
+
+    /// `answer` is a success response to `check` (same transaction), signed with the password,
+    /// with the address the check came from.
+    fn assert_answers(check: &[u8], answer: &[u8], from: SocketAddr, n: usize) {
+        let mut request = Message::new();
+        request.unmarshal_binary(check).unwrap();
+        let mut m = Message::new();
+        m.unmarshal_binary(answer)
+            .unwrap_or_else(|e| panic!("answer {n} is not STUN: {e}"));
+        assert_eq!(m.typ, BINDING_SUCCESS, "answer {n}");
+        assert_eq!(m.transaction_id, request.transaction_id, "answer {n}");
+        MessageIntegrity::new_short_term_integrity(PWD.into())
+            .check(&mut m.clone())
+            .unwrap_or_else(|e| panic!("answer {n} is not signed with the password: {e}"));
+        let mut mapped = XorMappedAddress::default();
+        mapped.get_from(&m).unwrap();
+        assert_eq!((mapped.ip, mapped.port), (from.ip(), from.port()), "answer {n}");
     }
 }

@@ -86,6 +86,8 @@ pub struct Recorder {
     pub packets: u64,
     /// Packets of another payload type (telephone-event) or that did not decode.
     pub other: u64,
+    /// The SSRCs the stream arrived with, in order of appearance (at most 8 kept).
+    pub ssrcs: Vec<u32>,
 }
 
 impl Recorder {
@@ -97,6 +99,7 @@ impl Recorder {
             samples: Vec::new(),
             packets: 0,
             other: 0,
+            ssrcs: Vec::new(),
         })
     }
 
@@ -105,6 +108,10 @@ impl Recorder {
             self.other += 1;
             return;
         };
+        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+        if !self.ssrcs.contains(&ssrc) && self.ssrcs.len() < 8 {
+            self.ssrcs.push(ssrc);
+        }
         if pt != self.payload_type {
             self.other += 1;
             return;

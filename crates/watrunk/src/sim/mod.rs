@@ -303,6 +303,7 @@ fn report_stream(from: SocketAddr, s: &Stream) {
         "from": from.to_string(),
         "packets": s.recorder.packets,
         "other_packets": s.recorder.other,
+        "ssrcs": s.recorder.ssrcs,
         "secs": (s.last.duration_since(s.first).as_secs_f64() * 10.0).round() / 10.0,
         "heard_hz": heard.map(|h| (h.0 * 10.0).round() / 10.0),
         "heard_rms": heard.map(|h| (h.1 * 1000.0).round() / 1000.0),
