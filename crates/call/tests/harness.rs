@@ -635,8 +635,7 @@ fn the_business_calls_a_user_answers_metas_sha256_challenge_and_acks_through_the
         .far()
         .received
         .iter()
-        .filter(|r| r.method == Method::ACK)
-        .last()
+        .rfind(|r| r.method == Method::ACK)
         .cloned()
         .expect("the 2xx's ACK");
     let routes: Vec<&str> = ack.headers.get_all("Route").collect();
@@ -814,8 +813,7 @@ fn pbx_calls_us(ours_whatsapp: bool) -> Pair {
 fn last_response_to(end: &End, method: Method) -> Response {
     end.sent_responses
         .iter()
-        .filter(|r| r.cseq().is_some_and(|c| c.method == method))
-        .last()
+        .rfind(|r| r.cseq().is_some_and(|c| c.method == method))
         .cloned()
         .unwrap_or_else(|| panic!("no response to {method}"))
 }

@@ -214,6 +214,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("answer {n} is not signed with the password: {e}"));
         let mut mapped = XorMappedAddress::default();
         mapped.get_from(&m).unwrap();
-        assert_eq!((mapped.ip, mapped.port), (from.ip(), from.port()), "answer {n}");
+        assert_eq!(
+            (mapped.ip, mapped.port),
+            (from.ip(), from.port()),
+            "answer {n}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! are never tied to a connection: a request toward a peer reuses a live connection to its address
 //! or opens a new one.
 
+mod admission;
 mod calls;
 
 pub use calls::{CallInput, Command};
@@ -20,9 +21,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use watrunk_sip::digest::{self, Algorithm, Authorization, NonceIssuer, Verifier};
 use watrunk_sip::framing::FramingError;
-use watrunk_sip::message::reason_phrase;
 use watrunk_sip::routing::stamp_received;
 use watrunk_sip::transaction::{
     Event, Output, Peer, TimeoutReason, TimerConfig, TransactionId, TransactionLayer, Transport,
@@ -30,10 +29,11 @@ use watrunk_sip::transaction::{
 use watrunk_sip::validate::{check_request, UasPolicy};
 use watrunk_sip::{Message, Method, ParseError, Request, Response};
 
-use crate::config::{DigestOffer, ServeConfig};
+use crate::config::ServeConfig;
 use crate::events::Events;
 use crate::tls::{self, CertOrigin};
 use crate::transport::{self, ConnCommand, ConnId, Inbound, Limits, Shared};
+use admission::{Admission, Verdict};
 
 pub const SERVER: &str = concat!("watrunk/", env!("CARGO_PKG_VERSION"));
 
@@ -170,7 +170,7 @@ pub struct Core {
     policy: UasPolicy,
     udp: Vec<Arc<UdpSocket>>,
     conns: HashMap<ConnId, Conn>,
-    verifier: Verifier,
+    admission: Admission,
     started: Instant,
     shared: Shared,
     tls_client: tokio_rustls::TlsConnector,
@@ -220,7 +220,13 @@ impl Core {
             policy: UasPolicy::default(),
             udp,
             conns: HashMap::new(),
-            verifier: Verifier::new(NonceIssuer::new(key, 300), cfg.digest.realm.clone()),
+            admission: Admission::new(
+                key,
+                cfg.digest.clone(),
+                cfg.calls.numbers.clone(),
+                cfg.auth.clone(),
+                SERVER,
+            ),
             started: Instant::now(),
             shared,
             tls_client,
@@ -493,112 +499,13 @@ impl Core {
             return Some(r);
         }
         if req.method == Method::INVITE {
-            if self.cfg.calls.numbers.is_empty() {
-                if let Some(auth) = self.cfg.auth.clone() {
-                    if let Some(challenge) =
-                        self.authenticate(req, &to_tag, &auth.password, auth.username.as_deref())
-                    {
-                        return Some(challenge);
-                    }
-                }
-                let mut r = reply(
-                    req,
-                    503,
-                    "Service Unavailable (no business number configured: --number)",
-                    &to_tag,
-                );
-                r.headers.push("Retry-After", "300");
-                return Some(r);
-            }
-            let called = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
-            let Some(number) = self.cfg.calls.numbers.get(called).cloned() else {
-                return Some(reply(
-                    req,
-                    404,
-                    &format!("Not Found (no business number {called:?} here)"),
-                    &to_tag,
-                ));
+            let now_secs = self.started.elapsed().as_secs() + 1;
+            return match self.admission.admit(req, &to_tag, now_secs) {
+                Verdict::Admit(number) => self.incoming_invite(id, req, from, &number, &to_tag),
+                Verdict::Refuse(r) => Some(r),
             };
-            if number.challenge {
-                let password = number.password.clone().unwrap_or_default();
-                // Meta's digest username is the number without '+' (WHATSAPP-SIP §3.6).
-                let username = self
-                    .cfg
-                    .digest
-                    .username
-                    .clone()
-                    .unwrap_or_else(|| number.number.trim_start_matches('+').to_string());
-                if let Some(challenge) = self.authenticate(req, &to_tag, &password, Some(&username))
-                {
-                    return Some(challenge);
-                }
-            }
-            return self.incoming_invite(id, req, from, &number, &to_tag);
         }
         Some(reply(req, 501, "Not Implemented", &to_tag))
-    }
-
-    /// Digest check of an INVITE: None when the request may proceed.
-    fn authenticate(
-        &mut self,
-        req: &Request,
-        to_tag: &str,
-        password: &str,
-        username: Option<&str>,
-    ) -> Option<Response> {
-        let digest = &self.cfg.digest;
-        let (challenge_header, creds_header) = match digest.status {
-            401 => ("WWW-Authenticate", "Authorization"),
-            _ => ("Proxy-Authenticate", "Proxy-Authorization"),
-        };
-        let now_secs = self.started.elapsed().as_secs() + 1;
-        let credentials = req
-            .headers
-            .get_all(creds_header)
-            .filter_map(|v| Authorization::parse(v).ok())
-            .find(|a| a.realm == digest.realm);
-        let stale = match credentials {
-            None => false,
-            Some(a) => {
-                if let Some(user) = username {
-                    if a.username != user {
-                        return Some(reply(
-                            req,
-                            403,
-                            &format!("Forbidden (unknown user {:?})", a.username),
-                            to_tag,
-                        ));
-                    }
-                }
-                let uri = req.uri.to_string();
-                match self.verifier.verify(
-                    &a,
-                    req.method.to_string().as_str(),
-                    &uri,
-                    password,
-                    &req.body,
-                    now_secs,
-                ) {
-                    Ok(()) => return None,
-                    Err(digest::AuthFailure::Stale) => true,
-                    Err(e) => return Some(reply(req, 403, &format!("Forbidden ({e})"), to_tag)),
-                }
-            }
-        };
-        let mut r = reply(req, digest.status, reason_phrase(digest.status), to_tag);
-        let algorithms: &[Algorithm] = match digest.offer {
-            DigestOffer::Md5 => &[Algorithm::Md5],
-            DigestOffer::Sha256 => &[Algorithm::Sha256],
-            DigestOffer::Both => &[Algorithm::Sha256, Algorithm::Md5],
-        };
-        for alg in algorithms {
-            let c = self
-                .verifier
-                .issuer()
-                .challenge(&digest.realm, *alg, now_secs, stale);
-            r.headers.push(challenge_header, c.to_string());
-        }
-        Some(r)
     }
 
     fn send_bytes(&mut self, to: &Peer, bytes: Vec<u8>) {
