@@ -73,6 +73,7 @@ fn assert_sim_heard_the_agent(call: &serde_json::Value, srtp_profile_prefix: &st
     assert!(media["heard_rms"].as_f64().unwrap() > 0.05, "{call}");
     assert_eq!(media["business_sent_first"], true, "{call}");
     assert_eq!(media["srtp_rejected"], 0, "{call}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
     assert_ne!(media["announced_ssrc"], media["sent_ssrc"], "{call}");
     assert!(
         media["srtp_profile"]

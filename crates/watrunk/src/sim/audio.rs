@@ -88,6 +88,45 @@ pub struct Recorder {
     pub other: u64,
     /// The SSRCs the stream arrived with, in order of appearance (at most 8 kept).
     pub ssrcs: Vec<u32>,
+    /// Packets whose sequence number arrived before (among the last 1,024).
+    pub repeated_seqs: u64,
+    sequence: SeenSequence,
+}
+
+/// The last 1,024 extended sequence numbers of a stream, to find repeats.
+#[derive(Default)]
+struct SeenSequence {
+    last: Option<u16>,
+    cycles: u64,
+    order: std::collections::VecDeque<u64>,
+    seen: std::collections::HashSet<u64>,
+}
+
+impl SeenSequence {
+    const WINDOW: usize = 1024;
+
+    /// Records `seq`; true when it was seen already.
+    fn repeated(&mut self, seq: u16) -> bool {
+        if let Some(last) = self.last {
+            if seq < last && last - seq > 0x8000 {
+                self.cycles += 1;
+            }
+        }
+        let extended = (self.cycles << 16) | u64::from(seq);
+        if self.last.is_none_or(|l| seq > l || l - seq > 0x8000) {
+            self.last = Some(seq);
+        }
+        if !self.seen.insert(extended) {
+            return true;
+        }
+        self.order.push_back(extended);
+        if self.order.len() > Self::WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
 }
 
 impl Recorder {
@@ -100,6 +139,8 @@ impl Recorder {
             packets: 0,
             other: 0,
             ssrcs: Vec::new(),
+            repeated_seqs: 0,
+            sequence: SeenSequence::default(),
         })
     }
 
@@ -111,6 +152,12 @@ impl Recorder {
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         if !self.ssrcs.contains(&ssrc) && self.ssrcs.len() < 8 {
             self.ssrcs.push(ssrc);
+        }
+        if self
+            .sequence
+            .repeated(u16::from_be_bytes([packet[2], packet[3]]))
+        {
+            self.repeated_seqs += 1;
         }
         if pt != self.payload_type {
             self.other += 1;

@@ -143,6 +143,7 @@ impl Leg {
             .ear
             .ok_or_else(|| anyhow!("this leg's plain side belongs to someone else"))?;
         let app = self.prepared.app_addr();
+        let business_announced = plan.remote_ssrc;
         let session = self.prepared.start(plan.clone(), ssrc);
         let tone = Tone::new(options.tone_hz, plan.audio_pt, rand::random())?;
         let recorder = Recorder::new(plan.audio_pt)?;
@@ -153,6 +154,7 @@ impl Leg {
             let mut report = Report {
                 announced_ssrc: announced,
                 sent_ssrc: ssrc,
+                business_ssrc: business_announced,
                 ..Report::default()
             };
             let started = Instant::now();
@@ -196,6 +198,8 @@ impl Leg {
             }
             report.heard = recorder.analyse(1.0);
             report.heard_packets = recorder.packets;
+            report.business_ssrcs = recorder.ssrcs.clone();
+            report.repeated_seqs = recorder.repeated_seqs;
             report
         });
         Ok(Running {
@@ -232,6 +236,10 @@ impl Running {
 pub struct Report {
     pub announced_ssrc: u32,
     pub sent_ssrc: u32,
+    /// The business's SDP's SSRC, and the ones its RTP came with.
+    pub business_ssrc: Option<u32>,
+    pub business_ssrcs: Vec<u32>,
+    pub repeated_seqs: u64,
     pub ice_ms: Option<f64>,
     pub secure_ms: Option<f64>,
     pub profile: Option<&'static str>,
@@ -268,6 +276,17 @@ impl Report {
     }
 
     /// The business spoke first: its first packet reached us before we sent any.
+    /// What the judge checks of the business's media.
+    pub fn seen(&self) -> super::judge::MediaSeen {
+        super::judge::MediaSeen {
+            business_first: self.first_rtp_in_ms.map(|_| self.business_first()),
+            announced: self.business_ssrc,
+            ssrcs: self.business_ssrcs.clone(),
+            repeated_seqs: self.repeated_seqs,
+            srtp_rejected: self.stats.srtp_rejected,
+        }
+    }
+
     pub fn business_first(&self) -> bool {
         match (self.first_rtp_in_ms, self.first_rtp_out_ms) {
             (Some(i), Some(o)) => i <= o,
@@ -286,6 +305,9 @@ impl Report {
             "business_sent_first": self.business_first(),
             "announced_ssrc": self.announced_ssrc,
             "sent_ssrc": self.sent_ssrc,
+            "business_announced_ssrc": self.business_ssrc,
+            "business_ssrcs": self.business_ssrcs,
+            "repeated_seqs": self.repeated_seqs,
             "packets_in": self.stats.packets_in,
             "packets_out": self.stats.packets_out,
             "srtp_rejected": self.stats.srtp_rejected,

@@ -5,6 +5,7 @@
 //! and what was heard.
 
 mod audio;
+pub mod judge;
 mod link;
 mod load;
 mod media;
@@ -192,7 +193,7 @@ pub struct SinkArgs {
 /// Runs a sim command; `Ok(false)` when a placed call failed its checks.
 pub async fn run(command: SimCommand) -> Result<bool> {
     match command {
-        SimCommand::Serve(args) => uas::run(args).await.map(|()| true),
+        SimCommand::Serve(args) => uas::run(args).await,
         SimCommand::Call(args) => uac::run(args).await,
         SimCommand::Sink(args) => sink(args).await.map(|()| true),
         SimCommand::Load(args) => load::run(*args).await,

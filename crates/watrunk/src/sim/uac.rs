@@ -22,6 +22,7 @@ use watrunk_sdp::{self as sdp, MediaPlan, OfferState};
 use watrunk_sip::digest::{self, Challenge, Credentials};
 use watrunk_sip::{new_tag, retry_with_auth, Dialog, Message, Method, Request, Response, Uri};
 
+use super::judge::{self, Verdict};
 use super::link::Link;
 use super::media::Relay;
 use super::uas::wait_final;
@@ -333,10 +334,15 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
         return Ok(false);
     }
     report["answered_ms"] = (started.elapsed().as_secs_f64() * 1000.0).round().into();
+    // The business's 200 as Meta would judge it (WHATSAPP-SIP §4.3, §6).
+    let mut verdict = Verdict::default();
+    verdict.add(judge::record_route(&placed.invite, ok));
+    verdict.extend(judge::sdp_profile(&ok.body, sdp::Kind::Answer));
     let (mut dialog, plan) = match confirm(&link, &placed, &offer_state).await? {
         Ok(confirmed) => confirmed,
         Err(reason) => {
             report["reason"] = reason.into();
+            report["violations"] = verdict.json();
             emit(report);
             return Ok(false);
         }
@@ -381,10 +387,12 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
         (Some(_), None) => false,
         (None, _) => audio.heard_packets > 0,
     };
+    verdict.extend(judge::media(&audio.seen()));
     report["media"] = audio.json();
-    report["ok"] = heard_ok.into();
+    report["violations"] = verdict.json();
+    report["ok"] = (heard_ok && verdict.is_clean()).into();
     emit(report);
-    Ok(heard_ok)
+    Ok(heard_ok && verdict.is_clean())
 }
 
 fn split_target(target: &str) -> (String, u16) {

@@ -19,11 +19,13 @@ use watrunk_sdp::{self as sdp, MediaPlan, Security};
 use watrunk_sip::digest::{Algorithm, Authorization, NonceIssuer, Verifier};
 use watrunk_sip::{new_tag, Dialog, Message, Method, Request, Response};
 
+use super::judge::{self, Verdict, Violation};
 use super::link::{is_new_invite, ByCallId, Link};
 use super::media::{Leg, MediaOptions, Note, Relay};
 use super::{emit, meta_reason, new_via, SimServeArgs, META_DOMAIN, USER_AGENT};
 
-pub async fn run(args: SimServeArgs) -> Result<()> {
+/// Exit status: every call the business placed kept the rules the judge checks.
+pub async fn run(args: SimServeArgs) -> Result<bool> {
     let options = args.media.options();
     let relay = Arc::new(Relay::new(options.clone()).await?);
     let (tls, origin) = crate::tls::server_config(&crate::tls::CertSource {
@@ -56,8 +58,9 @@ pub async fn run(args: SimServeArgs) -> Result<()> {
         relay,
     });
     let acceptor = TlsAcceptor::from(tls);
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(16);
+    let (done_tx, mut done_rx) = mpsc::channel::<bool>(16);
     let mut finished = 0u32;
+    let mut all_clean = true;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -74,10 +77,11 @@ pub async fn run(args: SimServeArgs) -> Result<()> {
                     }
                 });
             }
-            Some(()) = done_rx.recv() => {
+            Some(clean) = done_rx.recv() => {
                 finished += 1;
+                all_clean &= clean;
                 if args.calls > 0 && finished >= args.calls {
-                    return Ok(());
+                    return Ok(all_clean);
                 }
             }
         }
@@ -119,7 +123,7 @@ async fn connection<S>(
     local: SocketAddr,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    done: mpsc::Sender<()>,
+    done: mpsc::Sender<bool>,
     trace: bool,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
@@ -135,8 +139,8 @@ async fn connection<S>(
                 let rx = calls.add(call_id);
                 let (link, shared, done) = (link.clone(), shared.clone(), done.clone());
                 tokio::spawn(async move {
-                    call(req, rx, link, shared).await;
-                    let _ = done.send(()).await;
+                    let clean = call(req, rx, link, shared).await;
+                    let _ = done.send(clean).await;
                 });
             }
             Method::REGISTER => {
@@ -179,8 +183,14 @@ pub(super) fn users(req: &Request) -> (String, String) {
     (user(req.from()), user(req.to()))
 }
 
-/// One business-initiated call, from its first INVITE to its end.
-async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, shared: Arc<Shared>) {
+/// One business-initiated call, from its first INVITE to its end; false when the business broke a
+/// rule the judge checks (or the call was refused).
+async fn call(
+    first: Request,
+    mut rx: mpsc::Receiver<Message>,
+    link: Link,
+    shared: Arc<Shared>,
+) -> bool {
     let started = Instant::now();
     let call_id = first.call_id().unwrap_or_default().to_string();
     let to_tag = new_tag(&mut rand::thread_rng());
@@ -204,9 +214,13 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
         &to_tag,
     )
     .await;
+    let mut verdict = Verdict::default();
     let admitted = match admitted {
         Ok(a) => match a.leg.start(a.plan, &shared.options) {
-            Ok(media) => Ok((a.ok, a.dialog, media, a.algorithm)),
+            Ok(media) => {
+                verdict.extend(a.violations);
+                Ok((a.ok, a.dialog, media, a.algorithm))
+            }
             Err(e) => Err(Refusal::new(
                 &a.invite,
                 500,
@@ -225,8 +239,10 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
             }
             report["status"] = refusal.status.into();
             report["reason"] = refusal.why.into();
+            verdict.extend(refusal.violations);
+            report["violations"] = verdict.json();
             emit(report);
-            return;
+            return false;
         }
     };
     report["digest"] = algorithm.to_string().into();
@@ -246,8 +262,12 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
             m = rx.recv() => match m {
                 None => break ("connection", "the business's TLS connection closed".to_string()),
                 Some(Message::Request(req)) => match req.method {
-                    Method::ACK => acked = true,
+                    Method::ACK => {
+                        acked = true;
+                        verdict.add(judge::route_set(&req, &ok));
+                    }
                     Method::BYE => {
+                        verdict.add(judge::route_set(&req, &ok));
                         link.respond(&reply_in_dialog(&req, 200, "OK", &to_tag)).await;
                         let why = req.headers.get("Reason").unwrap_or("BYE").to_string();
                         break ("business", why);
@@ -291,10 +311,13 @@ async fn call(first: Request, mut rx: mpsc::Receiver<Message>, link: Link, share
     report["ended_by"] = by.into();
     report["reason"] = reason.into();
     report["duration_secs"] = duration.into();
+    verdict.extend(judge::media(&audio.seen()));
     report["media"] = audio.json();
     let (routes, conns) = shared.relay.usage();
     report["relay"] = json!({"media_routes": routes, "media_conns": conns});
+    report["violations"] = verdict.json();
     emit(report);
+    verdict.is_clean()
 }
 
 /// A refusal as Meta words it: the reason in a `Warning: 399 wa.meta.vc "..."`.
@@ -320,6 +343,8 @@ pub(super) struct Refusal {
     pub status: u16,
     pub phrase: String,
     pub why: String,
+    /// The rules the business broke that made Meta refuse.
+    pub violations: Vec<Violation>,
 }
 
 impl Refusal {
@@ -329,6 +354,7 @@ impl Refusal {
             status,
             phrase: phrase.to_string(),
             why: why.into(),
+            violations: Vec::new(),
         }
     }
 }
@@ -341,6 +367,8 @@ pub(super) struct Admitted {
     pub leg: Leg,
     pub plan: MediaPlan,
     pub algorithm: Algorithm,
+    /// Rules the business broke without Meta refusing the call (digest choice, offer profile).
+    pub violations: Vec<Violation>,
 }
 
 /// Where an admitted call's media leg comes from: `app` is its plain side when that belongs to
@@ -376,17 +404,30 @@ pub(super) async fn admit(
     // Digest: a 407 with SHA-256 then MD5, one retry.
     let mut invite = first;
     let mut challenged = false;
+    let mut violations = Vec::new();
     let algorithm = loop {
         if let Some(value) = invite.headers.get("Proxy-Authorization") {
+            let judged = Authorization::parse(value)
+                .map(|auth| judge::digest(&auth, &invite, &from_user))
+                .unwrap_or_default();
+            // Meta refuses a wrong username or uri; a weaker algorithm only costs strength.
+            let (fatal, tolerated): (Vec<Violation>, Vec<Violation>) = judged
+                .into_iter()
+                .partition(|v| v.rule != "digest-algorithm");
+            violations.extend(tolerated);
+            if !fatal.is_empty() {
+                let why = fatal
+                    .iter()
+                    .map(|v| v.detail.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let mut refusal = Refusal::new(&invite, 403, "Forbidden", why);
+                refusal.violations = fatal;
+                return Err(refusal);
+            }
             let verdict = Authorization::parse(value)
                 .map_err(|e| e.to_string())
                 .and_then(|auth| {
-                    if auth.username != from_user.trim_start_matches('+') {
-                        return Err(format!(
-                            "digest username {:?} is not the number without '+'",
-                            auth.username
-                        ));
-                    }
                     let uri = invite.uri.to_string();
                     let mut verifier = gate.verifier.lock().unwrap_or_else(|e| e.into_inner());
                     verifier
@@ -435,6 +476,7 @@ pub(super) async fn admit(
                         status: 407,
                         phrase: String::new(),
                         why: "no INVITE with credentials after the 407".into(),
+                        violations: Vec::new(),
                     })
                 }
             }
@@ -456,6 +498,7 @@ pub(super) async fn admit(
             "session timers are not supported",
         ));
     }
+    violations.extend(judge::sdp_profile(&invite.body, sdp::Kind::Offer));
     let offer = sdp::parse(&invite.body)
         .map_err(|e| Refusal::new(&invite, 488, "Not Acceptable Here", e.to_string()))?;
     if gate.security == Security::Dtls && sdp::IceRole::answering(&offer) == sdp::IceRole::None {
@@ -483,6 +526,9 @@ pub(super) async fn admit(
         link.hostport()
     );
     let mut ok = Response::dialog_response(&invite, 200, "OK", to_tag, &contact);
+    // Meta's internal proxy, then its edge (us): the business's route set is the reverse, so its
+    // requests come here first (WHATSAPP-SIP §3.8).
+    ok.headers.push("Record-Route", META_INTERNAL_PROXY);
     ok.headers.push(
         "Record-Route",
         format!("<sip:{};transport=tls;lr>", link.hostport()),
@@ -501,8 +547,12 @@ pub(super) async fn admit(
         leg,
         plan,
         algorithm,
+        violations,
     })
 }
+
+/// Meta's internal proxy as its 200s Record-Route it (never a next hop for the business).
+const META_INTERNAL_PROXY: &str = "<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>";
 
 fn reply_in_dialog(req: &Request, status: u16, reason: &str, to_tag: &str) -> Response {
     let mut r = Response::to_request(req, status, reason, Some(to_tag));
