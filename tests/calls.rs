@@ -321,7 +321,8 @@ fn metas_sample_invites_get_a_407_then_a_200_whose_answer_passes_sdp_check() {
         assert_eq!(answered["direction"], "inbound", "{name}: {answered}");
         // The answer takes the offer's key exchange (WHATSAPP-SIP §6.6).
         let answer = String::from_utf8_lossy(&ok.body).to_string();
-        if name.contains("sdes") {
+        let offered_sdes = String::from_utf8_lossy(&invite.body).contains("RTP/SAVP ");
+        if offered_sdes {
             assert!(
                 answer.contains("RTP/SAVP") && answer.contains("a=crypto:"),
                 "{name}: {answer}"

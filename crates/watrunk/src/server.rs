@@ -7,11 +7,10 @@
 
 mod admission;
 mod calls;
+mod connections;
 
 pub use calls::{CallInput, Command};
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,8 +31,9 @@ use watrunk_sip::{Message, Method, ParseError, Request, Response};
 use crate::config::ServeConfig;
 use crate::events::Events;
 use crate::tls::{self, CertOrigin};
-use crate::transport::{self, ConnCommand, ConnId, Inbound, Limits, Shared};
+use crate::transport::{self, Inbound, Limits, Shared};
 use admission::{Admission, Verdict};
+use connections::Connections;
 
 pub const SERVER: &str = concat!("watrunk/", env!("CARGO_PKG_VERSION"));
 
@@ -155,30 +155,13 @@ pub async fn run_with(
     }
 }
 
-struct Conn {
-    tx: mpsc::Sender<ConnCommand>,
-    remote: SocketAddr,
-    transport: Transport,
-}
-
-/// A message waiting for its connection, and the transaction that sent it.
-type Waiting = (Option<TransactionId>, Vec<u8>);
-
 pub struct Core {
     cfg: ServeConfig,
     layer: TransactionLayer,
     policy: UasPolicy,
-    udp: Vec<Arc<UdpSocket>>,
-    conns: HashMap<ConnId, Conn>,
+    connections: Connections,
     admission: Admission,
     started: Instant,
-    shared: Shared,
-    tls_client: tokio_rustls::TlsConnector,
-    /// Connections being opened for a request, and what waits for each.
-    connecting: HashMap<SocketAddr, ConnId>,
-    pending: HashMap<ConnId, Vec<Waiting>>,
-    /// The TLS name to verify for a next hop (from its URI).
-    server_names: HashMap<SocketAddr, String>,
     calls: calls::Calls,
     media: Option<calls::MediaShared>,
     events: Events,
@@ -218,8 +201,7 @@ impl Core {
                 ..Default::default()
             }),
             policy: UasPolicy::default(),
-            udp,
-            conns: HashMap::new(),
+            connections: Connections::new(udp, tls_client, shared),
             admission: Admission::new(
                 key,
                 cfg.digest.clone(),
@@ -228,11 +210,6 @@ impl Core {
                 SERVER,
             ),
             started: Instant::now(),
-            shared,
-            tls_client,
-            connecting: HashMap::new(),
-            pending: HashMap::new(),
-            server_names: HashMap::new(),
             calls: calls::Calls::default(),
             media,
             events,
@@ -363,9 +340,7 @@ impl Core {
                         self.send_bytes(&peer, with_server(resp).to_bytes());
                     }
                 }
-                if let Some(c) = self.conns.get(&conn) {
-                    let _ = c.tx.try_send(ConnCommand::Close);
-                }
+                self.connections.close(conn);
             }
             Inbound::Opened {
                 conn,
@@ -373,42 +348,21 @@ impl Core {
                 remote,
                 tx,
                 ..
-            } => {
-                for pending in self.pending.remove(&conn).unwrap_or_default() {
-                    if tx.try_send(ConnCommand::Send(pending.1)).is_err() {
-                        tracing::warn!("connection to {remote} is not draining: message dropped");
-                    }
-                }
-                self.connecting.retain(|_, c| *c != conn);
-                self.conns.insert(
-                    conn,
-                    Conn {
-                        tx,
-                        remote,
-                        transport,
-                    },
-                );
-            }
+            } => self.connections.opened(conn, transport, remote, tx),
             Inbound::ConnectFailed { conn, reason } => {
                 tracing::warn!("{reason}");
-                self.conns.remove(&conn);
-                self.connecting.retain(|_, c| *c != conn);
-                for (id, _) in self.pending.remove(&conn).unwrap_or_default() {
-                    if let Some(id) = id {
-                        self.layer.handle_transport_error(id);
-                    }
+                for id in self.connections.connect_failed(conn) {
+                    self.layer.handle_transport_error(id);
                 }
             }
-            Inbound::Closed { conn } => {
-                self.conns.remove(&conn);
-            }
+            Inbound::Closed { conn } => self.connections.closed(conn),
             Inbound::Idle { conn } => {
                 // A call outlives any idle timer: its BYE and Meta's go over this connection.
-                let Some(c) = self.conns.get(&conn) else {
+                let Some(remote) = self.connections.remote(conn) else {
                     return;
                 };
-                if !self.calls.may_use(conn, c.remote) {
-                    let _ = c.tx.try_send(ConnCommand::Close);
+                if !self.calls.may_use(conn, remote) {
+                    self.connections.close(conn);
                 }
             }
         }
@@ -514,71 +468,7 @@ impl Core {
 
     fn send_bytes_for(&mut self, id: Option<TransactionId>, to: &Peer, bytes: Vec<u8>) {
         self.trace_out(to, &bytes);
-        match to.transport {
-            Transport::Udp => {
-                let idx = to.conn.unwrap_or(0) as usize;
-                if let Some(sock) = self.udp.get(idx).or_else(|| self.udp.first()) {
-                    if let Err(e) = sock.try_send_to(&bytes, to.addr) {
-                        tracing::debug!("udp send to {}: {e}", to.addr);
-                    }
-                }
-            }
-            Transport::Tcp | Transport::Tls => {
-                let conn = to.conn.filter(|c| self.conns.contains_key(c)).or_else(|| {
-                    self.conns
-                        .iter()
-                        .find(|(_, c)| c.remote == to.addr && c.transport == to.transport)
-                        .map(|(id, _)| *id)
-                });
-                match conn.and_then(|c| self.conns.get(&c)) {
-                    Some(c) => {
-                        if c.tx.try_send(ConnCommand::Send(bytes)).is_err() {
-                            tracing::warn!(
-                                "connection to {} is not draining: message dropped",
-                                to.addr
-                            );
-                        }
-                    }
-                    None if to.conn.is_none() => self.send_over_new_connection(id, to, bytes),
-                    None => tracing::info!("no connection to {} for a response; dropped", to.addr),
-                }
-            }
-        }
-    }
-
-    /// A request toward a peer we have no connection to: one is opened (TLS, verified against the
-    /// hop's name) and the message waits for it; a failed connection fails the transaction.
-    fn send_over_new_connection(&mut self, id: Option<TransactionId>, to: &Peer, bytes: Vec<u8>) {
-        if to.transport != Transport::Tls {
-            tracing::info!("no connection to {}: dropped", to.addr);
-            return;
-        }
-        let conn = match self.connecting.get(&to.addr) {
-            Some(c) => *c,
-            None => {
-                let conn = transport::next_conn_id();
-                let name = self
-                    .server_names
-                    .get(&to.addr)
-                    .cloned()
-                    .unwrap_or_else(|| to.addr.ip().to_string());
-                tracing::info!("opening a TLS connection to {name} ({})", to.addr);
-                transport::connect(
-                    conn,
-                    Transport::Tls,
-                    to.addr,
-                    name,
-                    Some(self.tls_client.clone()),
-                    self.shared.clone(),
-                );
-                self.connecting.insert(to.addr, conn);
-                conn
-            }
-        };
-        let queue = self.pending.entry(conn).or_default();
-        if queue.len() < 64 {
-            queue.push((id, bytes));
-        }
+        self.connections.send(id, to, bytes);
     }
 
     fn trace_in(&self, peer: &Peer, bytes: &[u8]) {

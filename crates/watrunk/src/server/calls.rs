@@ -739,14 +739,14 @@ impl Core {
             .entries
             .get(&key)
             .and_then(|e| e.origin.as_ref())
-            .filter(|o| o.addr == addr && self.conns.contains_key(&o.conn.unwrap_or(u64::MAX)))
+            .filter(|o| o.addr == addr && o.conn.is_some_and(|c| self.connections.is_live(c)))
             .and_then(|o| o.conn);
         let peer = Peer {
             transport: Transport::Tls,
             addr,
             conn,
         };
-        self.server_names.insert(addr, server_name);
+        self.connections.name_hop(addr, server_name);
         match message {
             Message::Request(r) if r.method == Method::ACK => {
                 if let Err(e) = self.layer.send_stateless(Message::Request(r), peer) {
