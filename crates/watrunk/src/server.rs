@@ -1,15 +1,19 @@
 //! `watrunk serve`: binds the listeners and runs the core task, the one place that owns SIP and call
-//! state. The core turns socket events into transaction-layer input, answers requests (OPTIONS,
-//! digest challenges per number, 404 for an unknown number, 405/501/481 ...), hands INVITEs and
-//! in-dialog requests to the calls (`calls.rs`), and moves the layer's output back to sockets. Calls
-//! are never tied to a connection: a request toward a peer reuses a live connection to its address
-//! or opens a new one.
+//! state. The core turns socket events into transaction-layer input, answers requests itself
+//! (OPTIONS, 405/501/481 ...), asks the admission policy about new INVITEs (`admission.rs`: number
+//! routing and digest), hands calls and in-dialog requests to the calls (`calls.rs`), and moves the
+//! layer's output to the transport pool (`connections.rs`).
 
 mod admission;
 mod calls;
+mod commands;
 mod connections;
+mod hops;
+mod media_task;
+mod registry;
 
-pub use calls::{CallInput, Command};
+pub use calls::CallInput;
+pub use commands::Command;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -122,7 +126,7 @@ pub async fn run_with(
                     )
                 })?;
             tracing::info!("media on {}", socket.local_addr());
-            Some(calls::MediaShared {
+            Some(media_task::MediaShared {
                 socket,
                 identity: watrunk_media::Identity::generate()?,
                 ip: m.ip,
@@ -162,11 +166,11 @@ pub struct Core {
     connections: Connections,
     admission: Admission,
     started: Instant,
-    calls: calls::Calls,
-    media: Option<calls::MediaShared>,
+    calls: registry::Calls,
+    media: Option<media_task::MediaShared>,
     events: Events,
     call_tx: mpsc::Sender<CallInput>,
-    pump_later: Vec<calls::CallKey>,
+    pump_later: Vec<registry::CallKey>,
     call_done: Option<(String, tokio::sync::oneshot::Sender<()>)>,
     /// The core's generator (tags, per-call seeds), seeded from the OS at start.
     rng: StdRng,
@@ -181,7 +185,7 @@ impl Core {
         cfg: ServeConfig,
         udp: Vec<Arc<UdpSocket>>,
         shared: Shared,
-        media: Option<calls::MediaShared>,
+        media: Option<media_task::MediaShared>,
         tls_client: tokio_rustls::TlsConnector,
         events: Events,
         call_tx: mpsc::Sender<CallInput>,
@@ -210,7 +214,7 @@ impl Core {
                 SERVER,
             ),
             started: Instant::now(),
-            calls: calls::Calls::default(),
+            calls: registry::Calls::default(),
             media,
             events,
             call_tx,
