@@ -12,8 +12,12 @@ mod consent;
 mod demux;
 mod dtls_endpoint;
 pub mod dtmf;
+mod ice;
+mod identity;
+mod keys;
 mod lite;
 mod mux;
+mod outbound;
 mod quiet;
 mod relay;
 pub mod restamp;
@@ -22,10 +26,9 @@ mod session;
 pub mod srtp;
 
 pub use demux::{classify, is_rtcp, PacketKind};
+pub use identity::Identity;
 pub use mux::MediaSocket;
-pub use session::{
-    IceConnected, IceRole, Identity, MediaConfig, MediaEvent, MediaSession, Prepared, Stats,
-};
+pub use session::{IceConnected, IceRole, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
 
 /// Whose fault a media failure is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -18,51 +18,46 @@
 //! own path: inbound, the socket's reader unprotects in place and sends to the sink (relay.rs);
 //! outbound, the call's task reads the sink, re-stamps, protects in place and sends on the shared
 //! socket. One receive, one SRTP operation, one send, no allocation.
+//!
+//! This file owns the call's life (`Prepared`, `MediaSession`, the set-up sequence); ICE is in
+//! `ice.rs`, the DTLS identity in `identity.rs`, SRTP keys in `keys.rs`, the outbound fast path
+//! and RTCP sender reports in `outbound.rs`, consent after set-up in `consent.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::debug;
 pub use watrunk_sdp::IceRole;
 use watrunk_sdp::{Capabilities, LocalMedia};
-use watrunk_sdp::{DtlsRole, Fingerprint, Keying, MediaPlan, RemoteIce, SdesSuite};
-use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
-use webrtc_dtls::conn::DTLSConn;
-use webrtc_dtls::crypto::Certificate;
-use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use webrtc_ice::agent::agent_config::AgentConfig;
+use watrunk_sdp::{Fingerprint, Keying, MediaPlan};
 use webrtc_ice::agent::Agent;
-use webrtc_ice::candidate::candidate_base::unmarshal_candidate;
-use webrtc_ice::candidate::{Candidate, CandidateType};
-use webrtc_ice::mdns::MulticastDnsMode;
-use webrtc_ice::network_type::NetworkType;
-use webrtc_ice::udp_network::UDPNetwork;
-use webrtc_util::{Conn, KeyingMaterialExporter};
+use webrtc_util::Conn;
 
-use crate::consent::{self, Freshness, IceCredentials, CONSENT_INTERVAL};
+use crate::consent::{self, Freshness, IceCredentials};
 use crate::demux::{classify, PacketKind};
-use crate::dtls_endpoint::DtlsEndpoint;
 use crate::dtmf::DtmfSender;
+use crate::ice::{connect_ice, ice_agent, lite_credentials, CHECK_INTERVAL};
+pub use crate::identity::Identity;
+use crate::keys::{contexts, dtls_keys, srtp_profile_of_suite, Keys};
 use crate::mux::{plain_key, MediaSocket};
+use crate::outbound::{write_loop, Outbound};
 use crate::quiet::SinkClock;
-use crate::relay::{sender_report, InboundCounters, InboundRoute, Reception, SenderInfo};
-use crate::restamp::{PayloadMap, Restamper, FRAME};
-use crate::srtp::{SrtpContext, SrtpProfile};
+use crate::relay::{InboundCounters, InboundRoute, Reception};
+use crate::restamp::PayloadMap;
+use crate::srtp::SrtpProfile;
 use crate::MediaError;
 
-const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
-const RTCP_INTERVAL: Duration = Duration::from_secs(5);
-const FIRST_RTCP: Duration = Duration::from_secs(1);
+pub(crate) const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const FIRST_RTCP: Duration = Duration::from_secs(1);
 /// The sink counts as silent after this long without a packet; we fill in with silence frames.
-const SINK_SILENCE: Duration = Duration::from_millis(60);
-const MTU: usize = 1500;
+pub(crate) const SINK_SILENCE: Duration = Duration::from_millis(60);
+pub(crate) const MTU: usize = 1500;
 /// Room after a packet for the SRTP tag (or SRTCP's tag and index).
-const TAG_ROOM: usize = 32;
+pub(crate) const TAG_ROOM: usize = 32;
 /// SRTP packets kept while the keys are still being agreed (the far side may finish first).
 const EARLY_PACKETS: usize = 16;
 
@@ -110,39 +105,6 @@ impl MediaConfig {
             dtls_profiles: vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80],
             speak_first: true,
         }
-    }
-}
-
-/// RFC 8445 §14.2's floor for Ta.
-const CHECK_INTERVAL: Duration = Duration::from_millis(5);
-/// How long a pair is checked before webrtc-ice stops sending to it (a late answer still counts).
-const CHECKING_A_PAIR: Duration = Duration::from_millis(200);
-
-fn checks_per_pair(interval: Duration) -> u16 {
-    let interval = interval.max(Duration::from_millis(1)).as_millis();
-    (CHECKING_A_PAIR.as_millis() / interval).clamp(7, 200) as u16
-}
-
-/// Our DTLS certificate (ECDSA P-256) and its sha-256 fingerprint.
-#[derive(Clone)]
-pub struct Identity {
-    certificate: Certificate,
-    fingerprint: Fingerprint,
-}
-
-impl Identity {
-    pub fn generate() -> Result<Identity, MediaError> {
-        let certificate = Certificate::generate_self_signed(vec!["watrunk".to_string()])
-            .map_err(|e| MediaError::Local(format!("DTLS certificate: {e}")))?;
-        let fingerprint = Fingerprint::sha256(Sha256::digest(&certificate.certificate[0]).to_vec());
-        Ok(Identity {
-            certificate,
-            fingerprint,
-        })
-    }
-
-    pub fn fingerprint(&self) -> &Fingerprint {
-        &self.fingerprint
     }
 }
 
@@ -198,7 +160,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn take_inbound(&mut self, counters: &InboundCounters) {
+    pub(crate) fn take_inbound(&mut self, counters: &InboundCounters) {
         use std::sync::atomic::Ordering::Relaxed;
         self.packets_in = counters.packets.load(Relaxed);
         self.bytes_in = counters.bytes.load(Relaxed);
@@ -239,9 +201,9 @@ struct Parts {
 
 /// What a call leaves on the shared socket until whoever ends it clears it.
 #[derive(Default)]
-struct Leftovers {
-    remote: Option<SocketAddr>,
-    agent: Option<Arc<Agent>>,
+pub(crate) struct Leftovers {
+    pub(crate) remote: Option<SocketAddr>,
+    pub(crate) agent: Option<Arc<Agent>>,
 }
 
 impl Prepared {
@@ -431,108 +393,6 @@ impl Prepared {
     }
 }
 
-/// A lite agent's ufrag and password (RFC 8445 §5.3: at least 24 and 128 bits of randomness).
-fn lite_credentials() -> (String, String) {
-    use rand::distributions::{Alphanumeric, DistString};
-    let mut rng = rand::thread_rng();
-    (
-        Alphanumeric.sample_string(&mut rng, 8),
-        Alphanumeric.sample_string(&mut rng, 24),
-    )
-}
-
-/// An ICE agent on the shared socket with host candidates gathered: `credentials` keeps a call's ufrag
-/// and password when its agent is made again in the other role (RFC 8445 §7.2.5.1).
-async fn ice_agent(
-    cfg: &MediaConfig,
-    socket: &Arc<MediaSocket>,
-    role: IceRole,
-    credentials: Option<(String, String)>,
-) -> Result<(Arc<Agent>, Vec<SocketAddr>), MediaError> {
-    let media_ip = cfg.media_ip;
-    let media_ips: Vec<IpAddr> = std::iter::once(media_ip).chain(cfg.media_ip6).collect();
-    let mut network_types: Vec<NetworkType> = media_ips
-        .iter()
-        .map(|ip| {
-            if ip.is_ipv4() {
-                NetworkType::Udp4
-            } else {
-                NetworkType::Udp6
-            }
-        })
-        .collect();
-    network_types.dedup();
-    let mut urls = Vec::new();
-    let mut candidate_types = vec![CandidateType::Host];
-    if let Some(stun) = &cfg.stun_server {
-        urls.push(
-            webrtc_ice::url::Url::parse_url(stun)
-                .map_err(|e| MediaError::Local(format!("STUN server {stun:?}: {e}")))?,
-        );
-        candidate_types.push(CandidateType::ServerReflexive);
-    }
-    let filter_ips = media_ips.clone();
-    let udp_network = UDPNetwork::Muxed(socket.clone());
-    let consent = ConsentPacing::of(cfg.consent_timeout);
-    let agent = Agent::new(AgentConfig {
-        network_types,
-        candidate_types,
-        urls,
-        nat_1to1_ips: cfg
-            .public_ip
-            .iter()
-            .map(|ip| format!("{ip}/{media_ip}"))
-            .collect(),
-        nat_1to1_ip_candidate_type: CandidateType::Host,
-        udp_network,
-        is_controlling: role == IceRole::Controlling,
-        check_interval: cfg.check_interval,
-        max_binding_requests: Some(checks_per_pair(cfg.check_interval)),
-        multicast_dns_mode: MulticastDnsMode::Disabled,
-        include_loopback: cfg.include_loopback,
-        ip_filter: Arc::new(Some(Box::new(move |ip: IpAddr| filter_ips.contains(&ip)))),
-        disconnected_timeout: Some(consent.disconnected),
-        failed_timeout: Some(consent.failed),
-        keepalive_interval: Some(consent.interval),
-        local_ufrag: credentials
-            .as_ref()
-            .map(|c| c.0.clone())
-            .unwrap_or_default(),
-        local_pwd: credentials.map(|c| c.1).unwrap_or_default(),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| MediaError::Local(format!("ICE agent: {e}")))?;
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    agent.on_candidate(Box::new(
-        move |c: Option<Arc<dyn Candidate + Send + Sync>>| {
-            let done_tx = done_tx.clone();
-            Box::pin(async move {
-                if c.is_none() {
-                    let _ = done_tx.try_send(());
-                }
-            })
-        },
-    ));
-    agent
-        .gather_candidates()
-        .map_err(|e| MediaError::Local(format!("ICE gathering: {e}")))?;
-    let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
-    let candidates: Vec<SocketAddr> = agent
-        .get_local_candidates()
-        .await
-        .map_err(|e| MediaError::Local(format!("ICE candidates: {e}")))?
-        .iter()
-        .map(|c| c.addr())
-        .collect();
-    if candidates.is_empty() {
-        return Err(MediaError::Local(format!(
-            "no ICE host candidate on {media_ip} (is the address configured on an interface?)"
-        )));
-    }
-    Ok((Arc::new(agent), candidates))
-}
-
 pub struct MediaSession {
     pub events: mpsc::Receiver<MediaEvent>,
     commands: mpsc::Sender<Command>,
@@ -543,7 +403,7 @@ pub struct MediaSession {
     app_addr: SocketAddr,
 }
 
-enum Command {
+pub(crate) enum Command {
     Dtmf(DtmfSender),
     /// The agent selected another pair: the call's packets now go to (and come from) there.
     Moved(SocketAddr),
@@ -581,83 +441,6 @@ impl MediaSession {
         }
         rest
     }
-}
-
-struct Keys {
-    outbound: SrtpContext,
-    inbound: SrtpContext,
-    profile: &'static str,
-}
-
-/// Consent freshness (RFC 7675) as webrtc-ice's timers, while the agent lives (until the keys
-/// exist; consent.rs keeps it after): a check on the selected pair every `interval` (§5.1: 5 s);
-/// Disconnected after two unanswered checks, which webrtc-ice recovers from by itself; Failed once
-/// `timeout` passed without an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ConsentPacing {
-    interval: Duration,
-    disconnected: Duration,
-    failed: Duration,
-}
-
-impl ConsentPacing {
-    fn of(timeout: Duration) -> ConsentPacing {
-        let interval = CONSENT_INTERVAL.min(timeout / 2);
-        let disconnected = (2 * interval + Duration::from_secs(1)).min(timeout);
-        ConsentPacing {
-            interval,
-            disconnected,
-            // webrtc-ice fails after disconnected + failed without an answer.
-            failed: timeout
-                .saturating_sub(disconnected)
-                .max(Duration::from_secs(1)),
-        }
-    }
-}
-
-fn srtp_profile_of_suite(suite: SdesSuite) -> SrtpProfile {
-    match suite {
-        SdesSuite::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
-        SdesSuite::AesCm128HmacSha1_32 => SrtpProfile::AesCm128HmacSha1_32,
-    }
-}
-
-fn dtls_profile_of(p: SrtpProfile) -> SrtpProtectionProfile {
-    match p {
-        SrtpProfile::AesCm128HmacSha1_80 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-        SrtpProfile::AesCm128HmacSha1_32 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
-        SrtpProfile::AeadAes128Gcm => SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-    }
-}
-
-/// The one place where dtls's profile enum meets ours (with `dtls_profile_of`).
-fn srtp_profile_of_dtls(p: SrtpProtectionProfile) -> Option<(SrtpProfile, &'static str)> {
-    match p {
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some((
-            SrtpProfile::AesCm128HmacSha1_80,
-            "SRTP_AES128_CM_HMAC_SHA1_80",
-        )),
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32 => Some((
-            SrtpProfile::AesCm128HmacSha1_32,
-            "SRTP_AES128_CM_HMAC_SHA1_32",
-        )),
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => {
-            Some((SrtpProfile::AeadAes128Gcm, "SRTP_AEAD_AES_128_GCM"))
-        }
-        _ => None,
-    }
-}
-
-fn contexts(
-    profile: SrtpProfile,
-    local: (&[u8], &[u8]),
-    remote: (&[u8], &[u8]),
-) -> Result<(SrtpContext, SrtpContext), MediaError> {
-    let outbound = SrtpContext::new(profile, local.0, local.1)
-        .map_err(|e| MediaError::Local(format!("SRTP context: {e}")))?;
-    let inbound = SrtpContext::new(profile, remote.0, remote.1)
-        .map_err(|e| MediaError::Peer(format!("SRTP keys: {e}")))?;
-    Ok((outbound, inbound))
 }
 
 /// What a set-up call keeps: its outbound side, its inbound counters, and what answers or sends
@@ -961,149 +744,9 @@ async fn set_up(
     }))
 }
 
-fn set_routed(leftovers: &std::sync::Mutex<Leftovers>, remote: SocketAddr) {
+pub(crate) fn set_routed(leftovers: &std::sync::Mutex<Leftovers>, remote: SocketAddr) {
     if let Ok(mut l) = leftovers.lock() {
         l.remote = Some(remote);
-    }
-}
-
-async fn dtls_keys(
-    conn: Arc<dyn Conn + Send + Sync>,
-    dtls_rx: mpsc::Receiver<Vec<u8>>,
-    identity: &Identity,
-    expected: &Fingerprint,
-    role: DtlsRole,
-    profiles: &[SrtpProfile],
-) -> Result<Keys, MediaError> {
-    let expected_bytes = expected.bytes.clone();
-    let config = DtlsConfig {
-        certificates: vec![identity.certificate.clone()],
-        srtp_protection_profiles: profiles.iter().map(|&p| dtls_profile_of(p)).collect(),
-        extended_master_secret: ExtendedMasterSecretType::Request,
-        // The certificate is self-signed by design (RFC 5763): trust comes from the SDP fingerprint.
-        insecure_skip_verify: true,
-        verify_peer_certificate: Some(Arc::new(move |certs: &[Vec<u8>], _| {
-            let Some(leaf) = certs.first() else {
-                return Err(webrtc_dtls::Error::Other(
-                    "the peer sent no certificate".into(),
-                ));
-            };
-            let got = Sha256::digest(leaf);
-            if got.as_slice() == expected_bytes.as_slice() {
-                Ok(())
-            } else {
-                Err(webrtc_dtls::Error::Other(format!(
-                    "the peer's certificate does not match the SDP fingerprint (got sha-256 {})",
-                    Fingerprint::sha256(got.to_vec()).hex()
-                )))
-            }
-        })),
-        ..Default::default()
-    };
-    let endpoint: Arc<dyn Conn + Send + Sync> = Arc::new(DtlsEndpoint::new(conn, dtls_rx));
-    let is_client = role == DtlsRole::Client;
-    let dtls = DTLSConn::new(endpoint, config, is_client, None)
-        .await
-        .map_err(|e| MediaError::Peer(format!("DTLS: {e}")))?;
-    let (profile, name) = srtp_profile_of_dtls(dtls.selected_srtpprotection_profile())
-        .ok_or_else(|| MediaError::Peer("DTLS: no SRTP protection profile agreed".into()))?;
-    let key_len = profile.key_len();
-    let salt_len = profile.salt_len();
-    let material = dtls
-        .connection_state()
-        .await
-        .export_keying_material("EXTRACTOR-dtls_srtp", &[], 2 * (key_len + salt_len))
-        .await
-        .map_err(|e| MediaError::Local(format!("DTLS key export: {e}")))?;
-    // RFC 5764 §4.2: client key, server key, client salt, server salt.
-    let (client_key, rest) = material.split_at(key_len);
-    let (server_key, rest) = rest.split_at(key_len);
-    let (client_salt, server_salt) = rest.split_at(salt_len);
-    let (local, remote) = if is_client {
-        ((client_key, client_salt), (server_key, server_salt))
-    } else {
-        ((server_key, server_salt), (client_key, client_salt))
-    };
-    let (outbound, inbound) = contexts(profile, local, remote)?;
-    // The connection goes now, without a close_notify (the call's end is SIP's BYE): the keys are
-    // all a call needs of it, and it holds ~60 KiB (its read task and 8 KiB buffer, the handshake
-    // cache). webrtc-dtls answers no handshake record once its handshake returned, so keeping it
-    // would not answer a peer's retransmitted final flight either. Records that come later are
-    // dropped by the slow path.
-    drop(dtls);
-    Ok(Keys {
-        outbound,
-        inbound,
-        profile: name,
-    })
-}
-
-/// Runs the connectivity checks until a pair is selected. When the peer wins a role conflict (role.rs:
-/// by the tie-breakers or by answering 487), webrtc-ice cannot switch roles, so the agent is made again
-/// in the other role with the same credentials and candidates, once.
-async fn connect_ice(
-    mut agent: Arc<Agent>,
-    mut role: IceRole,
-    ice: &RemoteIce,
-    cfg: &MediaConfig,
-    socket: &Arc<MediaSocket>,
-    credentials: (String, String),
-    leftovers: &std::sync::Mutex<Leftovers>,
-) -> Result<(Arc<Agent>, Arc<dyn Conn + Send + Sync>, IceRole), MediaError> {
-    let mut conflicts = socket.watch_role_conflicts(&credentials.0, &credentials.1, &ice.pwd);
-    let deadline = tokio::time::Instant::now() + SET_UP_TIMEOUT;
-    let mut switched = false;
-    loop {
-        for c in &ice.candidates {
-            let line = format!(
-                "{} {} udp {} {} {} typ {}",
-                c.foundation,
-                c.component,
-                c.priority,
-                c.address.ip(),
-                c.address.port(),
-                c.typ
-            );
-            match unmarshal_candidate(&line) {
-                Ok(candidate) => {
-                    let candidate: Arc<dyn Candidate + Send + Sync> = Arc::new(candidate);
-                    let _ = agent.add_remote_candidate(&candidate);
-                }
-                Err(e) => debug!("remote candidate {line:?} skipped: {e}"),
-            }
-        }
-        let (_cancel_tx, cancel_rx) = mpsc::channel(1);
-        let (ufrag, pwd) = (ice.ufrag.clone(), ice.pwd.clone());
-        let checking = agent.clone();
-        let connected = async move {
-            let conn: Arc<dyn Conn + Send + Sync> = if role == IceRole::Controlling {
-                checking.dial(cancel_rx, ufrag, pwd).await?
-            } else {
-                checking.accept(cancel_rx, ufrag, pwd).await?
-            };
-            Ok::<_, webrtc_ice::Error>(conn)
-        };
-        tokio::select! {
-            r = tokio::time::timeout_at(deadline, connected) => {
-                let conn = r
-                    .map_err(|_| MediaError::Timeout("ICE: no candidate pair answered in 10 s".into()))?
-                    .map_err(|e| MediaError::Peer(format!("ICE: {e}")))?;
-                return Ok((agent, conn, role));
-            }
-            Some(()) = conflicts.recv(), if !switched => {
-                switched = true;
-                role = match role {
-                    IceRole::Controlling => IceRole::Controlled,
-                    _ => IceRole::Controlling,
-                };
-                debug!("ICE role conflict lost to the peer: continuing {}", role.name());
-                let _ = agent.close().await;
-                agent = ice_agent(cfg, socket, role, Some(credentials.clone())).await?.0;
-                if let Ok(mut l) = leftovers.lock() {
-                    l.agent = Some(agent.clone());
-                }
-            }
-        }
     }
 }
 
@@ -1124,198 +767,5 @@ async fn slow_path_reader(
             }
             PacketKind::Stun | PacketKind::Other => {}
         }
-    }
-}
-
-/// The call's outbound side: the sink's packets it reads, where and how they go.
-struct Outbound {
-    app: Arc<UdpSocket>,
-    clock: Arc<SinkClock>,
-    sink: SocketAddr,
-    socket: Arc<MediaSocket>,
-    remote: SocketAddr,
-    srtp: SrtpContext,
-    ssrc: u32,
-    audio_pt: u8,
-    payloads: PayloadMap,
-    speak_first: bool,
-}
-
-async fn write_loop(
-    mut out: Box<Outbound>,
-    mut commands: mpsc::Receiver<Command>,
-    inbound: &InboundCounters,
-    started: Instant,
-    events: mpsc::Sender<MediaEvent>,
-    leftovers: &std::sync::Mutex<Leftovers>,
-) -> Result<(), MediaError> {
-    let mut target = out.socket.target(out.remote);
-    let mut restamper = Restamper::new(out.ssrc, rand::random(), rand::random());
-    let mut stats = Stats::default();
-    let mut buf = [0u8; MTU + TAG_ROOM];
-    let mut silence = [0u8; 15];
-    // Our own frames (silence, DTMF) every 20 ms on our own timer; while the sink speaks, the task
-    // sleeps on the sink socket alone and the socket's sweep wakes it when the sink goes quiet, a
-    // report is due or a command came (quiet.rs): a relayed packet wakes it for its packet only.
-    let tick = tokio::time::sleep_until(tokio::time::Instant::now());
-    tokio::pin!(tick);
-    let mut own_timer = true;
-    let clock = out.clock.clone();
-    // The first report soon (RFC 3550 §6.2 halves the first interval; we start at 1 s), so that
-    // even a short call learns its round-trip time.
-    let mut next_report = Instant::now() + FIRST_RTCP;
-    let mut last_from_sink: Option<Instant> = None;
-    let mut first = true;
-    let mut dtmf: Option<DtmfSender> = None;
-    let mut dtmf_queue: std::collections::VecDeque<DtmfSender> =
-        std::collections::VecDeque::with_capacity(16);
-    let payloads = out.payloads;
-    let (app, sink) = (out.app.clone(), out.sink);
-    let speak_first = out.speak_first;
-    let may_speak = |inbound: &InboundCounters| {
-        speak_first || inbound.packets.load(std::sync::atomic::Ordering::Relaxed) > 0
-    };
-    loop {
-        let packet_len = tokio::select! {
-            biased;
-            r = app.recv_from(&mut buf[..MTU]) => {
-                let (n, from) = match r {
-                    Ok(x) => x,
-                    // An ICMP port-unreachable from a sink that is restarting: not the call's end.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                    Err(e) => return Err(MediaError::Local(format!("sink socket: {e}"))),
-                };
-                if from != sink {
-                    stats.strangers += 1;
-                    continue;
-                }
-                let now = Instant::now();
-                // While a key is being sent, its events replace the sink's audio.
-                if dtmf.is_some() || !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
-                    continue;
-                }
-                last_from_sink = Some(now);
-                clock.heard(now);
-                n
-            }
-            () = clock.woken(), if !own_timer => {
-                own_timer = true;
-                tick.as_mut().reset(tokio::time::Instant::now());
-                continue;
-            }
-            () = &mut tick, if own_timer => {
-                if clock.is_stopping() {
-                    stats.take_inbound(inbound);
-                    let _ = events.try_send(MediaEvent::Stats(Box::new(stats.clone())));
-                    return Ok(());
-                }
-                let now = Instant::now();
-                let on_time = tick.deadline() + FRAME;
-                tick.as_mut().reset(on_time.max(tokio::time::Instant::now()));
-                while let Ok(command) = commands.try_recv() {
-                    match command {
-                        Command::Dtmf(d) if dtmf_queue.len() < 16 => dtmf_queue.push_back(d),
-                        Command::Dtmf(_) => {}
-                        Command::Moved(moved) if moved != out.remote => {
-                            out.socket.move_route(out.remote, moved).await;
-                            out.remote = moved;
-                            set_routed(leftovers, moved);
-                            target = out.socket.target(moved);
-                        }
-                        Command::Moved(_) => {}
-                    }
-                }
-                if now >= next_report && may_speak(inbound) {
-                    next_report = now + RTCP_INTERVAL;
-                    let me = SenderInfo {
-                        ssrc: out.ssrc,
-                        rtp_timestamp: restamper.now_ts(now),
-                        packets: stats.packets_out as u32,
-                        octets: stats.bytes_out as u32,
-                    };
-                    let mut report = [0u8; 64 + TAG_ROOM];
-                    let n = sender_report(&me, inbound, started, now, &mut report);
-                    if let Ok(n) = out.srtp.protect_rtcp(&mut report, n) {
-                        let _ = out.socket.socket().send_to(&report[..n], target).await;
-                    }
-                    stats.take_inbound(inbound);
-                    let _ = events.try_send(MediaEvent::Stats(Box::new(stats.clone())));
-                }
-                if dtmf.is_none() {
-                    dtmf = dtmf_queue.pop_front();
-                }
-                if let (Some(d), Some(pt)) = (dtmf.as_mut(), payloads.remote_dtmf) {
-                    let next = d.next(restamper.now_ts(now));
-                    if d.done() {
-                        dtmf = None;
-                    }
-                    if let Some(p) = next {
-                        let n = restamper.own_packet(pt, p.marker, p.timestamp, &p.payload, &mut buf[..MTU], now);
-                        stats.dtmf_out += 1;
-                        n
-                    } else {
-                        continue;
-                    }
-                } else if last_from_sink.is_some_and(|t| now.duration_since(t) < SINK_SILENCE) {
-                    own_timer = false;
-                    clock.watch(next_report);
-                    continue;
-                } else {
-                    let n = restamper.silence(out.audio_pt, &mut silence, now);
-                    buf[..n].copy_from_slice(&silence[..n]);
-                    stats.silence_out += 1;
-                    n
-                }
-            }
-        };
-        // With speak_first off, nothing goes out before the far side's first packet.
-        if first && !may_speak(inbound) {
-            continue;
-        }
-        let protected = out
-            .srtp
-            .protect_rtp(&mut buf, packet_len)
-            .map_err(|e| MediaError::Local(format!("SRTP protect: {e}")))?;
-        if out
-            .socket
-            .socket()
-            .send_to(&buf[..protected], target)
-            .await
-            .is_ok()
-        {
-            stats.packets_out += 1;
-            stats.bytes_out += packet_len as u64;
-            if first {
-                first = false;
-                let _ = events
-                    .send(MediaEvent::FirstRtpOut {
-                        elapsed: started.elapsed(),
-                    })
-                    .await;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consent_is_checked_every_5_s_and_expires_after_the_timeout() {
-        let secs = Duration::from_secs;
-        let pacing = ConsentPacing::of(secs(30));
-        assert_eq!(pacing.interval, secs(5), "RFC 7675 §5.1");
-        assert_eq!(pacing.disconnected, secs(11), "two checks unanswered");
-        assert_eq!(pacing.disconnected + pacing.failed, secs(30));
-        // A short timeout (tests, `media` CLI) still gets two checks before it.
-        let short = ConsentPacing::of(secs(3));
-        assert_eq!(short.interval, Duration::from_millis(1500));
-        assert_eq!(short.disconnected, secs(3));
-        assert_eq!(
-            short.failed,
-            secs(1),
-            "webrtc-ice needs a non-zero failed timeout"
-        );
     }
 }

@@ -1,0 +1,142 @@
+//! SRTP keys: from the DTLS handshake (fingerprint checked, keys exported) or from SDES, and the
+//! one place where the DTLS crate's protection profiles meet ours.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use watrunk_sdp::{DtlsRole, Fingerprint, SdesSuite};
+use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
+use webrtc_dtls::conn::DTLSConn;
+use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use webrtc_util::{Conn, KeyingMaterialExporter};
+
+use crate::dtls_endpoint::DtlsEndpoint;
+use crate::srtp::{SrtpContext, SrtpProfile};
+use crate::MediaError;
+
+use crate::identity::Identity;
+
+pub(crate) struct Keys {
+    pub(crate) outbound: SrtpContext,
+    pub(crate) inbound: SrtpContext,
+    pub(crate) profile: &'static str,
+}
+
+pub(crate) fn srtp_profile_of_suite(suite: SdesSuite) -> SrtpProfile {
+    match suite {
+        SdesSuite::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
+        SdesSuite::AesCm128HmacSha1_32 => SrtpProfile::AesCm128HmacSha1_32,
+    }
+}
+
+pub(crate) fn dtls_profile_of(p: SrtpProfile) -> SrtpProtectionProfile {
+    match p {
+        SrtpProfile::AesCm128HmacSha1_80 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        SrtpProfile::AesCm128HmacSha1_32 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
+        SrtpProfile::AeadAes128Gcm => SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+    }
+}
+
+/// The one place where dtls's profile enum meets ours (with `dtls_profile_of`).
+pub(crate) fn srtp_profile_of_dtls(
+    p: SrtpProtectionProfile,
+) -> Option<(SrtpProfile, &'static str)> {
+    match p {
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some((
+            SrtpProfile::AesCm128HmacSha1_80,
+            "SRTP_AES128_CM_HMAC_SHA1_80",
+        )),
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32 => Some((
+            SrtpProfile::AesCm128HmacSha1_32,
+            "SRTP_AES128_CM_HMAC_SHA1_32",
+        )),
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => {
+            Some((SrtpProfile::AeadAes128Gcm, "SRTP_AEAD_AES_128_GCM"))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn contexts(
+    profile: SrtpProfile,
+    local: (&[u8], &[u8]),
+    remote: (&[u8], &[u8]),
+) -> Result<(SrtpContext, SrtpContext), MediaError> {
+    let outbound = SrtpContext::new(profile, local.0, local.1)
+        .map_err(|e| MediaError::Local(format!("SRTP context: {e}")))?;
+    let inbound = SrtpContext::new(profile, remote.0, remote.1)
+        .map_err(|e| MediaError::Peer(format!("SRTP keys: {e}")))?;
+    Ok((outbound, inbound))
+}
+
+pub(crate) async fn dtls_keys(
+    conn: Arc<dyn Conn + Send + Sync>,
+    dtls_rx: mpsc::Receiver<Vec<u8>>,
+    identity: &Identity,
+    expected: &Fingerprint,
+    role: DtlsRole,
+    profiles: &[SrtpProfile],
+) -> Result<Keys, MediaError> {
+    let expected_bytes = expected.bytes.clone();
+    let config = DtlsConfig {
+        certificates: vec![identity.certificate.clone()],
+        srtp_protection_profiles: profiles.iter().map(|&p| dtls_profile_of(p)).collect(),
+        extended_master_secret: ExtendedMasterSecretType::Request,
+        // The certificate is self-signed by design (RFC 5763): trust comes from the SDP fingerprint.
+        insecure_skip_verify: true,
+        verify_peer_certificate: Some(Arc::new(move |certs: &[Vec<u8>], _| {
+            let Some(leaf) = certs.first() else {
+                return Err(webrtc_dtls::Error::Other(
+                    "the peer sent no certificate".into(),
+                ));
+            };
+            let got = Sha256::digest(leaf);
+            if got.as_slice() == expected_bytes.as_slice() {
+                Ok(())
+            } else {
+                Err(webrtc_dtls::Error::Other(format!(
+                    "the peer's certificate does not match the SDP fingerprint (got sha-256 {})",
+                    Fingerprint::sha256(got.to_vec()).hex()
+                )))
+            }
+        })),
+        ..Default::default()
+    };
+    let endpoint: Arc<dyn Conn + Send + Sync> = Arc::new(DtlsEndpoint::new(conn, dtls_rx));
+    let is_client = role == DtlsRole::Client;
+    let dtls = DTLSConn::new(endpoint, config, is_client, None)
+        .await
+        .map_err(|e| MediaError::Peer(format!("DTLS: {e}")))?;
+    let (profile, name) = srtp_profile_of_dtls(dtls.selected_srtpprotection_profile())
+        .ok_or_else(|| MediaError::Peer("DTLS: no SRTP protection profile agreed".into()))?;
+    let key_len = profile.key_len();
+    let salt_len = profile.salt_len();
+    let material = dtls
+        .connection_state()
+        .await
+        .export_keying_material("EXTRACTOR-dtls_srtp", &[], 2 * (key_len + salt_len))
+        .await
+        .map_err(|e| MediaError::Local(format!("DTLS key export: {e}")))?;
+    // RFC 5764 §4.2: client key, server key, client salt, server salt.
+    let (client_key, rest) = material.split_at(key_len);
+    let (server_key, rest) = rest.split_at(key_len);
+    let (client_salt, server_salt) = rest.split_at(salt_len);
+    let (local, remote) = if is_client {
+        ((client_key, client_salt), (server_key, server_salt))
+    } else {
+        ((server_key, server_salt), (client_key, client_salt))
+    };
+    let (outbound, inbound) = contexts(profile, local, remote)?;
+    // The connection goes now, without a close_notify (the call's end is SIP's BYE): the keys are
+    // all a call needs of it, and it holds ~60 KiB (its read task and 8 KiB buffer, the handshake
+    // cache). webrtc-dtls answers no handshake record once its handshake returned, so keeping it
+    // would not answer a peer's retransmitted final flight either. Records that come later are
+    // dropped by the slow path.
+    drop(dtls);
+    Ok(Keys {
+        outbound,
+        inbound,
+        profile: name,
+    })
+}

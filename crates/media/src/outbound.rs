@@ -1,0 +1,193 @@
+//! The call's outbound side after set-up: read the sink, restamp onto our one SSRC, fill gaps
+//! with silence, send DTMF, protect in place and send on the shared socket, with an RTCP sender
+//! report every 5 s.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::dtmf::DtmfSender;
+use crate::mux::MediaSocket;
+use crate::quiet::SinkClock;
+use crate::relay::{sender_report, InboundCounters, SenderInfo};
+use crate::restamp::{PayloadMap, Restamper, FRAME};
+use crate::srtp::SrtpContext;
+use crate::MediaError;
+
+use crate::session::{
+    set_routed, Command, Leftovers, MediaEvent, Stats, FIRST_RTCP, MTU, RTCP_INTERVAL,
+    SINK_SILENCE, TAG_ROOM,
+};
+
+/// The call's outbound side: the sink's packets it reads, where and how they go.
+pub(crate) struct Outbound {
+    pub(crate) app: Arc<UdpSocket>,
+    pub(crate) clock: Arc<SinkClock>,
+    pub(crate) sink: SocketAddr,
+    pub(crate) socket: Arc<MediaSocket>,
+    pub(crate) remote: SocketAddr,
+    pub(crate) srtp: SrtpContext,
+    pub(crate) ssrc: u32,
+    pub(crate) audio_pt: u8,
+    pub(crate) payloads: PayloadMap,
+    pub(crate) speak_first: bool,
+}
+
+pub(crate) async fn write_loop(
+    mut out: Box<Outbound>,
+    mut commands: mpsc::Receiver<Command>,
+    inbound: &InboundCounters,
+    started: Instant,
+    events: mpsc::Sender<MediaEvent>,
+    leftovers: &std::sync::Mutex<Leftovers>,
+) -> Result<(), MediaError> {
+    let mut target = out.socket.target(out.remote);
+    let mut restamper = Restamper::new(out.ssrc, rand::random(), rand::random());
+    let mut stats = Stats::default();
+    let mut buf = [0u8; MTU + TAG_ROOM];
+    let mut silence = [0u8; 15];
+    // Our own frames (silence, DTMF) every 20 ms on our own timer; while the sink speaks, the task
+    // sleeps on the sink socket alone and the socket's sweep wakes it when the sink goes quiet, a
+    // report is due or a command came (quiet.rs): a relayed packet wakes it for its packet only.
+    let tick = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(tick);
+    let mut own_timer = true;
+    let clock = out.clock.clone();
+    // The first report soon (RFC 3550 §6.2 halves the first interval; we start at 1 s), so that
+    // even a short call learns its round-trip time.
+    let mut next_report = Instant::now() + FIRST_RTCP;
+    let mut last_from_sink: Option<Instant> = None;
+    let mut first = true;
+    let mut dtmf: Option<DtmfSender> = None;
+    let mut dtmf_queue: std::collections::VecDeque<DtmfSender> =
+        std::collections::VecDeque::with_capacity(16);
+    let payloads = out.payloads;
+    let (app, sink) = (out.app.clone(), out.sink);
+    let speak_first = out.speak_first;
+    let may_speak = |inbound: &InboundCounters| {
+        speak_first || inbound.packets.load(std::sync::atomic::Ordering::Relaxed) > 0
+    };
+    loop {
+        let packet_len = tokio::select! {
+            biased;
+            r = app.recv_from(&mut buf[..MTU]) => {
+                let (n, from) = match r {
+                    Ok(x) => x,
+                    // An ICMP port-unreachable from a sink that is restarting: not the call's end.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => return Err(MediaError::Local(format!("sink socket: {e}"))),
+                };
+                if from != sink {
+                    stats.strangers += 1;
+                    continue;
+                }
+                let now = Instant::now();
+                // While a key is being sent, its events replace the sink's audio.
+                if dtmf.is_some() || !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
+                    continue;
+                }
+                last_from_sink = Some(now);
+                clock.heard(now);
+                n
+            }
+            () = clock.woken(), if !own_timer => {
+                own_timer = true;
+                tick.as_mut().reset(tokio::time::Instant::now());
+                continue;
+            }
+            () = &mut tick, if own_timer => {
+                if clock.is_stopping() {
+                    stats.take_inbound(inbound);
+                    let _ = events.try_send(MediaEvent::Stats(Box::new(stats.clone())));
+                    return Ok(());
+                }
+                let now = Instant::now();
+                let on_time = tick.deadline() + FRAME;
+                tick.as_mut().reset(on_time.max(tokio::time::Instant::now()));
+                while let Ok(command) = commands.try_recv() {
+                    match command {
+                        Command::Dtmf(d) if dtmf_queue.len() < 16 => dtmf_queue.push_back(d),
+                        Command::Dtmf(_) => {}
+                        Command::Moved(moved) if moved != out.remote => {
+                            out.socket.move_route(out.remote, moved).await;
+                            out.remote = moved;
+                            set_routed(leftovers, moved);
+                            target = out.socket.target(moved);
+                        }
+                        Command::Moved(_) => {}
+                    }
+                }
+                if now >= next_report && may_speak(inbound) {
+                    next_report = now + RTCP_INTERVAL;
+                    let me = SenderInfo {
+                        ssrc: out.ssrc,
+                        rtp_timestamp: restamper.now_ts(now),
+                        packets: stats.packets_out as u32,
+                        octets: stats.bytes_out as u32,
+                    };
+                    let mut report = [0u8; 64 + TAG_ROOM];
+                    let n = sender_report(&me, inbound, started, now, &mut report);
+                    if let Ok(n) = out.srtp.protect_rtcp(&mut report, n) {
+                        let _ = out.socket.socket().send_to(&report[..n], target).await;
+                    }
+                    stats.take_inbound(inbound);
+                    let _ = events.try_send(MediaEvent::Stats(Box::new(stats.clone())));
+                }
+                if dtmf.is_none() {
+                    dtmf = dtmf_queue.pop_front();
+                }
+                if let (Some(d), Some(pt)) = (dtmf.as_mut(), payloads.remote_dtmf) {
+                    let next = d.next(restamper.now_ts(now));
+                    if d.done() {
+                        dtmf = None;
+                    }
+                    if let Some(p) = next {
+                        let n = restamper.own_packet(pt, p.marker, p.timestamp, &p.payload, &mut buf[..MTU], now);
+                        stats.dtmf_out += 1;
+                        n
+                    } else {
+                        continue;
+                    }
+                } else if last_from_sink.is_some_and(|t| now.duration_since(t) < SINK_SILENCE) {
+                    own_timer = false;
+                    clock.watch(next_report);
+                    continue;
+                } else {
+                    let n = restamper.silence(out.audio_pt, &mut silence, now);
+                    buf[..n].copy_from_slice(&silence[..n]);
+                    stats.silence_out += 1;
+                    n
+                }
+            }
+        };
+        // With speak_first off, nothing goes out before the far side's first packet.
+        if first && !may_speak(inbound) {
+            continue;
+        }
+        let protected = out
+            .srtp
+            .protect_rtp(&mut buf, packet_len)
+            .map_err(|e| MediaError::Local(format!("SRTP protect: {e}")))?;
+        if out
+            .socket
+            .socket()
+            .send_to(&buf[..protected], target)
+            .await
+            .is_ok()
+        {
+            stats.packets_out += 1;
+            stats.bytes_out += packet_len as u64;
+            if first {
+                first = false;
+                let _ = events
+                    .send(MediaEvent::FirstRtpOut {
+                        elapsed: started.elapsed(),
+                    })
+                    .await;
+            }
+        }
+    }
+}
