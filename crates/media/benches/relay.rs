@@ -267,7 +267,8 @@ async fn relay(mode: Mode, n: usize, seconds: f64) -> Outcome {
         Mode::Watrunk => {
             let identity = Identity::generate().unwrap();
             for far in &fars {
-                let cfg = MediaConfig::new(LOOPBACK, SocketAddr::new(LOOPBACK, 0), sink);
+                let cfg =
+                    MediaConfig::new(LOOPBACK, SocketAddr::new(LOOPBACK, 0), sink, rand::random());
                 let prepared = Prepared::new(cfg, identity.clone(), IceRole::None, &socket)
                     .await
                     .unwrap();

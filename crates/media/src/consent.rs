@@ -24,7 +24,7 @@ use webrtc_ice::udp_mux::UDPMuxConn;
 
 use crate::lite::answer_check;
 use crate::mux::MediaSocket;
-use crate::session::MediaEvent;
+use crate::session::{Draws, MediaEvent};
 use crate::MediaError;
 
 /// RFC 7675 §5.1: a consent check every 5 s on average.
@@ -62,6 +62,8 @@ pub(crate) struct Freshness {
     remote: IceCredentials,
     controlling: bool,
     tie_breaker: u64,
+    /// A xorshift state for the interval's jitter (seeded by the call).
+    jitter: u64,
     timeout: Duration,
     last_answer: Instant,
     next_check: Instant,
@@ -77,12 +79,14 @@ impl Freshness {
         remote: IceCredentials,
         controlling: bool,
         timeout: Duration,
+        draws: Draws,
     ) -> Freshness {
         let mut freshness = Freshness {
             local,
             remote,
             controlling,
-            tie_breaker: rand::random(),
+            tie_breaker: draws.tie_breaker,
+            jitter: draws.jitter,
             timeout,
             last_answer: now,
             next_check: now,
@@ -95,9 +99,14 @@ impl Freshness {
 
     /// §5.1's interval, randomized to 0.8-1.2 of it; at most half the timeout, so that even a
     /// short timeout sees two checks before it.
-    fn interval(&self) -> Duration {
+    fn interval(&mut self) -> Duration {
         let base = CONSENT_INTERVAL.min(self.timeout / 2);
-        base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+        // xorshift64: spread, not secrecy, is what the jitter needs.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let unit = (self.jitter >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(0.8 + 0.4 * unit)
     }
 
     /// When `handle_timeout` wants to run next.
@@ -251,6 +260,12 @@ mod tests {
             },
             true,
             timeout,
+            Draws {
+                tie_breaker: 7,
+                jitter: 0x2545_f491_4f6c_dd1d,
+                first_seq: 1,
+                first_ts: 1,
+            },
         )
     }
 

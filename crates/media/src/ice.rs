@@ -36,12 +36,11 @@ pub(crate) fn checks_per_pair(interval: Duration) -> u16 {
 }
 
 /// A lite agent's ufrag and password (RFC 8445 §5.3: at least 24 and 128 bits of randomness).
-pub(crate) fn lite_credentials() -> (String, String) {
+pub(crate) fn lite_credentials(rng: &mut impl rand::Rng) -> (String, String) {
     use rand::distributions::{Alphanumeric, DistString};
-    let mut rng = rand::thread_rng();
     (
-        Alphanumeric.sample_string(&mut rng, 8),
-        Alphanumeric.sample_string(&mut rng, 24),
+        Alphanumeric.sample_string(rng, 8),
+        Alphanumeric.sample_string(rng, 24),
     )
 }
 

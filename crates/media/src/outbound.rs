@@ -34,6 +34,9 @@ pub(crate) struct Outbound {
     pub(crate) audio_pt: u8,
     pub(crate) payloads: PayloadMap,
     pub(crate) speak_first: bool,
+    /// Where our sequence numbers and timestamps start (drawn from the call's seed).
+    pub(crate) first_seq: u16,
+    pub(crate) first_ts: u32,
 }
 
 pub(crate) async fn write_loop(
@@ -45,7 +48,7 @@ pub(crate) async fn write_loop(
     leftovers: &std::sync::Mutex<Leftovers>,
 ) -> Result<(), MediaError> {
     let mut target = out.socket.target(out.remote);
-    let mut restamper = Restamper::new(out.ssrc, rand::random(), rand::random());
+    let mut restamper = Restamper::new(out.ssrc, out.first_seq, out.first_ts);
     let mut stats = Stats::default();
     let mut buf = [0u8; MTU + TAG_ROOM];
     let mut silence = [0u8; 15];

@@ -27,7 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 pub use watrunk_sdp::IceRole;
@@ -85,13 +86,17 @@ pub struct MediaConfig {
     pub consent_timeout: Duration,
     /// The SRTP protection profiles offered in DTLS, preferred first.
     pub dtls_profiles: Vec<SrtpProfile>,
+    /// Seeds this call's random values (ICE-lite credentials, the consent tie-breaker and
+    /// jitter, the first sequence number and timestamp): the owner draws it, the binary from
+    /// the OS.
+    pub seed: u64,
     /// Send our first packet as soon as the keys exist (WhatsApp: the business speaks first).
     /// Off, nothing is sent before the far side's first packet arrived (Meta's side, `watrunk sim`).
     pub speak_first: bool,
 }
 
 impl MediaConfig {
-    pub fn new(media_ip: IpAddr, app_bind: SocketAddr, sink: SocketAddr) -> MediaConfig {
+    pub fn new(media_ip: IpAddr, app_bind: SocketAddr, sink: SocketAddr, seed: u64) -> MediaConfig {
         MediaConfig {
             media_ip,
             media_ip6: None,
@@ -104,6 +109,7 @@ impl MediaConfig {
             consent_timeout: Duration::from_secs(30),
             dtls_profiles: vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80],
             speak_first: true,
+            seed,
         }
     }
 }
@@ -183,6 +189,28 @@ pub struct Prepared {
     candidates: Vec<SocketAddr>,
     /// Taken by `start`.
     app: Option<UdpSocket>,
+    draws: Draws,
+}
+
+/// A call's random values, drawn once from its seed (`MediaConfig::seed`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Draws {
+    pub(crate) tie_breaker: u64,
+    /// Seeds the consent interval's jitter.
+    pub(crate) jitter: u64,
+    pub(crate) first_seq: u16,
+    pub(crate) first_ts: u32,
+}
+
+impl Draws {
+    fn from(rng: &mut StdRng) -> Draws {
+        Draws {
+            tie_breaker: rng.gen(),
+            jitter: rng.gen::<u64>() | 1,
+            first_seq: rng.gen(),
+            first_ts: rng.gen(),
+        }
+    }
 }
 
 /// What a started call takes of `Prepared`.
@@ -197,6 +225,7 @@ struct Parts {
     credentials: (String, String),
     clock: Arc<SinkClock>,
     plan: MediaPlan,
+    draws: Draws,
 }
 
 /// What a call leaves on the shared socket until whoever ends it clears it.
@@ -244,10 +273,12 @@ impl Prepared {
         let app = UdpSocket::bind(cfg.app_bind)
             .await
             .map_err(|e| MediaError::Local(format!("bind {}: {e}", cfg.app_bind)))?;
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let draws = Draws::from(&mut rng);
         if matches!(role, IceRole::None | IceRole::Lite) {
             let port = socket.local_addr().port();
             let (ufrag, pwd, candidates) = if role == IceRole::Lite {
-                let (ufrag, pwd) = lite_credentials();
+                let (ufrag, pwd) = lite_credentials(&mut rng);
                 // Checks that arrive before `start` wait on the connection.
                 socket.ufrag_conn(&ufrag);
                 let candidates = std::iter::once(cfg.media_ip)
@@ -269,6 +300,7 @@ impl Prepared {
                 pwd,
                 candidates,
                 app: Some(app),
+                draws,
             });
         }
         let (agent, candidates) = ice_agent(&cfg, socket, role, None).await?;
@@ -283,6 +315,7 @@ impl Prepared {
             pwd,
             candidates,
             app: Some(app),
+            draws,
         })
     }
 
@@ -336,6 +369,7 @@ impl Prepared {
             credentials: (self.ufrag.clone(), self.pwd.clone()),
             clock: self.socket.sink_clock(SINK_SILENCE),
             plan,
+            draws: self.draws,
         });
         let clock = parts.clock.clone();
         let moves_tx = commands_tx.clone();
@@ -496,6 +530,7 @@ async fn set_up(
         credentials,
         clock,
         plan,
+        draws,
     } = *parts;
 
     // The call's non-STUN packets until its fast path is routed.
@@ -683,6 +718,8 @@ async fn set_up(
         audio_pt: plan.audio_pt,
         payloads,
         speak_first: cfg.speak_first,
+        first_seq: draws.first_seq,
+        first_ts: draws.first_ts,
     });
     let _ = events
         .send(MediaEvent::SecureUp {
@@ -723,6 +760,7 @@ async fn set_up(
                 },
                 ice_role == IceRole::Controlling,
                 cfg.consent_timeout,
+                draws,
             );
             let conn = socket.ufrag_conn(&credentials.0);
             Some(consent::keep(

@@ -12,6 +12,7 @@ fn cfg(ip: &str) -> MediaConfig {
         ip,
         SocketAddr::new("127.0.0.1".parse().unwrap(), 0),
         "127.0.0.1:9".parse().unwrap(),
+        3,
     )
 }
 

@@ -95,6 +95,7 @@ async fn relaying_packets_allocates_nothing() {
         loopback,
         SocketAddr::new(loopback, 0),
         sink.local_addr().unwrap(),
+        1,
     );
     let prepared = Prepared::new(cfg, Identity::generate().unwrap(), IceRole::None, &socket)
         .await

@@ -68,6 +68,7 @@ async fn stun_with_a_bad_message_integrity_is_ignored() {
         loopback,
         SocketAddr::new(loopback, 0),
         "127.0.0.1:9".parse().unwrap(),
+        2,
     );
     // Controlled: the call waits for the peer's checks (a browser offering).
     let prepared = Prepared::new(

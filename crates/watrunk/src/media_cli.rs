@@ -159,7 +159,7 @@ async fn prepare(
         .await
         .with_context(|| format!("media socket on {} port {}", sink.media_ip, sink.media_port))?;
     let local_rtp = sink.local_rtp.unwrap_or(SocketAddr::new(sink.sink.ip(), 0));
-    let mut cfg = MediaConfig::new(sink.media_ip, local_rtp, sink.sink);
+    let mut cfg = MediaConfig::new(sink.media_ip, local_rtp, sink.sink, rand::random());
     cfg.consent_timeout = Duration::from_secs_f64(sink.consent_timeout_secs);
     cfg.media_ip6 = sink.media_ip6;
     cfg.public_ip = sink.public_ip;

@@ -66,7 +66,12 @@ impl Core {
         if entry.media.is_some() {
             return;
         }
-        let mut cfg = MediaConfig::new(media.ip, SocketAddr::new(entry.sink.ip(), 0), entry.sink);
+        let mut cfg = MediaConfig::new(
+            media.ip,
+            SocketAddr::new(entry.sink.ip(), 0),
+            entry.sink,
+            self.rng.next_u64(),
+        );
         cfg.media_ip6 = media.ip6;
         cfg.public_ip = media.public_ip;
         let (tx, rx) = mpsc::channel(16);

@@ -80,6 +80,7 @@ impl Relay {
             self.options.media_ip,
             SocketAddr::new(self.options.media_ip, 0),
             app,
+            rand::random(),
         );
         cfg.speak_first = self.options.speak_first;
         let role = match security {
