@@ -6,7 +6,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
@@ -35,30 +35,6 @@ enum Fault {
     RepeatedSeq,
     /// It sends no media at all (§7.3: the business speaks first).
     Silent,
-}
-
-fn read_message<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Message> {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
-                return Message::parse_datagram(&msg).ok();
-            }
-        }
-        let mut chunk = [0u8; 8192];
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 fn self_signed(dir: &std::path::Path) -> (rustls::ServerConfig, std::path::PathBuf) {

@@ -476,3 +476,28 @@ pub fn dev_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.key"),
     )
 }
+
+/// The next SIP message on a stream (framed by Content-Length); None when the stream ends first.
+pub fn read_message<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> Option<watrunk_sip::Message> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                return watrunk_sip::Message::parse_datagram(&msg).ok();
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

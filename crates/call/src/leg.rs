@@ -1005,49 +1005,38 @@ impl Ctx {
                 "no local media to answer with",
             ));
         };
-        let (body, plan, reneg) = match &offer {
-            Some(agreed) => match agreed.answer(&local) {
-                Ok((answer, plan)) => (sdp::print(&answer), Some(plan), Reneg::Idle),
-                Err(e) => {
-                    let response = with_request_headers(
-                        sdp_refusal(&e, &self.setup.local.warning_host),
-                        &invite,
-                        &to_tag,
-                    );
-                    self.out.push_back(CallOutput::Respond {
-                        transaction,
-                        response,
-                    });
-                    return self.end(Ending::new(
-                        Side::Local,
-                        Some(e.status()),
-                        format!("offer refused: {}: {e}", e.rule()),
-                    ));
-                }
-            },
-            None => match sdp::offer(&local) {
-                Ok(state) => (
-                    sdp::print(state.sdp()),
-                    None,
-                    Reneg::OfferedInAnswer { offer: state },
-                ),
-                Err(e) => {
-                    let response = with_request_headers(
-                        sdp_refusal(&e, &self.setup.local.warning_host),
-                        &invite,
-                        &to_tag,
-                    );
-                    self.out.push_back(CallOutput::Respond {
-                        transaction,
-                        response,
-                    });
-                    return self.end(Ending::new(
-                        Side::Local,
-                        Some(e.status()),
-                        format!("our offer cannot be made: {e}"),
-                    ));
-                }
-            },
+        let made = match &offer {
+            Some(agreed) => agreed
+                .answer(&local)
+                .map(|(answer, plan)| (sdp::print(&answer), Some(plan), Reneg::Idle))
+                .map_err(|e| {
+                    let reason = format!("offer refused: {}: {e}", e.rule());
+                    (e, reason)
+                }),
+            None => sdp::offer(&local)
+                .map(|state| {
+                    let body = sdp::print(state.sdp());
+                    (body, None, Reneg::OfferedInAnswer { offer: state })
+                })
+                .map_err(|e| {
+                    let reason = format!("our offer cannot be made: {e}");
+                    (e, reason)
+                }),
+        };
+        let (body, plan, reneg) = match made {
+            Ok(made) => made,
+            Err((e, reason)) => {
+                let response = with_request_headers(
+                    sdp_refusal(&e, &self.setup.local.warning_host),
+                    &invite,
+                    &to_tag,
+                );
+                self.out.push_back(CallOutput::Respond {
+                    transaction,
+                    response,
+                });
+                return self.end(Ending::new(Side::Local, Some(e.status()), reason));
+            }
         };
         let mut ok =
             Response::dialog_response(&invite, 200, "OK", &to_tag, &self.setup.local.contact);

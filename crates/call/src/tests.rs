@@ -74,6 +74,16 @@ fn meta_invite(name: &str) -> Request {
     invite
 }
 
+/// Meta's ACK for our 200 (what the leg reads of it: the Call-ID and the body).
+fn ack_for(invite: &Request) -> Request {
+    let mut ack = Request::new(
+        Method::ACK,
+        Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
+    );
+    ack.headers.push("Call-ID", invite.call_id().unwrap());
+    ack
+}
+
 fn incoming(invite: Request, tx: TransactionId) -> Leg {
     Leg::incoming(invite, tx, setup(Security::Dtls), &mut rng()).expect("Meta's offer is agreed")
 }
@@ -183,12 +193,7 @@ fn inbound_200_copies_record_route_exactly_and_in_order() {
 fn inbound_ack_then_bye_from_meta_ends_with_its_duration() {
     let (mut call, invite) = answered_inbound();
     let ok = responses(&drain(&mut call))[0].clone();
-    let mut ack = Request::new(
-        Method::ACK,
-        Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
-    );
-    ack.headers.push("Call-ID", invite.call_id().unwrap());
-    call.handle_ack(&ack);
+    call.handle_ack(&ack_for(&invite));
     assert_eq!(
         drain(&mut call),
         vec![CallOutput::Event(CallEvent::Confirmed)]
@@ -537,12 +542,7 @@ fn an_offer_breaking_the_profile_makes_no_leg_and_gets_488_with_the_rule() {
 fn the_whatsapp_leg_refuses_reinvite_and_never_sends_one() {
     let (mut call, invite) = answered_inbound();
     let ok = responses(&drain(&mut call))[0].clone();
-    let mut ack = Request::new(
-        Method::ACK,
-        Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
-    );
-    ack.headers.push("Call-ID", invite.call_id().unwrap());
-    call.handle_ack(&ack);
+    call.handle_ack(&ack_for(&invite));
     drain(&mut call);
     let mut reinvite = Request::new(
         Method::INVITE,

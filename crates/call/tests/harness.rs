@@ -156,6 +156,15 @@ impl End {
         local
     }
 
+    /// The first `method` request this side received.
+    fn first_received(&self, method: Method) -> Request {
+        self.received
+            .iter()
+            .find(|r| r.method == method)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {method} received"))
+    }
+
     fn ended(&self) -> Option<&Ending> {
         self.events.iter().find_map(|e| match e {
             CallEvent::Ended(e) => Some(e),
@@ -447,36 +456,93 @@ fn record_route_toward(to_side: usize) -> WireHook {
     })
 }
 
-/// A WhatsApp user calls the business: Meta (far) places the call, we challenge it and answer.
-fn user_calls_business(security: Security) -> Pair {
-    let mut ours = End::new(
+/// Our side: the business number's WhatsApp leg.
+fn business(seed: u64, security: Security) -> End {
+    End::new(
         "198.18.0.1:5061",
         whatsapp_setup("+15550001111", "sip.example.com", security),
-        1,
-    );
-    ours.admission = Some(Admission::new("sip.example.com"));
+        seed,
+    )
+}
+
+/// The far side as Meta: its relay's description is ICE-lite.
+fn meta(seed: u64, security: Security) -> End {
     let mut far = End::new(
         "198.18.0.2:5061",
         whatsapp_setup("+12195550714", "wa.meta.vc", security),
-        2,
+        seed,
     );
     far.lite = true;
-    let mut pair = Pair::new(ours, far);
-    pair.hook = record_route_toward(OURS);
-    let leg = Leg::outgoing(
-        call(
-            "+12195550714",
-            "wa.meta.vc",
-            "+15550001111",
-            "sip.example.com",
-            Some(PASSWORD),
-        ),
-        pair.far().setup.clone(),
-        &mut StdRng::seed_from_u64(20),
+    far
+}
+
+/// A WhatsApp user (Meta) calls the business number.
+fn user_call(password: Option<&str>) -> OutboundCall {
+    call(
+        "+12195550714",
+        "wa.meta.vc",
+        "+15550001111",
+        "sip.example.com",
+        password,
     )
-    .unwrap();
-    pair.far().leg = Some(leg);
-    pair.settle();
+}
+
+/// The business calls a WhatsApp user through Meta.
+fn business_call(password: Option<&str>) -> OutboundCall {
+    call(
+        "+15550001111",
+        "sip.example.com",
+        "+12195550714",
+        "wa.meta.vc",
+        password,
+    )
+}
+
+impl Pair {
+    /// `side`'s leg re-offers with `direction`; the pair runs until nothing moves.
+    fn reoffer(&mut self, side: usize, how: Reoffer, direction: Direction) {
+        self.ends[side].leg().reoffer(how, direction).unwrap();
+        self.settle();
+    }
+
+    /// An in-dialog request of the far side's (the caller's) dialog, built by hand: what a PBX
+    /// sends that our own leg would not.
+    fn far_request(&self, method: Method, cseq: u32) -> Request {
+        let ours = &self.ends[OURS];
+        let ok = last_response_to(ours, Method::INVITE);
+        let invite = ours
+            .received
+            .iter()
+            .find(|r| r.method == Method::INVITE)
+            .cloned()
+            .unwrap();
+        let mut r = Request::new(
+            method.clone(),
+            Uri::parse("sip:bridge@198.18.0.1:5061").unwrap(),
+        );
+        r.headers.push("From", invite.headers.get("From").unwrap());
+        r.headers.push("To", ok.headers.get("To").unwrap());
+        r.headers.push("Call-ID", invite.call_id().unwrap());
+        r.headers.push("CSeq", format!("{cseq} {method}"));
+        r
+    }
+
+    /// `side` places `call` with its own leg setup; the pair runs until nothing moves.
+    fn dial(&mut self, side: usize, call: OutboundCall, seed: u64) {
+        let setup = self.ends[side].setup.clone();
+        let leg = Leg::outgoing(call, setup, &mut StdRng::seed_from_u64(seed)).unwrap();
+        self.ends[side].leg = Some(leg);
+        self.settle();
+    }
+}
+
+/// A WhatsApp user calls the business: Meta (far) places the call, we challenge it and answer.
+fn user_calls_business(security: Security) -> Pair {
+    let mut ours = business(1, security);
+    ours.admission = Some(Admission::new("sip.example.com"));
+    let mut pair = Pair::new(ours, meta(2, security));
+    pair.hook = record_route_toward(OURS);
+    pair.dial(FAR, user_call(Some(PASSWORD)), 20);
     pair
 }
 
@@ -565,13 +631,7 @@ fn a_user_calls_the_business_through_two_challenges_and_record_route_and_hangs_u
     // The user hangs up: Meta's BYE follows its route set to us.
     pair.far().leg().hang_up("user hung up", 16);
     pair.settle();
-    let bye = pair
-        .ours()
-        .received
-        .iter()
-        .find(|r| r.method == Method::BYE)
-        .cloned()
-        .expect("a BYE");
+    let bye = pair.ours().first_received(Method::BYE);
     let routes: Vec<&str> = bye.headers.get_all("Route").collect();
     assert_eq!(
         routes,
@@ -586,35 +646,11 @@ fn a_user_calls_the_business_through_two_challenges_and_record_route_and_hangs_u
 
 #[test]
 fn the_business_calls_a_user_answers_metas_sha256_challenge_and_acks_through_the_route_set() {
-    let mut ours = End::new(
-        "198.18.0.1:5061",
-        whatsapp_setup("+15550001111", "sip.example.com", Security::Sdes),
-        3,
-    );
-    ours.setup.capabilities = Capabilities::whatsapp(Security::Sdes);
-    let mut far = End::new(
-        "198.18.0.2:5061",
-        whatsapp_setup("+12195550714", "wa.meta.vc", Security::Sdes),
-        4,
-    );
-    far.lite = true;
+    let mut far = meta(4, Security::Sdes);
     far.admission = Some(Admission::new("wa.meta.vc"));
-    let mut pair = Pair::new(ours, far);
+    let mut pair = Pair::new(business(3, Security::Sdes), far);
     pair.hook = record_route_toward(FAR);
-    let leg = Leg::outgoing(
-        call(
-            "+15550001111",
-            "sip.example.com",
-            "+12195550714",
-            "wa.meta.vc",
-            Some(PASSWORD),
-        ),
-        pair.ours().setup.clone(),
-        &mut StdRng::seed_from_u64(30),
-    )
-    .unwrap();
-    pair.ours().leg = Some(leg);
-    pair.settle();
+    pair.dial(OURS, business_call(Some(PASSWORD)), 30);
 
     let accepted = pair.far().admission.as_ref().unwrap().accepted.clone();
     let (username, algorithm, digest_uri, ruri) = &accepted[0];
@@ -649,13 +685,7 @@ fn the_business_calls_a_user_answers_metas_sha256_challenge_and_acks_through_the
     // The business hangs up.
     pair.ours().leg().hang_up("done", 16);
     pair.settle();
-    let bye = pair
-        .far()
-        .received
-        .iter()
-        .find(|r| r.method == Method::BYE)
-        .cloned()
-        .expect("BYE");
+    let bye = pair.far().first_received(Method::BYE);
     let routes: Vec<&str> = bye.headers.get_all("Route").collect();
     assert_eq!(routes, [META_RR[1], META_RR[0]]);
     assert!(bye
@@ -669,33 +699,10 @@ fn the_business_calls_a_user_answers_metas_sha256_challenge_and_acks_through_the
 
 #[test]
 fn hanging_up_while_the_user_rings_cancels_with_487_on_both_sides() {
-    let ours = End::new(
-        "198.18.0.1:5061",
-        whatsapp_setup("+15550001111", "sip.example.com", Security::Dtls),
-        5,
-    );
-    let mut far = End::new(
-        "198.18.0.2:5061",
-        whatsapp_setup("+12195550714", "wa.meta.vc", Security::Dtls),
-        6,
-    );
-    far.lite = true;
+    let mut far = meta(6, Security::Dtls);
     far.auto_answer = false;
-    let mut pair = Pair::new(ours, far);
-    let leg = Leg::outgoing(
-        call(
-            "+15550001111",
-            "sip.example.com",
-            "+12195550714",
-            "wa.meta.vc",
-            None,
-        ),
-        pair.ours().setup.clone(),
-        &mut StdRng::seed_from_u64(40),
-    )
-    .unwrap();
-    pair.ours().leg = Some(leg);
-    pair.settle();
+    let mut pair = Pair::new(business(5, Security::Dtls), far);
+    pair.dial(OURS, business_call(None), 40);
     assert!(pair.ours().events.contains(&CallEvent::Ringing));
     assert!(pair.far().leg().is_ringing());
     pair.ours().leg().hang_up("business hung up", 16);
@@ -723,50 +730,17 @@ fn hanging_up_while_the_user_rings_cancels_with_487_on_both_sides() {
 
 #[test]
 fn a_lost_ack_makes_us_send_bye_with_its_reason_after_timer_h() {
-    let mut pair = {
-        let mut ours = End::new(
-            "198.18.0.1:5061",
-            whatsapp_setup("+15550001111", "sip.example.com", Security::Dtls),
-            7,
-        );
-        ours.admission = None;
-        let mut far = End::new(
-            "198.18.0.2:5061",
-            whatsapp_setup("+12195550714", "wa.meta.vc", Security::Dtls),
-            8,
-        );
-        far.lite = true;
-        Pair::new(ours, far)
-    };
+    let mut pair = Pair::new(business(7, Security::Dtls), meta(8, Security::Dtls));
     // Every ACK toward us is lost (a broken route set, WHATSAPP-SIP §4.3).
     pair.hook = Box::new(|from, msg| {
         !(from == FAR && matches!(msg, Message::Request(r) if r.method == Method::ACK))
     });
-    let leg = Leg::outgoing(
-        call(
-            "+12195550714",
-            "wa.meta.vc",
-            "+15550001111",
-            "sip.example.com",
-            None,
-        ),
-        pair.far().setup.clone(),
-        &mut StdRng::seed_from_u64(50),
-    )
-    .unwrap();
-    pair.far().leg = Some(leg);
-    pair.settle();
+    pair.dial(FAR, user_call(None), 50);
     assert_eq!(pair.ours().leg().state_name(), "answered");
     pair.advance(Duration::from_secs(31));
     assert!(pair.ours().ended().is_none(), "Timer H is 64*T1 = 32 s");
     pair.advance(Duration::from_secs(2));
-    let bye = pair
-        .far()
-        .received
-        .iter()
-        .find(|r| r.method == Method::BYE)
-        .cloned()
-        .expect("our BYE");
+    let bye = pair.far().first_received(Method::BYE);
     assert!(bye.headers.get("Reason").unwrap().contains("no ACK"));
     let ending = pair
         .ours()
@@ -791,7 +765,8 @@ fn pbx_calls_us(ours_whatsapp: bool) -> Pair {
     let ours = End::new("198.18.0.1:5061", ours_setup, 9);
     let far = End::new("198.18.0.2:5061", pbx_setup("1000", "pbx.example.com"), 10);
     let mut pair = Pair::new(ours, far);
-    let leg = Leg::outgoing(
+    pair.dial(
+        FAR,
         call(
             "1000",
             "pbx.example.com",
@@ -799,12 +774,8 @@ fn pbx_calls_us(ours_whatsapp: bool) -> Pair {
             "watrunk.example.com",
             None,
         ),
-        pair.far().setup.clone(),
-        &mut StdRng::seed_from_u64(60),
-    )
-    .unwrap();
-    pair.far().leg = Some(leg);
-    pair.settle();
+        60,
+    );
     assert_eq!(pair.ours().leg().state_name(), "up");
     assert_eq!(pair.far().leg().state_name(), "up");
     pair
@@ -822,11 +793,7 @@ fn last_response_to(end: &End, method: Method) -> Response {
 fn the_whatsapp_leg_refuses_a_reinvite_with_488_and_keeps_the_call() {
     let mut pair = pbx_calls_us(true);
     let starts = pair.ours().plans().len();
-    pair.far()
-        .leg()
-        .reoffer(Reoffer::Invite, Direction::SendOnly)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(FAR, Reoffer::Invite, Direction::SendOnly);
     let refused = last_response_to(&pair.ends[OURS], Method::INVITE);
     assert_eq!(refused.status, 488);
     assert!(
@@ -850,11 +817,7 @@ fn a_generic_leg_answers_hold_and_resume_per_rfc_3264() {
     let mut pair = pbx_calls_us(false);
     assert_eq!(pair.ours().last_plan().direction, Direction::SendRecv);
     // The PBX holds us: sendonly offered, recvonly answered.
-    pair.far()
-        .leg()
-        .reoffer(Reoffer::Invite, Direction::SendOnly)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(FAR, Reoffer::Invite, Direction::SendOnly);
     let ok = last_response_to(&pair.ends[OURS], Method::INVITE);
     assert_eq!(ok.status, 200);
     let answer = sdp::parse(&ok.body).unwrap();
@@ -878,17 +841,9 @@ fn a_generic_leg_answers_hold_and_resume_per_rfc_3264() {
         .count();
     assert_eq!(acks, 2, "the initial INVITE's and the re-INVITE's");
     // Inactive, then resumed.
-    pair.far()
-        .leg()
-        .reoffer(Reoffer::Update, Direction::Inactive)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(FAR, Reoffer::Update, Direction::Inactive);
     assert_eq!(pair.ours().last_plan().direction, Direction::Inactive);
-    pair.far()
-        .leg()
-        .reoffer(Reoffer::Invite, Direction::SendRecv)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(FAR, Reoffer::Invite, Direction::SendRecv);
     assert_eq!(pair.ours().last_plan().direction, Direction::SendRecv);
     assert_eq!(pair.far().last_plan().direction, Direction::SendRecv);
     // Every SDP we sent raised o='s version.
@@ -916,25 +871,13 @@ fn a_generic_leg_answers_hold_and_resume_per_rfc_3264() {
 #[test]
 fn we_hold_the_far_side_of_a_generic_leg_and_resume() {
     let mut pair = pbx_calls_us(false);
-    pair.ours()
-        .leg()
-        .reoffer(Reoffer::Invite, Direction::SendOnly)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(OURS, Reoffer::Invite, Direction::SendOnly);
     assert_eq!(pair.ours().last_plan().direction, Direction::SendOnly);
     assert_eq!(pair.far().last_plan().direction, Direction::RecvOnly);
     // While held, their re-offer of sendrecv is answered sendonly: we still hold (RFC 3264 §6.1).
-    pair.far()
-        .leg()
-        .reoffer(Reoffer::Update, Direction::SendRecv)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(FAR, Reoffer::Update, Direction::SendRecv);
     assert_eq!(pair.ours().last_plan().direction, Direction::SendOnly);
-    pair.ours()
-        .leg()
-        .reoffer(Reoffer::Invite, Direction::SendRecv)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(OURS, Reoffer::Invite, Direction::SendRecv);
     assert_eq!(pair.ours().last_plan().direction, Direction::SendRecv);
     assert_eq!(pair.far().last_plan().direction, Direction::SendRecv);
 }
@@ -944,26 +887,10 @@ fn an_offerless_reinvite_gets_our_offer_and_its_ack_carries_the_answer() {
     let mut pair = pbx_calls_us(false);
     let updates_before = pair.ours().plans().len();
     // A PBX refreshing the session with an empty re-INVITE (connected-line updates do this).
-    let reinvite = {
-        let ok = last_response_to(&pair.ends[OURS], Method::INVITE);
-        let invite = pair.ends[OURS]
-            .received
-            .iter()
-            .find(|r| r.method == Method::INVITE)
-            .cloned()
-            .unwrap();
-        let mut r = Request::new(
-            Method::INVITE,
-            Uri::parse("sip:bridge@198.18.0.1:5061").unwrap(),
-        );
-        r.headers.push("From", invite.headers.get("From").unwrap());
-        r.headers.push("To", ok.headers.get("To").unwrap());
-        r.headers.push("Call-ID", invite.call_id().unwrap());
-        r.headers.push("CSeq", "50 INVITE");
-        r.headers
-            .push("Contact", "<sip:1000@198.18.0.2:5061;transport=tls>");
-        r
-    };
+    let mut reinvite = pair.far_request(Method::INVITE, 50);
+    reinvite
+        .headers
+        .push("Contact", "<sip:1000@198.18.0.2:5061;transport=tls>");
     let now = pair.now;
     let peer = pair.peer_of(FAR);
     pair.far()
@@ -1010,23 +937,7 @@ fn an_offerless_reinvite_gets_our_offer_and_its_ack_carries_the_answer() {
 fn an_update_without_an_offer_is_a_refresh_answered_200() {
     let mut pair = pbx_calls_us(false);
     let plans = pair.ours().plans().len();
-    let ok = last_response_to(&pair.ends[OURS], Method::INVITE);
-    let invite = pair.ends[OURS]
-        .received
-        .iter()
-        .find(|r| r.method == Method::INVITE)
-        .cloned()
-        .unwrap();
-    let mut update = Request::new(
-        Method::UPDATE,
-        Uri::parse("sip:bridge@198.18.0.1:5061").unwrap(),
-    );
-    update
-        .headers
-        .push("From", invite.headers.get("From").unwrap());
-    update.headers.push("To", ok.headers.get("To").unwrap());
-    update.headers.push("Call-ID", invite.call_id().unwrap());
-    update.headers.push("CSeq", "60 UPDATE");
+    let mut update = pair.far_request(Method::UPDATE, 60);
     update.headers.push("Session-Expires", "1800;refresher=uac");
     let now = pair.now;
     let peer = pair.peer_of(FAR);
@@ -1046,11 +957,7 @@ fn glare_gets_491_both_ways_and_the_retries_settle_on_one_offer() {
         .leg()
         .reoffer(Reoffer::Invite, Direction::SendOnly)
         .unwrap();
-    pair.far()
-        .leg()
-        .reoffer(Reoffer::Invite, Direction::Inactive)
-        .unwrap();
-    pair.settle();
+    pair.reoffer(FAR, Reoffer::Invite, Direction::Inactive);
     let ours_491 = last_response_to(&pair.ends[OURS], Method::INVITE);
     let far_491 = last_response_to(&pair.ends[FAR], Method::INVITE);
     assert_eq!((ours_491.status, far_491.status), (491, 491));

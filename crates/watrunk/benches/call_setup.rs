@@ -7,13 +7,16 @@
 //!
 //!     cargo bench -p watrunk --bench call_setup -- [--calls N]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use watrunk_sip::{Message, Request, Response};
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -32,26 +35,7 @@ fn summary(name: &str, v: &mut [f64]) -> String {
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn read_message(tls: &mut Tls, buf: &mut Vec<u8>) -> Message {
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
-                return Message::parse_datagram(&msg).expect("valid SIP from watrunk");
-            }
-        }
-        let mut chunk = [0u8; 16384];
-        let n = tls.read(&mut chunk).expect("read from watrunk");
-        assert!(n > 0, "watrunk closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    common::read_message(tls, buf).expect("valid SIP from watrunk before the connection closed")
 }
 
 fn final_response(tls: &mut Tls, buf: &mut Vec<u8>) -> Response {

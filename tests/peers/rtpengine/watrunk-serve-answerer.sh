@@ -35,6 +35,9 @@ status=0
 /usr/bin/python3 "$here/meta_sip_uac.py" --target "$ip:5061" --number "$number" --offer "$OFFER_SDP" \
   --answer-out "$ANSWER_SDP" --password "meta-gave-us-this" --seconds "$(( ${SECS:-6} + 1 ))" > "$work/uac.log" 2>&1 || status=$?
 for i in $(seq 50); do grep -q '"call.ended"' "$work/events.log" && break; sleep 0.1; done
+# The sink writes its recording when its --seconds are over; on a loaded machine it may have
+# started late, so it gets up to 5 s more before it is stopped.
+for i in $(seq 50); do kill -0 "$sink" 2>/dev/null || break; sleep 0.1; done
 kill "$sink" 2>/dev/null || true
 wait "$sink" 2>/dev/null || true
 exit "$status"

@@ -19,7 +19,7 @@ use watrunk_sip::{Message, Request, Response, Uri};
 
 use super::commands::Command;
 use super::media_task::{media_failure, MediaCmd, Ready};
-use super::registry::{CallKey, Entry, Timings};
+use super::registry::{CallKey, Entry, Parties};
 use super::{reply, Core, SERVER};
 use crate::config::{NumberConfig, Srtp};
 
@@ -88,7 +88,6 @@ impl Core {
         number: &NumberConfig,
         to_tag: &str,
     ) -> Option<Response> {
-        let now = Instant::now();
         if self.media.is_none() {
             return Some(reply(
                 req,
@@ -122,25 +121,17 @@ impl Core {
         );
         let meta = MetaHeaders::of(req);
         let remote = req.from().and_then(|f| user_of(&f.uri)).unwrap_or_default();
-        let entry = Entry {
+        let entry = Entry::new(
             leg,
-            id: name.clone(),
-            number: number.number.clone(),
-            remote: remote.clone(),
-            sink: number.sink,
-            meta: meta.clone(),
-            media: None,
-            origin: Some(from.clone()),
-            timings: Timings {
-                start: Some(now),
-                ..Timings::default()
+            name.clone(),
+            Parties {
+                number: number.number.clone(),
+                remote: remote.clone(),
+                sink: number.sink,
+                meta: meta.clone(),
+                origin: Some(from.clone()),
             },
-            stats: None,
-            ended: None,
-            local_rtp: None,
-            ssrc: 0,
-            answered: false,
-        };
+        );
         self.calls
             .insert(key, req.call_id().unwrap_or_default(), entry);
         self.calls.index_transaction(id, key);

@@ -2,14 +2,13 @@
 //! carried out on the core task and answered through its oneshot reply.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use serde_json::json;
 use tokio::sync::oneshot;
 use watrunk_call::{Leg, MetaHeaders, OutboundCall};
 
 use super::calls::{direction_name, ms};
-use super::registry::{Entry, Timings};
+use super::registry::{Entry, Parties};
 use super::Core;
 
 /// Control-API requests.
@@ -156,25 +155,17 @@ impl Core {
         self.calls.insert(
             key,
             &sip_call_id,
-            Entry {
+            Entry::new(
                 leg,
-                id: name.clone(),
-                number: from.into(),
-                remote: to.into(),
-                sink: sink.unwrap_or(number.sink),
-                meta: MetaHeaders::default(),
-                media: None,
-                origin: None,
-                timings: Timings {
-                    start: Some(Instant::now()),
-                    ..Timings::default()
+                name.clone(),
+                Parties {
+                    number: from.into(),
+                    remote: to.into(),
+                    sink: sink.unwrap_or(number.sink),
+                    meta: MetaHeaders::default(),
+                    origin: None,
                 },
-                stats: None,
-                ended: None,
-                local_rtp: None,
-                ssrc: 0,
-                answered: false,
-            },
+            ),
         );
         self.events.emit(json!({
             "event": "call.outgoing", "call": name, "direction": "outbound", "from": from, "to": to,

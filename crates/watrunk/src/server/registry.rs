@@ -56,6 +56,41 @@ pub struct Calls {
     by_transaction: HashMap<TransactionId, CallKey>,
 }
 
+/// Who a new call is with, for its entry.
+pub(super) struct Parties {
+    pub(super) number: String,
+    pub(super) remote: String,
+    pub(super) sink: SocketAddr,
+    pub(super) meta: MetaHeaders,
+    /// Inbound: where the INVITE came from.
+    pub(super) origin: Option<Peer>,
+}
+
+impl Entry {
+    /// A call that starts now: nothing of its media known yet.
+    pub(super) fn new(leg: Leg, id: String, parties: Parties) -> Entry {
+        Entry {
+            leg,
+            id,
+            number: parties.number,
+            remote: parties.remote,
+            sink: parties.sink,
+            meta: parties.meta,
+            media: None,
+            origin: parties.origin,
+            timings: Timings {
+                start: Some(Instant::now()),
+                ..Timings::default()
+            },
+            stats: None,
+            ended: None,
+            local_rtp: None,
+            ssrc: 0,
+            answered: false,
+        }
+    }
+}
+
 impl Calls {
     /// A key for a new call.
     pub(super) fn new_key(&mut self) -> CallKey {
