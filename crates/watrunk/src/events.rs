@@ -33,6 +33,11 @@ impl Events {
                     .map_err(|e| anyhow::anyhow!("events: cannot open {path}: {e}"))?,
             )),
         };
+        Ok(Events::with_writer(sink)?)
+    }
+
+    /// Events written to `sink` (if any) by a thread of their own.
+    fn with_writer(sink: Option<Box<dyn Write + Send>>) -> anyhow::Result<Events> {
         let writer = match sink {
             None => None,
             Some(mut sink) => {
@@ -93,5 +98,53 @@ impl Drop for Events {
             drop(writer);
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{channel, Receiver};
+    use std::time::{Duration, Instant};
+
+    /// A sink that takes nothing until the test lets it go.
+    struct Stuck(Receiver<()>);
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            // Bounded, so that a failed assertion cannot leave the writer (and Drop) waiting.
+            let _ = self.0.recv_timeout(Duration::from_secs(10));
+            Err(std::io::Error::other("released"))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_never_blocks_the_core_and_what_it_cannot_take_is_counted() {
+        let (release, stuck) = channel();
+        let mut events = Events::with_writer(Some(Box::new(Stuck(stuck)))).unwrap();
+        let mut subscriber = events.sender().subscribe();
+        let started = Instant::now();
+        for n in 0..(WRITER_QUEUE + 100) {
+            events.emit(serde_json::json!({ "event": "test", "n": n }));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "emit waited for the writer: {:?}",
+            started.elapsed()
+        );
+        assert!(events.dropped >= 99, "{} dropped", events.dropped);
+        // A subscriber that did not keep up is told how many it lost.
+        assert!(
+            matches!(
+                subscriber.try_recv(),
+                Err(broadcast::error::TryRecvError::Lagged(n)) if n > 0
+            ),
+            "the subscriber hears of what it missed"
+        );
+        drop(release);
     }
 }
