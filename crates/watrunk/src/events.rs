@@ -33,7 +33,7 @@ impl Events {
                     .map_err(|e| anyhow::anyhow!("events: cannot open {path}: {e}"))?,
             )),
         };
-        Ok(Events::with_writer(sink)?)
+        Events::with_writer(sink)
     }
 
     /// Events written to `sink` (if any) by a thread of their own.
