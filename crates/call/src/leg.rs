@@ -293,7 +293,9 @@ struct Ctx {
     setup: LegSetup,
     call_id: String,
     out: VecDeque<CallOutput>,
-    rng: StdRng,
+    /// Seeds the next generator this leg needs (a cnonce, a branch, a retry delay): a word kept
+    /// instead of a generator's state, for as long as the call lasts.
+    seed: u64,
     /// Outbound: the password for a 401/407.
     password: Option<String>,
     /// The initial INVITE's client transaction (its 2xx retransmissions are ACKed again).
@@ -361,7 +363,7 @@ impl Leg {
                 call_id: invite.call_id().unwrap_or_default().to_string(),
                 setup,
                 out: VecDeque::new(),
-                rng,
+                seed: rng.next_u64(),
                 password: None,
                 invite_tx: None,
                 bye: None,
@@ -424,7 +426,7 @@ impl Leg {
                 setup,
                 call_id,
                 out: VecDeque::new(),
-                rng,
+                seed: rng.next_u64(),
                 password: call.password,
                 invite_tx: None,
                 bye: None,
@@ -895,6 +897,13 @@ impl Leg {
 }
 
 impl Ctx {
+    /// A generator for what the leg draws now; the seed moves on.
+    fn rng(&mut self) -> StdRng {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        self.seed = rng.next_u64();
+        rng
+    }
+
     fn ask_media(&mut self, security: Security, ice_role: IceRole) {
         self.media_asked = true;
         self.out.push_back(CallOutput::Media(MediaIntent::Prepare {
@@ -1228,6 +1237,7 @@ impl Ctx {
             self.password.clone().unwrap_or_default(),
         );
         let uri = c.invite.uri.to_string();
+        let mut rng = self.rng();
         let auth = digest::answer_with_random_cnonce(
             challenge,
             &creds,
@@ -1235,13 +1245,13 @@ impl Ctx {
             &uri,
             &c.invite.body,
             1,
-            &mut self.rng,
+            &mut rng,
         );
         let retry = watrunk_sip::dialog::retry_with_auth(
             &c.invite,
             creds_header,
             &auth.to_string(),
-            &mut self.rng,
+            &mut rng,
         );
         c.invite = retry.clone();
         c.authenticated = true;
@@ -1339,8 +1349,8 @@ impl Ctx {
             491 => {
                 // RFC 3261 §14.1: 2.1-4 s when we chose the Call-ID, else 0-2 s, in 10 ms steps.
                 let steps = match self.direction {
-                    CallDirection::Outbound => self.rng.gen_range(210..=400),
-                    CallDirection::Inbound => self.rng.gen_range(0..=200),
+                    CallDirection::Outbound => self.rng().gen_range(210..=400),
+                    CallDirection::Inbound => self.rng().gen_range(0..=200),
                 };
                 up.reneg = Reneg::Retry {
                     at: now + Duration::from_millis(steps * 10),
@@ -1494,7 +1504,7 @@ impl Ctx {
                 None,
             );
             r.headers
-                .push("Retry-After", self.rng.gen_range(0..=10).to_string());
+                .push("Retry-After", self.rng().gen_range(0..=10).to_string());
             return (up, r);
         }
         if !matches!(up.reneg, Reneg::Idle | Reneg::Retry { .. }) {
