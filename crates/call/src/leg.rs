@@ -226,10 +226,42 @@ struct Calling {
 /// An established dialog (also while our 200 waits for its ACK).
 struct Up {
     dialog: Dialog,
+    /// The plan negotiated telephone-event: DTMF may be sent.
+    dtmf: bool,
+    /// Our description and the running plan, kept only by a leg that renegotiates (the WhatsApp
+    /// leg drops them once media starts: it never sends or answers a re-offer).
+    sdp: Option<Box<Sdp>>,
+}
+
+/// What a renegotiating leg keeps of its offer/answer.
+struct Sdp {
     local: LocalMedia,
     /// The plan media runs; None while our offer in a 200 waits for its answer in the ACK.
     plan: Option<MediaPlan>,
     reneg: Reneg,
+}
+
+impl Up {
+    /// `plan` is what media starts with (None: our offer in a 200 waits for the ACK's answer).
+    fn new(
+        dialog: Dialog,
+        local: LocalMedia,
+        plan: Option<MediaPlan>,
+        reneg: Reneg,
+        policy: &LegPolicy,
+    ) -> Up {
+        let keep =
+            policy.answers_reoffers || policy.may_reinvite || policy.may_update || plan.is_none();
+        Up {
+            dialog,
+            dtmf: plan.as_ref().is_some_and(|p| p.dtmf_pt.is_some()),
+            sdp: keep.then(|| Box::new(Sdp { local, plan, reneg })),
+        }
+    }
+
+    fn reneg(&self) -> Option<&Reneg> {
+        self.sdp.as_ref().map(|s| &s.reneg)
+    }
 }
 
 /// In-dialog offer/answer (RFC 3264 §8).
@@ -481,7 +513,7 @@ impl Leg {
     /// The plan media runs now, once negotiated.
     pub fn plan(&self) -> Option<&MediaPlan> {
         match &self.state {
-            State::Accepted(up) | State::Up(up) => up.plan.as_ref(),
+            State::Accepted(up) | State::Up(up) => up.sdp.as_ref().and_then(|s| s.plan.as_ref()),
             _ => None,
         }
     }
@@ -493,8 +525,8 @@ impl Leg {
     /// When [`Leg::handle_timeout`] wants to run (a re-offer waiting after a 491).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Up(up) => match up.reneg {
-                Reneg::Retry { at, .. } => Some(at),
+            State::Up(up) => match up.reneg() {
+                Some(Reneg::Retry { at, .. }) => Some(*at),
                 _ => None,
             },
             _ => None,
@@ -505,18 +537,23 @@ impl Leg {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.step(|state, cx| match state {
             State::Up(mut up) => {
-                if let Reneg::Retry {
-                    at,
-                    how,
-                    direction,
-                    previous,
-                } = up.reneg
-                {
-                    if at <= now {
-                        up.reneg = Reneg::Idle;
-                        up.local.direction = previous;
-                        if let Err(e) = cx.send_reoffer(&mut up, how, direction) {
-                            debug_assert!(false, "a retried re-offer is sendable: {e}");
+                let Up {
+                    dialog, sdp: kept, ..
+                } = &mut *up;
+                if let Some(kept) = kept.as_deref_mut() {
+                    if let Reneg::Retry {
+                        at,
+                        how,
+                        direction,
+                        previous,
+                    } = kept.reneg
+                    {
+                        if at <= now {
+                            kept.reneg = Reneg::Idle;
+                            kept.local.direction = previous;
+                            if let Err(e) = cx.send_reoffer(dialog, kept, how, direction) {
+                                debug_assert!(false, "a retried re-offer is sendable: {e}");
+                            }
                         }
                     }
                 }
@@ -551,11 +588,15 @@ impl Leg {
                 }
             }
             State::Up(up) => {
-                if let Reneg::Offered {
-                    how,
-                    transaction: t @ None,
+                if let Some(Sdp {
+                    reneg:
+                        Reneg::Offered {
+                            how,
+                            transaction: t @ None,
+                            ..
+                        },
                     ..
-                } = &mut up.reneg
+                }) = up.sdp.as_deref_mut()
                 {
                     if how.method() == *method {
                         *t = Some(transaction);
@@ -698,18 +739,20 @@ impl Leg {
     /// DTMF keys toward the far side, once media runs with a negotiated telephone-event.
     pub fn send_dtmf(&mut self, keys: &str) -> Result<(), CallError> {
         match &self.state {
-            State::Accepted(up) | State::Up(up) => match &up.plan {
-                Some(plan) if plan.dtmf_pt.is_some() => {
+            State::Accepted(up) | State::Up(up) => {
+                if up.dtmf {
                     self.cx
                         .out
                         .push_back(CallOutput::Media(MediaIntent::SendDtmf {
                             keys: keys.to_string(),
                         }));
                     Ok(())
+                } else if up.sdp.as_ref().is_some_and(|s| s.plan.is_none()) {
+                    Err(CallError::OfferPending)
+                } else {
+                    Err(CallError::NoDtmf)
                 }
-                Some(_) => Err(CallError::NoDtmf),
-                None => Err(CallError::OfferPending),
-            },
+            }
             other => Err(CallError::WrongState {
                 what: "DTMF",
                 state: other.name(),
@@ -732,7 +775,13 @@ impl Leg {
         }
         self.step(|state, cx| match state {
             State::Up(mut up) => {
-                let r = cx.send_reoffer(&mut up, how, direction);
+                let Up {
+                    dialog, sdp: kept, ..
+                } = &mut *up;
+                let r = match kept.as_deref_mut() {
+                    Some(kept) => cx.send_reoffer(dialog, kept, how, direction),
+                    None => Err(CallError::Forbidden("a re-offer")),
+                };
                 (State::Up(up), r)
             }
             other => {
@@ -864,7 +913,7 @@ impl Leg {
                 (),
             ),
             // RFC 3261 §14.1: a re-offer that times out ends the dialog.
-            State::Up(up) if matches!(up.reneg, Reneg::Offered { transaction: Some(t), .. } if t == transaction) => {
+            State::Up(up) if matches!(up.reneg(), Some(Reneg::Offered { transaction: Some(t), .. }) if *t == transaction) => {
                 let ending = Ending::new(Side::Remote, Some(408), "the far side did not answer our re-offer");
                 (cx.send_bye(up, "SIP;cause=408;text=\"re-offer timeout\"", ending), ())
             }
@@ -884,11 +933,13 @@ impl Leg {
                 )),
                 (),
             ),
-            (State::Up(mut up), m) if matches!(&up.reneg, Reneg::Offered { how, .. } if how.method() == *m) => {
-                if let Reneg::Offered { previous, .. } = up.reneg {
-                    up.local.direction = previous;
+            (State::Up(mut up), m) if matches!(up.reneg(), Some(Reneg::Offered { how, .. }) if how.method() == *m) => {
+                if let Some(kept) = up.sdp.as_deref_mut() {
+                    if let Reneg::Offered { previous, .. } = kept.reneg {
+                        kept.local.direction = previous;
+                    }
+                    kept.reneg = Reneg::Idle;
                 }
-                up.reneg = Reneg::Idle;
                 (State::Up(up), ())
             }
             (other, _) => (other, ()),
@@ -1081,12 +1132,13 @@ impl Ctx {
                 ssrc: local.ssrc,
             }));
         }
-        State::Accepted(Box::new(Up {
+        State::Accepted(Box::new(Up::new(
             dialog,
             local,
             plan,
             reneg,
-        }))
+            &self.setup.policy,
+        )))
     }
 
     /// Preparing → our offer in the INVITE.
@@ -1184,20 +1236,19 @@ impl Ctx {
         }
         self.event(CallEvent::Answered);
         let accepted = sdp::parse(&response.body).and_then(|a| sdp::accept_answer(&offer, &a));
-        let up = Box::new(Up {
-            dialog,
-            local,
-            plan: None,
-            reneg: Reneg::Idle,
-        });
         match accepted {
             Ok(plan) => {
                 self.out.push_back(CallOutput::Media(MediaIntent::Start {
                     plan: Box::new(plan.clone()),
-                    ssrc: up.local.ssrc,
+                    ssrc: local.ssrc,
                 }));
-                let mut up = up;
-                up.plan = Some(plan);
+                let up = Box::new(Up::new(
+                    dialog,
+                    local,
+                    Some(plan),
+                    Reneg::Idle,
+                    &self.setup.policy,
+                ));
                 if cancel_wanted {
                     return self.hang_up(State::Up(up), "hung up before answer", 16);
                 }
@@ -1205,6 +1256,11 @@ impl Ctx {
             }
             Err(e) => {
                 let reason = format!("the far side's answer is refused: {}: {e}", e.rule());
+                let up = Box::new(Up {
+                    dialog,
+                    dtmf: false,
+                    sdp: None,
+                });
                 // Q.850 cause 65: bearer capability not implemented.
                 self.hang_up(State::Up(up), &reason, 65)
             }
@@ -1264,7 +1320,8 @@ impl Ctx {
     /// Our re-INVITE or UPDATE with a new offer (`up.reneg` must be idle).
     fn send_reoffer(
         &mut self,
-        up: &mut Up,
+        dialog: &mut Dialog,
+        up: &mut Sdp,
         how: Reoffer,
         direction: Direction,
     ) -> Result<(), CallError> {
@@ -1281,7 +1338,7 @@ impl Ctx {
                 return Err(CallError::Forbidden("an offer from this leg's media"));
             }
         };
-        let Ok(mut req) = up.dialog.create_request(how.method()) else {
+        let Ok(mut req) = dialog.create_request(how.method()) else {
             up.local.direction = previous;
             return Err(CallError::WrongState {
                 what: "a re-offer",
@@ -1313,17 +1370,19 @@ impl Ctx {
         transaction: TransactionId,
         response: &Response,
     ) -> State {
-        let matches =
-            matches!(&up.reneg, Reneg::Offered { transaction: Some(t), .. } if *t == transaction);
+        let matches = matches!(up.reneg(), Some(Reneg::Offered { transaction: Some(t), .. }) if *t == transaction);
         if !matches || response.status < 200 {
             return State::Up(up);
         }
-        let Reneg::Offered {
+        let Some(Reneg::Offered {
             how,
             offer,
             previous,
             ..
-        } = std::mem::replace(&mut up.reneg, Reneg::Idle)
+        }) = up
+            .sdp
+            .as_deref_mut()
+            .map(|s| std::mem::replace(&mut s.reneg, Reneg::Idle))
         else {
             return State::Up(up);
         };
@@ -1352,12 +1411,14 @@ impl Ctx {
                     CallDirection::Outbound => self.rng().gen_range(210..=400),
                     CallDirection::Inbound => self.rng().gen_range(0..=200),
                 };
-                up.reneg = Reneg::Retry {
-                    at: now + Duration::from_millis(steps * 10),
-                    how,
-                    direction: up.local.direction,
-                    previous,
-                };
+                if let Some(kept) = up.sdp.as_deref_mut() {
+                    kept.reneg = Reneg::Retry {
+                        at: now + Duration::from_millis(steps * 10),
+                        how,
+                        direction: kept.local.direction,
+                        previous,
+                    };
+                }
                 State::Up(up)
             }
             // RFC 3261 §12.2.1.2: the dialog is gone.
@@ -1378,21 +1439,29 @@ impl Ctx {
                 }
             }
             status => {
-                up.local.direction = previous;
+                if let Some(kept) = up.sdp.as_deref_mut() {
+                    kept.local.direction = previous;
+                }
                 self.event(CallEvent::ReofferRefused(status));
                 State::Up(up)
             }
         }
     }
 
+    /// A renegotiation's plan: Start when media had none yet, else Update.
     fn update_media(&mut self, up: &mut Up, plan: MediaPlan) {
         let direction = plan.direction;
-        let first = up.plan.is_none();
-        up.plan = Some(plan.clone());
+        up.dtmf = plan.dtmf_pt.is_some();
+        let Some(kept) = up.sdp.as_deref_mut() else {
+            return;
+        };
+        let first = kept.plan.is_none();
+        kept.plan = Some(plan.clone());
+        let ssrc = kept.local.ssrc;
         self.out.push_back(CallOutput::Media(if first {
             MediaIntent::Start {
                 plan: Box::new(plan),
-                ssrc: up.local.ssrc,
+                ssrc,
             }
         } else {
             MediaIntent::Update {
@@ -1404,7 +1473,11 @@ impl Ctx {
 
     /// The ACK's answer to the offer in our 2xx, if one is pending.
     fn take_answer_from_ack(&mut self, up: &mut Up, ack: &Request) -> Result<(), String> {
-        let Reneg::OfferedInAnswer { offer } = std::mem::replace(&mut up.reneg, Reneg::Idle) else {
+        let Some(Reneg::OfferedInAnswer { offer }) = up
+            .sdp
+            .as_deref_mut()
+            .map(|s| std::mem::replace(&mut s.reneg, Reneg::Idle))
+        else {
             return Ok(());
         };
         match sdp::parse(&ack.body).and_then(|a| sdp::accept_answer(&offer, &a)) {
@@ -1507,8 +1580,16 @@ impl Ctx {
                 .push("Retry-After", self.rng().gen_range(0..=10).to_string());
             return (up, r);
         }
-        if !matches!(up.reneg, Reneg::Idle | Reneg::Retry { .. }) {
-            return (up, Response::to_request(req, 491, "Request Pending", None));
+        match up.reneg() {
+            Some(Reneg::Idle | Reneg::Retry { .. }) => {}
+            Some(_) => return (up, Response::to_request(req, 491, "Request Pending", None)),
+            // A leg that renegotiates keeps its description (`Up::new`).
+            None => {
+                return (
+                    up,
+                    Response::to_request(req, 488, "Not Acceptable Here (no renegotiation)", None),
+                )
+            }
         }
         // While our re-offer waits for its retry, theirs is answered with what we want already
         // (`local.direction`); ours still goes at its time.
@@ -1520,12 +1601,15 @@ impl Ctx {
                 // A refresh without an offer (RFC 3311 §5.2): nothing to negotiate.
                 return (up, ok);
             }
-            up.local.session_version += 1;
-            return match sdp::offer(&up.local) {
+            let Some(kept) = up.sdp.as_deref_mut() else {
+                return (up, ok);
+            };
+            kept.local.session_version += 1;
+            return match sdp::offer(&kept.local) {
                 Ok(offer) => {
                     ok.headers.push("Content-Type", "application/sdp");
                     ok.body = sdp::print(offer.sdp()).into_bytes();
-                    up.reneg = Reneg::OfferedInAnswer { offer };
+                    kept.reneg = Reneg::OfferedInAnswer { offer };
                     (up, ok)
                 }
                 Err(e) => (
@@ -1536,8 +1620,13 @@ impl Ctx {
         }
         let agreed = sdp::parse(&req.body).and_then(|o| sdp::agree(o, &self.setup.capabilities));
         let answered = agreed.and_then(|a| {
-            up.local.session_version += 1;
-            a.answer(&up.local)
+            let local = &mut up
+                .sdp
+                .as_deref_mut()
+                .ok_or_else(|| SdpError::Local("no description kept to answer with".into()))?
+                .local;
+            local.session_version += 1;
+            a.answer(local)
         });
         match answered {
             Ok((answer, plan)) => {
