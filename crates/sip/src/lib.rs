@@ -1,11 +1,15 @@
 //! watrunk-sip: sans-IO SIP for the WhatsApp trunk. Framing, a lenient parser and strict printer,
 //! RFC 3261 transactions and dialogs, and digest authentication both ways. No sockets, no clocks:
-//! callers pass `now` in and take messages and timers out.
+//! callers pass `now` in and take messages and timers out. The optional `io` feature adds the one
+//! tokio driver that `watrunk serve`, `watrunk probe` and `watrunk sim` share: listeners, a task per
+//! connection and TLS set-up (it is the only part that touches sockets and the clock).
 
 pub mod dialog;
 pub mod digest;
 pub mod framing;
 pub mod header;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod message;
 pub mod method;
 pub mod routing;

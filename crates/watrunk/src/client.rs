@@ -16,7 +16,7 @@ use watrunk_sip::transaction::{
 };
 use watrunk_sip::{Message, Method, Request, Response, Uri, Via};
 
-use crate::transport::{self, ConnCommand, Inbound, Limits, Shared};
+use watrunk_sip::io::transport::{self, ConnCommand, Inbound, Limits, Shared};
 
 #[derive(Args, Debug)]
 pub struct ProbeArgs {
@@ -120,7 +120,7 @@ pub async fn probe(args: ProbeArgs) -> Result<()> {
         Transport::Tcp | Transport::Tls => {
             let tls = match transport {
                 Transport::Tls => Some(tokio_rustls::TlsConnector::from(
-                    crate::tls::client_config(args.ca.as_deref())?,
+                    watrunk_sip::io::tls::client_config(args.ca.as_deref())?,
                 )),
                 _ => None,
             };

@@ -9,9 +9,6 @@ mod events;
 mod media_cli;
 mod sdp_cli;
 mod server;
-mod sim;
-mod tls;
-mod transport;
 
 use clap::{Parser, Subcommand};
 
@@ -41,9 +38,10 @@ enum Command {
     },
     /// A Meta-like peer: `sim serve` (Meta for calls a business places), `sim call HOST` (a WhatsApp
     /// user calling a business), `sim sink` (a voice-agent stand-in: tone out, recording in).
+    #[cfg(feature = "sim")]
     Sim {
         #[command(subcommand)]
-        command: sim::SimCommand,
+        command: watrunk_sim::SimCommand,
     },
     /// SDP negotiation from the command line: answer, offer, accept an answer, check a profile.
     Sdp {
@@ -89,7 +87,8 @@ fn main() -> std::process::ExitCode {
             Command::Call(args) => call_cli::run(*args).await,
             Command::Probe(args) => client::probe(args).await,
             Command::Media { command } => media_cli::run(command).await,
-            Command::Sim { command } => match sim::run(command).await {
+            #[cfg(feature = "sim")]
+            Command::Sim { command } => match watrunk_sim::run(command).await {
                 Ok(true) => Ok(()),
                 Ok(false) => return Ok(std::process::ExitCode::FAILURE),
                 Err(e) => Err(e),

@@ -34,10 +34,10 @@ use watrunk_sip::{Message, Method, ParseError, Request, Response};
 
 use crate::config::ServeConfig;
 use crate::events::Events;
-use crate::tls::{self, CertOrigin};
-use crate::transport::{self, Inbound, Limits, Shared};
 use admission::{Admission, Verdict};
 use connections::Connections;
+use watrunk_sip::io::tls::{self, CertOrigin};
+use watrunk_sip::io::transport::{self, Inbound, Limits, Shared};
 
 pub const SERVER: &str = concat!("watrunk/", env!("CARGO_PKG_VERSION"));
 

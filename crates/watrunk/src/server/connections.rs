@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use watrunk_sip::transaction::{Peer, TransactionId, Transport};
 
-use crate::transport::{self, ConnCommand, ConnId, Shared};
+use watrunk_sip::io::transport::{self, ConnCommand, ConnId, Shared};
 
 /// Messages at most waiting for one connection to open.
 const WAITING_PER_CONNECTION: usize = 64;

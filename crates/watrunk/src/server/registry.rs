@@ -11,7 +11,7 @@ use watrunk_media::Stats;
 use watrunk_sip::transaction::{Peer, TransactionId};
 
 use super::media_task::MediaCmd;
-use crate::transport::ConnId;
+use watrunk_sip::io::transport::ConnId;
 
 pub type CallKey = u64;
 

@@ -28,14 +28,14 @@ use super::{emit, meta_reason, new_via, SimServeArgs, META_DOMAIN, USER_AGENT};
 pub async fn run(args: SimServeArgs) -> Result<bool> {
     let options = args.media.options();
     let relay = Arc::new(Relay::new(options.clone()).await?);
-    let (tls, origin) = crate::tls::server_config(&crate::tls::CertSource {
+    let (tls, origin) = watrunk_sip::io::tls::server_config(&watrunk_sip::io::tls::CertSource {
         cert: args.cert.clone(),
         key: args.key.clone(),
         hostname: args.tls_name.clone(),
         state_dir: args.state_dir.clone(),
     })?;
-    if let crate::tls::CertOrigin::SelfSignedNew(p)
-    | crate::tls::CertOrigin::SelfSignedExisting(p) = &origin
+    if let watrunk_sip::io::tls::CertOrigin::SelfSignedNew(p)
+    | watrunk_sip::io::tls::CertOrigin::SelfSignedExisting(p) = &origin
     {
         eprintln!(
             "sim: self-signed certificate for {} in {}",
@@ -126,9 +126,11 @@ async fn connection<S>(
     done: mpsc::Sender<bool>,
     trace: bool,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (link, mut incoming) = Link::open(stream, local, peer, trace);
+    let Some((link, mut incoming)) = Link::open(stream, local, peer, trace).await else {
+        return;
+    };
     let mut calls = ByCallId::default();
     while let Some(message) = incoming.recv().await {
         let Some((call_id, req)) = calls.route(message) else {

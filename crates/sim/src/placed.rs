@@ -58,14 +58,15 @@ impl Placing {
         gate: Gate,
     ) -> Result<Arc<Placing>> {
         let (cert, key, state_dir) = tls;
-        let (config, origin) = crate::tls::server_config(&crate::tls::CertSource {
-            cert,
-            key,
-            hostname: listen.ip().to_string(),
-            state_dir,
-        })?;
-        if let crate::tls::CertOrigin::SelfSignedNew(p)
-        | crate::tls::CertOrigin::SelfSignedExisting(p) = &origin
+        let (config, origin) =
+            watrunk_sip::io::tls::server_config(&watrunk_sip::io::tls::CertSource {
+                cert,
+                key,
+                hostname: listen.ip().to_string(),
+                state_dir,
+            })?;
+        if let watrunk_sip::io::tls::CertOrigin::SelfSignedNew(p)
+        | watrunk_sip::io::tls::CertOrigin::SelfSignedExisting(p) = &origin
         {
             eprintln!("sim load: Meta's TLS certificate in {}", p.display());
         }
@@ -94,8 +95,11 @@ impl Placing {
                 tokio::spawn(async move {
                     match acceptor.accept(tcp).await {
                         Ok(stream) => {
-                            let (link, incoming) = Link::open(stream, local, peer, false);
-                            connection(link, incoming, placing).await;
+                            if let Some((link, incoming)) =
+                                Link::open(stream, local, peer, false).await
+                            {
+                                connection(link, incoming, placing).await;
+                            }
                         }
                         Err(e) => eprintln!("sim load: TLS handshake with {peer} failed: {e}"),
                     }

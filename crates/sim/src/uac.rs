@@ -49,7 +49,7 @@ impl Target {
             .next()
             .ok_or_else(|| anyhow!("{host} has no address"))?;
         let server_name = server_name.unwrap_or(&host).to_string();
-        let tls = crate::tls::client_config(ca)?;
+        let tls = watrunk_sip::io::tls::client_config(ca)?;
         let name = ServerName::try_from(server_name.clone())
             .map_err(|_| anyhow!("{server_name:?} is not a TLS server name"))?;
         Ok(Target {
@@ -72,7 +72,9 @@ impl Target {
             .connect(self.name.clone(), tcp)
             .await
             .with_context(|| format!("TLS with {} (server name {:?})", self.remote, self.name))?;
-        Ok(Link::open(stream, local, self.remote, trace))
+        Link::open(stream, local, self.remote, trace)
+            .await
+            .ok_or_else(|| anyhow!("the connection to {} ended at once", self.remote))
     }
 }
 

@@ -1,19 +1,19 @@
 //! Sockets for SIP: UDP, TCP and TLS listeners, one task per stream connection (read → framer → core,
 //! core → bounded queue → write), and outbound connections opened on demand. Everything protocol-level
-//! happens in the core task; this file only moves bytes and enforces limits (message size, connection
-//! count, idle and handshake time).
+//! happens in the task that owns the queue (the server's core, a sim call); this file only moves bytes
+//! and enforces limits (message size, connection count, idle and handshake time).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::framing::{Frame, FramingError, StreamFramer};
+use crate::transaction::Transport;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use watrunk_sip::framing::{Frame, FramingError, StreamFramer};
-use watrunk_sip::transaction::Transport;
 
 pub type ConnId = u64;
 
@@ -273,7 +273,11 @@ pub fn connect(
     });
 }
 
-async fn serve_stream<S>(
+/// Serves one stream connection until it ends: reads and frames (answering CRLF keep-alives),
+/// hands each message to `shared.core`, and writes what the owner queues on the sender it gets in
+/// `Inbound::Opened`. The listeners and `connect` use it; so does a caller that opened the stream
+/// itself.
+pub async fn serve_stream<S>(
     stream: S,
     remote: SocketAddr,
     local: SocketAddr,
@@ -329,6 +333,7 @@ async fn serve_stream<S>(
                 }
             },
             _ = tx.closed() => break 'read,
+            _ = shared.core.closed() => break 'read,
         };
         framer.push(&buf[..n]);
         loop {

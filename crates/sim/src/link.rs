@@ -1,91 +1,87 @@
-//! One TLS connection of the sim: a reader task that frames and parses what arrives (answering
-//! CRLF keep-alives) and a writer fed through a bounded queue, so that a call's task can send
+//! One TLS connection of the sim, served by the same connection task as `watrunk serve`'s
+//! (`watrunk_sip::io::transport`: framing, keep-alive answers, bounded queues both ways). Its
+//! messages are parsed here and come out of a receiver; a call's task sends through the `Link`
 //! without owning the stream. Over TLS no request is retransmitted (RFC 3261 §17.1.1.2).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use watrunk_sip::framing::{Frame, StreamFramer};
-use watrunk_sip::{Message, Method, Request, Response};
+use watrunk_sip::io::transport::{self, ConnCommand, Inbound, Limits, Shared};
+use watrunk_sip::{Message, Method, Request, Response, Transport};
 
-const MAX_MESSAGE: usize = 64 * 1024;
 const QUEUE: usize = 64;
 
 #[derive(Clone)]
 pub struct Link {
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<ConnCommand>,
     pub local: SocketAddr,
     pub peer: SocketAddr,
     trace: bool,
 }
 
 impl Link {
-    /// Splits `stream`; messages that arrive come out of the receiver, which ends with the
-    /// connection.
-    pub fn open<S>(
+    /// Serves `stream`; messages that arrive come out of the receiver, which ends with the
+    /// connection. `None` if the connection ended before it was served.
+    pub async fn open<S>(
         stream: S,
         local: SocketAddr,
         peer: SocketAddr,
         trace: bool,
-    ) -> (Link, mpsc::Receiver<Message>)
+    ) -> Option<(Link, mpsc::Receiver<Message>)>
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let (core, mut from_conn) = mpsc::channel(QUEUE);
+        let limits = Limits {
+            conn_queue: QUEUE,
+            ..Limits::default()
+        };
+        let conn = transport::next_conn_id();
+        let shared = Shared::new(core, limits);
+        tokio::spawn(transport::serve_stream(
+            stream,
+            peer,
+            local,
+            Transport::Tls,
+            conn,
+            shared,
+        ));
+        let out = match from_conn.recv().await? {
+            Inbound::Opened { tx, .. } => tx,
+            _ => return None,
+        };
         let (in_tx, in_rx) = mpsc::channel(QUEUE);
-        let pong = out.clone();
         tokio::spawn(async move {
-            while let Some(bytes) = out_rx.recv().await {
-                if writer.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-            let _ = writer.shutdown().await;
-        });
-        tokio::spawn(async move {
-            let mut framer = StreamFramer::new(MAX_MESSAGE);
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
+            // The connection is served as long as somebody reads what arrives.
+            while let Some(event) = tokio::select! {
+                event = from_conn.recv() => event,
+                _ = in_tx.closed() => None,
+            } {
+                let (head, body) = match event {
+                    Inbound::Message { head, body, .. } => (head, body),
+                    Inbound::BadFrame { error, .. } => {
+                        eprintln!("sim: framing lost with {peer}: {error}");
+                        return;
+                    }
+                    Inbound::Closed { .. } => return,
+                    _ => continue,
                 };
-                framer.push(&buf[..n]);
-                loop {
-                    match framer.next_frame() {
-                        Ok(Some(Frame::Message { head, body })) => {
-                            match Message::parse_framed(&head, &body) {
-                                Ok(m) => {
-                                    if trace {
-                                        eprintln!(
-                                            "sim: <- {peer}\n{}",
-                                            String::from_utf8_lossy(&head)
-                                        );
-                                    }
-                                    if in_tx.send(m).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e) => eprintln!("sim: unparsable message from {peer}: {e}"),
-                            }
+                match Message::parse_framed(&head, &body) {
+                    Ok(m) => {
+                        if trace {
+                            eprintln!("sim: <- {peer}\n{}", String::from_utf8_lossy(&head));
                         }
-                        Ok(Some(Frame::Ping)) => {
-                            let _ = pong.try_send(b"\r\n".to_vec());
-                        }
-                        Ok(Some(Frame::Pong)) => {}
-                        Ok(None) => break,
-                        Err(e) => {
-                            eprintln!("sim: framing lost with {peer}: {e}");
+                        if in_tx.send(m).await.is_err() {
                             return;
                         }
                     }
+                    Err(e) => eprintln!("sim: unparsable message from {peer}: {e}"),
                 }
             }
         });
-        (
+        Some((
             Link {
                 out,
                 local,
@@ -93,7 +89,7 @@ impl Link {
                 trace,
             },
             in_rx,
-        )
+        ))
     }
 
     pub async fn send(&self, bytes: Vec<u8>) {
@@ -102,7 +98,7 @@ impl Link {
             let head = text.split("\r\n\r\n").next().unwrap_or_default();
             eprintln!("sim: -> {}\n{head}\r\n", self.peer);
         }
-        let _ = self.out.send(bytes).await;
+        let _ = self.out.send(ConnCommand::Send(bytes)).await;
     }
 
     pub async fn respond(&self, response: &Response) {

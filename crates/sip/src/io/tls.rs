@@ -6,9 +6,52 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
 use rustls::crypto::ring;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why TLS could not be set up. Every case is the operator's to fix (a file, a path, a pair).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("--cert and --key go together: give both or neither (config keys tls.cert / tls.key)")]
+    HalfPair,
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not PEM certificates: {source}", path.display())]
+    NotPem {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: no certificate found", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no private key found", path.display())]
+    NoKey { path: PathBuf },
+    #[error("{}: not a usable CA certificate: {source}", path.display())]
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the certificate and key do not form a usable pair: {0}")]
+    Unusable(rustls::Error),
+    #[error("cannot make a self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, TlsSetupError>;
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(ring::default_provider())
@@ -35,15 +78,14 @@ pub fn server_config(src: &CertSource) -> Result<(Arc<rustls::ServerConfig>, Cer
             (chain, key, CertOrigin::Configured(c.clone()))
         }
         (None, None) => self_signed(&src.hostname, &src.state_dir)?,
-        _ => bail!(
-            "--cert and --key go together: give both or neither (config keys tls.cert / tls.key)"
-        ),
+        _ => return Err(TlsSetupError::HalfPair),
     };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Unusable)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .context("the certificate and key do not form a usable pair")?;
+        .map_err(TlsSetupError::Unusable)?;
     cfg.alpn_protocols.clear();
     Ok((Arc::new(cfg), origin))
 }
@@ -53,13 +95,15 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
         for cert in read_certs(path)? {
-            roots
-                .add(cert)
-                .with_context(|| format!("{}: not a usable CA certificate", path.display()))?;
+            roots.add(cert).map_err(|source| TlsSetupError::BadCa {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Unusable)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     // Meta answers ALPN "sip" with alert no_application_protocol (WHATSAPP-SIP §1.5).
@@ -68,12 +112,17 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pem = read(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|source| TlsSetupError::NotPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        bail!("{}: no certificate found", path.display());
+        return Err(TlsSetupError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -83,10 +132,13 @@ fn load_pair(
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let chain = read_certs(cert)?;
-    let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let pem = read(key)?;
+    let no_key = || TlsSetupError::NoKey {
+        path: key.to_path_buf(),
+    };
     let key = rustls_pemfile::private_key(&mut pem.as_slice())
-        .with_context(|| format!("{}: not a PEM private key", key.display()))?
-        .with_context(|| format!("{}: no private key found", key.display()))?;
+        .map_err(|_| no_key())?
+        .ok_or_else(no_key)?;
     Ok((chain, key))
 }
 
@@ -120,12 +172,15 @@ fn self_signed(
         .distinguished_name
         .push(rcgen::DnType::CommonName, hostname);
     let cert = params.self_signed(&key_pair)?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create state directory {}", dir.display()))?;
-    std::fs::write(&cert_path, cert.pem())?;
-    write_private(&key_path, key_pair.serialize_pem().as_bytes())?;
-    let key =
-        PrivateKeyDer::try_from(key_pair.serialize_der()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let write_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsSetupError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_error(dir))?;
+    std::fs::write(&cert_path, cert.pem()).map_err(write_error(&cert_path))?;
+    write_private(&key_path, key_pair.serialize_pem().as_bytes())
+        .map_err(write_error(&key_path))?;
+    let key = PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
     Ok((
         vec![cert.der().clone()],
         key,
@@ -133,7 +188,7 @@ fn self_signed(
     ))
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
