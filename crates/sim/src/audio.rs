@@ -23,16 +23,17 @@ pub struct Tone {
 }
 
 impl Tone {
-    pub fn new(hz: f64, payload_type: u8, ssrc: u32) -> Result<Tone> {
+    /// A tone with a random SSRC, first sequence number and timestamp.
+    pub fn new(hz: f64, payload_type: u8, rng: &mut impl rand::Rng) -> Result<Tone> {
         let encoder = opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Voip)
             .map_err(|e| anyhow!("Opus encoder: {e}"))?;
         Ok(Tone {
             encoder,
             hz,
             phase: 0.0,
-            seq: rand::random(),
-            timestamp: rand::random(),
-            ssrc,
+            seq: rng.gen(),
+            timestamp: rng.gen(),
+            ssrc: rng.gen(),
             payload_type,
         })
     }
@@ -232,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_tone_encoded_and_decoded_is_heard_at_its_frequency() {
-        let mut tone = Tone::new(440.0, 111, 7).unwrap();
+        let mut tone = Tone::new(440.0, 111, &mut rand::rngs::mock::StepRng::new(7, 1)).unwrap();
         let mut recorder = Recorder::new(111).unwrap();
         let mut buf = [0u8; 1500];
         for _ in 0..75 {

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
 use watrunk_sdp::Security;
@@ -190,13 +192,25 @@ pub struct SinkArgs {
     pub seconds: f64,
 }
 
-/// Runs a sim command; `Ok(false)` when a placed call failed its checks.
-pub async fn run(command: SimCommand) -> Result<bool> {
+/// The sim's randomness: `run` is given one seed, and every task that draws (a connection, a
+/// call) gets a generator forked from it. Nothing draws from a global source, so a run's tags,
+/// branches, SSRCs and sequence numbers follow from its seed.
+pub type Draws = StdRng;
+
+/// A generator of its own for a task started by the owner of `parent`.
+pub fn fork(parent: &mut Draws) -> Draws {
+    Draws::seed_from_u64(parent.gen())
+}
+
+/// Runs a sim command with randomness drawn from `seed`; `Ok(false)` when a placed call failed its
+/// checks.
+pub async fn run(command: SimCommand, seed: u64) -> Result<bool> {
+    let mut draws = Draws::seed_from_u64(seed);
     match command {
-        SimCommand::Serve(args) => uas::run(args).await,
-        SimCommand::Call(args) => uac::run(args).await,
-        SimCommand::Sink(args) => sink(args).await.map(|()| true),
-        SimCommand::Load(args) => load::run(*args).await,
+        SimCommand::Serve(args) => uas::run(args, draws).await,
+        SimCommand::Call(args) => uac::run(args, &mut draws).await,
+        SimCommand::Sink(args) => sink(args, draws).await.map(|()| true),
+        SimCommand::Load(args) => load::run(*args, draws).await,
         SimCommand::BareRelay(args) => load::bare_relay(args).await.map(|()| true),
     }
 }
@@ -211,11 +225,11 @@ fn read_password(path: &Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
-fn new_via(link: &Link) -> String {
+fn new_via(link: &Link, rng: &mut Draws) -> String {
     format!(
         "SIP/2.0/TLS {};rport;branch={};alias",
         link.hostport(),
-        watrunk_sip::new_branch(&mut rand::thread_rng())
+        watrunk_sip::new_branch(rng)
     )
 }
 
@@ -235,7 +249,7 @@ struct Stream {
 }
 
 /// `watrunk sim sink`: the agent's side of every call, told apart by the source port L.
-async fn sink(args: SinkArgs) -> Result<()> {
+async fn sink(args: SinkArgs, mut draws: Draws) -> Result<()> {
     let socket = UdpSocket::bind(args.listen)
         .await
         .with_context(|| format!("cannot bind {}", args.listen))?;
@@ -256,7 +270,7 @@ async fn sink(args: SinkArgs) -> Result<()> {
                     if streams.len() >= MAX_STREAMS {
                         continue;
                     }
-                    let tone = if args.echo { None } else { Some(Tone::new(args.tone_hz, pt, rand::random())?) };
+                    let tone = if args.echo { None } else { Some(Tone::new(args.tone_hz, pt, &mut draws)?) };
                     let now = Instant::now();
                     streams.insert(from, Stream { recorder: Recorder::new(pt)?, tone, last: now, first: now });
                 }

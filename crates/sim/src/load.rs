@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
@@ -32,7 +33,7 @@ use super::media::{MediaOptions, Relay};
 use super::placed::{Incoming, Placing};
 use super::uac::{self, Caller, Target};
 use super::uas::{self, Gate, MediaFrom};
-use super::{BusinessAccess, SrtpMode};
+use super::{fork, BusinessAccess, Draws, SrtpMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Through {
@@ -498,14 +499,15 @@ impl Signalling {
         }
     }
 
-    async fn end(self, ng: SocketAddr, duration: u64) {
+    async fn end(self, ng: SocketAddr, duration: u64, rng: &mut Draws) {
         match self {
             Signalling::Sip {
                 link,
                 mut rx,
                 mut dialog,
             } => {
-                let _ = uac::hang_up(&link, &mut rx, &mut dialog, duration, "user hung up").await;
+                let _ =
+                    uac::hang_up(&link, &mut rx, &mut dialog, duration, "user hung up", rng).await;
             }
             Signalling::Ng { call_id } => {
                 let delete = NgCommand {
@@ -513,36 +515,41 @@ impl Signalling {
                     call_id: &call_id,
                     ..NgCommand::default()
                 };
-                let _ = ng_request(ng, &delete).await;
+                let _ = ng_request(ng, &delete, rng).await;
             }
             Signalling::None => {}
         }
     }
 }
 
-async fn run_call(shared: Arc<Shared>, call: u32) -> CallRecord {
+async fn run_call(shared: Arc<Shared>, call: u32, mut draws: Draws) -> CallRecord {
     let mut record = CallRecord::default();
-    if let Err(e) = call_inner(&shared, call, &mut record).await {
+    if let Err(e) = call_inner(&shared, call, &mut record, &mut draws).await {
         record.failure = Some(format!("{e:#}"));
     }
     record
 }
 
-async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Result<()> {
+async fn call_inner(
+    shared: &Shared,
+    call: u32,
+    record: &mut CallRecord,
+    rng: &mut Draws,
+) -> Result<()> {
     let args = &shared.args;
     let t0 = Instant::now();
     if args.through == Through::Bare {
-        return bare_call(shared, call, record, t0).await;
+        return bare_call(shared, call, record, t0, rng).await;
     }
     if let Some(placing) = &shared.placing {
-        return placed_call(shared, placing, call, record, t0).await;
+        return placed_call(shared, placing, call, record, t0, rng).await;
     }
     let security = match args.srtp {
         SrtpMode::Dtls => Security::Dtls,
         SrtpMode::Sdes => Security::Sdes,
     };
     let relay = Relay::with_identity(shared.options.clone(), shared.identity.clone()).await?;
-    let leg = relay.leg_to(security, shared.meta_addr).await?;
+    let leg = relay.leg_to(security, shared.meta_addr, rng).await?;
     let (offer, offer_state) = leg.offer()?;
     let (signalling, plan) = match args.through {
         Through::Watrunk => {
@@ -558,7 +565,7 @@ async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Resu
                 password: shared.password.as_deref(),
                 cancel_after: None,
             };
-            let placed = uac::place(target, &link, &mut rx, &caller, offer).await?;
+            let placed = uac::place(target, &link, &mut rx, &caller, offer, rng).await?;
             if placed.response.status != 200 {
                 bail!(
                     "{} {}",
@@ -567,7 +574,7 @@ async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Resu
                 );
             }
             record.answered_ms = Some(ms_since(t0));
-            let (dialog, plan) = uac::confirm(&link, &placed, &offer_state)
+            let (dialog, plan) = uac::confirm(&link, &placed, &offer_state, rng)
                 .await?
                 .map_err(|e| anyhow!(e))?;
             (
@@ -580,7 +587,8 @@ async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Resu
             )
         }
         Through::Rtpengine => {
-            let (call_id, plan) = rtpengine_negotiate(shared, call, &offer, &offer_state).await?;
+            let (call_id, plan) =
+                rtpengine_negotiate(shared, call, &offer, &offer_state, rng).await?;
             record.answered_ms = Some(ms_since(t0));
             (Signalling::Ng { call_id }, plan)
         }
@@ -591,7 +599,7 @@ async fn call_inner(shared: &Shared, call: u32, record: &mut CallRecord) -> Resu
         .control
         .send(Control::Up(call, session.app_addr()))
         .await;
-    let outcome = hold(shared, call, Some(session), signalling, record, t0).await;
+    let outcome = hold(shared, call, Some(session), signalling, record, t0, rng).await;
     drop(relay);
     outcome
 }
@@ -603,6 +611,7 @@ async fn placed_call(
     call: u32,
     record: &mut CallRecord,
     t0: Instant,
+    rng: &mut Draws,
 ) -> Result<()> {
     let args = &shared.args;
     let Incoming {
@@ -611,12 +620,14 @@ async fn placed_call(
         link,
     } = placing.place(call, &args.to, args.sink).await?;
     let relay = Relay::with_identity(shared.options.clone(), shared.identity.clone()).await?;
-    let to_tag = new_tag(&mut rand::thread_rng());
+    let to_tag = new_tag(rng);
     let media = MediaFrom {
         relay: &relay,
         app: Some(shared.meta_addr),
     };
-    let admitted = match uas::admit(invite, &mut rx, &link, &placing.gate, media, &to_tag).await {
+    let admitted = match uas::admit(invite, &mut rx, &link, &placing.gate, media, &to_tag, rng)
+        .await
+    {
         Ok(a) => a,
         Err(refusal) => {
             if let Some(req) = &refusal.request {
@@ -640,7 +651,7 @@ async fn placed_call(
         rx,
         dialog: Box::new(admitted.dialog),
     };
-    let outcome = hold(shared, call, Some(session), signalling, record, t0).await;
+    let outcome = hold(shared, call, Some(session), signalling, record, t0, rng).await;
     drop(relay);
     outcome
 }
@@ -653,6 +664,7 @@ async fn hold(
     mut signalling: Signalling,
     record: &mut CallRecord,
     t0: Instant,
+    rng: &mut Draws,
 ) -> Result<()> {
     let args = &shared.args;
     let mut hang_up = shared.hang_up.clone();
@@ -698,7 +710,9 @@ async fn hold(
     }
     let _ = shared.control.send(Control::Down(call)).await;
     if ours {
-        signalling.end(args.ng, answered.elapsed().as_secs()).await;
+        signalling
+            .end(args.ng, answered.elapsed().as_secs(), rng)
+            .await;
     }
     if let Some(session) = session {
         session.stop().await;
@@ -711,7 +725,13 @@ async fn hold(
 
 /// The bare path: the call's plain side forwards to and from the bare relay from its own socket,
 /// as a call's SRTP socket would.
-async fn bare_call(shared: &Shared, call: u32, record: &mut CallRecord, t0: Instant) -> Result<()> {
+async fn bare_call(
+    shared: &Shared,
+    call: u32,
+    record: &mut CallRecord,
+    t0: Instant,
+    rng: &mut Draws,
+) -> Result<()> {
     let ip = shared.args.media_ip;
     let app = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
     let wire = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
@@ -736,7 +756,7 @@ async fn bare_call(shared: &Shared, call: u32, record: &mut CallRecord, t0: Inst
     record.answered_ms = Some(ms_since(t0));
     record.secure_at = Some(shared.started.elapsed());
     let _ = shared.control.send(Control::Up(call, app_addr)).await;
-    let outcome = hold(shared, call, None, Signalling::None, record, t0).await;
+    let outcome = hold(shared, call, None, Signalling::None, record, t0, rng).await;
     let _ = stop.send(());
     let _ = forward.await;
     outcome
@@ -749,6 +769,7 @@ async fn rtpengine_negotiate(
     call: u32,
     offer: &str,
     state: &sdp::OfferState,
+    rng: &mut Draws,
 ) -> Result<(String, MediaPlan)> {
     let ng = shared.args.ng;
     let call_id = format!("load-{}-{call}", std::process::id());
@@ -765,6 +786,7 @@ async fn rtpengine_negotiate(
             replace: &["origin", "session-connection"],
             ..NgCommand::default()
         },
+        rng,
     )
     .await
     .context("rtpengine offer")?;
@@ -787,6 +809,7 @@ async fn rtpengine_negotiate(
             flags: &["no-rtcp-attribute"],
             ..NgCommand::default()
         },
+        rng,
     )
     .await
     .context("rtpengine answer")?;
@@ -832,8 +855,8 @@ struct NgReply {
 }
 
 /// One ng command (`"<cookie> <bencoded dict>"` over UDP) and rtpengine's reply.
-async fn ng_request(ng: SocketAddr, command: &NgCommand<'_>) -> Result<NgReply> {
-    let cookie = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+async fn ng_request(ng: SocketAddr, command: &NgCommand<'_>, rng: &mut Draws) -> Result<NgReply> {
+    let cookie = format!("{:012x}", rng.gen::<u64>() & 0xffff_ffff_ffff);
     let mut request = format!("{cookie} ").into_bytes();
     request.extend(serde_bencode::to_bytes(command)?);
     let local = SocketAddr::new(
@@ -1084,7 +1107,7 @@ fn window_report(a: &Snapshot, b: &Snapshot, calls: usize) -> Value {
     })
 }
 
-pub async fn run(args: LoadArgs) -> Result<bool> {
+pub async fn run(args: LoadArgs, mut draws: Draws) -> Result<bool> {
     let total = args.total.unwrap_or(args.calls).max(1);
     let calls = args.calls.clamp(1, total);
     if args.hold <= 0.0 && total != calls {
@@ -1132,7 +1155,7 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
                 SrtpMode::Dtls => Security::Dtls,
                 SrtpMode::Sdes => Security::Sdes,
             };
-            let gate = Gate::new(args.business_host.clone(), password, security);
+            let gate = Gate::new(args.business_host.clone(), password, security, &mut draws);
             let tls = (args.cert.clone(), args.key.clone(), args.state_dir.clone());
             let placing = Placing::start(args.listen, tls, args.api, gate).await?;
             (None, Some(placing))
@@ -1181,8 +1204,9 @@ pub async fn run(args: LoadArgs) -> Result<bool> {
                 };
                 tokio::time::sleep_until(start + Duration::from_secs_f64(call as f64 / rate)).await;
                 let shared = shared.clone();
+                let draws = fork(&mut draws);
                 handles.push(tokio::spawn(async move {
-                    let record = run_call(shared, call as u32).await;
+                    let record = run_call(shared, call as u32, draws).await;
                     drop(permit);
                     record
                 }));

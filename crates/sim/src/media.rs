@@ -16,7 +16,10 @@ use watrunk_media::{
 };
 use watrunk_sdp::{self as sdp, Capabilities, LocalMedia, MediaPlan, OfferState, Security};
 
+use rand::Rng;
+
 use super::audio::{Recorder, Tone};
+use super::{fork, Draws};
 
 /// What the sim's relay does with a call's media.
 #[derive(Clone, Debug)]
@@ -45,6 +48,8 @@ pub struct Leg {
     /// Where the tone comes from and the business's audio is recorded (none when the leg's plain
     /// side is someone else's socket, as in `sim load`).
     ear: Option<UdpSocket>,
+    /// What the call draws once its media starts (the tone's SSRC and first numbers).
+    draws: Draws,
 }
 
 impl Relay {
@@ -67,20 +72,25 @@ impl Relay {
 
     /// Media for a call secured as `security` (ICE-lite for DTLS, a plain address for SDES), with
     /// its own tone and recorder.
-    pub async fn leg(&self, security: Security) -> Result<Leg> {
+    pub async fn leg(&self, security: Security, rng: &mut Draws) -> Result<Leg> {
         let ear = UdpSocket::bind(SocketAddr::new(self.options.media_ip, 0)).await?;
-        let mut leg = self.leg_to(security, ear.local_addr()?).await?;
+        let mut leg = self.leg_to(security, ear.local_addr()?, rng).await?;
         leg.ear = Some(ear);
         Ok(leg)
     }
 
     /// Media for a call whose plain RTP goes to and comes from `app`.
-    pub async fn leg_to(&self, security: Security, app: SocketAddr) -> Result<Leg> {
+    pub async fn leg_to(
+        &self,
+        security: Security,
+        app: SocketAddr,
+        rng: &mut Draws,
+    ) -> Result<Leg> {
         let mut cfg = MediaConfig::new(
             self.options.media_ip,
             SocketAddr::new(self.options.media_ip, 0),
             app,
-            rand::random(),
+            rng.gen(),
         );
         cfg.speak_first = self.options.speak_first;
         let role = match security {
@@ -90,12 +100,12 @@ impl Relay {
         let prepared = Prepared::new(cfg, self.identity.clone(), role, &self.socket)
             .await
             .map_err(|e| anyhow!("{e}"))?;
-        let local =
-            prepared.local_media(&Capabilities::whatsapp(security), &mut rand::thread_rng());
+        let local = prepared.local_media(&Capabilities::whatsapp(security), rng);
         Ok(Leg {
             prepared,
             local,
             ear: None,
+            draws: fork(rng),
         })
     }
 
@@ -137,7 +147,7 @@ impl Leg {
     }
 
     /// Starts the relay, the tone and the recorder for `plan`.
-    pub fn start(self, plan: MediaPlan, options: &MediaOptions) -> Result<Running> {
+    pub fn start(mut self, plan: MediaPlan, options: &MediaOptions) -> Result<Running> {
         let announced = self.local.ssrc;
         let ssrc = self.sending_ssrc(options);
         let ear = self
@@ -146,7 +156,7 @@ impl Leg {
         let app = self.prepared.app_addr();
         let business_announced = plan.remote_ssrc;
         let session = self.prepared.start(plan.clone(), ssrc);
-        let tone = Tone::new(options.tone_hz, plan.audio_pt, rand::random())?;
+        let tone = Tone::new(options.tone_hz, plan.audio_pt, &mut self.draws)?;
         let recorder = Recorder::new(plan.audio_pt)?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let (notes_tx, notes) = mpsc::channel(4);

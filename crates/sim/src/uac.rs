@@ -26,7 +26,7 @@ use super::judge::{self, Verdict};
 use super::link::Link;
 use super::media::Relay;
 use super::uas::wait_final;
-use super::{emit, meta_reason, new_via, SimCallArgs, META_DOMAIN, USER_AGENT};
+use super::{emit, meta_reason, new_via, Draws, SimCallArgs, META_DOMAIN, USER_AGENT};
 
 /// A business's SIP server over TLS: where to connect and which name to verify.
 pub struct Target {
@@ -105,16 +105,17 @@ pub async fn place(
     rx: &mut mpsc::Receiver<Message>,
     caller: &Caller<'_>,
     offer: String,
+    rng: &mut Draws,
 ) -> Result<Placed> {
     let host = &target.host;
-    let call_id = format!("outgoing:wacid.{}", new_tag(&mut rand::thread_rng()));
+    let call_id = format!("outgoing:wacid.{}", new_tag(rng));
     let ruri = format!("sip:{}@{host};transport=tls", caller.to);
     let mut invite = Request::new(
         Method::INVITE,
         Uri::parse(&ruri).map_err(|e| anyhow!("{ruri}: {e}"))?,
     );
     let h = &mut invite.headers;
-    h.push("Via", new_via(link));
+    h.push("Via", new_via(link, rng));
     h.push(
         "Record-Route",
         format!("<sip:{};transport=tls;lr>", link.hostport()),
@@ -126,7 +127,7 @@ pub async fn place(
             "\"{}\" <sip:{}@{META_DOMAIN}>;tag={}",
             caller.from.trim_start_matches('+'),
             caller.from,
-            new_tag(&mut rand::thread_rng())
+            new_tag(rng)
         ),
     );
     h.push("To", format!("<sip:{}@{host}>", caller.to));
@@ -216,14 +217,14 @@ pub async fn place(
             &ruri,
             &invite.body,
             1,
-            &mut rand::thread_rng(),
+            rng,
         );
         let name = if resp.status == 407 {
             "Proxy-Authorization"
         } else {
             "Authorization"
         };
-        invite = retry_with_auth(&invite, name, &auth.to_string(), &mut rand::thread_rng());
+        invite = retry_with_auth(&invite, name, &auth.to_string(), rng);
         digest_used = Some(challenge.algorithm.to_string());
         link.request(&invite).await;
     };
@@ -242,13 +243,14 @@ pub async fn confirm(
     link: &Link,
     placed: &Placed,
     offer: &OfferState,
+    rng: &mut Draws,
 ) -> Result<Result<(Dialog, MediaPlan), String>> {
     let mut dialog = Dialog::from_uac(&placed.invite, &placed.response)
         .map_err(|e| anyhow!("the 200 OK: {e}"))?;
     let mut ack = dialog
         .create_request(Method::ACK)
         .map_err(|e| anyhow!("ACK: {e}"))?;
-    ack.headers.push_front("Via", new_via(link));
+    ack.headers.push_front("Via", new_via(link, rng));
     link.request(&ack).await;
     let accepted = sdp::parse(&placed.response.body)
         .map_err(|e| format!("the business's answer: {e}"))
@@ -262,7 +264,7 @@ pub async fn confirm(
             let mut bye = dialog
                 .create_request(Method::BYE)
                 .map_err(|e| anyhow!("{e}"))?;
-            bye.headers.push_front("Via", new_via(link));
+            bye.headers.push_front("Via", new_via(link, rng));
             bye.headers.push("Reason", meta_reason("bad answer"));
             link.request(&bye).await;
             Ok(Err(reason))
@@ -277,11 +279,12 @@ pub async fn hang_up(
     dialog: &mut Dialog,
     duration_secs: u64,
     reason: &str,
+    rng: &mut Draws,
 ) -> Result<Option<u16>> {
     let mut bye = dialog
         .create_request(Method::BYE)
         .map_err(|e| anyhow!("{e}"))?;
-    bye.headers.push_front("Via", new_via(link));
+    bye.headers.push_front("Via", new_via(link, rng));
     bye.headers
         .push("x-wa-meta-call-duration", duration_secs.to_string());
     bye.headers.push("Reason", meta_reason(reason));
@@ -290,14 +293,14 @@ pub async fn hang_up(
 }
 
 /// Exit status: the call was answered and, with `--expect-hz`, the business's audio was that tone.
-pub async fn run(args: SimCallArgs) -> Result<bool> {
+pub async fn run(args: SimCallArgs, rng: &mut Draws) -> Result<bool> {
     let target = args.access.target(&args.target).await?;
     let (link, mut rx) = target.connect(args.sip_trace).await?;
 
     let options = args.media.options();
     let relay = Relay::new(options.clone()).await?;
     let security = args.media.security();
-    let leg = relay.leg(security).await?;
+    let leg = relay.leg(security, rng).await?;
     let (offer, offer_state) = leg.offer()?;
     let password = args.access.password()?;
     let caller = Caller {
@@ -308,7 +311,7 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
     };
 
     let started = Instant::now();
-    let placed = place(&target, &link, &mut rx, &caller, offer).await?;
+    let placed = place(&target, &link, &mut rx, &caller, offer, rng).await?;
     let ok = &placed.response;
     let mut report = json!({
         "event": "sim.call",
@@ -340,7 +343,7 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
     let mut verdict = Verdict::default();
     verdict.add(judge::record_route(&placed.invite, ok));
     verdict.extend(judge::sdp_profile(&ok.body, sdp::Kind::Answer));
-    let (mut dialog, plan) = match confirm(&link, &placed, &offer_state).await? {
+    let (mut dialog, plan) = match confirm(&link, &placed, &offer_state, rng).await? {
         Ok(confirmed) => confirmed,
         Err(reason) => {
             report["reason"] = reason.into();
@@ -376,7 +379,7 @@ pub async fn run(args: SimCallArgs) -> Result<bool> {
     };
     let duration = answered.elapsed().as_secs();
     if by == "sim" {
-        report["bye_status"] = hang_up(&link, &mut rx, &mut dialog, duration, &reason)
+        report["bye_status"] = hang_up(&link, &mut rx, &mut dialog, duration, &reason, rng)
             .await?
             .into();
     }

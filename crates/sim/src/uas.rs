@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use rand::Rng;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -22,10 +23,10 @@ use watrunk_sip::{new_tag, Dialog, Message, Method, Request, Response};
 use super::judge::{self, Verdict, Violation};
 use super::link::{is_new_invite, ByCallId, Link};
 use super::media::{Leg, MediaOptions, Note, Relay};
-use super::{emit, meta_reason, new_via, SimServeArgs, META_DOMAIN, USER_AGENT};
+use super::{emit, fork, meta_reason, new_via, Draws, SimServeArgs, META_DOMAIN, USER_AGENT};
 
 /// Exit status: every call the business placed kept the rules the judge checks.
-pub async fn run(args: SimServeArgs) -> Result<bool> {
+pub async fn run(args: SimServeArgs, mut draws: Draws) -> Result<bool> {
     let options = args.media.options();
     let relay = Arc::new(Relay::new(options.clone()).await?);
     let (tls, origin) = watrunk_sip::io::tls::server_config(&watrunk_sip::io::tls::CertSource {
@@ -52,7 +53,12 @@ pub async fn run(args: SimServeArgs) -> Result<bool> {
         listener.local_addr()?
     );
     let shared = Arc::new(Shared {
-        gate: Gate::new(args.business_host.clone(), password, args.media.security()),
+        gate: Gate::new(
+            args.business_host.clone(),
+            password,
+            args.media.security(),
+            &mut draws,
+        ),
         hold: Duration::from_secs_f64(args.media.hangup_after),
         options,
         relay,
@@ -70,9 +76,10 @@ pub async fn run(args: SimServeArgs) -> Result<bool> {
                 let shared = shared.clone();
                 let done = done_tx.clone();
                 let trace = args.sip_trace;
+                let draws = fork(&mut draws);
                 tokio::spawn(async move {
                     match acceptor.accept(tcp).await {
-                        Ok(stream) => connection(stream, local, peer, shared, done, trace).await,
+                        Ok(stream) => connection(stream, local, peer, shared, done, trace, draws).await,
                         Err(e) => eprintln!("sim: TLS handshake with {peer} failed: {e}"),
                     }
                 });
@@ -105,13 +112,18 @@ pub(super) struct Gate {
 }
 
 impl Gate {
-    pub(super) fn new(business_host: String, password: String, security: Security) -> Gate {
+    pub(super) fn new(
+        business_host: String,
+        password: String,
+        security: Security,
+        rng: &mut Draws,
+    ) -> Gate {
         Gate {
             business_host,
             password,
             security,
             verifier: std::sync::Mutex::new(
-                Verifier::new(NonceIssuer::new(rand::random(), 300), META_DOMAIN)
+                Verifier::new(NonceIssuer::new(rng.gen(), 300), META_DOMAIN)
                     .with_algorithms(&[Algorithm::Sha256, Algorithm::Md5]),
             ),
         }
@@ -125,6 +137,7 @@ async fn connection<S>(
     shared: Arc<Shared>,
     done: mpsc::Sender<bool>,
     trace: bool,
+    mut draws: Draws,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -140,31 +153,37 @@ async fn connection<S>(
             Method::INVITE if is_new_invite(&req) => {
                 let rx = calls.add(call_id);
                 let (link, shared, done) = (link.clone(), shared.clone(), done.clone());
+                let draws = fork(&mut draws);
                 tokio::spawn(async move {
-                    let clean = call(req, rx, link, shared).await;
+                    let clean = call(req, rx, link, shared, draws).await;
                     let _ = done.send(clean).await;
                 });
             }
             Method::REGISTER => {
-                let mut r = reply(&req, 403, "Forbidden");
+                let mut r = reply(&req, 403, "Forbidden", &mut draws);
                 r.headers.push(
                     "Warning",
                     format!("399 {META_DOMAIN} \"REGISTER is not used: Meta calls the SIP server configured for the number\""),
                 );
                 link.respond(&r).await;
             }
-            Method::OPTIONS => link.respond(&reply(&req, 200, "OK")).await,
+            Method::OPTIONS => link.respond(&reply(&req, 200, "OK", &mut draws)).await,
             Method::ACK => {}
             _ => {
-                link.respond(&reply(&req, 481, "Call/Transaction Does Not Exist"))
-                    .await
+                link.respond(&reply(
+                    &req,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    &mut draws,
+                ))
+                .await
             }
         }
     }
 }
 
-fn reply(req: &Request, status: u16, reason: &str) -> Response {
-    let mut r = Response::to_request(req, status, reason, Some(&new_tag(&mut rand::thread_rng())));
+fn reply(req: &Request, status: u16, reason: &str, rng: &mut Draws) -> Response {
+    let mut r = Response::to_request(req, status, reason, Some(&new_tag(rng)));
     r.headers.push("Server", USER_AGENT);
     r
 }
@@ -192,10 +211,11 @@ async fn call(
     mut rx: mpsc::Receiver<Message>,
     link: Link,
     shared: Arc<Shared>,
+    mut draws: Draws,
 ) -> bool {
     let started = Instant::now();
     let call_id = first.call_id().unwrap_or_default().to_string();
-    let to_tag = new_tag(&mut rand::thread_rng());
+    let to_tag = new_tag(&mut draws);
     let (from_user, to_user) = users(&first);
     let mut report = json!({
         "event": "sim.call",
@@ -214,6 +234,7 @@ async fn call(
             app: None,
         },
         &to_tag,
+        &mut draws,
     )
     .await;
     let mut verdict = Verdict::default();
@@ -298,7 +319,7 @@ async fn call(
     let duration = answered.elapsed().as_secs();
     if by == "sim" {
         if let Ok(mut bye) = dialog.create_request(Method::BYE) {
-            bye.headers.push_front("Via", new_via(&link));
+            bye.headers.push_front("Via", new_via(&link, &mut draws));
             bye.headers
                 .push("x-wa-meta-call-duration", duration.to_string());
             bye.headers.push("Reason", meta_reason(&reason));
@@ -389,6 +410,7 @@ pub(super) async fn admit(
     gate: &Gate,
     media: MediaFrom<'_>,
     to_tag: &str,
+    rng: &mut Draws,
 ) -> Result<Admitted, Refusal> {
     let (from_user, to_user) = users(&first);
     // The From host must be the SIP server configured for the number (WHATSAPP-SIP §3.3).
@@ -514,8 +536,8 @@ pub(super) async fn admit(
     link.respond(&reply_in_dialog(&invite, 100, "Trying", to_tag))
         .await;
     let leg = match media.app {
-        Some(app) => media.relay.leg_to(gate.security, app).await,
-        None => media.relay.leg(gate.security).await,
+        Some(app) => media.relay.leg_to(gate.security, app, rng).await,
+        None => media.relay.leg(gate.security, rng).await,
     }
     .map_err(|e| Refusal::new(&invite, 500, "Server Internal Error", e.to_string()))?;
     let (answer, plan) = leg

@@ -88,7 +88,7 @@ fn main() -> std::process::ExitCode {
             Command::Probe(args) => client::probe(args).await,
             Command::Media { command } => media_cli::run(command).await,
             #[cfg(feature = "sim")]
-            Command::Sim { command } => match watrunk_sim::run(command).await {
+            Command::Sim { command } => match watrunk_sim::run(command, rand::random()).await {
                 Ok(true) => Ok(()),
                 Ok(false) => return Ok(std::process::ExitCode::FAILURE),
                 Err(e) => Err(e),
