@@ -24,6 +24,7 @@ pub mod restamp;
 mod role;
 mod session;
 pub mod srtp;
+pub mod transcode;
 
 pub use demux::{classify, is_rtcp, PacketKind};
 pub use identity::Identity;
