@@ -3,7 +3,8 @@
 //! a check, an SSRC other than its SDP's, nothing sent before the business's first packet) and
 //! `watrunk sim sink` plays the voice agent. Checks: two-way tone by frequency (440 Hz from the
 //! user, 880 Hz from the agent), digest both ways, the business spoke first, both sides back to idle,
-//! and the refusals Meta gives (From host mismatch, wrong password) and CANCEL → 487.
+//! and the refusals Meta gives (From host mismatch, wrong password) and CANCEL → 487. With
+//! `--sink-codec pcmu|pcma`, the agent is tests/peers/g711/sink.py (CPython's audioop codes G.711).
 //! The same calls against real peers are in interop_calls.rs (rtpengine, baresip).
 
 #[path = "common/mod.rs"]
@@ -136,17 +137,12 @@ fn business_server(pw: &std::path::Path, srtp: &str, sink: &str, extra: &[&str])
     Server::start(&args)
 }
 
-fn user_calls_business(srtp: &str) {
-    let _serial = serial();
-    let dir = TempDir::new(&format!("sim-in-{srtp}"));
-    std::fs::write(dir.path().join("pw"), "per-number-secret\n").unwrap();
-    let sink_port = free_port();
-    let sink = sink(dir.path(), sink_port, 30);
-    let pw = dir.path().join("pw");
-    let server = business_server(&pw, srtp, &format!("127.0.0.1:{sink_port}"), &[]);
+/// `watrunk sim call` to the business's number on `server`: a 4 s call, exit status 0 only when the
+/// agent's 880 Hz was heard.
+fn sim_call(server: &Server, pw: &std::path::Path, srtp: &str) -> (bool, String) {
     let tls = server.tls.unwrap();
     let ca = server.state.path().join("localhost.selfsigned.crt");
-    let (ok, out) = run(
+    run(
         Command::new(bin())
             .args([
                 "sim",
@@ -165,11 +161,22 @@ fn user_calls_business(srtp: &str) {
             ])
             .args(["--expect-hz", "880"])
             .arg("--password-file")
-            .arg(&pw)
+            .arg(pw)
             .arg("--ca")
             .arg(&ca),
         Duration::from_secs(40),
-    );
+    )
+}
+
+fn user_calls_business(srtp: &str) {
+    let _serial = serial();
+    let dir = TempDir::new(&format!("sim-in-{srtp}"));
+    std::fs::write(dir.path().join("pw"), "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let sink = sink(dir.path(), sink_port, 30);
+    let pw = dir.path().join("pw");
+    let server = business_server(&pw, srtp, &format!("127.0.0.1:{sink_port}"), &[]);
+    let (ok, out) = sim_call(&server, &pw, srtp);
     std::thread::sleep(Duration::from_millis(1500));
     let logs = format!("--- sim call\n{out}\n--- serve\n{}", server.log());
     let _ = &logs;
@@ -208,6 +215,86 @@ fn a_user_calls_the_business_through_sim_with_dtls_two_way_tone() {
 #[test]
 fn a_user_calls_the_business_through_sim_with_sdes_two_way_tone() {
     user_calls_business("sdes");
+}
+
+/// An agent that speaks G.711 (`--sink-codec pcmu|pcma`): a Python agent whose mu-law/A-law coding
+/// is CPython's audioop, not ours, hears the user's 440 Hz in 20 ms G.711 packets on the 8 kHz clock
+/// with the user's SSRC and no sequence gap, and its 880 Hz, sent at 30 ms ptime, reaches the sim
+/// as Opus.
+fn user_calls_a_g711_agent(law: &str, payload_type: u64) {
+    let _serial = serial();
+    let dir = TempDir::new(&format!("sim-g711-{law}"));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let agent = Background::spawn(
+        "g711 agent",
+        Command::new("/usr/bin/python3")
+            .arg(peers_dir().join("g711/sink.py"))
+            .args(["--listen", &format!("127.0.0.1:{sink_port}")])
+            .args(["--law", law, "--tone-hz", "880", "--ptime", "30"])
+            .args(["--seconds", "12"]),
+        dir.path().join("agent.log"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let server = business_server(
+        &pw,
+        "dtls",
+        &format!("127.0.0.1:{sink_port}"),
+        &["--sink-codec", law],
+    );
+    let (ok, out) = sim_call(&server, &pw, "dtls");
+    let logs = format!("--- sim call\n{out}\n--- serve\n{}", server.log());
+    let call = find(&json_lines(&out), "sim.call", &logs).clone();
+    assert!(ok, "{logs}");
+    assert_sim_heard_the_agent(&call, "SRTP_");
+    let up = server.wait_event("media.up", |_| true, Duration::from_secs(5));
+    assert_eq!(up["sink_codec"], law, "{up}");
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    assert_server_idle(&ended);
+    // The agent reports when its time is up.
+    for _ in 0..100 {
+        if agent.log().contains("g711.stream") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let agent_log = agent.log();
+    let streams = json_lines(&agent_log);
+    let stream = find(&streams, "g711.stream", &format!("{agent_log}\n{logs}"));
+    assert_eq!(
+        stream["payload_types"],
+        serde_json::json!([payload_type]),
+        "{stream}"
+    );
+    assert_eq!(
+        stream["payload_sizes"],
+        serde_json::json!([160]),
+        "{stream}"
+    );
+    assert_eq!(stream["ts_steps"], serde_json::json!([160]), "{stream}");
+    assert_eq!(stream["seq_gaps"], 0, "{stream}");
+    assert_eq!(
+        stream["ssrcs"],
+        serde_json::json!([call["media"]["sent_ssrc"]]),
+        "{stream}\n{call}"
+    );
+    assert!(stream["packets"].as_u64().unwrap() > 150, "{stream}");
+    let hz = stream["heard_hz"].as_f64().unwrap();
+    assert!((hz - 440.0).abs() <= 440.0 * 0.02, "{stream}");
+    // The sim's tone is 0.3 of full scale (RMS 0.21); within 6 dB of it.
+    let rms = stream["heard_rms"].as_f64().unwrap();
+    assert!((0.106..=0.42).contains(&rms), "{stream}");
+}
+
+#[test]
+fn a_user_calls_a_pcmu_agent_transcoded_both_ways() {
+    user_calls_a_g711_agent("pcmu", 0);
+}
+
+#[test]
+fn a_user_calls_a_pcma_agent_transcoded_both_ways() {
+    user_calls_a_g711_agent("pcma", 8);
 }
 
 struct SimServe {

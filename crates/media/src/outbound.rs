@@ -15,6 +15,7 @@ use crate::quiet::SinkClock;
 use crate::relay::{sender_report, InboundCounters, SenderInfo};
 use crate::restamp::{PayloadMap, Restamper, FRAME};
 use crate::srtp::SrtpContext;
+use crate::transcode::FromSink;
 use crate::MediaError;
 
 use crate::session::{
@@ -34,6 +35,8 @@ pub(crate) struct Outbound {
     pub(crate) audio_pt: u8,
     pub(crate) payloads: PayloadMap,
     pub(crate) speak_first: bool,
+    /// For a G.711 sink: its audio encoded to Opus on the way.
+    pub(crate) from_sink: Option<Box<FromSink>>,
     /// Where our sequence numbers and timestamps start (drawn from the call's seed).
     pub(crate) first_seq: u16,
     pub(crate) first_ts: u32,
@@ -73,9 +76,18 @@ pub(crate) async fn write_loop(
     let may_speak = |inbound: &InboundCounters| {
         speak_first || inbound.packets.load(std::sync::atomic::Ordering::Relaxed) > 0
     };
+    let mut from_sink = out.from_sink.take();
     loop {
+        let frame_ready = dtmf.is_none() && from_sink.as_ref().is_some_and(|f| f.ready());
         let packet_len = tokio::select! {
             biased;
+            // 20 ms of a G.711 sink's audio, encoded: one frame a turn until none is left.
+            () = std::future::ready(()), if frame_ready => {
+                let Some(payload) = from_sink.as_mut().and_then(|f| f.next_frame()) else {
+                    continue;
+                };
+                restamper.frame(out.audio_pt, payload, &mut buf[..MTU], Instant::now())
+            }
             r = app.recv_from(&mut buf[..MTU]) => {
                 let (n, from) = match r {
                     Ok(x) => x,
@@ -88,6 +100,15 @@ pub(crate) async fn write_loop(
                     continue;
                 }
                 let now = Instant::now();
+                if let Some(f) = from_sink.as_mut().filter(|_| dtmf.is_none()) {
+                    if f.take(&buf[..n]) {
+                        // Encoded by the branch above, 20 ms at a time (a key being sent
+                        // replaces it, as below).
+                        last_from_sink = Some(now);
+                        clock.heard(now);
+                        continue;
+                    }
+                }
                 // While a key is being sent, its events replace the sink's audio.
                 if dtmf.is_some() || !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
                     continue;

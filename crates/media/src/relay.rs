@@ -11,9 +11,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::demux::is_rtcp;
-use crate::restamp::PayloadMap;
+use crate::restamp::{PayloadMap, LOCAL_OPUS_PT};
 use crate::session::MediaEvent;
 use crate::srtp::SrtpContext;
+use crate::transcode::ToSink;
 
 /// Opus's RTP clock; jitter is kept in its units.
 const AUDIO_CLOCK: u64 = 48_000;
@@ -63,6 +64,8 @@ pub(crate) struct Reception {
 /// The fast path of one call, owned by the media socket's reader.
 pub(crate) struct InboundRoute {
     pub srtp: SrtpContext,
+    /// For a G.711 sink: the far side's Opus decoded on the way.
+    pub to_sink: Option<Box<ToSink>>,
     /// The call's local port L, and the sink S it sends to.
     pub app: Arc<UdpSocket>,
     pub sink: SocketAddr,
@@ -105,8 +108,20 @@ impl InboundRoute {
             .store(u64::from(ssrc) | 1 << 32, Relaxed);
         self.receive_stats(rtp, now);
         self.payloads.to_local(rtp);
-        if self.app.try_send_to(rtp, self.sink).is_err() {
-            self.counters.sink_busy.fetch_add(1, Relaxed);
+        match &mut self.to_sink {
+            Some(to_sink) if rtp[1] & 0x7f == LOCAL_OPUS_PT => {
+                let (app, sink, counters) = (&self.app, self.sink, &self.counters);
+                to_sink.forward(rtp, |g711| {
+                    if app.try_send_to(g711, sink).is_err() {
+                        counters.sink_busy.fetch_add(1, Relaxed);
+                    }
+                });
+            }
+            _ => {
+                if self.app.try_send_to(rtp, self.sink).is_err() {
+                    self.counters.sink_busy.fetch_add(1, Relaxed);
+                }
+            }
         }
         if let Some(events) = self.first_rtp.take() {
             let _ = events.try_send(MediaEvent::FirstRtpIn {

@@ -120,6 +120,38 @@ impl Restamper {
         12 + payload.len()
     }
 
+    /// Writes one 20 ms audio frame of our own making (transcoded from the sink) into `out`: the
+    /// next sequence number, one frame after the last packet while the stream flows, or as many
+    /// frames as the wall clock says after a pause. Returns its length.
+    pub fn frame(
+        &mut self,
+        payload_type: u8,
+        payload: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) -> usize {
+        let flowing = self
+            .last_sent
+            .is_some_and(|t| now.saturating_duration_since(t) < FRAME * 3);
+        let ts = if flowing {
+            self.last_ts.wrapping_add(FRAME_TICKS)
+        } else {
+            self.resume_ts(now)
+        };
+        let seq = self.next_seq;
+        out[0] = 0x80;
+        out[1] = payload_type & 0x7f;
+        out[2..4].copy_from_slice(&seq.to_be_bytes());
+        out[4..8].copy_from_slice(&ts.to_be_bytes());
+        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        out[12..12 + payload.len()].copy_from_slice(payload);
+        self.next_seq = seq.wrapping_add(1);
+        self.last_ts = ts;
+        self.last_sent = Some(now);
+        self.anchor = None;
+        12 + payload.len()
+    }
+
     /// Writes one silence frame (12-octet header + `OPUS_SILENCE`) into `out`; returns its length.
     /// The next sink packet is re-anchored after it.
     pub fn silence(&mut self, payload_type: u8, out: &mut [u8; 15], now: Instant) -> usize {

@@ -49,6 +49,7 @@ use crate::quiet::SinkClock;
 use crate::relay::{InboundCounters, InboundRoute, Reception};
 use crate::restamp::PayloadMap;
 use crate::srtp::SrtpProfile;
+use crate::transcode::{FromSink, SinkAudio, ToSink};
 use crate::MediaError;
 
 pub(crate) const SET_UP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +57,12 @@ pub(crate) const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const FIRST_RTCP: Duration = Duration::from_secs(1);
 /// The sink counts as silent after this long without a packet; we fill in with silence frames.
 pub(crate) const SINK_SILENCE: Duration = Duration::from_millis(60);
+/// The loss toward the far side that the Opus we encode from a G.711 sink carries FEC for.
+const SINK_FEC_LOSS_PERCENT: u8 = 10;
+
+fn local_error(e: crate::transcode::TranscodeError) -> MediaError {
+    MediaError::Local(e.to_string())
+}
 pub(crate) const MTU: usize = 1500;
 /// Room after a packet for the SRTP tag (or SRTCP's tag and index).
 pub(crate) const TAG_ROOM: usize = 32;
@@ -93,6 +100,8 @@ pub struct MediaConfig {
     /// Send our first packet as soon as the keys exist (WhatsApp: the business speaks first).
     /// Off, nothing is sent before the far side's first packet arrived (Meta's side, `watrunk sim`).
     pub speak_first: bool,
+    /// What the sink speaks: Opus (relayed as it is) or G.711 (transcoded both ways).
+    pub sink_audio: SinkAudio,
 }
 
 impl MediaConfig {
@@ -109,6 +118,7 @@ impl MediaConfig {
             consent_timeout: Duration::from_secs(30),
             dtls_profiles: vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80],
             speak_first: true,
+            sink_audio: SinkAudio::Opus,
             seed,
         }
     }
@@ -696,8 +706,18 @@ async fn set_up(
         remote_audio: plan.audio_pt,
         remote_dtmf: plan.dtmf_pt,
     };
+    let (to_sink, from_sink) = match cfg.sink_audio {
+        SinkAudio::Opus => (None, None),
+        SinkAudio::G711(law) => (
+            Some(Box::new(ToSink::new(law).map_err(local_error)?)),
+            Some(Box::new(
+                FromSink::new(law, SINK_FEC_LOSS_PERCENT).map_err(local_error)?,
+            )),
+        ),
+    };
     let mut route = Box::new(InboundRoute {
         srtp: inbound,
+        to_sink,
         app: app.clone(),
         sink: cfg.sink,
         payloads,
@@ -718,6 +738,7 @@ async fn set_up(
         audio_pt: plan.audio_pt,
         payloads,
         speak_first: cfg.speak_first,
+        from_sink,
         first_seq: draws.first_seq,
         first_ts: draws.first_ts,
     });

@@ -5,6 +5,7 @@
 //! ptime: its audio is gathered into the 20 ms frames the WhatsApp leg sends.
 //!
 //! Sans-IO and allocation-free per packet: every buffer is fixed when a direction is made.
+//! `ToSink` and `FromSink` put the two directions into RTP for a call whose sink speaks G.711.
 
 use audio_codec_algorithms::{decode_alaw, decode_ulaw, encode_alaw, encode_ulaw};
 
@@ -205,12 +206,190 @@ impl G711ToOpus {
         if self.filled < FRAME_SAMPLES {
             return Ok(None);
         }
-        let written = self
-            .encoder
-            .encode(&self.pending[..FRAME_SAMPLES], out)
-            .map_err(TranscodeError::Local)?;
+        let encoded = self.encoder.encode(&self.pending[..FRAME_SAMPLES], out);
+        // The frame is used up either way: a frame the encoder refused is not tried again.
         self.pending.copy_within(FRAME_SAMPLES..self.filled, 0);
         self.filled -= FRAME_SAMPLES;
-        Ok(Some(written))
+        encoded.map(Some).map_err(TranscodeError::Local)
+    }
+}
+
+/// What the sink (a voice agent, or a PBX leg's far end) speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SinkAudio {
+    /// Opus on payload type 111, relayed as it is.
+    #[default]
+    Opus,
+    /// G.711 on its static payload type (PCMU 0, PCMA 8), transcoded both ways.
+    G711(Law),
+}
+
+impl SinkAudio {
+    /// The payload type the sink's audio uses.
+    pub fn payload_type(self) -> u8 {
+        match self {
+            SinkAudio::Opus => crate::restamp::LOCAL_OPUS_PT,
+            SinkAudio::G711(Law::Mu) => 0,
+            SinkAudio::G711(Law::A) => 8,
+        }
+    }
+}
+
+/// Where an RTP packet's payload lies (after CSRCs and a header extension, before padding).
+pub fn payload_range(rtp: &[u8]) -> Option<std::ops::Range<usize>> {
+    if rtp.len() < 12 || rtp[0] >> 6 != 2 {
+        return None;
+    }
+    let mut start = 12 + 4 * usize::from(rtp[0] & 0x0f);
+    if rtp[0] & 0x10 != 0 {
+        let words = rtp.get(start + 2..start + 4)?;
+        start += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let mut end = rtp.len();
+    if rtp[0] & 0x20 != 0 {
+        end = end.checked_sub(usize::from(*rtp.last()?))?;
+    }
+    (start <= end).then_some(start..end)
+}
+
+/// Opus's 48 kHz RTP clock over G.711's 8 kHz.
+const CLOCK_RATIO: u32 = 6;
+/// Lost packets filled in before a packet that arrives after a gap (60 ms); a longer gap is left
+/// as it is.
+const MAX_FILLED: u16 = 3;
+
+/// The far side's Opus RTP toward a G.711 sink: the same SSRC, sequence numbers and marker, the
+/// 8 kHz clock, and a lost packet filled from the next one's FEC or concealed.
+pub struct ToSink {
+    decoder: OpusToG711,
+    payload_type: u8,
+    /// The next sequence number due, once a packet came.
+    expected: Option<u16>,
+    /// The first packet's 48 kHz timestamp: the 8 kHz clock counts from it (no jump when the
+    /// 48 kHz clock wraps).
+    clock_base: Option<u32>,
+    out: Box<[u8; 12 + MAX_PACKET_SAMPLES]>,
+    /// Packets that did not decode (the far side's fault; dropped).
+    pub undecodable: u64,
+}
+
+impl ToSink {
+    pub fn new(law: Law) -> Result<Self, TranscodeError> {
+        Ok(ToSink {
+            decoder: OpusToG711::new(law)?,
+            payload_type: SinkAudio::G711(law).payload_type(),
+            expected: None,
+            clock_base: None,
+            out: Box::new([0; 12 + MAX_PACKET_SAMPLES]),
+            undecodable: 0,
+        })
+    }
+
+    /// Packets recovered from FEC, and concealed.
+    pub fn filled(&self) -> (u64, u64) {
+        (self.decoder.recovered, self.decoder.concealed)
+    }
+
+    /// Takes one plain Opus RTP packet of the far side; `send` gets each G.711 packet for the sink
+    /// (more than one when packets before it were lost and are filled in). A late or repeated
+    /// packet is dropped: its time has passed.
+    pub fn forward(&mut self, rtp: &[u8], mut send: impl FnMut(&[u8])) {
+        let Some(range) = payload_range(rtp) else {
+            return;
+        };
+        let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
+        let ts = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
+        let ssrc = [rtp[8], rtp[9], rtp[10], rtp[11]];
+        let marker = rtp[1] & 0x80 != 0;
+        let base = *self.clock_base.get_or_insert(ts);
+        let missing = match self.expected {
+            None => 0,
+            Some(expected) => {
+                let ahead = seq.wrapping_sub(expected);
+                if ahead >= 0x8000 {
+                    return;
+                }
+                ahead
+            }
+        };
+        let payload = &rtp[range];
+        for back in (1..=missing.min(MAX_FILLED)).rev() {
+            let next = (back == 1).then_some(payload);
+            let lost_ts =
+                ts.wrapping_sub(u32::from(back) * self.decoder.last_samples as u32 * CLOCK_RATIO);
+            if let Ok(n) = self.decoder.lost(next, &mut self.out[12..]) {
+                self.header(seq.wrapping_sub(back), lost_ts, base, ssrc, false);
+                send(&self.out[..12 + n]);
+            }
+        }
+        self.expected = Some(seq.wrapping_add(1));
+        match self.decoder.packet(payload, &mut self.out[12..]) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.header(seq, ts, base, ssrc, marker);
+                send(&self.out[..12 + n]);
+            }
+            Err(_) => self.undecodable += 1,
+        }
+    }
+
+    fn header(&mut self, seq: u16, ts: u32, base: u32, ssrc: [u8; 4], marker: bool) {
+        let narrow_ts = base / CLOCK_RATIO + ts.wrapping_sub(base) / CLOCK_RATIO;
+        self.out[0] = 0x80;
+        self.out[1] = (u8::from(marker) << 7) | self.payload_type;
+        self.out[2..4].copy_from_slice(&seq.to_be_bytes());
+        self.out[4..8].copy_from_slice(&narrow_ts.to_be_bytes());
+        self.out[8..12].copy_from_slice(&ssrc);
+    }
+}
+
+/// A G.711 sink's RTP toward the far side's Opus: its audio, whatever its ptime, comes out as
+/// 20 ms Opus payloads for the restamper to put on the call's one stream.
+pub struct FromSink {
+    encoder: G711ToOpus,
+    payload_type: u8,
+    frame: Box<[u8; 1275]>,
+    /// Frames the encoder refused (our fault; the frame is skipped).
+    pub failed: u64,
+}
+
+impl FromSink {
+    /// `loss_percent`: the loss toward the far side the encoder's FEC is sized for.
+    pub fn new(law: Law, loss_percent: u8) -> Result<Self, TranscodeError> {
+        Ok(FromSink {
+            encoder: G711ToOpus::new(law, loss_percent)?,
+            payload_type: SinkAudio::G711(law).payload_type(),
+            frame: Box::new([0; 1275]),
+            failed: 0,
+        })
+    }
+
+    /// Takes a packet from the sink; false when it is not the sink's G.711 (DTMF, say), which
+    /// goes its own way.
+    pub fn take(&mut self, rtp: &[u8]) -> bool {
+        if rtp.len() < 12 || rtp[1] & 0x7f != self.payload_type {
+            return false;
+        }
+        if let Some(range) = payload_range(rtp) {
+            self.encoder.push(&rtp[range]);
+        }
+        true
+    }
+
+    /// Whether 20 ms of the sink's audio wait to be sent.
+    pub fn ready(&self) -> bool {
+        self.encoder.pending() >= FRAME_SAMPLES
+    }
+
+    /// The next 20 ms as an Opus payload, when `ready`.
+    pub fn next_frame(&mut self) -> Option<&[u8]> {
+        match self.encoder.frame(&mut self.frame[..]) {
+            Ok(Some(n)) => Some(&self.frame[..n]),
+            Ok(None) => None,
+            Err(_) => {
+                self.failed += 1;
+                None
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
+use watrunk_media::{Law, SinkAudio};
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
@@ -85,6 +86,10 @@ pub struct CallArgs {
     /// Where each call's audio goes (the voice agent or media server): plain RTP over UDP.
     #[arg(long, env = "WATRUNK_SINK")]
     pub sink: Option<SocketAddr>,
+    /// What the sink speaks: opus (relayed as it is, the default), pcmu or pcma (G.711 at 8 kHz,
+    /// transcoded both ways).
+    #[arg(long)]
+    pub sink_codec: Option<String>,
     /// Media keying for the calls we place: dtls (ICE + DTLS-SRTP, the default) or sdes.
     #[arg(long)]
     pub srtp: Option<String>,
@@ -152,6 +157,7 @@ struct FileMedia {
     port: Option<u16>,
     public_ip: Option<IpAddr>,
     sink: Option<SocketAddr>,
+    sink_codec: Option<String>,
     srtp: Option<String>,
 }
 
@@ -171,6 +177,7 @@ struct FileNumber {
     password: Option<String>,
     challenge: Option<bool>,
     sink: Option<SocketAddr>,
+    sink_codec: Option<String>,
     srtp: Option<String>,
 }
 
@@ -244,6 +251,8 @@ pub struct NumberConfig {
     pub challenge: bool,
     /// Where its calls' audio goes (the loader refuses a number without one).
     pub sink: SocketAddr,
+    /// What the sink speaks.
+    pub sink_audio: SinkAudio,
     pub srtp: Srtp,
 }
 
@@ -395,6 +404,15 @@ impl ServeConfig {
     }
 }
 
+fn parse_sink_codec(value: Option<&str>, key: &str) -> Result<SinkAudio> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("opus") => Ok(SinkAudio::Opus),
+        Some("pcmu") => Ok(SinkAudio::G711(Law::Mu)),
+        Some("pcma") => Ok(SinkAudio::G711(Law::A)),
+        Some(other) => bail!("{key}: {other:?} is not opus, pcmu or pcma"),
+    }
+}
+
 fn parse_srtp(value: Option<&str>, key: &str) -> Result<Srtp> {
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("dtls") => Ok(Srtp::Dtls),
@@ -433,6 +451,12 @@ fn resolve_calls(
         "--srtp (media.srtp)",
     )?;
     let sink = args.sink.or(file.media.sink);
+    let sink_audio = parse_sink_codec(
+        args.sink_codec
+            .as_deref()
+            .or(file.media.sink_codec.as_deref()),
+        "--sink-codec (media.sink_codec)",
+    )?;
     let media = args.media_ip.or(file.media.ip).map(|ip| MediaSettings {
         ip,
         ip6: args.media_ip6.or(file.media.ip6),
@@ -461,6 +485,7 @@ fn resolve_calls(
                 password: password.map(str::to_string),
                 challenge,
                 sink: need_sink(number, sink)?,
+                sink_audio,
                 srtp,
             },
         );
@@ -485,6 +510,10 @@ fn resolve_calls(
                 password,
                 challenge,
                 sink: need_sink(&n.number, n.sink.or(sink))?,
+                sink_audio: match &n.sink_codec {
+                    Some(v) => parse_sink_codec(Some(v), &format!("{key}.sink_codec"))?,
+                    None => sink_audio,
+                },
                 srtp: match &n.srtp {
                     Some(v) => parse_srtp(Some(v), &format!("{key}.srtp"))?,
                     None => srtp,
@@ -568,5 +597,58 @@ mod tests {
         };
         let e = ServeConfig::resolve(args).unwrap_err().to_string();
         assert!(e.contains("media.sink"), "{e}");
+    }
+
+    #[test]
+    fn the_sink_codec_comes_from_the_flag_or_the_number_and_a_bad_one_is_named() {
+        let args = CallArgs {
+            numbers: vec!["+15550001111".into()],
+            media_ip: Some("127.0.0.1".parse().unwrap()),
+            sink: Some("127.0.0.1:4000".parse().unwrap()),
+            sink_codec: Some("PCMU".into()),
+            ..CallArgs::default()
+        };
+        let file_calls = |text: &str| {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            FileCalls {
+                api: None,
+                media: file.media,
+                meta: file.meta,
+                events: None,
+                numbers: file.numbers,
+            }
+        };
+        let file = file_calls(
+            "[[number]]\nnumber = \"+15550002222\"\nsink_codec = \"pcma\"\n\
+             [[number]]\nnumber = \"+15550003333\"\n",
+        );
+        let calls = resolve_calls(&args, &file, false, None).unwrap();
+        let audio = |n: &str| calls.numbers[n].sink_audio;
+        assert_eq!(audio("+15550001111"), SinkAudio::G711(Law::Mu));
+        assert_eq!(audio("+15550002222"), SinkAudio::G711(Law::A));
+        assert_eq!(
+            audio("+15550003333"),
+            SinkAudio::G711(Law::Mu),
+            "the flag is the default"
+        );
+        let default = resolve_calls(
+            &CallArgs {
+                sink_codec: None,
+                ..args.clone()
+            },
+            &file_calls(""),
+            false,
+            None,
+        )
+        .unwrap();
+        assert_eq!(default.numbers["+15550001111"].sink_audio, SinkAudio::Opus);
+        let bad = CallArgs {
+            sink_codec: Some("g729".into()),
+            ..args
+        };
+        let e = resolve_calls(&bad, &file_calls(""), false, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--sink-codec") && e.contains("g729"), "{e}");
     }
 }

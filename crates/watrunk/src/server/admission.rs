@@ -188,6 +188,7 @@ mod tests {
             password: Some(PASSWORD.into()),
             challenge,
             sink: "127.0.0.1:4000".parse().unwrap(),
+            sink_audio: watrunk_media::SinkAudio::Opus,
             srtp: Srtp::Dtls,
         }
     }

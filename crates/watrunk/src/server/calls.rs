@@ -128,6 +128,7 @@ impl Core {
                 number: number.number.clone(),
                 remote: remote.clone(),
                 sink: number.sink,
+                sink_audio: number.sink_audio,
                 meta: meta.clone(),
                 origin: Some(from.clone()),
             },
@@ -227,7 +228,8 @@ impl Core {
                 entry.timings.secure = Some(elapsed);
                 self.events.emit(json!({
                     "event": "media.up", "call": entry.id, "local_rtp": entry.local_rtp.map(|a| a.to_string()),
-                    "sink": entry.sink.to_string(), "ssrc": entry.ssrc, "srtp": profile, "ms": ms(Some(elapsed)),
+                    "sink": entry.sink.to_string(), "sink_codec": sink_codec_name(entry.sink_audio),
+                    "ssrc": entry.ssrc, "srtp": profile, "ms": ms(Some(elapsed)),
                 }));
             }
             MediaEvent::FirstRtpOut { elapsed } => entry.timings.first_rtp_out = Some(elapsed),
@@ -483,5 +485,14 @@ pub(super) fn direction_name(d: CallDirection) -> &'static str {
     match d {
         CallDirection::Inbound => "inbound",
         CallDirection::Outbound => "outbound",
+    }
+}
+
+/// The sink's codec as `--sink-codec` names it.
+fn sink_codec_name(audio: watrunk_media::SinkAudio) -> &'static str {
+    match audio {
+        watrunk_media::SinkAudio::Opus => "opus",
+        watrunk_media::SinkAudio::G711(watrunk_media::Law::Mu) => "pcmu",
+        watrunk_media::SinkAudio::G711(watrunk_media::Law::A) => "pcma",
     }
 }

@@ -162,6 +162,7 @@ impl Core {
                     number: from.into(),
                     remote: to.into(),
                     sink: sink.unwrap_or(number.sink),
+                    sink_audio: number.sink_audio,
                     meta: MetaHeaders::default(),
                     origin: None,
                 },

@@ -73,6 +73,7 @@ impl Core {
             self.rng.next_u64(),
         );
         cfg.media_ip6 = media.ip6;
+        cfg.sink_audio = entry.sink_audio;
         cfg.public_ip = media.public_ip;
         let (tx, rx) = mpsc::channel(16);
         entry.media = Some(tx);

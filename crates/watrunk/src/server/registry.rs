@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use watrunk_call::{Ending, Leg, MetaHeaders};
-use watrunk_media::Stats;
+use watrunk_media::{SinkAudio, Stats};
 use watrunk_sip::transaction::{Peer, TransactionId};
 
 use super::media_task::MediaCmd;
@@ -33,6 +33,7 @@ pub(super) struct Entry {
     pub(super) number: String,
     pub(super) remote: String,
     pub(super) sink: SocketAddr,
+    pub(super) sink_audio: SinkAudio,
     pub(super) meta: MetaHeaders,
     pub(super) media: Option<mpsc::Sender<MediaCmd>>,
     /// The peer the INVITE came from (inbound): its connection is tried first for our requests.
@@ -61,6 +62,7 @@ pub(super) struct Parties {
     pub(super) number: String,
     pub(super) remote: String,
     pub(super) sink: SocketAddr,
+    pub(super) sink_audio: SinkAudio,
     pub(super) meta: MetaHeaders,
     /// Inbound: where the INVITE came from.
     pub(super) origin: Option<Peer>,
@@ -75,6 +77,7 @@ impl Entry {
             number: parties.number,
             remote: parties.remote,
             sink: parties.sink,
+            sink_audio: parties.sink_audio,
             meta: parties.meta,
             media: None,
             origin: parties.origin,
