@@ -156,8 +156,10 @@ pub struct OutboundCall {
     pub hostname: String,
     /// `+15557654321` or a BSUID.
     pub to_user: String,
-    /// Meta's SIP domain, `wa.meta.vc`.
+    /// Meta's SIP domain, `wa.meta.vc`; a PBX's `host[:port]`.
     pub domain: String,
+    /// The Request-URI's transport: `tls` toward Meta; `udp`, `tcp` or `tls` toward a PBX.
+    pub transport: String,
     /// The number's SIP password, for a 401/407 (username: the number without '+').
     pub password: Option<String>,
 }
@@ -426,7 +428,10 @@ impl Leg {
         rng: &mut impl RngCore,
     ) -> Result<Leg, CallError> {
         let mut rng = StdRng::seed_from_u64(rng.next_u64());
-        let target = format!("sip:{}@{};transport=tls", call.to_user, call.domain);
+        let target = format!(
+            "sip:{}@{};transport={}",
+            call.to_user, call.domain, call.transport
+        );
         let uri = Uri::parse(&target).map_err(|_| CallError::BadTarget(target.clone()))?;
         let call_id = format!("{}@{}", new_tag(&mut rng), call.hostname);
         let mut invite = Request::new(Method::INVITE, uri);

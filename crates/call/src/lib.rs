@@ -10,13 +10,18 @@
 //! offers: re-INVITE with and without SDP, UPDATE, hold (RFC 3264 §6.1 directions) and glare
 //! (491, retried after RFC 3261 §14.1's random delay).
 //!
+//! A [`Bridge`] joins a WhatsApp leg and a PBX leg into one B2BUA call, sans-IO too: the PBX
+//! answers, then WhatsApp does; either leg's end ends the other, with the failure mapped.
+//!
 //! The state table is at the top of `leg.rs`.
 
+mod bridge;
 mod ending;
 mod leg;
 mod meta;
 mod policy;
 
+pub use bridge::{whatsapp_status_for, Bridge, BridgeOutput, LegId};
 pub use ending::{Ending, Fault, MediaFailure, Side};
 pub use leg::{
     CallDirection, CallError, CallEvent, CallOutput, Direction, Leg, LegSetup, Local, MediaIntent,
@@ -25,5 +30,7 @@ pub use leg::{
 pub use meta::MetaHeaders;
 pub use policy::{LegPolicy, ALLOW_WHATSAPP};
 
+#[cfg(test)]
+mod bridge_tests;
 #[cfg(test)]
 mod tests;

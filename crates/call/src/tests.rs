@@ -15,7 +15,7 @@ use watrunk_sip::{Message, Method, Request, Response};
 
 use crate::*;
 
-fn sample(name: &str) -> Message {
+pub(crate) fn sample(name: &str) -> Message {
     let path = format!(
         "{}/../../tests/data/whatsapp/{name}",
         env!("CARGO_MANIFEST_DIR")
@@ -25,14 +25,14 @@ fn sample(name: &str) -> Message {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn request(name: &str) -> Request {
+pub(crate) fn request(name: &str) -> Request {
     match sample(name) {
         Message::Request(r) => r,
         _ => panic!("{name} is not a request"),
     }
 }
 
-fn setup(security: Security) -> LegSetup {
+pub(crate) fn setup(security: Security) -> LegSetup {
     LegSetup {
         local: Local {
             contact: "<sip:+12145551869@sip.example.com;transport=tls>".into(),
@@ -44,12 +44,12 @@ fn setup(security: Security) -> LegSetup {
     }
 }
 
-fn rng() -> StdRng {
+pub(crate) fn rng() -> StdRng {
     StdRng::seed_from_u64(11)
 }
 
 /// Our local description as media would make it.
-fn local_media(security: Security) -> LocalMedia {
+pub(crate) fn local_media(security: Security) -> LocalMedia {
     let mut local = LocalMedia::for_capabilities(&Capabilities::whatsapp(security), &mut rng())
         .with_candidates(["198.18.0.1:40000".parse().unwrap()])
         .with_fingerprint(Fingerprint::sha256(vec![0xab; 32]));
@@ -59,7 +59,7 @@ fn local_media(security: Security) -> LocalMedia {
 }
 
 /// A Meta-shaped DTLS offer (ICE-lite, its relay's candidate): the doc samples mask their keys.
-fn meta_offer() -> Vec<u8> {
+pub(crate) fn meta_offer() -> Vec<u8> {
     let mut meta = local_media(Security::Dtls);
     meta.ice_lite = true;
     meta.candidates = vec!["157.240.0.10:3480".parse().unwrap()];
@@ -68,14 +68,14 @@ fn meta_offer() -> Vec<u8> {
 }
 
 /// A sample INVITE from Meta, carrying a usable offer.
-fn meta_invite(name: &str) -> Request {
+pub(crate) fn meta_invite(name: &str) -> Request {
     let mut invite = request(name);
     invite.body = meta_offer();
     invite
 }
 
 /// Meta's ACK for our 200 (what the leg reads of it: the Call-ID and the body).
-fn ack_for(invite: &Request) -> Request {
+pub(crate) fn ack_for(invite: &Request) -> Request {
     let mut ack = Request::new(
         Method::ACK,
         Uri::parse("sip:+12145551869@sip.example.com").unwrap(),
@@ -84,12 +84,12 @@ fn ack_for(invite: &Request) -> Request {
     ack
 }
 
-fn incoming(invite: Request, tx: TransactionId) -> Leg {
+pub(crate) fn incoming(invite: Request, tx: TransactionId) -> Leg {
     Leg::incoming(invite, tx, setup(Security::Dtls), &mut rng()).expect("Meta's offer is agreed")
 }
 
 /// A real transaction id: the layer hands one out for an incoming request.
-fn server_transaction(req: &Request) -> TransactionId {
+pub(crate) fn server_transaction(req: &Request) -> TransactionId {
     let mut layer = TransactionLayer::new(TimerConfig::default());
     let peer = Peer {
         transport: Transport::Tls,
@@ -111,11 +111,11 @@ fn server_transaction(req: &Request) -> TransactionId {
     }
 }
 
-fn drain(call: &mut Leg) -> Vec<CallOutput> {
+pub(crate) fn drain(call: &mut Leg) -> Vec<CallOutput> {
     std::iter::from_fn(|| call.poll_output()).collect()
 }
 
-fn responses(out: &[CallOutput]) -> Vec<&Response> {
+pub(crate) fn responses(out: &[CallOutput]) -> Vec<&Response> {
     out.iter()
         .filter_map(|o| match o {
             CallOutput::Respond { response, .. } => Some(response),
@@ -124,7 +124,7 @@ fn responses(out: &[CallOutput]) -> Vec<&Response> {
         .collect()
 }
 
-fn ended(out: &[CallOutput]) -> Option<&Ending> {
+pub(crate) fn ended(out: &[CallOutput]) -> Option<&Ending> {
     out.iter().find_map(|o| match o {
         CallOutput::Event(CallEvent::Ended(e)) => Some(e),
         _ => None,
@@ -300,6 +300,7 @@ fn outbound(password: Option<&str>) -> (Leg, Request) {
             hostname: "meta-voip.example.com".into(),
             to_user: "+12195550714".into(),
             domain: "wa.meta.vc".into(),
+            transport: "tls".into(),
             password: password.map(str::to_string),
         },
         setup(Security::Sdes),
@@ -322,7 +323,11 @@ fn outbound(password: Option<&str>) -> (Leg, Request) {
 }
 
 /// The INVITE as the layer sent it (with a Via), and its client transaction id.
-fn send(call: &mut Leg, layer: &mut TransactionLayer, req: Request) -> (TransactionId, Request) {
+pub(crate) fn send(
+    call: &mut Leg,
+    layer: &mut TransactionLayer,
+    req: Request,
+) -> (TransactionId, Request) {
     let peer = Peer {
         transport: Transport::Tls,
         addr: "127.0.0.1:5061".parse().unwrap(),
@@ -335,14 +340,14 @@ fn send(call: &mut Leg, layer: &mut TransactionLayer, req: Request) -> (Transact
     (id, layer.request(id).unwrap().clone())
 }
 
-fn layer() -> TransactionLayer {
+pub(crate) fn layer() -> TransactionLayer {
     TransactionLayer::new(watrunk_sip::transaction::Config {
         sent_by: Some("sip.example.com:5061".into()),
         ..Default::default()
     })
 }
 
-fn response_to(req: &Request, status: u16, to_tag: &str) -> Response {
+pub(crate) fn response_to(req: &Request, status: u16, to_tag: &str) -> Response {
     Response::to_request(
         req,
         status,
@@ -584,6 +589,7 @@ fn a_bad_domain_is_an_error_not_a_panic() {
             hostname: "meta-voip.example.com".into(),
             to_user: "+12195550714".into(),
             domain: "wa meta vc".into(),
+            transport: "tls".into(),
             password: None,
         },
         setup(Security::Dtls),

@@ -435,6 +435,7 @@ fn call(from: &str, host: &str, to: &str, domain: &str, password: Option<&str>) 
         hostname: host.into(),
         to_user: to.into(),
         domain: domain.into(),
+        transport: "tls".into(),
         password: password.map(str::to_string),
     }
 }

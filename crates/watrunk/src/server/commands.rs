@@ -140,6 +140,7 @@ impl Core {
                 hostname: self.cfg.hostname.clone(),
                 to_user: to.into(),
                 domain: self.cfg.calls.meta_domain.clone(),
+                transport: "tls".into(),
                 password: number.password.clone(),
             },
             setup,

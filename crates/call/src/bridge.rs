@@ -1,0 +1,199 @@
+//! A WhatsApp call bridged to a PBX (a B2BUA call): the WhatsApp leg and the PBX leg, and the
+//! rules between them, without I/O. The owner feeds each leg's SIP and media facts through
+//! [`Bridge::leg_mut`] as for a single leg and carries out [`Bridge::poll_output`], whose SIP
+//! outputs name their leg.
+//!
+//! Only the WhatsApp leg has a media session of its own; the PBX leg's media is that session's
+//! plain side. So the PBX leg's media intents stop here: its `Prepare` goes out (the owner answers
+//! it with the local description of that plain side), its negotiated plan becomes
+//! [`BridgeOutput::Connect`] (where and in which codec the plain side talks to the PBX), and its
+//! `Stop` is the WhatsApp leg's to give.
+//!
+//! Inbound (a WhatsApp user calls): the WhatsApp leg has sent 180; the PBX leg is called at once;
+//! when the PBX answers, the WhatsApp leg answers. Either leg's end ends the other: before the
+//! answer a PBX failure becomes the WhatsApp leg's final response (mapped, with a Q.850 `Reason`),
+//! after it a BYE. Nothing the PBX does in the dialog (re-INVITE, UPDATE, hold) reaches Meta.
+
+use std::collections::VecDeque;
+
+use rand::RngCore;
+use watrunk_sdp::MediaPlan;
+use watrunk_sip::Response;
+
+use crate::ending::{Ending, Side};
+use crate::leg::{CallError, CallEvent, CallOutput, Leg, LegSetup, MediaIntent, OutboundCall};
+
+/// Which leg of a bridged call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LegId {
+    WhatsApp,
+    Pbx,
+}
+
+/// What the owner carries out for a bridged call.
+#[derive(Debug)]
+pub enum BridgeOutput {
+    /// One leg's output, carried out as for a single leg (SIP to that leg's transport; the media
+    /// intents are the WhatsApp leg's, and the PBX leg's `Prepare`).
+    Leg(LegId, CallOutput),
+    /// The WhatsApp leg's media is to talk to the PBX as `plan` says (address, codec, payload
+    /// types): first when the PBX answers, again when a re-offer of the PBX moves or changes it.
+    Connect(Box<MediaPlan>),
+}
+
+/// A WhatsApp call and its PBX leg.
+pub struct Bridge {
+    whatsapp: Leg,
+    pbx: Leg,
+    /// The PBX's media as last agreed.
+    pbx_plan: Option<MediaPlan>,
+    out: VecDeque<BridgeOutput>,
+}
+
+impl Bridge {
+    /// A WhatsApp user's call (`whatsapp`, ringing) to be bridged to the PBX as `call`: the PBX
+    /// leg starts at once (it asks for its local description first).
+    pub fn inbound(
+        whatsapp: Leg,
+        call: OutboundCall,
+        pbx_setup: LegSetup,
+        rng: &mut impl RngCore,
+    ) -> Result<Bridge, CallError> {
+        let pbx = Leg::outgoing(call, pbx_setup, rng)?;
+        Ok(Bridge {
+            whatsapp,
+            pbx,
+            pbx_plan: None,
+            out: VecDeque::new(),
+        })
+    }
+
+    /// A leg, to feed it what arrived for it (its requests, responses, timeouts, media facts).
+    pub fn leg_mut(&mut self, id: LegId) -> &mut Leg {
+        match id {
+            LegId::WhatsApp => &mut self.whatsapp,
+            LegId::Pbx => &mut self.pbx,
+        }
+    }
+
+    pub fn leg(&self, id: LegId) -> &Leg {
+        match id {
+            LegId::WhatsApp => &self.whatsapp,
+            LegId::Pbx => &self.pbx,
+        }
+    }
+
+    /// Both legs have ended.
+    pub fn is_ended(&self) -> bool {
+        self.whatsapp.is_ended() && self.pbx.is_ended()
+    }
+
+    /// The PBX's media as last agreed.
+    pub fn pbx_plan(&self) -> Option<&MediaPlan> {
+        self.pbx_plan.as_ref()
+    }
+
+    /// The application ends the call: both legs.
+    pub fn hang_up(&mut self, reason: &str, q850_cause: u16) {
+        self.whatsapp.hang_up(reason, q850_cause);
+        self.pbx.hang_up(reason, q850_cause);
+    }
+
+    /// The next thing to carry out. The PBX leg's outputs are looked at first: its answer is what
+    /// lets the WhatsApp leg answer.
+    pub fn poll_output(&mut self) -> Option<BridgeOutput> {
+        loop {
+            if let Some(out) = self.out.pop_front() {
+                return Some(out);
+            }
+            if let Some(out) = self.pbx.poll_output() {
+                self.take_pbx_output(out);
+                continue;
+            }
+            if let Some(out) = self.whatsapp.poll_output() {
+                self.take_whatsapp_output(out);
+                continue;
+            }
+            return None;
+        }
+    }
+
+    fn take_pbx_output(&mut self, out: CallOutput) {
+        match out {
+            CallOutput::Media(MediaIntent::Start { plan, .. })
+            | CallOutput::Media(MediaIntent::Update { plan }) => {
+                self.pbx_plan = Some((*plan).clone());
+                self.out.push_back(BridgeOutput::Connect(plan));
+                if self.whatsapp.is_ringing() {
+                    // Only a ringing leg can answer; one that ended meanwhile stays ended.
+                    let _ = self.whatsapp.answer();
+                }
+            }
+            // The WhatsApp leg's media session is the one; it stops with the WhatsApp leg.
+            CallOutput::Media(MediaIntent::Stop)
+            | CallOutput::Media(MediaIntent::SendDtmf { .. }) => {}
+            CallOutput::Event(CallEvent::Ended(ending)) => {
+                self.pbx_ended(&ending);
+                self.out.push_back(BridgeOutput::Leg(
+                    LegId::Pbx,
+                    CallOutput::Event(CallEvent::Ended(ending)),
+                ));
+            }
+            other => self.out.push_back(BridgeOutput::Leg(LegId::Pbx, other)),
+        }
+    }
+
+    fn take_whatsapp_output(&mut self, out: CallOutput) {
+        if let CallOutput::Event(CallEvent::Ended(ending)) = &out {
+            if !self.pbx.is_ended() {
+                let (reason, cause) = match ending.by {
+                    Side::Remote => ("the WhatsApp user hung up", 16),
+                    Side::Local => ("the WhatsApp leg ended", 16),
+                };
+                let reason = format!("{reason}: {}", ending.reason);
+                self.pbx.hang_up(&reason, cause);
+            }
+        }
+        self.out.push_back(BridgeOutput::Leg(LegId::WhatsApp, out));
+    }
+
+    /// The PBX leg ended: before the answer its failure is the WhatsApp leg's final response,
+    /// after it the WhatsApp leg hangs up.
+    fn pbx_ended(&mut self, ending: &Ending) {
+        if self.whatsapp.is_ended() {
+            return;
+        }
+        if self.whatsapp.is_ringing() {
+            let (status, phrase, cause) = whatsapp_status_for(ending.status);
+            let mut response = Response::new(status, phrase);
+            response.headers.push(
+                "Reason",
+                format!(
+                    "Q.850;cause={cause};text=\"{}\"",
+                    format!("PBX: {}", ending.reason).replace(['"', '\\'], "'")
+                ),
+            );
+            let reason = format!("the PBX leg failed: {}", ending.reason);
+            let _ = self.whatsapp.reject(response, reason);
+        } else {
+            let cause = if ending.by == Side::Remote { 16 } else { 41 };
+            self.whatsapp
+                .hang_up(&format!("the PBX leg ended: {}", ending.reason), cause);
+        }
+    }
+}
+
+/// The final response to Meta for a PBX leg that failed with `status` (none: no final response
+/// came), and its Q.850 cause (ITU-T Q.850; RFC 3398 maps SIP statuses the same way).
+pub fn whatsapp_status_for(status: Option<u16>) -> (u16, &'static str, u16) {
+    match status {
+        Some(486) | Some(600) => (486, "Busy Here", 17),
+        Some(404) | Some(410) | Some(484) | Some(604) => (404, "Not Found", 1),
+        Some(603) => (603, "Decline", 21),
+        Some(480) | Some(408) | Some(487) => (480, "Temporarily Unavailable", 19),
+        Some(415) | Some(488) | Some(606) => (488, "Not Acceptable Here", 88),
+        Some(s) if s >= 500 => (503, "Service Unavailable", 41),
+        Some(_) => (480, "Temporarily Unavailable", 21),
+        None => (503, "Service Unavailable", 38),
+    }
+}

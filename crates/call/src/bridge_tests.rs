@@ -1,0 +1,480 @@
+//! A WhatsApp call bridged to a PBX, message by message: Meta's captured INVITE on one side, an
+//! Asterisk-shaped PBX (PCMU, telephone-event 101) on the other. What each leg sends, and what
+//! crosses between them.
+
+use std::time::Instant;
+
+use watrunk_sdp::{Capabilities, Codec, LocalMedia, Security};
+use watrunk_sip::transaction::{build_cancel, Peer, TransactionId, TransactionLayer, Transport};
+use watrunk_sip::uri::Uri;
+use watrunk_sip::{Method, Request, Response};
+
+use crate::tests::{
+    ack_for, layer, local_media, meta_invite, response_to, rng, server_transaction,
+};
+use crate::*;
+
+const PBX_RTP: &str = "198.18.0.20:10000";
+
+/// An Asterisk answer (chan_pjsip shapes: PCMU, telephone-event 101 with fmtp 0-16, ptime 20).
+fn asterisk_answer() -> Vec<u8> {
+    b"v=0\r\no=- 1733500000 1733500002 IN IP4 198.18.0.20\r\ns=Asterisk\r\n\
+c=IN IP4 198.18.0.20\r\nt=0 0\r\nm=audio 10000 RTP/AVP 0 101\r\n\
+a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n\
+a=ptime:20\r\na=maxptime:150\r\na=sendrecv\r\n"
+        .to_vec()
+}
+
+fn pbx_setup() -> LegSetup {
+    LegSetup {
+        local: Local {
+            contact: "<sip:+15550001111@198.18.0.1:5060;transport=udp>".into(),
+            user_agent: "watrunk/test".into(),
+            warning_host: "sip.example.com".into(),
+        },
+        capabilities: Capabilities::pbx(
+            Security::Plain,
+            vec![Codec::Opus, Codec::Pcmu, Codec::Pcma, Codec::TelephoneEvent],
+        ),
+        policy: LegPolicy::generic(),
+    }
+}
+
+/// The business number at the PBX, from the WhatsApp caller.
+fn pbx_call() -> OutboundCall {
+    OutboundCall {
+        from_number: "+12195550714".into(),
+        hostname: "sip.example.com".into(),
+        to_user: "+15550001111".into(),
+        domain: "pbx.example.com:5060".into(),
+        transport: "udp".into(),
+        password: None,
+    }
+}
+
+/// The plain side of the WhatsApp leg's media, as the PBX leg's local description.
+fn pbx_local() -> LocalMedia {
+    LocalMedia::for_capabilities(&pbx_setup().capabilities, &mut rng())
+        .with_candidates(["198.18.0.1:30000".parse().unwrap()])
+}
+
+fn drain(bridge: &mut Bridge) -> Vec<BridgeOutput> {
+    std::iter::from_fn(|| bridge.poll_output()).collect()
+}
+
+fn of(out: &[BridgeOutput], leg: LegId) -> Vec<&CallOutput> {
+    out.iter()
+        .filter_map(|o| match o {
+            BridgeOutput::Leg(l, c) if *l == leg => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(out: &[BridgeOutput], leg: LegId) -> Vec<Request> {
+    of(out, leg)
+        .into_iter()
+        .filter_map(|c| match c {
+            CallOutput::Send(r) | CallOutput::Ack(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn responded(out: &[BridgeOutput], leg: LegId) -> Vec<Response> {
+    of(out, leg)
+        .into_iter()
+        .filter_map(|c| match c {
+            CallOutput::Respond { response, .. } => Some(response.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sends a leg's request through a transaction layer (UDP toward the PBX, TLS toward Meta): its
+/// id, and the request as sent.
+fn send_on(
+    bridge: &mut Bridge,
+    leg: LegId,
+    layer: &mut TransactionLayer,
+    req: Request,
+) -> (TransactionId, Request) {
+    let peer = match leg {
+        LegId::Pbx => Peer {
+            transport: Transport::Udp,
+            addr: "198.18.0.20:5060".parse().unwrap(),
+            conn: None,
+        },
+        LegId::WhatsApp => Peer {
+            transport: Transport::Tls,
+            addr: "157.240.0.1:5061".parse().unwrap(),
+            conn: Some(1),
+        },
+    };
+    let id = layer
+        .send_request(Instant::now(), req.clone(), peer)
+        .unwrap();
+    bridge.leg_mut(leg).request_sent(&req.method, id);
+    (id, layer.request(id).unwrap().clone())
+}
+
+fn send_to_pbx(
+    bridge: &mut Bridge,
+    layer: &mut TransactionLayer,
+    req: Request,
+) -> (TransactionId, Request) {
+    send_on(bridge, LegId::Pbx, layer, req)
+}
+
+/// Meta's call, ringing at the PBX: the bridge, Meta's INVITE, the PBX's client transaction and
+/// the INVITE the PBX got.
+fn ringing_at_the_pbx() -> (Bridge, Request, TransactionLayer, TransactionId, Request) {
+    let invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
+    let whatsapp = incoming_leg(&invite);
+    let mut bridge = Bridge::inbound(whatsapp, pbx_call(), pbx_setup(), &mut rng()).unwrap();
+    let out = drain(&mut bridge);
+    assert_eq!(
+        responded(&out, LegId::WhatsApp)
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>(),
+        [180],
+        "Meta hears ringing at once"
+    );
+    assert!(of(&out, LegId::Pbx).iter().any(|c| matches!(
+        c,
+        CallOutput::Media(MediaIntent::Prepare {
+            security: Security::Plain,
+            ..
+        })
+    )));
+    bridge.leg_mut(LegId::Pbx).media_ready(pbx_local());
+    let mut out = sent(&drain(&mut bridge), LegId::Pbx);
+    assert_eq!(out.len(), 1);
+    let mut layer = layer();
+    let (tx, pbx_invite) = send_to_pbx(&mut bridge, &mut layer, out.remove(0));
+    let out = drain(&mut bridge);
+    assert!(out.is_empty(), "{out:?}");
+    (bridge, invite, layer, tx, pbx_invite)
+}
+
+fn incoming_leg(invite: &Request) -> Leg {
+    let tx = server_transaction(invite);
+    crate::tests::incoming(invite.clone(), tx)
+}
+
+#[test]
+fn the_pbx_gets_an_ordinary_trunk_invite_for_the_business_number() {
+    let (_, _, _, _, invite) = ringing_at_the_pbx();
+    assert_eq!(
+        invite.uri.to_string(),
+        "sip:+15550001111@pbx.example.com:5060;transport=udp"
+    );
+    let from = invite.from().unwrap();
+    assert_eq!(
+        from.uri.user_base(),
+        Some("+12195550714"),
+        "the caller's E.164"
+    );
+    assert!(invite
+        .headers
+        .get("Via")
+        .unwrap()
+        .starts_with("SIP/2.0/UDP"));
+    let sdp = String::from_utf8(invite.body.clone()).unwrap();
+    assert!(
+        sdp.contains("m=audio 30000 RTP/AVP 111 0 8 126\r\n"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=rtpmap:0 PCMU/8000\r\n"), "{sdp}");
+    assert!(
+        sdp.contains("a=rtpmap:126 telephone-event/8000\r\n"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("c=IN IP4 198.18.0.1\r\n"), "{sdp}");
+    for absent in ["a=ice-", "a=fingerprint", "a=crypto", "a=candidate"] {
+        assert!(
+            !sdp.contains(absent),
+            "plain RTP toward the PBX: {absent}\n{sdp}"
+        );
+    }
+}
+
+#[test]
+fn the_pbx_answer_connects_the_media_and_then_meta_gets_its_200() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    // Ringing at the PBX: nothing more for Meta, which heard 180 already.
+    let ringing = response_to(&pbx_invite, 180, "pbx1");
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_response(Instant::now(), tx, &ringing);
+    let out = drain(&mut bridge);
+    assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
+    // The PBX answers with PCMU.
+    let mut ok = response_to(&pbx_invite, 200, "pbx1");
+    ok.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = asterisk_answer();
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_response(Instant::now(), tx, &ok);
+    let out = drain(&mut bridge);
+    let acks = sent(&out, LegId::Pbx);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].method, Method::ACK);
+    let plan = out
+        .iter()
+        .find_map(|o| match o {
+            BridgeOutput::Connect(plan) => Some(plan.clone()),
+            _ => None,
+        })
+        .expect("the media is connected to the PBX");
+    assert_eq!(plan.remote_rtp, Some(PBX_RTP.parse().unwrap()));
+    assert_eq!(plan.codec, Codec::Pcmu);
+    assert_eq!((plan.audio_pt, plan.dtmf_pt), (0, Some(101)));
+    // Only now does the WhatsApp leg answer: it asks for its media first.
+    assert!(of(&out, LegId::WhatsApp).iter().any(|c| matches!(
+        c,
+        CallOutput::Media(MediaIntent::Prepare {
+            security: Security::Dtls,
+            ..
+        })
+    )));
+    assert!(responded(&out, LegId::WhatsApp).is_empty());
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .media_ready(local_media(Security::Dtls));
+    let out = drain(&mut bridge);
+    let ok = &responded(&out, LegId::WhatsApp)[0];
+    assert_eq!(ok.status, 200);
+    assert!(String::from_utf8_lossy(&ok.body).contains("UDP/TLS/RTP/SAVPF 111"));
+    assert!(of(&out, LegId::WhatsApp)
+        .iter()
+        .any(|c| matches!(c, CallOutput::Media(MediaIntent::Start { .. }))));
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .handle_ack(&ack_for(&invite));
+    drain(&mut bridge);
+    assert!(bridge.leg(LegId::WhatsApp).is_answered());
+    assert!(bridge.leg(LegId::Pbx).is_answered());
+}
+
+#[test]
+fn a_busy_pbx_is_a_486_to_meta_with_its_q850_cause() {
+    let (mut bridge, _, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let busy = response_to(&pbx_invite, 486, "pbx1");
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_response(Instant::now(), tx, &busy);
+    let out = drain(&mut bridge);
+    let to_meta = responded(&out, LegId::WhatsApp);
+    assert_eq!(to_meta.len(), 1);
+    assert_eq!(to_meta[0].status, 486);
+    let reason = to_meta[0].headers.get("Reason").unwrap();
+    assert!(
+        reason.starts_with("Q.850;cause=17;text=\"PBX: "),
+        "{reason}"
+    );
+    assert!(bridge.is_ended());
+}
+
+#[test]
+fn meta_cancelling_cancels_the_pbx_leg() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    bridge.leg_mut(LegId::Pbx).handle_response(
+        Instant::now(),
+        tx,
+        &response_to(&pbx_invite, 180, "pbx1"),
+    );
+    drain(&mut bridge);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .handle_cancel(&build_cancel(&invite));
+    let out = drain(&mut bridge);
+    let ended = of(&out, LegId::WhatsApp).into_iter().find_map(|c| match c {
+        CallOutput::Event(CallEvent::Ended(e)) => Some(e.clone()),
+        _ => None,
+    });
+    assert_eq!(ended.expect("Meta's call ended").status, Some(487));
+    assert!(
+        of(&out, LegId::Pbx)
+            .iter()
+            .any(|c| matches!(c, CallOutput::Cancel { invite } if *invite == tx)),
+        "{out:?}"
+    );
+    // The PBX's 487 ends its leg; Meta hears nothing more.
+    bridge.leg_mut(LegId::Pbx).handle_response(
+        Instant::now(),
+        tx,
+        &response_to(&pbx_invite, 487, "pbx1"),
+    );
+    let out = drain(&mut bridge);
+    assert!(responded(&out, LegId::WhatsApp).is_empty());
+    assert!(bridge.is_ended());
+}
+
+#[test]
+fn meta_hanging_up_sends_bye_to_the_pbx_and_the_pbx_hanging_up_sends_bye_to_meta() {
+    for pbx_first in [false, true] {
+        let (mut bridge, invite, mut layer, tx, pbx_invite) = ringing_at_the_pbx();
+        let mut ok = response_to(&pbx_invite, 200, "pbx1");
+        ok.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
+        ok.headers.push("Content-Type", "application/sdp");
+        ok.body = asterisk_answer();
+        bridge
+            .leg_mut(LegId::Pbx)
+            .handle_response(Instant::now(), tx, &ok);
+        drain(&mut bridge);
+        bridge
+            .leg_mut(LegId::WhatsApp)
+            .media_ready(local_media(Security::Dtls));
+        let our_200 = responded(&drain(&mut bridge), LegId::WhatsApp)[0].clone();
+        bridge
+            .leg_mut(LegId::WhatsApp)
+            .handle_ack(&ack_for(&invite));
+        drain(&mut bridge);
+        if pbx_first {
+            let mut bye = Request::new(
+                Method::BYE,
+                Uri::parse("sip:+15550001111@198.18.0.1:5060").unwrap(),
+            );
+            bye.headers
+                .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxbye");
+            bye.headers.push("From", ok.headers.get("To").unwrap());
+            bye.headers
+                .push("To", pbx_invite.headers.get("From").unwrap());
+            bye.headers.push("Call-ID", pbx_invite.call_id().unwrap());
+            bye.headers.push("CSeq", "102 BYE");
+            let bye_tx = server_transaction(&bye);
+            bridge.leg_mut(LegId::Pbx).handle_request(bye_tx, &bye);
+            let out = drain(&mut bridge);
+            assert_eq!(responded(&out, LegId::Pbx)[0].status, 200);
+            let to_meta = sent(&out, LegId::WhatsApp);
+            assert_eq!(to_meta.len(), 1, "{out:?}");
+            assert_eq!(to_meta[0].method, Method::BYE);
+            assert!(to_meta[0]
+                .headers
+                .get("Reason")
+                .unwrap()
+                .contains("cause=16"));
+            // Its Route is Meta's Record-Route, reversed: the dialog is the WhatsApp leg's own.
+            let (bye_tx, bye) =
+                send_on(&mut bridge, LegId::WhatsApp, &mut layer, to_meta[0].clone());
+            bridge.leg_mut(LegId::WhatsApp).handle_response(
+                Instant::now(),
+                bye_tx,
+                &response_to(&bye, 200, "meta"),
+            );
+            drain(&mut bridge);
+            assert_eq!(to_meta[0].call_id(), invite.call_id());
+        } else {
+            let mut bye = Request::new(
+                Method::BYE,
+                Uri::parse("sip:+15550001111@sip.example.com").unwrap(),
+            );
+            bye.headers.push("Via", invite.headers.get("Via").unwrap());
+            bye.headers
+                .push("From", invite.headers.get("From").unwrap());
+            bye.headers.push("To", our_200.headers.get("To").unwrap());
+            bye.headers.push("Call-ID", invite.call_id().unwrap());
+            bye.headers.push("CSeq", "9990 BYE");
+            let bye_tx = server_transaction(&bye);
+            bridge.leg_mut(LegId::WhatsApp).handle_request(bye_tx, &bye);
+            let out = drain(&mut bridge);
+            assert_eq!(responded(&out, LegId::WhatsApp)[0].status, 200);
+            let to_pbx = sent(&out, LegId::Pbx);
+            assert_eq!(to_pbx.len(), 1, "{out:?}");
+            assert_eq!(to_pbx[0].method, Method::BYE);
+            assert_eq!(to_pbx[0].call_id(), pbx_invite.call_id());
+            assert!(to_pbx[0]
+                .headers
+                .get("Reason")
+                .unwrap()
+                .contains("cause=16"));
+            let (bye_tx, bye) = send_to_pbx(&mut bridge, &mut layer, to_pbx[0].clone());
+            bridge.leg_mut(LegId::Pbx).handle_response(
+                Instant::now(),
+                bye_tx,
+                &response_to(&bye, 200, "pbx1"),
+            );
+            drain(&mut bridge);
+        }
+        assert!(bridge.leg(LegId::WhatsApp).is_ended());
+        assert!(bridge.leg(LegId::Pbx).is_ended());
+    }
+}
+
+#[test]
+fn a_pbx_hold_stays_on_the_pbx_leg() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let mut ok = response_to(&pbx_invite, 200, "pbx1");
+    ok.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = asterisk_answer();
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_response(Instant::now(), tx, &ok);
+    drain(&mut bridge);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .media_ready(local_media(Security::Dtls));
+    drain(&mut bridge);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .handle_ack(&ack_for(&invite));
+    drain(&mut bridge);
+    // Asterisk holds with a sendonly re-INVITE from the same address.
+    let mut reinvite = Request::new(
+        Method::INVITE,
+        Uri::parse("sip:+15550001111@198.18.0.1:5060").unwrap(),
+    );
+    reinvite
+        .headers
+        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxhold");
+    reinvite.headers.push("From", ok.headers.get("To").unwrap());
+    reinvite
+        .headers
+        .push("To", pbx_invite.headers.get("From").unwrap());
+    reinvite
+        .headers
+        .push("Call-ID", pbx_invite.call_id().unwrap());
+    reinvite.headers.push("CSeq", "103 INVITE");
+    reinvite
+        .headers
+        .push("Contact", "<sip:pbx@198.18.0.20:5060>");
+    reinvite.headers.push("Content-Type", "application/sdp");
+    reinvite.body = String::from_utf8(asterisk_answer())
+        .unwrap()
+        .replace("1733500002", "1733500003")
+        .replace("a=sendrecv", "a=sendonly")
+        .into_bytes();
+    let re_tx = server_transaction(&reinvite);
+    bridge.leg_mut(LegId::Pbx).handle_request(re_tx, &reinvite);
+    let out = drain(&mut bridge);
+    let answer = &responded(&out, LegId::Pbx)[0];
+    assert_eq!(answer.status, 200);
+    assert!(String::from_utf8_lossy(&answer.body).contains("a=recvonly"));
+    assert!(
+        of(&out, LegId::WhatsApp).is_empty(),
+        "Meta hears nothing of it: {out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, BridgeOutput::Connect(p) if p.direction == Direction::RecvOnly)),
+        "the media learns the PBX holds: {out:?}"
+    );
+}
+
+#[test]
+fn pbx_failures_map_to_what_meta_understands() {
+    assert_eq!(whatsapp_status_for(Some(486)), (486, "Busy Here", 17));
+    assert_eq!(whatsapp_status_for(Some(404)), (404, "Not Found", 1));
+    assert_eq!(whatsapp_status_for(Some(603)), (603, "Decline", 21));
+    assert_eq!(whatsapp_status_for(Some(408)).0, 480);
+    assert_eq!(
+        whatsapp_status_for(Some(488)),
+        (488, "Not Acceptable Here", 88)
+    );
+    assert_eq!(whatsapp_status_for(Some(502)).0, 503);
+    assert_eq!(whatsapp_status_for(None), (503, "Service Unavailable", 38));
+}
