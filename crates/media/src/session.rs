@@ -83,6 +83,9 @@ pub struct MediaConfig {
     pub include_loopback: bool,
     /// Where the call's local RTP port L is bound (port 0: any).
     pub app_bind: SocketAddr,
+    /// L already bound, instead of `app_bind` (a bridged call announced it to the PBX before its
+    /// media was prepared).
+    pub app_socket: Option<Arc<std::net::UdpSocket>>,
     /// The sink S: caller's RTP goes there, and only RTP from there is accepted.
     pub sink: SocketAddr,
     /// ICE's pacing while checking (RFC 8445 Ta). webrtc-ice nominates a pair on the tick after
@@ -113,6 +116,7 @@ impl MediaConfig {
             stun_server: None,
             include_loopback: media_ip.is_loopback(),
             app_bind,
+            app_socket: None,
             sink,
             check_interval: CHECK_INTERVAL,
             consent_timeout: Duration::from_secs(30),
@@ -280,9 +284,18 @@ impl Prepared {
         role: IceRole,
         socket: &Arc<MediaSocket>,
     ) -> Result<Prepared, MediaError> {
-        let app = UdpSocket::bind(cfg.app_bind)
-            .await
-            .map_err(|e| MediaError::Local(format!("bind {}: {e}", cfg.app_bind)))?;
+        let app = match &cfg.app_socket {
+            Some(bound) => bound
+                .try_clone()
+                .and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    UdpSocket::from_std(s)
+                })
+                .map_err(|e| MediaError::Local(format!("the local RTP port: {e}")))?,
+            None => UdpSocket::bind(cfg.app_bind)
+                .await
+                .map_err(|e| MediaError::Local(format!("bind {}: {e}", cfg.app_bind)))?,
+        };
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let draws = Draws::from(&mut rng);
         if matches!(role, IceRole::None | IceRole::Lite) {

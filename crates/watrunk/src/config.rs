@@ -111,6 +111,10 @@ pub struct CallArgs {
     /// The control API's address (HTTP + JSON, WebSocket events), or `off`.
     #[arg(long, env = "WATRUNK_API")]
     pub api: Option<String>,
+    /// Bridge WhatsApp calls into this PBX, as an ordinary SIP trunk peer:
+    /// `sip:pbx.example.com[:PORT][;transport=udp]` (UDP needs --udp, where the PBX reaches us).
+    #[arg(long)]
+    pub pbx: Option<String>,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -276,6 +280,62 @@ pub struct CallsConfig {
     pub tls_ca: Option<PathBuf>,
     pub auto_answer: bool,
     pub api: Option<SocketAddr>,
+    /// Where WhatsApp calls are bridged to, if anywhere.
+    pub pbx: Option<PbxTarget>,
+}
+
+/// A PBX that WhatsApp calls are bridged to: the business number is the Request-URI's user at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PbxTarget {
+    /// `host[:port]`, as the Request-URI names it.
+    pub hostport: String,
+    pub host: String,
+    pub port: u16,
+    pub transport: watrunk_sip::Transport,
+    /// The codecs offered to the PBX, in our order of preference (Opus first: no transcoding).
+    pub codecs: Vec<watrunk_sdp::Codec>,
+}
+
+impl PbxTarget {
+    /// `sip:host[:port][;transport=udp]`.
+    pub fn parse(text: &str, key: &str) -> Result<PbxTarget> {
+        let uri = watrunk_sip::Uri::parse(text)
+            .ok()
+            .and_then(|u| u.as_sip().cloned())
+            .with_context(|| {
+                format!(
+                    "{key}: {text:?} is not a SIP URI like sip:pbx.example.com:5060;transport=udp"
+                )
+            })?;
+        let transport = match uri
+            .param("transport")
+            .flatten()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("udp") => watrunk_sip::Transport::Udp,
+            Some(other) => {
+                bail!("{key}: transport={other} toward a PBX is not supported yet (udp is)")
+            }
+        };
+        let host = uri.host.to_string();
+        let port = uri.port.unwrap_or(5060);
+        Ok(PbxTarget {
+            hostport: format!("{host}:{port}"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            transport,
+            codecs: vec![
+                watrunk_sdp::Codec::Opus,
+                watrunk_sdp::Codec::Pcmu,
+                watrunk_sdp::Codec::Pcma,
+                watrunk_sdp::Codec::TelephoneEvent,
+            ],
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -375,10 +435,19 @@ impl ServeConfig {
             .tls
             .or(file.listen.tls)
             .or_else(|| Some("[::]:5061".parse().expect("valid default")));
+        let udp = args.udp.or(file.listen.udp);
+        if calls
+            .pbx
+            .as_ref()
+            .is_some_and(|p| p.transport == watrunk_sip::Transport::Udp)
+            && udp.is_none()
+        {
+            bail!("--pbx over UDP needs a UDP listener the PBX answers to: pass --udp ADDR (config key listen.udp)");
+        }
         Ok(ServeConfig {
             tls,
             tcp: args.tcp.or(file.listen.tcp),
-            udp: args.udp.or(file.listen.udp),
+            udp,
             cert,
             key,
             state_dir: args
@@ -466,7 +535,17 @@ fn resolve_calls(
     if (!args.numbers.is_empty() || !file.numbers.is_empty()) && media.is_none() {
         bail!("calls need a media address: pass --media-ip IP (config key media.ip)");
     }
+    let pbx = args
+        .pbx
+        .as_deref()
+        .map(|t| PbxTarget::parse(t, "--pbx"))
+        .transpose()?;
+    // Bridged calls' audio goes to the PBX's RTP address, which its answer names.
+    let bridged = pbx.is_some();
     let need_sink = |number: &str, sink: Option<SocketAddr>| {
+        if bridged {
+            return Ok(sink.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
+        }
         sink.with_context(|| {
             format!("no sink for {number}: pass --sink HOST:PORT (config key media.sink) where its calls' audio goes")
         })
@@ -538,6 +617,7 @@ fn resolve_calls(
         meta_domain: domain,
         tls_ca: args.tls_ca.clone().or(file.meta.tls_ca.clone()),
         auto_answer: !args.no_auto_answer,
+        pbx,
         api: match args
             .api
             .as_deref()

@@ -49,7 +49,7 @@ pub async fn run(cfg: ServeConfig) -> Result<()> {
 /// The server with its call channel given: the control API and `watrunk call` send commands on it.
 /// `one_shot`: return once a call has been made and none is left.
 pub async fn run_with(
-    cfg: ServeConfig,
+    mut cfg: ServeConfig,
     call_tx: mpsc::Sender<CallInput>,
     call_rx: mpsc::Receiver<CallInput>,
     one_shot: bool,
@@ -69,7 +69,10 @@ pub async fn run_with(
                 .await
                 .with_context(|| format!("cannot bind UDP {addr} (listen.udp)"))?,
         );
-        tracing::info!("SIP over UDP on {}", sock.local_addr()?);
+        let bound = sock.local_addr()?;
+        tracing::info!("SIP over UDP on {bound}");
+        // Via and Contact name the port actually bound (port 0 picks one).
+        cfg.udp = Some(bound);
         tokio::spawn(transport::run_udp(
             sock.clone(),
             udp_sockets.len(),
@@ -201,6 +204,7 @@ impl Core {
             layer: TransactionLayer::new(watrunk_sip::transaction::Config {
                 timers: TimerConfig::default(),
                 sent_by: Some(sent_by),
+                udp_sent_by: cfg.udp.map(|a| udp_hostport(&cfg.hostname, a)),
                 seed: rng.next_u64(),
                 ..Default::default()
             }),
@@ -523,4 +527,14 @@ fn local_tag(req: &Request) -> String {
         .and_then(|v| v.branch().map(str::to_string))
         .hash(&mut h);
     format!("wt{:016x}", h.finish())
+}
+
+/// How requests over UDP name us (Via, Contact): the UDP listener's address, or our hostname at
+/// its port when it listens on every address.
+pub(crate) fn udp_hostport(hostname: &str, udp: std::net::SocketAddr) -> String {
+    if udp.ip().is_unspecified() {
+        format!("{hostname}:{}", udp.port())
+    } else {
+        udp.to_string()
+    }
 }

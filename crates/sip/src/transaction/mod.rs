@@ -69,6 +69,8 @@ pub struct Config {
     pub max_transactions: usize,
     /// `host[:port]` for the Via the layer adds to outgoing requests that carry none.
     pub sent_by: Option<String>,
+    /// The same for requests over UDP (the UDP listener's address), when it differs.
+    pub udp_sent_by: Option<String>,
     /// Seeds the layer's generator (branches, the To tags of its own answers). The binary draws it
     /// from the OS; tests pin it.
     pub seed: u64,
@@ -90,6 +92,7 @@ impl Default for Config {
             trying_delay: Some(Duration::from_millis(200)),
             max_transactions: 8192,
             sent_by: None,
+            udp_sent_by: None,
             seed: 0,
         }
     }
@@ -743,7 +746,10 @@ impl TransactionLayer {
 
     fn prepare_via(&mut self, req: &mut Request, transport: Transport) -> Result<(), SendError> {
         if !req.headers.contains("Via") {
-            let sent_by = self.config.sent_by.as_deref().ok_or(SendError::NoVia)?;
+            let sent_by = match (transport, &self.config.udp_sent_by) {
+                (Transport::Udp, Some(udp)) => udp.as_str(),
+                _ => self.config.sent_by.as_deref().ok_or(SendError::NoVia)?,
+            };
             let rport = if transport == Transport::Udp {
                 ";rport"
             } else {

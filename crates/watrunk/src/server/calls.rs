@@ -10,18 +10,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use watrunk_call::{
-    CallDirection, CallEvent, CallOutput, Leg, LegPolicy, LegSetup, Local, MediaIntent, MetaHeaders,
+    Bridge, BridgeOutput, CallDirection, CallEvent, CallOutput, Leg, LegId, LegPolicy, LegSetup,
+    Local, MediaIntent, MetaHeaders, OutboundCall,
 };
-use watrunk_media::{IceConnected, MediaError, MediaEvent};
-use watrunk_sdp::{Capabilities, Security};
+use watrunk_media::{IceConnected, Law, MediaError, MediaEvent, SinkAudio};
+use watrunk_sdp::{Capabilities, Codec, LocalMedia, MediaPlan, Security};
 use watrunk_sip::transaction::{Peer, TransactionId};
 use watrunk_sip::{Message, Request, Response, Uri};
 
 use super::commands::Command;
 use super::media_task::{media_failure, MediaCmd, Ready};
-use super::registry::{CallKey, Entry, Parties};
+use super::registry::{CallKey, Entry, Parties, Session};
 use super::{reply, Core, SERVER};
-use crate::config::{NumberConfig, Srtp};
+use crate::config::{NumberConfig, PbxTarget, Srtp};
 
 /// What the call tasks, the resolver and the API tell the core.
 pub enum CallInput {
@@ -39,6 +40,7 @@ pub enum CallInput {
     /// The next hop of a request a call sends, looked up.
     Resolved {
         key: CallKey,
+        leg: LegId,
         message: Message,
         to: Result<SocketAddr, String>,
         server_name: String,
@@ -114,15 +116,38 @@ impl Core {
             Ok(leg) => leg,
             Err(refusal) => return Some(refusal),
         };
+        let remote = req.from().and_then(|f| user_of(&f.uri)).unwrap_or_default();
+        let session = match self.cfg.calls.pbx.clone() {
+            None => Session::Single(leg),
+            Some(pbx) => {
+                let call = self.pbx_call(&pbx, &remote, &number.number);
+                let setup = self.pbx_setup(&pbx, &number.number);
+                match Bridge::inbound(leg, call, setup, &mut self.rng) {
+                    Ok(bridge) => Session::Bridged(Box::new(bridge)),
+                    Err(e) => {
+                        tracing::warn!("the PBX leg cannot start: {e}");
+                        return Some(reply(
+                            req,
+                            500,
+                            "Server Internal Error (the PBX target is unusable)",
+                            to_tag,
+                        ));
+                    }
+                }
+            }
+        };
         let key = self.calls.new_key();
         let name = format!(
             "c{key}-{}",
             &watrunk_sip::dialog::new_tag(&mut self.rng)[..6]
         );
         let meta = MetaHeaders::of(req);
-        let remote = req.from().and_then(|f| user_of(&f.uri)).unwrap_or_default();
+        let pbx_call_id = match &session {
+            Session::Bridged(b) => Some(b.leg(LegId::Pbx).call_id().to_string()),
+            Session::Single(_) => None,
+        };
         let entry = Entry::new(
-            leg,
+            session,
             name.clone(),
             Parties {
                 number: number.number.clone(),
@@ -136,6 +161,9 @@ impl Core {
         self.calls
             .insert(key, req.call_id().unwrap_or_default(), entry);
         self.calls.index_transaction(id, key);
+        if let Some(pbx_call_id) = &pbx_call_id {
+            self.calls.index_call_id(pbx_call_id, key, LegId::Pbx);
+        }
         self.events.emit(json!({
             "event": "call.incoming",
             "call": name,
@@ -148,10 +176,11 @@ impl Core {
             "cta_payload": meta.cta_payload,
             "deeplink_payload": meta.deeplink_payload,
         }));
-        // Otherwise the API answers; media is prepared then, for the sink it may choose.
-        if self.cfg.calls.auto_answer {
+        // Otherwise the API answers; media is prepared then, for the sink it may choose. A
+        // bridged call is answered when the PBX answers.
+        if self.cfg.calls.auto_answer && pbx_call_id.is_none() {
             if let Some(e) = self.calls.get_mut(key) {
-                let _ = e.leg.answer();
+                let _ = e.leg.whatsapp().answer();
             }
         }
         self.pump(key);
@@ -170,15 +199,16 @@ impl Core {
             }
             CallInput::Resolved {
                 key,
+                leg,
                 message,
                 to,
                 server_name,
             } => match to {
-                Ok(addr) => self.send_to_hop(key, message, addr, server_name),
+                Ok(addr) => self.send_to_hop(key, leg, message, addr, server_name),
                 Err(reason) => {
                     tracing::warn!("call {key}: {reason}");
                     if let (Some(e), Message::Request(r)) = (self.calls.get_mut(key), &message) {
-                        e.leg.handle_send_failure(&r.method, &reason);
+                        e.leg.leg_mut(leg).handle_send_failure(&r.method, &reason);
                     }
                     self.pump(key);
                 }
@@ -195,12 +225,12 @@ impl Core {
         match result {
             Err(e) => {
                 tracing::warn!("call {}: media: {e}", entry.id);
-                entry.leg.media_failed(media_failure(&e));
+                entry.leg.whatsapp().media_failed(media_failure(&e));
             }
             Ok(ready) => {
                 entry.local_rtp = Some(ready.app_addr);
                 entry.ssrc = ready.local.ssrc;
-                entry.leg.media_ready(ready.local);
+                entry.leg.whatsapp().media_ready(ready.local);
             }
         }
         self.pump(key);
@@ -237,7 +267,7 @@ impl Core {
             MediaEvent::Stats(s) => entry.stats = Some(*s),
             MediaEvent::Failed(e) => {
                 tracing::info!("call {}: media failed: {e}", entry.id);
-                entry.leg.media_failed(media_failure(&e));
+                entry.leg.whatsapp().media_failed(media_failure(&e));
                 self.pump(key);
             }
         }
@@ -250,56 +280,63 @@ impl Core {
         id: TransactionId,
         req: &Request,
     ) -> Option<Option<Response>> {
-        let key = self.calls.by_sip_call_id(req.call_id()?)?;
+        let (key, leg) = self.calls.leg_of_call_id(req.call_id()?)?;
         let entry = self.calls.get_mut(key)?;
-        entry.leg.handle_request(id, req);
+        entry.leg.leg_mut(leg).handle_request(id, req);
         self.pump_later.push(key);
         Some(None)
     }
 
     pub(super) fn on_ack(&mut self, req: &Request) {
-        let Some(key) = req.call_id().and_then(|c| self.calls.by_sip_call_id(c)) else {
+        let Some((key, leg)) = req.call_id().and_then(|c| self.calls.leg_of_call_id(c)) else {
             return;
         };
         if let Some(e) = self.calls.get_mut(key) {
-            e.leg.handle_ack(req);
+            e.leg.leg_mut(leg).handle_ack(req);
         }
         self.pump(key);
     }
 
     pub(super) fn on_cancelled(&mut self, req: &Request) {
-        let Some(key) = req.call_id().and_then(|c| self.calls.by_sip_call_id(c)) else {
+        let Some((key, leg)) = req.call_id().and_then(|c| self.calls.leg_of_call_id(c)) else {
             return;
         };
         if let Some(e) = self.calls.get_mut(key) {
-            e.leg.handle_cancel(req);
+            e.leg.leg_mut(leg).handle_cancel(req);
         }
         self.pump(key);
     }
 
     pub(super) fn on_response(&mut self, id: TransactionId, resp: &Response) {
-        let Some(key) = self.calls.by_transaction(id) else {
+        let Some((key, leg)) = self.calls.leg_of_transaction(id) else {
             return;
         };
         if let Some(e) = self.calls.get_mut(key) {
-            if resp.status >= 200 && e.timings.final_response.is_none() && e.leg.is_calling() {
+            let leg = e.leg.leg_mut(leg);
+            let calling = leg.is_calling();
+            leg.handle_response(Instant::now(), id, resp);
+            if resp.status >= 200
+                && e.timings.final_response.is_none()
+                && calling
+                && !matches!(e.leg, Session::Bridged(_))
+            {
                 e.timings.final_response = e.timings.start.map(|s| s.elapsed());
             }
-            e.leg.handle_response(Instant::now(), id, resp);
         }
         self.pump(key);
     }
 
     /// A transaction of a call timed out: a missing ACK (server INVITE) or no answer (client).
     pub(super) fn on_timeout(&mut self, id: TransactionId, no_ack: bool) {
-        let Some(key) = self.calls.by_transaction(id) else {
+        let Some((key, leg)) = self.calls.leg_of_transaction(id) else {
             return;
         };
         if let Some(e) = self.calls.get_mut(key) {
+            let leg = e.leg.leg_mut(leg);
             if no_ack {
-                e.leg.handle_ack_timeout();
+                leg.handle_ack_timeout();
             } else {
-                e.leg.handle_request_timeout(id);
+                leg.handle_request_timeout(id);
             }
         }
         self.pump(key);
@@ -321,27 +358,39 @@ impl Core {
             let Some(out) = entry.leg.poll_output() else {
                 break;
             };
+            let (leg, out) = match out {
+                BridgeOutput::Leg(leg, out) => (leg, out),
+                BridgeOutput::Connect(plan) => {
+                    connect_to_pbx(entry, &plan);
+                    continue;
+                }
+            };
             match out {
                 CallOutput::Respond {
                     transaction,
                     response,
                 } => {
-                    if response.status == 200 && entry.timings.final_response.is_none() {
+                    if response.status == 200
+                        && leg == LegId::WhatsApp
+                        && entry.timings.final_response.is_none()
+                    {
                         entry.timings.final_response = entry.timings.start.map(|s| s.elapsed());
                     }
                     if let Err(e) = self.layer.respond(now, transaction, response) {
                         tracing::debug!("call {key}: respond: {e}");
                     }
                 }
-                CallOutput::Send(request) => self.route(key, Message::Request(request)),
-                CallOutput::Ack(ack) => self.route(key, Message::Request(ack)),
+                CallOutput::Send(request) => self.route(key, leg, Message::Request(request)),
+                CallOutput::Ack(ack) => self.route(key, leg, Message::Request(ack)),
                 CallOutput::Cancel { invite } => match self.layer.cancel(now, invite) {
                     Ok(id) => {
-                        self.calls.index_transaction(id, key);
+                        self.calls.index_leg_transaction(id, key, leg);
                     }
                     Err(e) => tracing::debug!("call {key}: cancel: {e}"),
                 },
+                CallOutput::Media(intent) if leg == LegId::Pbx => self.pbx_media(key, intent),
                 CallOutput::Media(intent) => self.media_intent(key, intent),
+                CallOutput::Event(ev) if leg == LegId::Pbx => self.pbx_event(key, ev),
                 CallOutput::Event(ev) => self.call_event(key, ev),
             }
         }
@@ -387,7 +436,7 @@ impl Core {
             CallEvent::Answered => {
                 entry.answered = true;
                 self.events.emit(json!({
-                "event": "call.answered", "call": entry.id, "direction": direction_name(entry.leg.direction()),
+                "event": "call.answered", "call": entry.id, "direction": direction_name(entry.leg.leg(LegId::WhatsApp).direction()),
                 "local_rtp": entry.local_rtp.map(|a| a.to_string()), "sink": entry.sink.to_string(),
                 "ssrc": entry.ssrc, "ms": ms(entry.timings.final_response),
                 }))
@@ -410,12 +459,13 @@ impl Core {
         }
     }
 
-    /// Reports `call.ended` and forgets the call once both its signalling and its media are done.
+    /// Reports `call.ended` and forgets the call once its signalling (both legs, when bridged)
+    /// and its media are done.
     fn finish(&mut self, key: CallKey) {
         let done = self
             .calls
             .get(key)
-            .is_some_and(|e| e.ended.is_some() && e.media.is_none());
+            .is_some_and(|e| e.ended.is_some() && e.media.is_none() && e.leg.is_ended());
         if !done {
             return;
         }
@@ -425,7 +475,7 @@ impl Core {
         let Some(ending) = entry.ended.clone() else {
             return;
         };
-        let direction = entry.leg.direction();
+        let direction = entry.leg.leg(LegId::WhatsApp).direction();
         if !entry.answered && direction == CallDirection::Outbound {
             self.unanswered
                 .push(format!("{}: {}", entry.id, ending.reason));
@@ -494,5 +544,121 @@ fn sink_codec_name(audio: watrunk_media::SinkAudio) -> &'static str {
         watrunk_media::SinkAudio::Opus => "opus",
         watrunk_media::SinkAudio::G711(watrunk_media::Law::Mu) => "pcmu",
         watrunk_media::SinkAudio::G711(watrunk_media::Law::A) => "pcma",
+    }
+}
+
+/// The PBX answered (or moved its media): the WhatsApp leg's media talks to its RTP address in
+/// the codec agreed with it.
+fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
+    if entry.media.is_some() {
+        // The relay does not follow a running call to a new address or codec yet.
+        tracing::warn!(
+            "call {}: the PBX re-negotiated its media ({:?} at {:?}); the relay keeps the first",
+            entry.id,
+            plan.codec,
+            plan.remote_rtp
+        );
+        return;
+    }
+    if let Some(addr) = plan.remote_rtp {
+        entry.sink = addr;
+    }
+    entry.sink_audio = match plan.codec {
+        Codec::Pcmu => SinkAudio::G711(Law::Mu),
+        Codec::Pcma => SinkAudio::G711(Law::A),
+        Codec::Opus | Codec::TelephoneEvent => SinkAudio::Opus,
+    };
+}
+
+impl Core {
+    /// The PBX leg's configuration toward `pbx` for one of our numbers: plain RTP, our codecs,
+    /// in-dialog offer/answer (hold, refreshes) answered on this leg only.
+    fn pbx_setup(&self, pbx: &PbxTarget, number: &str) -> LegSetup {
+        let us = self
+            .cfg
+            .udp
+            .map(|a| super::udp_hostport(&self.cfg.hostname, a))
+            .unwrap_or_else(|| self.cfg.hostname.clone());
+        LegSetup {
+            local: Local {
+                contact: format!("<sip:{number}@{us};transport=udp>"),
+                user_agent: SERVER.to_string(),
+                warning_host: self.cfg.hostname.clone(),
+            },
+            capabilities: Capabilities::pbx(Security::Plain, pbx.codecs.clone()),
+            policy: LegPolicy::generic(),
+        }
+    }
+
+    /// The PBX leg's INVITE: the business number at the PBX, from the WhatsApp caller.
+    fn pbx_call(&self, pbx: &PbxTarget, caller: &str, number: &str) -> OutboundCall {
+        OutboundCall {
+            from_number: caller.to_string(),
+            hostname: self.cfg.hostname.clone(),
+            to_user: number.to_string(),
+            domain: pbx.hostport.clone(),
+            transport: "udp".into(),
+            password: None,
+        }
+    }
+
+    /// The PBX leg asks for its local description (the plain side of the call's media, bound
+    /// now so that the offer can name it); its other intents are the bridge's.
+    fn pbx_media(&mut self, key: CallKey, intent: MediaIntent) {
+        let MediaIntent::Prepare { .. } = intent else {
+            return;
+        };
+        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
+            return;
+        };
+        let caps = Capabilities::pbx(Security::Plain, pbx.codecs.clone());
+        let bound = std::net::UdpSocket::bind(SocketAddr::new(media.ip, 0));
+        let Some(entry) = self.calls.get_mut(key) else {
+            return;
+        };
+        match bound.and_then(|s| Ok((s.local_addr()?, s))) {
+            Ok((addr, socket)) => {
+                let announced = SocketAddr::new(media.public_ip.unwrap_or(addr.ip()), addr.port());
+                let local =
+                    LocalMedia::for_capabilities(&caps, &mut self.rng).with_candidates([announced]);
+                entry.local_rtp = Some(addr);
+                entry.plain_socket = Some(std::sync::Arc::new(socket));
+                entry.leg.leg_mut(LegId::Pbx).media_ready(local);
+            }
+            Err(e) => {
+                tracing::warn!("call {}: no local RTP port for the PBX: {e}", entry.id);
+                entry
+                    .leg
+                    .leg_mut(LegId::Pbx)
+                    .media_failed(watrunk_call::MediaFailure {
+                        fault: watrunk_call::Fault::Local,
+                        detail: format!("no local RTP port: {e}"),
+                    });
+            }
+        }
+        self.pump(key);
+    }
+
+    /// What the PBX leg does, as events of the call.
+    fn pbx_event(&mut self, key: CallKey, ev: CallEvent) {
+        let Some(entry) = self.calls.get(key) else {
+            return;
+        };
+        match ev {
+            CallEvent::Ringing => self
+                .events
+                .emit(json!({"event": "pbx.ringing", "call": entry.id})),
+            CallEvent::Answered => self
+                .events
+                .emit(json!({"event": "pbx.answered", "call": entry.id})),
+            CallEvent::Ended(ending) => {
+                self.events.emit(json!({
+                    "event": "pbx.ended", "call": entry.id, "by": ending.by.name(),
+                    "status": ending.status, "reason": ending.reason, "sip_reason": ending.sip_reason,
+                }));
+                self.finish(key);
+            }
+            _ => {}
+        }
     }
 }

@@ -53,15 +53,17 @@ impl Core {
                 let found = self.calls.by_name(&call);
                 let r = match found.and_then(|k| self.calls.get_mut(k)) {
                     None => Err(format!("no call {call}")),
-                    Some(e) if !e.leg.is_ringing() => Err(format!("{call} is not ringing")),
-                    Some(e) if e.leg.is_answering() => {
+                    Some(e) if !e.leg.leg(watrunk_call::LegId::WhatsApp).is_ringing() => {
+                        Err(format!("{call} is not ringing"))
+                    }
+                    Some(e) if e.leg.leg(watrunk_call::LegId::WhatsApp).is_answering() => {
                         Err(format!("{call} is being answered already"))
                     }
                     Some(e) => {
                         if let Some(sink) = sink {
                             e.sink = sink;
                         }
-                        e.leg.answer().map_err(|e| e.to_string())
+                        e.leg.whatsapp().answer().map_err(|e| e.to_string())
                     }
                 };
                 if let Some(key) = found {
@@ -74,7 +76,7 @@ impl Core {
                     None => Err(format!("no call {call}")),
                     Some(key) => {
                         if let Some(e) = self.calls.get_mut(key) {
-                            e.leg.hang_up("hung up by the application", 16);
+                            e.leg.whatsapp().hang_up("hung up by the application", 16);
                         }
                         self.pump(key);
                         Ok(())
@@ -86,10 +88,13 @@ impl Core {
                 let found = self.calls.by_name(&call);
                 let r = match found.and_then(|k| self.calls.get_mut(k)) {
                     None => Err(format!("no call {call}")),
-                    Some(e) if !e.leg.is_answered() || e.media.is_none() => {
+                    Some(e)
+                        if !e.leg.leg(watrunk_call::LegId::WhatsApp).is_answered()
+                            || e.media.is_none() =>
+                    {
                         Err(format!("{call} has no media up"))
                     }
-                    Some(e) => e.leg.send_dtmf(&keys).map_err(|e| e.to_string()),
+                    Some(e) => e.leg.whatsapp().send_dtmf(&keys).map_err(|e| e.to_string()),
                 };
                 if let Some(key) = found {
                     self.pump(key);
@@ -102,7 +107,7 @@ impl Core {
                     .iter()
                     .map(|e| {
                         json!({
-                            "call": e.id, "direction": direction_name(e.leg.direction()), "state": e.leg.state_name(),
+                            "call": e.id, "direction": direction_name(e.leg.leg(watrunk_call::LegId::WhatsApp).direction()), "state": e.leg.leg(watrunk_call::LegId::WhatsApp).state_name(),
                             "number": e.number, "remote": e.remote, "sink": e.sink.to_string(),
                             "local_rtp": e.local_rtp.map(|a| a.to_string()),
                             "age_ms": ms(e.timings.start.map(|s| s.elapsed())),
@@ -157,7 +162,7 @@ impl Core {
             key,
             &sip_call_id,
             Entry::new(
-                leg,
+                super::registry::Session::Single(leg),
                 name.clone(),
                 Parties {
                     number: from.into(),

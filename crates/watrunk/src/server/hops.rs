@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use watrunk_call::LegId;
 use watrunk_sip::transaction::{Peer, Transport};
 use watrunk_sip::values::NameAddr;
 use watrunk_sip::{Message, Method, Uri};
@@ -16,7 +17,7 @@ use super::Core;
 impl Core {
     /// Where a call's request goes: the route set's first hop, else the Request-URI (RFC 3261
     /// §8.1.2); calls we place go to the configured Meta server.
-    pub(super) fn route(&mut self, key: CallKey, message: Message) {
+    pub(super) fn route(&mut self, key: CallKey, leg: LegId, message: Message) {
         let Message::Request(req) = &message else {
             return;
         };
@@ -29,10 +30,15 @@ impl Core {
             .unwrap_or_else(|| req.uri.clone());
         let outbound_initial =
             req.method == Method::INVITE && req.to().is_some_and(|t| t.tag().is_none());
+        let pbx = self.cfg.calls.pbx.as_ref().filter(|_| leg == LegId::Pbx);
+        let default_port = if pbx.is_some() { 5060 } else { 5061 };
         let (host, port) = if outbound_initial || req.method == Method::CANCEL {
-            split_server(&self.cfg.calls.meta_server)
+            match pbx {
+                Some(pbx) => (pbx.host.clone(), pbx.port),
+                None => split_server(&self.cfg.calls.meta_server),
+            }
         } else {
-            match hop_of(&target) {
+            match hop_of(&target, default_port) {
                 Some(h) => h,
                 None => {
                     tracing::warn!("call {key}: no next hop in {target}");
@@ -42,7 +48,7 @@ impl Core {
         };
         // A hop we already talk to (the INVITE's connection) needs no lookup.
         if let Ok(ip) = host.parse::<IpAddr>() {
-            self.send_to_hop(key, message, SocketAddr::new(ip, port), host);
+            self.send_to_hop(key, leg, message, SocketAddr::new(ip, port), host);
             return;
         }
         let tx = self.call_tx.clone();
@@ -62,6 +68,7 @@ impl Core {
             let _ = tx
                 .send(CallInput::Resolved {
                     key,
+                    leg,
                     message,
                     to,
                     server_name: host,
@@ -73,6 +80,7 @@ impl Core {
     pub(super) fn send_to_hop(
         &mut self,
         key: CallKey,
+        leg: LegId,
         message: Message,
         addr: SocketAddr,
         server_name: String,
@@ -85,10 +93,17 @@ impl Core {
             .and_then(|e| e.origin.as_ref())
             .filter(|o| o.addr == addr && o.conn.is_some_and(|c| self.connections.is_live(c)))
             .and_then(|o| o.conn);
-        let peer = Peer {
-            transport: Transport::Tls,
-            addr,
-            conn,
+        let peer = match leg {
+            LegId::Pbx => Peer {
+                transport: Transport::Udp,
+                addr,
+                conn: None,
+            },
+            LegId::WhatsApp => Peer {
+                transport: Transport::Tls,
+                addr,
+                conn,
+            },
         };
         self.connections.name_hop(addr, server_name);
         match message {
@@ -99,20 +114,26 @@ impl Core {
             }
             Message::Request(r) => {
                 let method = r.method.clone();
-                if self.calls.get(key).is_none_or(|e| e.leg.is_ended()) {
+                if self
+                    .calls
+                    .get(key)
+                    .is_none_or(|e| e.leg.leg(leg).is_ended())
+                {
                     return;
                 }
                 match self.layer.send_request(now, r, peer) {
                     Ok(id) => {
-                        self.calls.index_transaction(id, key);
+                        self.calls.index_leg_transaction(id, key, leg);
                         if let Some(e) = self.calls.get_mut(key) {
-                            e.leg.request_sent(&method, id);
+                            e.leg.leg_mut(leg).request_sent(&method, id);
                         }
                     }
                     Err(err) => {
                         tracing::warn!("call {key}: {method}: {err}");
                         if let Some(e) = self.calls.get_mut(key) {
-                            e.leg.handle_send_failure(&method, &err.to_string());
+                            e.leg
+                                .leg_mut(leg)
+                                .handle_send_failure(&method, &err.to_string());
                         }
                     }
                 }
@@ -123,15 +144,15 @@ impl Core {
     }
 }
 
-/// host and port of a URI, for the next hop (TLS: 5061 by default).
-fn hop_of(uri: &Uri) -> Option<(String, u16)> {
+/// host and port of a URI, for the next hop (`default_port` when it names none).
+fn hop_of(uri: &Uri, default_port: u16) -> Option<(String, u16)> {
     let sip = uri.as_sip()?;
     let host = sip.host.to_string();
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    Some((host, sip.port.unwrap_or(5061)))
+    Some((host, sip.port.unwrap_or(default_port)))
 }
 
 fn split_server(s: &str) -> (String, u16) {

@@ -74,6 +74,7 @@ impl Core {
         );
         cfg.media_ip6 = media.ip6;
         cfg.sink_audio = entry.sink_audio;
+        cfg.app_socket = entry.plain_socket.clone();
         cfg.public_ip = media.public_ip;
         let (tx, rx) = mpsc::channel(16);
         entry.media = Some(tx);

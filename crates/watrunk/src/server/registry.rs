@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use watrunk_call::{Ending, Leg, MetaHeaders};
+use watrunk_call::{Bridge, BridgeOutput, Ending, Leg, LegId, MetaHeaders};
 use watrunk_media::{SinkAudio, Stats};
 use watrunk_sip::transaction::{Peer, TransactionId};
 
@@ -27,8 +27,54 @@ pub(super) struct Timings {
     pub(super) first_rtp_in: Option<Duration>,
 }
 
+/// A call's invite sessions: the WhatsApp leg alone, or bridged to a PBX leg.
+// The entry is boxed in the registry already: the common case (one leg) stays inline, without a
+// second allocation per call.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Session {
+    Single(Leg),
+    Bridged(Box<Bridge>),
+}
+
+impl Session {
+    pub(super) fn leg_mut(&mut self, id: LegId) -> &mut Leg {
+        match self {
+            Session::Single(leg) => leg,
+            Session::Bridged(bridge) => bridge.leg_mut(id),
+        }
+    }
+
+    pub(super) fn leg(&self, id: LegId) -> &Leg {
+        match self {
+            Session::Single(leg) => leg,
+            Session::Bridged(bridge) => bridge.leg(id),
+        }
+    }
+
+    /// The WhatsApp leg: the call as the API and the events see it.
+    pub(super) fn whatsapp(&mut self) -> &mut Leg {
+        self.leg_mut(LegId::WhatsApp)
+    }
+
+    pub(super) fn is_ended(&self) -> bool {
+        match self {
+            Session::Single(leg) => leg.is_ended(),
+            Session::Bridged(bridge) => bridge.is_ended(),
+        }
+    }
+
+    pub(super) fn poll_output(&mut self) -> Option<BridgeOutput> {
+        match self {
+            Session::Single(leg) => leg
+                .poll_output()
+                .map(|out| BridgeOutput::Leg(LegId::WhatsApp, out)),
+            Session::Bridged(bridge) => bridge.poll_output(),
+        }
+    }
+}
+
 pub(super) struct Entry {
-    pub(super) leg: Leg,
+    pub(super) leg: Session,
     pub(super) id: String,
     pub(super) number: String,
     pub(super) remote: String,
@@ -42,6 +88,8 @@ pub(super) struct Entry {
     pub(super) stats: Option<Stats>,
     /// Kept until the media task has stopped, then reported with the final stats.
     pub(super) ended: Option<Ending>,
+    /// A bridged call's local RTP port, bound when the PBX leg's offer needed it.
+    pub(super) plain_socket: Option<std::sync::Arc<std::net::UdpSocket>>,
     pub(super) local_rtp: Option<SocketAddr>,
     pub(super) ssrc: u32,
     pub(super) answered: bool,
@@ -52,9 +100,9 @@ pub struct Calls {
     next_key: CallKey,
     /// Boxed: a table of 2.4 KiB entries at most 7/8 full leaves whole pages of empty slots.
     entries: HashMap<CallKey, Box<Entry>>,
-    by_sip_call_id: HashMap<String, CallKey>,
+    by_sip_call_id: HashMap<String, (CallKey, LegId)>,
     by_name: HashMap<String, CallKey>,
-    by_transaction: HashMap<TransactionId, CallKey>,
+    by_transaction: HashMap<TransactionId, (CallKey, LegId)>,
 }
 
 /// Who a new call is with, for its entry.
@@ -70,9 +118,10 @@ pub(super) struct Parties {
 
 impl Entry {
     /// A call that starts now: nothing of its media known yet.
-    pub(super) fn new(leg: Leg, id: String, parties: Parties) -> Entry {
+    pub(super) fn new(leg: Session, id: String, parties: Parties) -> Entry {
         Entry {
             leg,
+            plain_socket: None,
             id,
             number: parties.number,
             remote: parties.remote,
@@ -103,14 +152,25 @@ impl Calls {
 
     /// Registers a call under its key, SIP Call-ID and name.
     pub(super) fn insert(&mut self, key: CallKey, sip_call_id: &str, entry: Entry) {
-        self.by_sip_call_id.insert(sip_call_id.to_string(), key);
+        self.by_sip_call_id
+            .insert(sip_call_id.to_string(), (key, LegId::WhatsApp));
         self.by_name.insert(entry.id.clone(), key);
         self.entries.insert(key, Box::new(entry));
     }
 
     /// Our requests' and the INVITE's transactions lead to their call.
     pub(super) fn index_transaction(&mut self, id: TransactionId, key: CallKey) {
-        self.by_transaction.insert(id, key);
+        self.index_leg_transaction(id, key, LegId::WhatsApp);
+    }
+
+    pub(super) fn index_leg_transaction(&mut self, id: TransactionId, key: CallKey, leg: LegId) {
+        self.by_transaction.insert(id, (key, leg));
+    }
+
+    /// A bridged call's PBX leg has a Call-ID of its own.
+    pub(super) fn index_call_id(&mut self, sip_call_id: &str, key: CallKey, leg: LegId) {
+        self.by_sip_call_id
+            .insert(sip_call_id.to_string(), (key, leg));
     }
 
     pub(super) fn get(&self, key: CallKey) -> Option<&Entry> {
@@ -122,6 +182,10 @@ impl Calls {
     }
 
     pub(super) fn by_sip_call_id(&self, call_id: &str) -> Option<CallKey> {
+        self.leg_of_call_id(call_id).map(|(key, _)| key)
+    }
+
+    pub(super) fn leg_of_call_id(&self, call_id: &str) -> Option<(CallKey, LegId)> {
         self.by_sip_call_id.get(call_id).copied()
     }
 
@@ -129,16 +193,16 @@ impl Calls {
         self.by_name.get(name).copied()
     }
 
-    pub(super) fn by_transaction(&self, id: TransactionId) -> Option<CallKey> {
+    pub(super) fn leg_of_transaction(&self, id: TransactionId) -> Option<(CallKey, LegId)> {
         self.by_transaction.get(&id).copied()
     }
 
     /// Forgets a call and every index to it.
     pub(super) fn remove(&mut self, key: CallKey) -> Option<Box<Entry>> {
         let entry = self.entries.remove(&key)?;
-        self.by_sip_call_id.retain(|_, k| *k != key);
+        self.by_sip_call_id.retain(|_, (k, _)| *k != key);
         self.by_name.remove(&entry.id);
-        self.by_transaction.retain(|_, k| *k != key);
+        self.by_transaction.retain(|_, (k, _)| *k != key);
         Some(entry)
     }
 

@@ -1,0 +1,188 @@
+//! WhatsApp calls bridged into a PBX (`watrunk serve --pbx sip:HOST:PORT;transport=udp`), with
+//! baresip as the agent's phone behind the PBX leg (plain RTP over UDP, auto-answer, its own SIP
+//! stack and codecs) and `watrunk sim call` as Meta. The user's 440 Hz must reach baresip and
+//! baresip's 880 Hz the user, through transcoding (PCMU, PCMA) or passthrough (Opus); Meta sees one
+//! 180, one 200, and the sim's BYE ends the PBX leg with a BYE of its own.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// baresip listening for SIP on UDP `port`, answering calls to +15550001111 at once with
+/// `codec`, playing 880 Hz and recording what it hears under `dir/snd`.
+fn baresip_phone(dir: &std::path::Path, port: u16, codec: &str) -> Background {
+    let home = dir.join("baresip");
+    std::fs::create_dir_all(home.join("snd")).unwrap();
+    let template = std::fs::read_to_string(peers_dir().join("baresip/config.template")).unwrap();
+    let rtp = free_port();
+    let config: String = template
+        .replace("@SIP_PORT@", &port.to_string())
+        .replace("@FREQ@", "880")
+        .replace("@SNDDIR@", home.join("snd").to_str().unwrap())
+        .replace("@RTP_PORTS@", &format!("{rtp}-{}", rtp + 9))
+        .replace("@CTRL_PORT@", &free_port().to_string())
+        .lines()
+        // No TLS for this phone: it is reached over UDP.
+        .filter(|l| !l.starts_with("sip_certificate") && !l.starts_with("sip_cafile"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(home.join("config"), config).unwrap();
+    std::fs::write(
+        home.join("accounts"),
+        format!(
+            "<sip:+15550001111@127.0.0.1:{port}>;regint=0;audio_codecs={codec};answermode=auto\n"
+        ),
+    )
+    .unwrap();
+    let phone = Background::spawn(
+        "baresip",
+        Command::new("baresip").arg("-f").arg(&home).arg("-v"),
+        dir.join("baresip.log"),
+    );
+    for _ in 0..50 {
+        if phone.log().contains("baresip is ready") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    phone
+}
+
+/// The dominant frequency and RMS level of a WAV file, from the rtpengine stand-in's helper
+/// (numpy), skipping its first second.
+fn heard(wav: &std::path::Path) -> (f64, f64) {
+    let out = Command::new("/usr/bin/python3")
+        .arg(peers_dir().join("rtpengine/standin_helper.py"))
+        .arg("freq")
+        .arg(wav)
+        .args(["--skip", "1"])
+        .output()
+        .expect("run standin_helper.py");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+    };
+    (field("freq="), field("rms="))
+}
+
+/// `codec` is baresip's only codec; `relay` what watrunk's media must run toward it (`opus`: the
+/// payloads pass through; `pcmu`/`pcma`: transcoded).
+fn a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg(codec: &str, relay: &str) {
+    assert!(
+        tool_exists("baresip"),
+        "baresip is not installed (scripts/test.sh installs it)"
+    );
+    let dir = TempDir::new(&format!("pbx-{}", codec.replace('/', "_")));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let phone_port = free_port();
+    let phone = baresip_phone(dir.path(), phone_port, codec);
+    let pbx = format!("sip:127.0.0.1:{phone_port};transport=udp");
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--challenge",
+        "--media-ip",
+        "127.0.0.1",
+        "--pbx",
+        &pbx,
+        "--events",
+        "-",
+    ]);
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["sim", "call", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--to", "+15550001111"])
+            .args(["--hangup-after", "5", "--expect-hz", "880"])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--ca")
+            .arg(&ca),
+        Duration::from_secs(40),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let logs = format!(
+        "--- sim call\n{out}\n--- serve\n{}\n--- baresip\n{}",
+        server.log(),
+        phone.log()
+    );
+    let call = json_lines(&out)
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    assert!(ok, "{logs}");
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["provisional"], serde_json::json!([180]), "{call}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(call["media"]["business_sent_first"], true, "{call}");
+    let hz = call["media"]["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 880.0).abs() <= 880.0 * 0.02,
+        "the user heard {hz} Hz\n{logs}"
+    );
+    assert_eq!(call["bye_status"], 200, "{call}");
+    let up = server.wait_event("media.up", |_| true, Duration::from_secs(5));
+    assert_eq!(up["sink_codec"], relay, "{up}");
+    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(
+        pbx_ended["by"], "local",
+        "our BYE ended the PBX leg: {pbx_ended}"
+    );
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(
+        ended["server"],
+        serde_json::json!({"calls": 0, "media_conns": 0, "media_routes": 0}),
+        "{ended}"
+    );
+    drop(phone);
+    let wav = std::fs::read_dir(dir.path().join("baresip/snd"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("baresip recorded nothing\n{logs}"));
+    let (hz, rms) = heard(&wav);
+    assert!(
+        (hz - 440.0).abs() <= 440.0 * 0.02,
+        "baresip heard {hz} Hz\n{logs}"
+    );
+    assert!(rms > 0.05, "baresip heard rms {rms}");
+}
+
+fn tool_exists(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_whatsapp_call_reaches_a_pcmu_phone_through_the_pbx_leg() {
+    a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("PCMU/8000/1", "pcmu");
+}
+
+#[test]
+fn a_whatsapp_call_reaches_a_pcma_phone_through_the_pbx_leg() {
+    a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("PCMA/8000/1", "pcma");
+}
+
+#[test]
+fn a_whatsapp_call_reaches_an_opus_phone_through_the_pbx_leg_untranscoded() {
+    a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("opus/48000/2", "opus");
+}
