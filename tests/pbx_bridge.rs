@@ -186,3 +186,128 @@ fn a_whatsapp_call_reaches_a_pcma_phone_through_the_pbx_leg() {
 fn a_whatsapp_call_reaches_an_opus_phone_through_the_pbx_leg_untranscoded() {
     a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("opus/48000/2", "opus");
 }
+
+/// SIPp playing the PBX with `scenario` (tests/peers/sipp) on UDP `port`, for one call.
+fn sipp_pbx(dir: &std::path::Path, scenario: &str, port: u16) -> Background {
+    let phone = Background::spawn(
+        "sipp",
+        Command::new(tool("sipp"))
+            .current_dir(dir)
+            .arg("-sf")
+            .arg(peers_dir().join("sipp").join(scenario))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1"])
+            .args(["-mp", &free_port().to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"]),
+        dir.join("sipp.log"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    phone
+}
+
+/// `watrunk serve` bridging +15550001111 to the PBX on UDP `pbx_port`, and the sim's call to it
+/// (hung up by the sim after `hangup_after` seconds unless the PBX ends it first).
+fn call_through_the_bridge(
+    dir: &std::path::Path,
+    pbx_port: u16,
+    hangup_after: &str,
+) -> (Server, bool, String) {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let pbx = format!("sip:127.0.0.1:{pbx_port};transport=udp");
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--challenge",
+        "--media-ip",
+        "127.0.0.1",
+        "--pbx",
+        &pbx,
+        "--events",
+        "-",
+    ]);
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["sim", "call", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--to", "+15550001111"])
+            .args(["--hangup-after", hangup_after])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--ca")
+            .arg(&ca),
+        Duration::from_secs(40),
+    );
+    (server, ok, out)
+}
+
+fn sim_call_report(out: &str, logs: &str) -> serde_json::Value {
+    json_lines(out)
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call\n{logs}"))
+}
+
+#[test]
+fn a_busy_pbx_extension_is_a_486_to_meta_with_a_q850_reason() {
+    let dir = TempDir::new("pbx-busy");
+    let port = free_port();
+    let pbx = sipp_pbx(dir.path(), "pbx_uas_busy.xml", port);
+    let (server, ok, out) = call_through_the_bridge(dir.path(), port, "5");
+    let logs = format!(
+        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
+        server.log(),
+        pbx.log()
+    );
+    let call = sim_call_report(&out, &logs);
+    assert!(!ok, "a refused call fails the sim: {logs}");
+    assert_eq!(call["status"], 486, "{call}");
+    assert_eq!(call["provisional"], serde_json::json!([180]), "{call}");
+    let reason = call["sip_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("Q.850;cause=17;"), "{call}");
+    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(pbx_ended["status"], 486, "{pbx_ended}");
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(ended["status"], 486, "{ended}");
+    assert_eq!(ended["server"]["calls"], 0, "{ended}");
+}
+
+#[test]
+fn the_pbx_hanging_up_ends_the_whatsapp_call_with_a_bye() {
+    let dir = TempDir::new("pbx-bye");
+    let port = free_port();
+    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_answer_then_bye.xml", port);
+    let (server, ok, out) = call_through_the_bridge(dir.path(), port, "20");
+    let logs = format!(
+        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
+        server.log(),
+        pbx.log()
+    );
+    let call = sim_call_report(&out, &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["ended_by"], "business", "{call}");
+    assert!(
+        call["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cause=16"),
+        "{call}"
+    );
+    assert!(
+        call["duration_secs"].as_u64().unwrap() < 10,
+        "the PBX's BYE ended it, not the sim: {call}"
+    );
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(pbx_ended["by"], "remote", "{pbx_ended}");
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(ended["by"], "local", "{ended}");
+    assert_eq!(ended["server"]["calls"], 0, "{ended}");
+    let status = pbx.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIPp's scenario completed (200 to its BYE)\n{logs}"
+    );
+}

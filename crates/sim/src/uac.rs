@@ -333,6 +333,9 @@ pub async fn run(args: SimCallArgs, rng: &mut Draws) -> Result<bool> {
     if let Some(w) = ok.headers.get("Warning") {
         report["warning"] = w.into();
     }
+    if let Some(r) = ok.headers.get("Reason") {
+        report["sip_reason"] = r.into();
+    }
     if ok.status >= 300 {
         report["cancelled"] = placed.cancelled.into();
         emit(report);
