@@ -731,4 +731,39 @@ mod tests {
             .to_string();
         assert!(e.contains("--sink-codec") && e.contains("g729"), "{e}");
     }
+
+    #[test]
+    fn a_pbx_target_is_a_sip_uri_and_udp_needs_a_udp_listener() {
+        let pbx = PbxTarget::parse("sip:pbx.example.com;transport=UDP", "--pbx").unwrap();
+        assert_eq!(
+            (pbx.host.as_str(), pbx.port, pbx.hostport.as_str()),
+            ("pbx.example.com", 5060, "pbx.example.com:5060")
+        );
+        assert_eq!(pbx.transport, watrunk_sip::Transport::Udp);
+        assert_eq!(pbx.codecs[0], watrunk_sdp::Codec::Opus, "passthrough first");
+        let v6 = PbxTarget::parse("sip:[2001:db8::5]:5070", "--pbx").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("2001:db8::5", 5070));
+        let e = PbxTarget::parse("sip:pbx.example.com;transport=tls", "--pbx")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--pbx") && e.contains("tls"), "{e}");
+        let e = PbxTarget::parse("pbx.example.com", "--pbx").unwrap_err().to_string();
+        assert!(e.contains("not a SIP URI"), "{e}");
+        let args = |udp: Option<SocketAddr>| ServeArgs {
+            hostname: Some("sip.example.com".into()),
+            udp,
+            calls: CallArgs {
+                numbers: vec!["+15550001111".into()],
+                media_ip: Some("127.0.0.1".parse().unwrap()),
+                pbx: Some("sip:127.0.0.1:5070".into()),
+                ..CallArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let e = ServeConfig::resolve(args(None)).unwrap_err().to_string();
+        assert!(e.contains("--udp"), "{e}");
+        let cfg = ServeConfig::resolve(args(Some("127.0.0.1:5060".parse().unwrap())))
+            .expect("a bridged number needs no sink");
+        assert!(cfg.calls.pbx.is_some());
+    }
 }
