@@ -86,35 +86,12 @@ fn a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg(codec: &str, relay: 
         "baresip is not installed (scripts/test.sh installs it)"
     );
     let dir = TempDir::new(&format!("pbx-{}", codec.replace('/', "_")));
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "per-number-secret\n").unwrap();
     let phone_port = free_port();
     let phone = baresip_phone(dir.path(), phone_port, codec);
-    let pbx = format!("sip:127.0.0.1:{phone_port};transport=udp");
-    let server = Server::start(&[
-        "--number",
-        "+15550001111",
-        "--sip-password-file",
-        pw.to_str().unwrap(),
-        "--challenge",
-        "--media-ip",
-        "127.0.0.1",
-        "--pbx",
-        &pbx,
-        "--events",
-        "-",
-    ]);
-    let ca = server.state.path().join("localhost.selfsigned.crt");
-    let (ok, out) = run(
-        Command::new(bin())
-            .args(["sim", "call", &server.tls.unwrap().to_string()])
-            .args(["--server-name", "localhost", "--to", "+15550001111"])
-            .args(["--hangup-after", "5", "--expect-hz", "880"])
-            .arg("--password-file")
-            .arg(&pw)
-            .arg("--ca")
-            .arg(&ca),
-        Duration::from_secs(40),
+    let (server, ok, out) = call_through_the_bridge(
+        dir.path(),
+        phone_port,
+        &["--hangup-after", "5", "--expect-hz", "880"],
     );
     std::thread::sleep(Duration::from_millis(1500));
     let logs = format!(
@@ -122,10 +99,7 @@ fn a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg(codec: &str, relay: 
         server.log(),
         phone.log()
     );
-    let call = json_lines(&out)
-        .into_iter()
-        .find(|e| e["event"] == "sim.call")
-        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    let call = sim_call_report(&out, &logs);
     assert!(ok, "{logs}");
     assert_eq!(call["status"], 200, "{call}");
     assert_eq!(call["provisional"], serde_json::json!([180]), "{call}");
@@ -205,11 +179,11 @@ fn sipp_pbx(dir: &std::path::Path, scenario: &str, port: u16) -> Background {
 }
 
 /// `watrunk serve` bridging +15550001111 to the PBX on UDP `pbx_port`, and the sim's call to it
-/// (hung up by the sim after `hangup_after` seconds unless the PBX ends it first).
+/// with `sim_args` (when to hang up, what to expect).
 fn call_through_the_bridge(
     dir: &std::path::Path,
     pbx_port: u16,
-    hangup_after: &str,
+    sim_args: &[&str],
 ) -> (Server, bool, String) {
     let pw = dir.join("pw");
     std::fs::write(&pw, "per-number-secret\n").unwrap();
@@ -232,7 +206,7 @@ fn call_through_the_bridge(
         Command::new(bin())
             .args(["sim", "call", &server.tls.unwrap().to_string()])
             .args(["--server-name", "localhost", "--to", "+15550001111"])
-            .args(["--hangup-after", hangup_after])
+            .args(sim_args)
             .arg("--password-file")
             .arg(&pw)
             .arg("--ca")
@@ -254,7 +228,7 @@ fn a_busy_pbx_extension_is_a_486_to_meta_with_a_q850_reason() {
     let dir = TempDir::new("pbx-busy");
     let port = free_port();
     let pbx = sipp_pbx(dir.path(), "pbx_uas_busy.xml", port);
-    let (server, ok, out) = call_through_the_bridge(dir.path(), port, "5");
+    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "5"]);
     let logs = format!(
         "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
         server.log(),
@@ -278,7 +252,7 @@ fn the_pbx_hanging_up_ends_the_whatsapp_call_with_a_bye() {
     let dir = TempDir::new("pbx-bye");
     let port = free_port();
     let mut pbx = sipp_pbx(dir.path(), "pbx_uas_answer_then_bye.xml", port);
-    let (server, ok, out) = call_through_the_bridge(dir.path(), port, "20");
+    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "20"]);
     let logs = format!(
         "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
         server.log(),

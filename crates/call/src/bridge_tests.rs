@@ -158,6 +158,37 @@ fn ringing_at_the_pbx() -> (Bridge, Request, TransactionLayer, TransactionId, Re
     (bridge, invite, layer, tx, pbx_invite)
 }
 
+/// The PBX's 200 with its answer.
+fn pbx_ok(pbx_invite: &Request) -> Response {
+    let mut ok = response_to(pbx_invite, 200, "pbx1");
+    ok.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
+    ok.headers.push("Content-Type", "application/sdp");
+    ok.body = asterisk_answer();
+    ok
+}
+
+/// The call up on both legs: the PBX answered, then WhatsApp did and Meta ACKed. Our 200 to Meta,
+/// and the PBX's 200.
+fn up_on_both_legs(
+    bridge: &mut Bridge,
+    invite: &Request,
+    tx: TransactionId,
+    pbx_invite: &Request,
+) -> (Response, Response) {
+    let ok = pbx_ok(pbx_invite);
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_response(Instant::now(), tx, &ok);
+    drain(bridge);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .media_ready(local_media(Security::Dtls));
+    let our_200 = responded(&drain(bridge), LegId::WhatsApp)[0].clone();
+    bridge.leg_mut(LegId::WhatsApp).handle_ack(&ack_for(invite));
+    drain(bridge);
+    (our_200, ok)
+}
+
 fn incoming_leg(invite: &Request) -> Leg {
     let tx = server_transaction(invite);
     crate::tests::incoming(invite.clone(), tx)
@@ -211,10 +242,7 @@ fn the_pbx_answer_connects_the_media_and_then_meta_gets_its_200() {
     let out = drain(&mut bridge);
     assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
     // The PBX answers with PCMU.
-    let mut ok = response_to(&pbx_invite, 200, "pbx1");
-    ok.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
-    ok.headers.push("Content-Type", "application/sdp");
-    ok.body = asterisk_answer();
+    let ok = pbx_ok(&pbx_invite);
     bridge
         .leg_mut(LegId::Pbx)
         .handle_response(Instant::now(), tx, &ok);
@@ -317,22 +345,7 @@ fn meta_cancelling_cancels_the_pbx_leg() {
 fn meta_hanging_up_sends_bye_to_the_pbx_and_the_pbx_hanging_up_sends_bye_to_meta() {
     for pbx_first in [false, true] {
         let (mut bridge, invite, mut layer, tx, pbx_invite) = ringing_at_the_pbx();
-        let mut ok = response_to(&pbx_invite, 200, "pbx1");
-        ok.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
-        ok.headers.push("Content-Type", "application/sdp");
-        ok.body = asterisk_answer();
-        bridge
-            .leg_mut(LegId::Pbx)
-            .handle_response(Instant::now(), tx, &ok);
-        drain(&mut bridge);
-        bridge
-            .leg_mut(LegId::WhatsApp)
-            .media_ready(local_media(Security::Dtls));
-        let our_200 = responded(&drain(&mut bridge), LegId::WhatsApp)[0].clone();
-        bridge
-            .leg_mut(LegId::WhatsApp)
-            .handle_ack(&ack_for(&invite));
-        drain(&mut bridge);
+        let (our_200, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
         if pbx_first {
             let mut bye = Request::new(
                 Method::BYE,
@@ -407,22 +420,7 @@ fn meta_hanging_up_sends_bye_to_the_pbx_and_the_pbx_hanging_up_sends_bye_to_meta
 #[test]
 fn a_pbx_hold_stays_on_the_pbx_leg() {
     let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
-    let mut ok = response_to(&pbx_invite, 200, "pbx1");
-    ok.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
-    ok.headers.push("Content-Type", "application/sdp");
-    ok.body = asterisk_answer();
-    bridge
-        .leg_mut(LegId::Pbx)
-        .handle_response(Instant::now(), tx, &ok);
-    drain(&mut bridge);
-    bridge
-        .leg_mut(LegId::WhatsApp)
-        .media_ready(local_media(Security::Dtls));
-    drain(&mut bridge);
-    bridge
-        .leg_mut(LegId::WhatsApp)
-        .handle_ack(&ack_for(&invite));
-    drain(&mut bridge);
+    let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
     // Asterisk holds with a sendonly re-INVITE from the same address.
     let mut reinvite = Request::new(
         Method::INVITE,

@@ -106,11 +106,29 @@ impl Restamper {
         now: Instant,
     ) -> usize {
         let clock = self.resume_ts(now);
+        let header = OwnHeader {
+            payload_type,
+            marker,
+            timestamp,
+        };
+        self.write_own(header, clock, payload, out, now)
+    }
+
+    /// Writes a packet of ours with the next sequence number; the stream's clock is `clock` after
+    /// it, and the next sink packet is re-anchored.
+    fn write_own(
+        &mut self,
+        header: OwnHeader,
+        clock: u32,
+        payload: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) -> usize {
         let seq = self.next_seq;
         out[0] = 0x80;
-        out[1] = (u8::from(marker) << 7) | (payload_type & 0x7f);
+        out[1] = (u8::from(header.marker) << 7) | (header.payload_type & 0x7f);
         out[2..4].copy_from_slice(&seq.to_be_bytes());
-        out[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        out[4..8].copy_from_slice(&header.timestamp.to_be_bytes());
         out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
         out[12..12 + payload.len()].copy_from_slice(payload);
         self.next_seq = seq.wrapping_add(1);
@@ -138,36 +156,38 @@ impl Restamper {
         } else {
             self.resume_ts(now)
         };
-        let seq = self.next_seq;
-        out[0] = 0x80;
-        out[1] = payload_type & 0x7f;
-        out[2..4].copy_from_slice(&seq.to_be_bytes());
-        out[4..8].copy_from_slice(&ts.to_be_bytes());
-        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        out[12..12 + payload.len()].copy_from_slice(payload);
-        self.next_seq = seq.wrapping_add(1);
-        self.last_ts = ts;
-        self.last_sent = Some(now);
-        self.anchor = None;
-        12 + payload.len()
+        self.write_own(OwnHeader::audio(payload_type, ts), ts, payload, out, now)
     }
 
     /// Writes one silence frame (12-octet header + `OPUS_SILENCE`) into `out`; returns its length.
     /// The next sink packet is re-anchored after it.
     pub fn silence(&mut self, payload_type: u8, out: &mut [u8; 15], now: Instant) -> usize {
         let ts = self.resume_ts(now);
-        let seq = self.next_seq;
-        out[0] = 0x80;
-        out[1] = payload_type & 0x7f;
-        out[2..4].copy_from_slice(&seq.to_be_bytes());
-        out[4..8].copy_from_slice(&ts.to_be_bytes());
-        out[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        out[12..].copy_from_slice(&OPUS_SILENCE);
-        self.next_seq = seq.wrapping_add(1);
-        self.last_ts = ts;
-        self.last_sent = Some(now);
-        self.anchor = None;
-        15
+        self.write_own(
+            OwnHeader::audio(payload_type, ts),
+            ts,
+            &OPUS_SILENCE,
+            out,
+            now,
+        )
+    }
+}
+
+/// The header fields of a packet of ours.
+#[derive(Clone, Copy)]
+struct OwnHeader {
+    payload_type: u8,
+    marker: bool,
+    timestamp: u32,
+}
+
+impl OwnHeader {
+    fn audio(payload_type: u8, timestamp: u32) -> OwnHeader {
+        OwnHeader {
+            payload_type,
+            marker: false,
+            timestamp,
+        }
     }
 }
 

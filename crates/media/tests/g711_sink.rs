@@ -4,7 +4,6 @@
 //! Opus on the call's one SSRC with continuous sequence numbers and timestamps. The tones keep
 //! their frequency both ways.
 
-use std::f64::consts::PI;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,34 +11,14 @@ use tokio::net::UdpSocket;
 use watrunk_media::srtp::{SrtpContext, SrtpProfile};
 use watrunk_media::{IceRole, Identity, Law, MediaConfig, MediaSocket, Prepared, SinkAudio};
 
+#[path = "common/audio.rs"]
+mod audio;
 mod common;
+
+use audio::heard;
 
 const KEY_IN: [u8; 30] = [5; 30];
 const KEY_OUT: [u8; 30] = [6; 30];
-
-fn tone(hz: f64, rate: u32, from: usize, n: usize) -> Vec<i16> {
-    (from..from + n)
-        .map(|i| ((2.0 * PI * hz * i as f64 / f64::from(rate)).sin() * 0.3 * 32767.0) as i16)
-        .collect()
-}
-
-/// The strongest frequency between 100 and 3,400 Hz (Goertzel, 1 Hz steps).
-fn dominant_hz(samples: &[i16], rate: u32) -> f64 {
-    let power = |hz: f64| {
-        let coeff = 2.0 * (2.0 * PI * hz / f64::from(rate)).cos();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &x in samples {
-            let s0 = f64::from(x) + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        s1 * s1 + s2 * s2 - coeff * s1 * s2
-    };
-    (100..3400)
-        .map(f64::from)
-        .max_by(|a, b| power(*a).total_cmp(&power(*b)))
-        .unwrap()
-}
 
 fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0x80, pt];
@@ -95,7 +74,10 @@ async fn a_pcmu_sink_hears_the_far_sides_opus_and_is_heard_as_opus() {
     let mut buf = [0u8; 1500];
     for i in 0..100u16 {
         let payload = encoder
-            .encode_vec(&tone(440.0, 48_000, usize::from(i) * 960, 960), 1500)
+            .encode_vec(
+                &audio::tone(440.0, 48_000, 0.3, usize::from(i) * 960, 960),
+                1500,
+            )
             .unwrap();
         if i == 50 {
             continue;
@@ -113,7 +95,7 @@ async fn a_pcmu_sink_hears_the_far_sides_opus_and_is_heard_as_opus() {
         far.send(&packet[..n]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut heard = Vec::new();
+    let mut sink_heard = Vec::new();
     let mut seqs = Vec::new();
     while let Ok(Ok(n)) =
         tokio::time::timeout(Duration::from_millis(500), sink.recv(&mut buf)).await
@@ -133,7 +115,7 @@ async fn a_pcmu_sink_hears_the_far_sides_opus_and_is_heard_as_opus() {
             assert_eq!(ts, u32::wrapping_add(last_ts, 160), "the 8 kHz clock");
         }
         seqs.push((seq, ts));
-        heard.extend(
+        sink_heard.extend(
             buf[12..n]
                 .iter()
                 .map(|&b| audio_codec_algorithms::decode_ulaw(b)),
@@ -151,7 +133,7 @@ async fn a_pcmu_sink_hears_the_far_sides_opus_and_is_heard_as_opus() {
 
     // The sink: 1000 Hz PCMU at 30 ms ptime (as some PBXs send), 40 packets = 1.2 s.
     for i in 0..40u16 {
-        let samples = tone(1000.0, 8000, usize::from(i) * 240, 240);
+        let samples = audio::tone(1000.0, 8000, 0.3, usize::from(i) * 240, 240);
         let pcmu: Vec<u8> = samples
             .into_iter()
             .map(audio_codec_algorithms::encode_ulaw)
@@ -211,9 +193,9 @@ async fn a_pcmu_sink_hears_the_far_sides_opus_and_is_heard_as_opus() {
         opus_heard.len() / 960
     );
     // Analysed once the call's I/O is done (the analysis is slow in a debug build).
-    let hz = dominant_hz(&heard[1600..], 8000);
+    let (hz, _) = heard(&sink_heard[1600..], 8000);
     assert!((hz - 440.0).abs() <= 440.0 * 0.02, "the sink heard {hz} Hz");
-    let hz = dominant_hz(&opus_heard[9600..], 48_000);
+    let (hz, _) = heard(&opus_heard[9600..], 48_000);
     assert!(
         (hz - 1000.0).abs() <= 1000.0 * 0.02,
         "the far side heard {hz} Hz"

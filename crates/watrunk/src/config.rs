@@ -747,7 +747,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--pbx") && e.contains("tls"), "{e}");
-        let e = PbxTarget::parse("pbx.example.com", "--pbx").unwrap_err().to_string();
+        let e = PbxTarget::parse("pbx.example.com", "--pbx")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a SIP URI"), "{e}");
         let args = |udp: Option<SocketAddr>| ServeArgs {
             hostname: Some("sip.example.com".into()),
