@@ -35,6 +35,8 @@ enum Fault {
     RepeatedSeq,
     /// It sends no media at all (§7.3: the business speaks first).
     Silent,
+    /// It puts Meta on hold with a re-INVITE (§5.2: Meta takes none; a PBX bridge must absorb it).
+    Reinvite,
 }
 
 fn self_signed(dir: &std::path::Path) -> (rustls::ServerConfig, std::path::PathBuf) {
@@ -137,6 +139,28 @@ fn faulty_business(dir: &std::path::Path, fault: Fault) -> (SocketAddr, std::pat
         while let Some(msg) = read_message(&mut tls, &mut buf) {
             let Message::Request(req) = msg else { continue };
             match req.method {
+                Method::ACK if fault == Fault::Reinvite => {
+                    let meta_contact = invite.headers.get("Contact").unwrap();
+                    let target = watrunk_sip::NameAddr::parse(meta_contact, "Contact")
+                        .unwrap()
+                        .uri;
+                    let mut hold = Request::new(Method::INVITE, target);
+                    hold.headers.push(
+                        "Via",
+                        format!("SIP/2.0/TLS {addr};branch=z9hG4bKfaultyhold"),
+                    );
+                    for rr in invite.headers.get_all("Record-Route") {
+                        hold.headers.push("Route", rr);
+                    }
+                    hold.headers.push("From", ok.headers.get("To").unwrap());
+                    hold.headers.push("To", invite.headers.get("From").unwrap());
+                    hold.headers.push("Call-ID", invite.call_id().unwrap());
+                    hold.headers.push("CSeq", "1 INVITE");
+                    hold.headers.push("Contact", contact.as_str());
+                    hold.headers.push("Content-Type", "application/sdp");
+                    hold.body = ok.body.clone();
+                    tls.write_all(&hold.to_bytes()).unwrap();
+                }
                 Method::ACK if security == Security::Sdes && fault != Fault::Silent => {
                     let media = media.try_clone().unwrap();
                     let local = local.clone();
@@ -234,6 +258,11 @@ fn a_sequence_number_sent_twice_is_named() {
     let (ok, call, out) = meta_calls(Fault::RepeatedSeq, "sdes");
     assert!(!ok, "{out}");
     assert_eq!(rules(&call), ["srtp-rejected"], "{call}");
+}
+
+#[test]
+fn a_reinvite_toward_meta_is_named() {
+    assert_judged(Fault::Reinvite, "dtls", "in-dialog");
 }
 
 #[test]

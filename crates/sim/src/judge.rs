@@ -52,6 +52,36 @@ impl Verdict {
     }
 }
 
+/// WHATSAPP-SIP §5.2-§5.3: in the dialog, the business sends Meta nothing but ACK, BYE (and
+/// OPTIONS): no re-INVITE (Meta answers 500: no hold, no renegotiation, no session-timer refresh),
+/// no UPDATE, PRACK, INFO or REFER.
+pub fn in_dialog(req: &Request) -> Option<Violation> {
+    use watrunk_sip::Method;
+    let allowed = matches!(
+        req.method,
+        Method::ACK | Method::BYE | Method::CANCEL | Method::OPTIONS
+    );
+    (!allowed).then(|| {
+        Violation::new(
+            "in-dialog",
+            format!(
+                "{} in the dialog: Meta takes no re-INVITE, UPDATE, PRACK, INFO or REFER",
+                req.method
+            ),
+        )
+    })
+}
+
+/// What Meta answers an in-dialog request the business should not have sent: 500 to a re-INVITE
+/// or UPDATE, 405 to the rest (WHATSAPP-SIP §5.2).
+pub fn refusal_of(req: &Request) -> (u16, &'static str) {
+    use watrunk_sip::Method;
+    match req.method {
+        Method::INVITE | Method::UPDATE => (500, "Server Internal Error"),
+        _ => (405, "Method Not Allowed"),
+    }
+}
+
 /// WHATSAPP-SIP §4.3: the 200 OK copies the INVITE's Record-Route unchanged and in order (Meta's
 /// ACK is lost otherwise and the call dies after about 32 s).
 pub fn record_route(invite: &Request, ok: &Response) -> Option<Violation> {

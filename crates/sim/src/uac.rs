@@ -363,13 +363,18 @@ pub async fn run(args: SimCallArgs, rng: &mut Draws) -> Result<bool> {
         tokio::select! {
             m = rx.recv() => match m {
                 None => break ("connection", "the business closed the TLS connection".to_string()),
-                Some(Message::Request(req)) => {
-                    let bye = req.method == Method::BYE;
+                Some(Message::Request(req)) if req.method == Method::BYE => {
                     link.respond(&Response::to_request(&req, 200, "OK", None)).await;
-                    if bye {
-                        break ("business", req.headers.get("Reason").unwrap_or("BYE").to_string());
-                    }
+                    break ("business", req.headers.get("Reason").unwrap_or("BYE").to_string());
                 }
+                Some(Message::Request(req)) => match judge::in_dialog(&req) {
+                    Some(v) => {
+                        verdict.add(Some(v));
+                        let (status, phrase) = judge::refusal_of(&req);
+                        link.respond(&Response::to_request(&req, status, phrase, None)).await;
+                    }
+                    None => link.respond(&Response::to_request(&req, 200, "OK", None)).await,
+                },
                 Some(Message::Response(_)) => {}
             },
             () = &mut hold => break ("sim", "user hung up".to_string()),

@@ -295,13 +295,15 @@ async fn call(
                         let why = req.headers.get("Reason").unwrap_or("BYE").to_string();
                         break ("business", why);
                     }
-                    Method::INVITE => {
-                        link.respond(&refused(&req, 500, "Server Internal Error", "re-INVITE is not supported", &to_tag)).await;
-                    }
-                    Method::UPDATE => {
-                        link.respond(&refused(&req, 500, "Server Internal Error", "UPDATE is not supported", &to_tag)).await;
-                    }
-                    _ => link.respond(&reply_in_dialog(&req, 200, "OK", &to_tag)).await,
+                    _ => match judge::in_dialog(&req) {
+                        Some(v) => {
+                            let (status, phrase) = judge::refusal_of(&req);
+                            let why = format!("{} is not supported", req.method);
+                            link.respond(&refused(&req, status, phrase, &why, &to_tag)).await;
+                            verdict.add(Some(v));
+                        }
+                        None => link.respond(&reply_in_dialog(&req, 200, "OK", &to_tag)).await,
+                    },
                 },
                 Some(Message::Response(_)) => {}
             },
