@@ -285,3 +285,38 @@ fn the_pbx_hanging_up_ends_the_whatsapp_call_with_a_bye() {
         "SIPp's scenario completed (200 to its BYE)\n{logs}"
     );
 }
+
+/// Asterisk's and FreeSWITCH's in-dialog habits on the PBX leg (hold sendonly, inactive, resume,
+/// an UPDATE session refresh, a connected-line re-INVITE without SDP): each answered 200 on the
+/// PBX leg, none reaching Meta (the sim names any in-dialog request as a violation), the call
+/// alive until the PBX's BYE, and the stream toward Meta continuous throughout.
+#[test]
+fn the_pbx_legs_hold_refresh_and_connected_line_reinvites_stay_on_the_pbx_leg() {
+    let dir = TempDir::new("pbx-habits");
+    let port = free_port();
+    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_habits.xml", port);
+    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "30"]);
+    let logs = format!(
+        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
+        server.log(),
+        pbx.log()
+    );
+    let call = sim_call_report(&out, &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(
+        call["ended_by"], "business",
+        "the PBX's BYE ended it: {call}\n{logs}"
+    );
+    let media = &call["media"];
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    assert_eq!(media["repeated_seqs"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(media["heard_packets"].as_u64().unwrap() > 150, "{call}");
+    let status = pbx.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "every request of SIPp's got its 200\n{logs}"
+    );
+}

@@ -91,6 +91,12 @@ pub struct Recorder {
     pub ssrcs: Vec<u32>,
     /// Packets whose sequence number arrived before (among the last 1,024).
     pub repeated_seqs: u64,
+    /// Packets whose sequence number was not the one after the previous packet's (a hole or a
+    /// jump; repeats not counted).
+    pub seq_jumps: u64,
+    /// The longest time between two packets of the stream, once it started.
+    pub max_gap: std::time::Duration,
+    last: Option<(u16, std::time::Instant)>,
     sequence: SeenSequence,
 }
 
@@ -141,6 +147,9 @@ impl Recorder {
             other: 0,
             ssrcs: Vec::new(),
             repeated_seqs: 0,
+            seq_jumps: 0,
+            max_gap: std::time::Duration::ZERO,
+            last: None,
             sequence: SeenSequence::default(),
         })
     }
@@ -154,11 +163,18 @@ impl Recorder {
         if !self.ssrcs.contains(&ssrc) && self.ssrcs.len() < 8 {
             self.ssrcs.push(ssrc);
         }
-        if self
-            .sequence
-            .repeated(u16::from_be_bytes([packet[2], packet[3]]))
-        {
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        if self.sequence.repeated(seq) {
             self.repeated_seqs += 1;
+        } else {
+            let now = std::time::Instant::now();
+            if let Some((last_seq, last_at)) = self.last {
+                if seq != last_seq.wrapping_add(1) {
+                    self.seq_jumps += 1;
+                }
+                self.max_gap = self.max_gap.max(now.duration_since(last_at));
+            }
+            self.last = Some((seq, now));
         }
         if pt != self.payload_type {
             self.other += 1;

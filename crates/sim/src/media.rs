@@ -211,6 +211,8 @@ impl Leg {
             report.heard_packets = recorder.packets;
             report.business_ssrcs = recorder.ssrcs.clone();
             report.repeated_seqs = recorder.repeated_seqs;
+            report.seq_jumps = recorder.seq_jumps;
+            report.max_gap_ms = recorder.max_gap.as_secs_f64() * 1000.0;
             report
         });
         Ok(Running {
@@ -251,6 +253,8 @@ pub struct Report {
     pub business_ssrc: Option<u32>,
     pub business_ssrcs: Vec<u32>,
     pub repeated_seqs: u64,
+    pub seq_jumps: u64,
+    pub max_gap_ms: f64,
     pub ice_ms: Option<f64>,
     pub secure_ms: Option<f64>,
     pub profile: Option<&'static str>,
@@ -319,6 +323,8 @@ impl Report {
             "business_announced_ssrc": self.business_ssrc,
             "business_ssrcs": self.business_ssrcs,
             "repeated_seqs": self.repeated_seqs,
+            "seq_jumps": self.seq_jumps,
+            "max_gap_ms": (self.max_gap_ms * 10.0).round() / 10.0,
             "packets_in": self.stats.packets_in,
             "packets_out": self.stats.packets_out,
             "srtp_rejected": self.stats.srtp_rejected,

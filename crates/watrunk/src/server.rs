@@ -208,7 +208,7 @@ impl Core {
                 seed: rng.next_u64(),
                 ..Default::default()
             }),
-            policy: UasPolicy::default(),
+            policy: uas_policy(&cfg),
             connections: Connections::new(udp, tls_client, shared),
             admission: Admission::new(
                 key,
@@ -537,4 +537,14 @@ pub(crate) fn udp_hostport(hostname: &str, udp: std::net::SocketAddr) -> String 
     } else {
         udp.to_string()
     }
+}
+
+/// What the UAS core lets through to the calls: with a PBX leg, UPDATE too (a session refresh or
+/// an offer in the PBX's dialog; the WhatsApp leg refuses it on its own).
+fn uas_policy(cfg: &ServeConfig) -> UasPolicy {
+    let mut policy = UasPolicy::default();
+    if cfg.calls.pbx.is_some() {
+        policy.allowed.push(watrunk_sip::Method::UPDATE);
+    }
+    policy
 }

@@ -547,27 +547,31 @@ fn sink_codec_name(audio: watrunk_media::SinkAudio) -> &'static str {
     }
 }
 
-/// The PBX answered (or moved its media): the WhatsApp leg's media talks to its RTP address in
-/// the codec agreed with it.
+/// The PBX answered (or re-negotiated): the WhatsApp leg's media talks to its RTP address in the
+/// codec agreed with it. A hold or resume changes neither (the relay keeps sending both ways, so
+/// that neither side's RTP timeout fires).
 fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
-    if entry.media.is_some() {
-        // The relay does not follow a running call to a new address or codec yet.
-        tracing::warn!(
-            "call {}: the PBX re-negotiated its media ({:?} at {:?}); the relay keeps the first",
-            entry.id,
-            plan.codec,
-            plan.remote_rtp
-        );
-        return;
-    }
-    if let Some(addr) = plan.remote_rtp {
-        entry.sink = addr;
-    }
-    entry.sink_audio = match plan.codec {
+    let sink = plan.remote_rtp.unwrap_or(entry.sink);
+    let audio = match plan.codec {
         Codec::Pcmu => SinkAudio::G711(Law::Mu),
         Codec::Pcma => SinkAudio::G711(Law::A),
         Codec::Opus | Codec::TelephoneEvent => SinkAudio::Opus,
     };
+    if entry.media.is_some() {
+        if (sink, audio) != (entry.sink, entry.sink_audio) {
+            // The relay does not follow a running call to a new address or codec yet.
+            tracing::warn!(
+                "call {}: the PBX moved its media to {sink} ({:?}); the relay keeps {} ({:?})",
+                entry.id,
+                audio,
+                entry.sink,
+                entry.sink_audio
+            );
+        }
+        return;
+    }
+    entry.sink = sink;
+    entry.sink_audio = audio;
 }
 
 impl Core {
