@@ -320,3 +320,29 @@ fn the_pbx_legs_hold_refresh_and_connected_line_reinvites_stay_on_the_pbx_leg() 
         "every request of SIPp's got its 200\n{logs}"
     );
 }
+
+/// A PBX answering with a codec the trunk never offered (G.729 only): its answer is refused (ACK,
+/// then BYE on the PBX leg) and Meta's call is refused with 488 and Q.850 cause 65 (bearer
+/// capability not implemented), naming the rule.
+#[test]
+fn a_pbx_answer_without_a_common_codec_is_a_488_to_meta() {
+    let dir = TempDir::new("pbx-codec");
+    let port = free_port();
+    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_no_common_codec.xml", port);
+    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "5"]);
+    let logs = format!(
+        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
+        server.log(),
+        pbx.log()
+    );
+    let call = sim_call_report(&out, &logs);
+    assert!(!ok, "{logs}");
+    assert_eq!(call["status"], 488, "{call}\n{logs}");
+    let reason = call["sip_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("Q.850;cause=65;"), "{call}");
+    assert!(reason.contains("no-common-codec"), "{call}");
+    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(pbx_ended["by"], "local", "{pbx_ended}");
+    let status = pbx.child.wait().unwrap();
+    assert!(status.success(), "the PBX got its ACK and our BYE\n{logs}");
+}

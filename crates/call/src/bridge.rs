@@ -164,7 +164,11 @@ impl Bridge {
             return;
         }
         if self.whatsapp.is_ringing() {
-            let (status, phrase, cause) = whatsapp_status_for(ending.status);
+            let (status, phrase, cause) = match (ending.status, ending.q850_cause) {
+                // We refused the PBX's answer (no common codec): the call cannot carry audio.
+                (None, Some(65)) => (488, "Not Acceptable Here", 65),
+                (status, _) => whatsapp_status_for(status),
+            };
             let mut response = Response::new(status, phrase);
             response.headers.push(
                 "Reason",

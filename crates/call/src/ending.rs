@@ -64,6 +64,9 @@ pub struct Ending {
     pub meta_duration_secs: Option<u64>,
     /// The media failure that ended the call, if one did.
     pub media_failure: Option<MediaFailure>,
+    /// The Q.850 cause of the BYE we ended the call with (65 for a refused answer, 41 for failed
+    /// media, 16 for a normal hang-up).
+    pub q850_cause: Option<u16>,
 }
 
 impl Ending {
@@ -75,6 +78,7 @@ impl Ending {
             sip_reason: None,
             meta_duration_secs: None,
             media_failure: None,
+            q850_cause: None,
         }
     }
 }

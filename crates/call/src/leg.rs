@@ -909,14 +909,13 @@ impl Leg {
             return;
         }
         self.step(|state, cx| match state {
-            State::Calling(c) if c.transaction == Some(transaction) => (
-                cx.end(Ending::new(
-                    Side::Remote,
-                    Some(408),
-                    "no answer from the far side (timeout): is wa.meta.vc:5061 reachable over TLS?",
-                )),
-                (),
-            ),
+            State::Calling(c) if c.transaction == Some(transaction) => {
+                let target = c.invite.uri.to_string();
+                let reason = format!(
+                    "no answer from {target} (timeout): is its host reachable over the transport it names?"
+                );
+                (cx.end(Ending::new(Side::Remote, Some(408), reason)), ())
+            }
             // RFC 3261 §14.1: a re-offer that times out ends the dialog.
             State::Up(up) if matches!(up.reneg(), Some(Reneg::Offered { transaction: Some(t), .. }) if *t == transaction) => {
                 let ending = Ending::new(Side::Remote, Some(408), "the far side did not answer our re-offer");
@@ -1026,7 +1025,10 @@ impl Ctx {
                     "Q.850;cause={q850_cause};text=\"{}\"",
                     reason.replace(['"', '\\'], "'")
                 ),
-                Ending::new(Side::Local, None, reason),
+                Ending {
+                    q850_cause: Some(q850_cause),
+                    ..Ending::new(Side::Local, None, reason)
+                },
             ),
             other @ (State::Ending(_) | State::Ended) => other,
         }
