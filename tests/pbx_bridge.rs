@@ -185,10 +185,20 @@ fn call_through_the_bridge(
     pbx_port: u16,
     sim_args: &[&str],
 ) -> (Server, bool, String) {
+    call_through_the_bridge_with(dir, pbx_port, &[], sim_args)
+}
+
+/// The same with `serve_args` for watrunk serve too.
+fn call_through_the_bridge_with(
+    dir: &std::path::Path,
+    pbx_port: u16,
+    serve_args: &[&str],
+    sim_args: &[&str],
+) -> (Server, bool, String) {
     let pw = dir.join("pw");
     std::fs::write(&pw, "per-number-secret\n").unwrap();
     let pbx = format!("sip:127.0.0.1:{pbx_port};transport=udp");
-    let server = Server::start(&[
+    let mut args = vec![
         "--number",
         "+15550001111",
         "--sip-password-file",
@@ -200,7 +210,9 @@ fn call_through_the_bridge(
         &pbx,
         "--events",
         "-",
-    ]);
+    ];
+    args.extend_from_slice(serve_args);
+    let server = Server::start(&args);
     let ca = server.state.path().join("localhost.selfsigned.crt");
     let (ok, out) = run(
         Command::new(bin())
@@ -345,4 +357,42 @@ fn a_pbx_answer_without_a_common_codec_is_a_488_to_meta() {
     assert_eq!(pbx_ended["by"], "local", "{pbx_ended}");
     let status = pbx.child.wait().unwrap();
     assert!(status.success(), "the PBX got its ACK and our BYE\n{logs}");
+}
+
+/// A PBX that rings and never answers: its INVITE is cancelled at the ring timeout (2 s here) and
+/// Meta gets 480 with Q.850 cause 19 (no answer).
+#[test]
+fn a_pbx_that_never_answers_is_cancelled_at_the_ring_timeout() {
+    let dir = TempDir::new("pbx-ring");
+    let port = free_port();
+    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_never_answers.xml", port);
+    let started = std::time::Instant::now();
+    let (server, ok, out) = call_through_the_bridge_with(
+        dir.path(),
+        port,
+        &["--pbx-ring-timeout-secs", "2"],
+        &["--hangup-after", "5"],
+    );
+    let took = started.elapsed();
+    let logs = format!(
+        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
+        server.log(),
+        pbx.log()
+    );
+    let call = sim_call_report(&out, &logs);
+    assert!(!ok, "{logs}");
+    assert_eq!(call["status"], 480, "{call}\n{logs}");
+    let reason = call["sip_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("Q.850;cause=19;"), "{call}");
+    assert!(
+        took < Duration::from_secs(10),
+        "given up at the ring timeout: {took:?}"
+    );
+    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(
+        pbx_ended["status"], 487,
+        "the PBX's INVITE was cancelled: {pbx_ended}"
+    );
+    let status = pbx.child.wait().unwrap();
+    assert!(status.success(), "SIPp got our CANCEL and its ACK\n{logs}");
 }

@@ -15,6 +15,7 @@
 //! after it a BYE. Nothing the PBX does in the dialog (re-INVITE, UPDATE, hold) reaches Meta.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use rand::RngCore;
 use watrunk_sdp::MediaPlan;
@@ -47,6 +48,8 @@ pub struct Bridge {
     pbx: Leg,
     /// The PBX's media as last agreed.
     pbx_plan: Option<MediaPlan>,
+    /// When an unanswered PBX leg is given up (CANCEL, 480 to Meta).
+    ring_deadline: Option<Instant>,
     out: VecDeque<BridgeOutput>,
 }
 
@@ -64,8 +67,47 @@ impl Bridge {
             whatsapp,
             pbx,
             pbx_plan: None,
+            ring_deadline: None,
             out: VecDeque::new(),
         })
+    }
+
+    /// Gives the PBX until `deadline` to answer: then its INVITE is cancelled and Meta gets 480
+    /// (Q.850 cause 19, no answer).
+    pub fn ring_until(&mut self, deadline: Instant) {
+        self.ring_deadline = Some(deadline);
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ringing = self.whatsapp.is_ringing() && !self.pbx.is_answered();
+        self.ring_deadline
+            .filter(|_| ringing)
+            .into_iter()
+            .chain(self.whatsapp.poll_timeout())
+            .chain(self.pbx.poll_timeout())
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ring_deadline.is_some_and(|d| now >= d)
+            && self.whatsapp.is_ringing()
+            && !self.pbx.is_answered()
+        {
+            self.ring_deadline = None;
+            let (status, phrase, cause) = whatsapp_status_for(Some(480));
+            let mut response = Response::new(status, phrase);
+            response.headers.push(
+                "Reason",
+                format!("Q.850;cause={cause};text=\"the PBX did not answer in time\""),
+            );
+            // The WhatsApp leg's end cancels the PBX leg (`take_whatsapp_output`).
+            let _ = self
+                .whatsapp
+                .reject(response, "the PBX did not answer in time".into());
+        }
+        self.whatsapp.handle_timeout(now);
+        self.pbx.handle_timeout(now);
     }
 
     /// A leg, to feed it what arrived for it (its requests, responses, timeouts, media facts).

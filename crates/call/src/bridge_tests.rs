@@ -476,3 +476,36 @@ fn pbx_failures_map_to_what_meta_understands() {
     assert_eq!(whatsapp_status_for(Some(502)).0, 503);
     assert_eq!(whatsapp_status_for(None), (503, "Service Unavailable", 38));
 }
+
+#[test]
+fn a_pbx_that_never_answers_is_cancelled_at_the_ring_timeout_and_meta_gets_480() {
+    let (mut bridge, _invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let start = Instant::now();
+    bridge.ring_until(start + std::time::Duration::from_secs(30));
+    assert_eq!(
+        bridge.poll_timeout(),
+        Some(start + std::time::Duration::from_secs(30))
+    );
+    bridge.leg_mut(LegId::Pbx).handle_response(
+        Instant::now(),
+        tx,
+        &response_to(&pbx_invite, 180, "pbx1"),
+    );
+    drain(&mut bridge);
+    bridge.handle_timeout(start + std::time::Duration::from_secs(29));
+    assert!(drain(&mut bridge).is_empty(), "not yet");
+    bridge.handle_timeout(start + std::time::Duration::from_secs(30));
+    let out = drain(&mut bridge);
+    let to_meta = responded(&out, LegId::WhatsApp);
+    assert_eq!(to_meta.len(), 1);
+    assert_eq!(to_meta[0].status, 480);
+    let reason = to_meta[0].headers.get("Reason").unwrap();
+    assert!(reason.starts_with("Q.850;cause=19;"), "{reason}");
+    assert!(
+        of(&out, LegId::Pbx)
+            .iter()
+            .any(|c| matches!(c, CallOutput::Cancel { invite } if *invite == tx)),
+        "{out:?}"
+    );
+    assert_eq!(bridge.poll_timeout(), None, "nothing left to wait for");
+}

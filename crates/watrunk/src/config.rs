@@ -115,6 +115,9 @@ pub struct CallArgs {
     /// `sip:pbx.example.com[:PORT][;transport=udp]` (UDP needs --udp, where the PBX reaches us).
     #[arg(long)]
     pub pbx: Option<String>,
+    /// How long the PBX may ring before its INVITE is cancelled and WhatsApp gets 480 (60 s).
+    #[arg(long)]
+    pub pbx_ring_timeout_secs: Option<u64>,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -294,6 +297,8 @@ pub struct PbxTarget {
     pub transport: watrunk_sip::Transport,
     /// The codecs offered to the PBX, in our order of preference (Opus first: no transcoding).
     pub codecs: Vec<watrunk_sdp::Codec>,
+    /// How long it may ring before the call is given up.
+    pub ring_timeout: Duration,
 }
 
 impl PbxTarget {
@@ -334,6 +339,7 @@ impl PbxTarget {
                 watrunk_sdp::Codec::Pcma,
                 watrunk_sdp::Codec::TelephoneEvent,
             ],
+            ring_timeout: Duration::from_secs(60),
         })
     }
 }
@@ -539,7 +545,13 @@ fn resolve_calls(
         .pbx
         .as_deref()
         .map(|t| PbxTarget::parse(t, "--pbx"))
-        .transpose()?;
+        .transpose()?
+        .map(|pbx| PbxTarget {
+            ring_timeout: args
+                .pbx_ring_timeout_secs
+                .map_or(pbx.ring_timeout, |s| Duration::from_secs(s.max(1))),
+            ..pbx
+        });
     // Bridged calls' audio goes to the PBX's RTP address, which its answer names.
     let bridged = pbx.is_some();
     let need_sink = |number: &str, sink: Option<SocketAddr>| {

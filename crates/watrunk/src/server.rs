@@ -174,6 +174,8 @@ pub struct Core {
     events: Events,
     call_tx: mpsc::Sender<CallInput>,
     pump_later: Vec<registry::CallKey>,
+    /// Bridged calls' own timers (the PBX's ring timeout), soonest first.
+    call_timers: std::collections::BTreeSet<(Instant, registry::CallKey)>,
     call_done: Option<(String, tokio::sync::oneshot::Sender<()>)>,
     /// The core's generator (tags, per-call seeds), seeded from the OS at start.
     rng: StdRng,
@@ -223,6 +225,7 @@ impl Core {
             events,
             call_tx,
             pump_later: Vec::new(),
+            call_timers: std::collections::BTreeSet::new(),
             call_done: None,
             rng,
             one_shot: false,
@@ -238,7 +241,12 @@ impl Core {
         mut call_rx: mpsc::Receiver<CallInput>,
     ) {
         loop {
-            let deadline = self.layer.poll_timeout();
+            let deadline = self
+                .layer
+                .poll_timeout()
+                .into_iter()
+                .chain(self.call_timers.first().map(|(t, _)| *t))
+                .min();
             let far = Instant::now() + std::time::Duration::from_secs(3600);
             tokio::select! {
                 m = rx.recv() => {
@@ -250,7 +258,9 @@ impl Core {
                     self.on_call_input(input);
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far).into()) => {
-                    self.layer.handle_timeout(Instant::now());
+                    let now = Instant::now();
+                    self.layer.handle_timeout(now);
+                    self.call_timeouts(now);
                 }
             }
             self.drain();

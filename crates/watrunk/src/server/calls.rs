@@ -123,7 +123,10 @@ impl Core {
                 let call = self.pbx_call(&pbx, &remote, &number.number);
                 let setup = self.pbx_setup(&pbx, &number.number);
                 match Bridge::inbound(leg, call, setup, &mut self.rng) {
-                    Ok(bridge) => Session::Bridged(Box::new(bridge)),
+                    Ok(mut bridge) => {
+                        bridge.ring_until(Instant::now() + pbx.ring_timeout);
+                        Session::Bridged(Box::new(bridge))
+                    }
                     Err(e) => {
                         tracing::warn!("the PBX leg cannot start: {e}");
                         return Some(reply(
@@ -348,6 +351,39 @@ impl Core {
         }
     }
 
+    /// Bridged calls whose timer is due.
+    pub(super) fn call_timeouts(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.call_timers.first() {
+            if at > now {
+                break;
+            }
+            self.call_timers.remove(&(at, key));
+            if let Some(e) = self.calls.get_mut(key) {
+                e.timer = None;
+                e.leg.handle_timeout(now);
+            }
+            self.pump(key);
+        }
+    }
+
+    /// Keeps the core's timer for `key` where the call's session wants it.
+    fn reschedule(&mut self, key: CallKey) {
+        let Some(entry) = self.calls.get_mut(key) else {
+            return;
+        };
+        let wanted = entry.leg.poll_timeout();
+        if wanted == entry.timer {
+            return;
+        }
+        if let Some(old) = entry.timer.take() {
+            self.call_timers.remove(&(old, key));
+        }
+        if let Some(at) = wanted {
+            entry.timer = Some(at);
+            self.call_timers.insert((at, key));
+        }
+    }
+
     /// Carries out what a call's leg asked for.
     pub(super) fn pump(&mut self, key: CallKey) {
         let now = Instant::now();
@@ -394,6 +430,7 @@ impl Core {
                 CallOutput::Event(ev) => self.call_event(key, ev),
             }
         }
+        self.reschedule(key);
     }
 
     fn media_intent(&mut self, key: CallKey, intent: MediaIntent) {

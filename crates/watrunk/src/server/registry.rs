@@ -63,6 +63,20 @@ impl Session {
         }
     }
 
+    /// A bridge's own timer (the WhatsApp leg alone has none the core drives).
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Session::Single(_) => None,
+            Session::Bridged(bridge) => bridge.poll_timeout(),
+        }
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        if let Session::Bridged(bridge) = self {
+            bridge.handle_timeout(now);
+        }
+    }
+
     pub(super) fn poll_output(&mut self) -> Option<BridgeOutput> {
         match self {
             Session::Single(leg) => leg
@@ -88,6 +102,8 @@ pub(super) struct Entry {
     pub(super) stats: Option<Stats>,
     /// Kept until the media task has stopped, then reported with the final stats.
     pub(super) ended: Option<Ending>,
+    /// When this call's own timer (a bridge's ring timeout) is due, as the core has it scheduled.
+    pub(super) timer: Option<Instant>,
     /// A bridged call's local RTP port, bound when the PBX leg's offer needed it.
     pub(super) plain_socket: Option<std::sync::Arc<std::net::UdpSocket>>,
     pub(super) local_rtp: Option<SocketAddr>,
@@ -121,6 +137,7 @@ impl Entry {
     pub(super) fn new(leg: Session, id: String, parties: Parties) -> Entry {
         Entry {
             leg,
+            timer: None,
             plain_socket: None,
             id,
             number: parties.number,
