@@ -509,3 +509,44 @@ fn a_pbx_that_never_answers_is_cancelled_at_the_ring_timeout_and_meta_gets_480()
     );
     assert_eq!(bridge.poll_timeout(), None, "nothing left to wait for");
 }
+
+#[test]
+fn a_malformed_pbx_reoffer_is_refused_on_its_leg_and_changes_nothing() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    let plan_before = bridge.pbx_plan().cloned();
+    let mut reinvite = Request::new(
+        Method::INVITE,
+        Uri::parse("sip:+15550001111@198.18.0.1:5060").unwrap(),
+    );
+    reinvite
+        .headers
+        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxbad");
+    reinvite.headers.push("From", ok.headers.get("To").unwrap());
+    reinvite
+        .headers
+        .push("To", pbx_invite.headers.get("From").unwrap());
+    reinvite
+        .headers
+        .push("Call-ID", pbx_invite.call_id().unwrap());
+    reinvite.headers.push("CSeq", "104 INVITE");
+    reinvite
+        .headers
+        .push("Contact", "<sip:pbx@198.18.0.20:5060>");
+    reinvite.headers.push("Content-Type", "application/sdp");
+    reinvite.body =
+        b"v=0\r\no=- 1 2 IN IP4 198.18.0.20\r\ns=-\r\nm=audio notaport RTP/AVP 0\r\n".to_vec();
+    let re_tx = server_transaction(&reinvite);
+    bridge.leg_mut(LegId::Pbx).handle_request(re_tx, &reinvite);
+    let out = drain(&mut bridge);
+    let refused = &responded(&out, LegId::Pbx)[0];
+    assert_eq!(refused.status, 488, "{refused:?}");
+    assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, BridgeOutput::Connect(_))),
+        "the media is left as it was: {out:?}"
+    );
+    assert_eq!(bridge.pbx_plan().cloned(), plan_before);
+    assert!(bridge.leg(LegId::Pbx).is_answered());
+    assert!(bridge.leg(LegId::WhatsApp).is_answered());
+}
