@@ -1,8 +1,10 @@
 //! WhatsApp calls bridged into a PBX (`watrunk serve --pbx sip:HOST:PORT;transport=udp`), with
 //! baresip as the agent's phone behind the PBX leg (plain RTP over UDP, auto-answer, its own SIP
 //! stack and codecs) and `watrunk sim call` as Meta. The user's 440 Hz must reach baresip and
-//! baresip's 880 Hz the user, through transcoding (PCMU, PCMA) or passthrough (Opus); Meta sees one
-//! 180, one 200, and the sim's BYE ends the PBX leg with a BYE of its own.
+//! baresip's 880 Hz the user, within 2 % and 6 dB of what was sent, through transcoding (PCMU,
+//! PCMA) or passthrough (Opus); Meta sees one 180, one 200, and the sim's BYE ends the PBX leg
+//! with a BYE of its own. SIPp plays PBXs with other habits: busy, hanging up, holding and
+//! refreshing, answering with no common codec, never answering.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -125,18 +127,33 @@ fn a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg(codec: &str, relay: 
         "{ended}"
     );
     drop(phone);
-    let wav = std::fs::read_dir(dir.path().join("baresip/snd"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip recorded nothing\n{logs}"));
-    let (hz, rms) = heard(&wav);
+    // baresip's sndfile module keeps what it sent (-enc.wav) and what it heard (-dec.wav).
+    let recording = |suffix: &str| {
+        std::fs::read_dir(dir.path().join("baresip/snd"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+            .unwrap_or_else(|| panic!("baresip recorded no {suffix}\n{logs}"))
+    };
+    let (hz, rms) = heard(&recording("-dec.wav"));
     assert!(
         (hz - 440.0).abs() <= 440.0 * 0.02,
         "baresip heard {hz} Hz\n{logs}"
     );
-    assert!(rms > 0.05, "baresip heard rms {rms}");
+    // Levels within 6 dB of what was sent, both ways: the sim's tone is 0.3 of full scale (RMS
+    // 0.212); baresip's is what its encoder was given.
+    let within_6_db = |got: f64, sent: f64| (20.0 * (got / sent).log10()).abs() <= 6.0;
+    assert!(
+        within_6_db(rms, 0.3 / 2f64.sqrt()),
+        "baresip heard rms {rms}"
+    );
+    let (_, baresip_sent) = heard(&recording("-enc.wav"));
+    let sim_heard = call["media"]["heard_rms"].as_f64().unwrap();
+    assert!(
+        within_6_db(sim_heard, baresip_sent),
+        "the user heard rms {sim_heard}, baresip sent {baresip_sent}"
+    );
 }
 
 fn tool_exists(name: &str) -> bool {
