@@ -252,42 +252,85 @@ fn sim_call_report(out: &str, logs: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no sim.call\n{logs}"))
 }
 
+/// One call from the sim through `watrunk serve --pbx` to SIPp playing `scenario`: what each side
+/// said. The directory stays for as long as the run.
+struct SippRun {
+    _dir: TempDir,
+    server: Server,
+    pbx: Background,
+    ok: bool,
+    call: serde_json::Value,
+    logs: String,
+    took: Duration,
+}
+
+impl SippRun {
+    fn new(tag: &str, scenario: &str, serve_args: &[&str], sim_args: &[&str]) -> SippRun {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let pbx = sipp_pbx(dir.path(), scenario, port);
+        let started = std::time::Instant::now();
+        let (server, ok, out) =
+            call_through_the_bridge_with(dir.path(), port, serve_args, sim_args);
+        let took = started.elapsed();
+        let logs = format!(
+            "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
+            server.log(),
+            pbx.log()
+        );
+        let call = sim_call_report(&out, &logs);
+        SippRun {
+            _dir: dir,
+            server,
+            pbx,
+            ok,
+            call,
+            logs,
+            took,
+        }
+    }
+
+    /// SIPp ran its scenario to the end.
+    fn sipp_completed(&mut self) -> bool {
+        self.pbx.child.wait().unwrap().success()
+    }
+}
+
 #[test]
 fn a_busy_pbx_extension_is_a_486_to_meta_with_a_q850_reason() {
-    let dir = TempDir::new("pbx-busy");
-    let port = free_port();
-    let pbx = sipp_pbx(dir.path(), "pbx_uas_busy.xml", port);
-    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "5"]);
-    let logs = format!(
-        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
-        server.log(),
-        pbx.log()
+    let mut run = SippRun::new(
+        "pbx-busy",
+        "pbx_uas_busy.xml",
+        &[],
+        &["--hangup-after", "5"],
     );
-    let call = sim_call_report(&out, &logs);
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
     assert!(!ok, "a refused call fails the sim: {logs}");
     assert_eq!(call["status"], 486, "{call}");
     assert_eq!(call["provisional"], serde_json::json!([180]), "{call}");
     let reason = call["sip_reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("Q.850;cause=17;"), "{call}");
-    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    let pbx_ended = run
+        .server
+        .wait_event("pbx.ended", |_| true, Duration::from_secs(5));
     assert_eq!(pbx_ended["status"], 486, "{pbx_ended}");
-    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    let ended = run
+        .server
+        .wait_event("call.ended", |_| true, Duration::from_secs(5));
     assert_eq!(ended["status"], 486, "{ended}");
     assert_eq!(ended["server"]["calls"], 0, "{ended}");
+    assert!(run.sipp_completed(), "SIPp got the ACK for its 486\n{logs}");
 }
 
 #[test]
 fn the_pbx_hanging_up_ends_the_whatsapp_call_with_a_bye() {
-    let dir = TempDir::new("pbx-bye");
-    let port = free_port();
-    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_answer_then_bye.xml", port);
-    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "20"]);
-    let logs = format!(
-        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
-        server.log(),
-        pbx.log()
+    let mut run = SippRun::new(
+        "pbx-bye",
+        "pbx_uas_answer_then_bye.xml",
+        &[],
+        &["--hangup-after", "20"],
     );
-    let call = sim_call_report(&out, &logs);
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
     assert!(ok, "{logs}");
     assert_eq!(call["status"], 200, "{call}");
     assert_eq!(call["ended_by"], "business", "{call}");
@@ -303,14 +346,17 @@ fn the_pbx_hanging_up_ends_the_whatsapp_call_with_a_bye() {
         "the PBX's BYE ended it, not the sim: {call}"
     );
     assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    let pbx_ended = run
+        .server
+        .wait_event("pbx.ended", |_| true, Duration::from_secs(5));
     assert_eq!(pbx_ended["by"], "remote", "{pbx_ended}");
-    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
+    let ended = run
+        .server
+        .wait_event("call.ended", |_| true, Duration::from_secs(5));
     assert_eq!(ended["by"], "local", "{ended}");
     assert_eq!(ended["server"]["calls"], 0, "{ended}");
-    let status = pbx.child.wait().unwrap();
     assert!(
-        status.success(),
+        run.sipp_completed(),
         "SIPp's scenario completed (200 to its BYE)\n{logs}"
     );
 }
@@ -321,16 +367,13 @@ fn the_pbx_hanging_up_ends_the_whatsapp_call_with_a_bye() {
 /// alive until the PBX's BYE, and the stream toward Meta continuous throughout.
 #[test]
 fn the_pbx_legs_hold_refresh_and_connected_line_reinvites_stay_on_the_pbx_leg() {
-    let dir = TempDir::new("pbx-habits");
-    let port = free_port();
-    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_habits.xml", port);
-    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "30"]);
-    let logs = format!(
-        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
-        server.log(),
-        pbx.log()
+    let mut run = SippRun::new(
+        "pbx-habits",
+        "pbx_uas_habits.xml",
+        &[],
+        &["--hangup-after", "30"],
     );
-    let call = sim_call_report(&out, &logs);
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
     assert!(ok, "{logs}");
     assert_eq!(call["violations"], serde_json::json!([]), "{call}");
     assert_eq!(
@@ -343,9 +386,8 @@ fn the_pbx_legs_hold_refresh_and_connected_line_reinvites_stay_on_the_pbx_leg() 
     let gap = media["max_gap_ms"].as_f64().unwrap();
     assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
     assert!(media["heard_packets"].as_u64().unwrap() > 150, "{call}");
-    let status = pbx.child.wait().unwrap();
     assert!(
-        status.success(),
+        run.sipp_completed(),
         "every request of SIPp's got its 200\n{logs}"
     );
 }
@@ -355,61 +397,57 @@ fn the_pbx_legs_hold_refresh_and_connected_line_reinvites_stay_on_the_pbx_leg() 
 /// capability not implemented), naming the rule.
 #[test]
 fn a_pbx_answer_without_a_common_codec_is_a_488_to_meta() {
-    let dir = TempDir::new("pbx-codec");
-    let port = free_port();
-    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_no_common_codec.xml", port);
-    let (server, ok, out) = call_through_the_bridge(dir.path(), port, &["--hangup-after", "5"]);
-    let logs = format!(
-        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
-        server.log(),
-        pbx.log()
+    let mut run = SippRun::new(
+        "pbx-codec",
+        "pbx_uas_no_common_codec.xml",
+        &[],
+        &["--hangup-after", "5"],
     );
-    let call = sim_call_report(&out, &logs);
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
     assert!(!ok, "{logs}");
     assert_eq!(call["status"], 488, "{call}\n{logs}");
     let reason = call["sip_reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("Q.850;cause=65;"), "{call}");
     assert!(reason.contains("no-common-codec"), "{call}");
-    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    let pbx_ended = run
+        .server
+        .wait_event("pbx.ended", |_| true, Duration::from_secs(5));
     assert_eq!(pbx_ended["by"], "local", "{pbx_ended}");
-    let status = pbx.child.wait().unwrap();
-    assert!(status.success(), "the PBX got its ACK and our BYE\n{logs}");
+    assert!(
+        run.sipp_completed(),
+        "the PBX got its ACK and our BYE\n{logs}"
+    );
 }
 
 /// A PBX that rings and never answers: its INVITE is cancelled at the ring timeout (2 s here) and
 /// Meta gets 480 with Q.850 cause 19 (no answer).
 #[test]
 fn a_pbx_that_never_answers_is_cancelled_at_the_ring_timeout() {
-    let dir = TempDir::new("pbx-ring");
-    let port = free_port();
-    let mut pbx = sipp_pbx(dir.path(), "pbx_uas_never_answers.xml", port);
-    let started = std::time::Instant::now();
-    let (server, ok, out) = call_through_the_bridge_with(
-        dir.path(),
-        port,
+    let mut run = SippRun::new(
+        "pbx-ring",
+        "pbx_uas_never_answers.xml",
         &["--pbx-ring-timeout-secs", "2"],
         &["--hangup-after", "5"],
     );
-    let took = started.elapsed();
-    let logs = format!(
-        "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
-        server.log(),
-        pbx.log()
-    );
-    let call = sim_call_report(&out, &logs);
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
     assert!(!ok, "{logs}");
     assert_eq!(call["status"], 480, "{call}\n{logs}");
     let reason = call["sip_reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("Q.850;cause=19;"), "{call}");
     assert!(
-        took < Duration::from_secs(10),
-        "given up at the ring timeout: {took:?}"
+        run.took < Duration::from_secs(10),
+        "given up at the ring timeout: {:?}",
+        run.took
     );
-    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    let pbx_ended = run
+        .server
+        .wait_event("pbx.ended", |_| true, Duration::from_secs(5));
     assert_eq!(
         pbx_ended["status"], 487,
         "the PBX's INVITE was cancelled: {pbx_ended}"
     );
-    let status = pbx.child.wait().unwrap();
-    assert!(status.success(), "SIPp got our CANCEL and its ACK\n{logs}");
+    assert!(
+        run.sipp_completed(),
+        "SIPp got our CANCEL and its ACK\n{logs}"
+    );
 }

@@ -1,8 +1,8 @@
 //! SRTP and SRTCP (RFC 3711, RFC 7714 for AES-GCM) transformed in place, for the per-packet path.
 //!
 //! webrtc-srtp returns every packet in a newly allocated buffer, parses each header into `Vec`s and
-//! builds a new AES key schedule per packet; the relay's path after set-up must not allocate
-//! (the per-packet path allocates nothing). This module keeps the keyed ciphers and MAC per
+//! builds a new AES key schedule per packet; the relay's path after set-up must not allocate.
+//! This module keeps the keyed ciphers and MAC per
 //! context and works inside the caller's buffer. It is checked against RFC 3711/7714 and libsrtp's
 //! vectors and byte for byte against webrtc-srtp (tests/srtp.rs), and on the wire by every peer.
 
