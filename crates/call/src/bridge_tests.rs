@@ -189,6 +189,36 @@ fn up_on_both_legs(
     (our_200, ok)
 }
 
+/// A request of the PBX's in its dialog (it answered with `ok` to `pbx_invite`); a re-INVITE gets
+/// `sdp` as its offer.
+fn from_the_pbx(
+    method: Method,
+    cseq: u32,
+    ok: &Response,
+    pbx_invite: &Request,
+    sdp: Option<Vec<u8>>,
+) -> Request {
+    let mut req = Request::new(
+        method.clone(),
+        Uri::parse("sip:+15550001111@198.18.0.1:5060").unwrap(),
+    );
+    req.headers.push(
+        "Via",
+        format!("SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbx{cseq}"),
+    );
+    req.headers.push("From", ok.headers.get("To").unwrap());
+    req.headers
+        .push("To", pbx_invite.headers.get("From").unwrap());
+    req.headers.push("Call-ID", pbx_invite.call_id().unwrap());
+    req.headers.push("CSeq", format!("{cseq} {method}"));
+    if let Some(sdp) = sdp {
+        req.headers.push("Contact", "<sip:pbx@198.18.0.20:5060>");
+        req.headers.push("Content-Type", "application/sdp");
+        req.body = sdp;
+    }
+    req
+}
+
 fn incoming_leg(invite: &Request) -> Leg {
     let tx = server_transaction(invite);
     crate::tests::incoming(invite.clone(), tx)
@@ -347,17 +377,7 @@ fn meta_hanging_up_sends_bye_to_the_pbx_and_the_pbx_hanging_up_sends_bye_to_meta
         let (mut bridge, invite, mut layer, tx, pbx_invite) = ringing_at_the_pbx();
         let (our_200, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
         if pbx_first {
-            let mut bye = Request::new(
-                Method::BYE,
-                Uri::parse("sip:+15550001111@198.18.0.1:5060").unwrap(),
-            );
-            bye.headers
-                .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxbye");
-            bye.headers.push("From", ok.headers.get("To").unwrap());
-            bye.headers
-                .push("To", pbx_invite.headers.get("From").unwrap());
-            bye.headers.push("Call-ID", pbx_invite.call_id().unwrap());
-            bye.headers.push("CSeq", "102 BYE");
+            let bye = from_the_pbx(Method::BYE, 102, &ok, &pbx_invite, None);
             let bye_tx = server_transaction(&bye);
             bridge.leg_mut(LegId::Pbx).handle_request(bye_tx, &bye);
             let out = drain(&mut bridge);
@@ -422,30 +442,12 @@ fn a_pbx_hold_stays_on_the_pbx_leg() {
     let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
     let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
     // Asterisk holds with a sendonly re-INVITE from the same address.
-    let mut reinvite = Request::new(
-        Method::INVITE,
-        Uri::parse("sip:+15550001111@198.18.0.1:5060").unwrap(),
-    );
-    reinvite
-        .headers
-        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxhold");
-    reinvite.headers.push("From", ok.headers.get("To").unwrap());
-    reinvite
-        .headers
-        .push("To", pbx_invite.headers.get("From").unwrap());
-    reinvite
-        .headers
-        .push("Call-ID", pbx_invite.call_id().unwrap());
-    reinvite.headers.push("CSeq", "103 INVITE");
-    reinvite
-        .headers
-        .push("Contact", "<sip:pbx@198.18.0.20:5060>");
-    reinvite.headers.push("Content-Type", "application/sdp");
-    reinvite.body = String::from_utf8(asterisk_answer())
+    let hold = String::from_utf8(asterisk_answer())
         .unwrap()
         .replace("1733500002", "1733500003")
         .replace("a=sendrecv", "a=sendonly")
         .into_bytes();
+    let reinvite = from_the_pbx(Method::INVITE, 103, &ok, &pbx_invite, Some(hold));
     let re_tx = server_transaction(&reinvite);
     bridge.leg_mut(LegId::Pbx).handle_request(re_tx, &reinvite);
     let out = drain(&mut bridge);
@@ -515,27 +517,9 @@ fn a_malformed_pbx_reoffer_is_refused_on_its_leg_and_changes_nothing() {
     let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
     let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
     let plan_before = bridge.pbx_plan().cloned();
-    let mut reinvite = Request::new(
-        Method::INVITE,
-        Uri::parse("sip:+15550001111@198.18.0.1:5060").unwrap(),
-    );
-    reinvite
-        .headers
-        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxbad");
-    reinvite.headers.push("From", ok.headers.get("To").unwrap());
-    reinvite
-        .headers
-        .push("To", pbx_invite.headers.get("From").unwrap());
-    reinvite
-        .headers
-        .push("Call-ID", pbx_invite.call_id().unwrap());
-    reinvite.headers.push("CSeq", "104 INVITE");
-    reinvite
-        .headers
-        .push("Contact", "<sip:pbx@198.18.0.20:5060>");
-    reinvite.headers.push("Content-Type", "application/sdp");
-    reinvite.body =
+    let bad =
         b"v=0\r\no=- 1 2 IN IP4 198.18.0.20\r\ns=-\r\nm=audio notaport RTP/AVP 0\r\n".to_vec();
+    let reinvite = from_the_pbx(Method::INVITE, 104, &ok, &pbx_invite, Some(bad));
     let re_tx = server_transaction(&reinvite);
     bridge.leg_mut(LegId::Pbx).handle_request(re_tx, &reinvite);
     let out = drain(&mut bridge);
