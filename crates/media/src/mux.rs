@@ -23,6 +23,7 @@ use webrtc_ice::udp_mux::{UDPMux, UDPMuxConn, UDPMuxConnParams, UDPMuxWriter};
 use webrtc_util::Conn;
 
 use crate::batch::Batch;
+use crate::demux::{classify, PacketKind};
 use crate::quiet::{sweep_loop, QuietSinks, SinkClock};
 use crate::relay::InboundRoute;
 use crate::role::{RoleConflicts, Verdict};
@@ -31,6 +32,8 @@ use crate::role::{RoleConflicts, Verdict};
 const RECEIVE_MTU: usize = 1500;
 const ROUTE_COMMANDS: usize = 256;
 const SLOW_PATH_PACKETS: usize = 64;
+/// SRTP that comes before the call's keys: kept for the route, the rest dropped.
+const EARLY_PACKETS: usize = 16;
 /// A consent check each way every few seconds; more than this queued is a flood, dropped.
 const CONSENT_PATH_PACKETS: usize = 4;
 
@@ -40,10 +43,28 @@ pub(crate) fn plain_key(remote: SocketAddr) -> String {
 }
 
 enum RouteCommand {
-    Add(SocketAddr, Box<InboundRoute>),
+    Add(SocketAddr, Box<InboundRoute>, Handover),
     Move(SocketAddr, SocketAddr),
     /// Answered once the route is gone, so a call that ends leaves nothing behind.
     Remove(SocketAddr, tokio::sync::oneshot::Sender<()>),
+}
+
+/// A call's slow path: DTLS records for its handshake, and the SRTP that came before its keys.
+pub(crate) struct SlowPath {
+    pub dtls: mpsc::Receiver<Vec<u8>>,
+    pub early: mpsc::Receiver<Vec<u8>>,
+}
+
+struct SlowSenders {
+    dtls: mpsc::Sender<Vec<u8>>,
+    early: mpsc::Sender<Vec<u8>>,
+}
+
+/// What a route takes over from its call's slow path: the reader closes the path, runs the early
+/// SRTP through the route and installs it in one step, so no packet falls between the two.
+pub(crate) struct Handover {
+    pub slow_path_key: String,
+    pub early: mpsc::Receiver<Vec<u8>>,
 }
 
 /// A packet and its source, boxed: a channel's block of 32 of them lives as long as the call.
@@ -60,7 +81,7 @@ struct Shared {
     /// them: DTLS records and early SRTP. They bypass the agent, whose per-candidate readers would
     /// drop a packet of the other address family (all its candidates share this one connection).
     /// `None` once the call is routed: what still comes that way is dropped.
-    slow_paths: Mutex<HashMap<String, Option<mpsc::Sender<Vec<u8>>>>>,
+    slow_paths: Mutex<HashMap<String, Option<SlowSenders>>>,
     /// Per call (by ufrag) once its agent is gone, where its STUN goes: the consent keeper. A
     /// `UDPMuxConn` reader would hold an 8 KiB buffer per call for a packet every few seconds.
     consent_paths: Mutex<HashMap<String, mpsc::Sender<Datagram>>>,
@@ -160,8 +181,18 @@ impl MediaSocket {
         }
     }
 
-    pub(crate) async fn add_route(&self, remote: SocketAddr, route: Box<InboundRoute>) {
-        let _ = self.commands.send(RouteCommand::Add(remote, route)).await;
+    /// Routes `remote`'s RTP and RTCP to `route` from the next datagram on, after what its call's
+    /// slow path kept (`handover`).
+    pub(crate) async fn add_route(
+        &self,
+        remote: SocketAddr,
+        route: Box<InboundRoute>,
+        handover: Handover,
+    ) {
+        let _ = self
+            .commands
+            .send(RouteCommand::Add(remote, route, handover))
+            .await;
     }
 
     pub(crate) async fn move_route(&self, from: SocketAddr, to: SocketAddr) {
@@ -181,28 +212,18 @@ impl MediaSocket {
     }
 
     /// The non-STUN packets of the call known by `key` (its ufrag, or `plain_key`) until its fast
-    /// path is routed (`close_slow_path`).
-    pub(crate) fn slow_path(&self, key: &str) -> mpsc::Receiver<Vec<u8>> {
-        let (tx, rx) = mpsc::channel(SLOW_PATH_PACKETS);
+    /// path is routed (`add_route`).
+    pub(crate) fn slow_path(&self, key: &str) -> SlowPath {
+        let (dtls, dtls_rx) = mpsc::channel(SLOW_PATH_PACKETS);
+        let (early, early_rx) = mpsc::channel(EARLY_PACKETS);
         self.shared
             .slow_paths
             .lock()
             .expect("slow path map")
-            .insert(key.to_string(), Some(tx));
-        rx
-    }
-
-    /// The call known by `key` is routed: its slow path's channel goes, and what still arrives
-    /// that way (a DTLS record after the handshake) is dropped until the call ends.
-    pub(crate) fn close_slow_path(&self, key: &str) {
-        if let Some(slow) = self
-            .shared
-            .slow_paths
-            .lock()
-            .expect("slow path map")
-            .get_mut(key)
-        {
-            *slow = None;
+            .insert(key.to_string(), Some(SlowSenders { dtls, early }));
+        SlowPath {
+            dtls: dtls_rx,
+            early: early_rx,
         }
     }
 
@@ -313,6 +334,14 @@ impl Drop for MediaSocket {
 }
 
 impl Shared {
+    /// The call known by `key` is routed: its slow path's channels go, and what still arrives
+    /// that way (a DTLS record after the handshake) is dropped until the call ends.
+    fn close_slow_path(&self, key: &str) {
+        if let Some(slow) = self.slow_paths.lock().expect("slow path map").get_mut(key) {
+            *slow = None;
+        }
+    }
+
     fn conn_for(self: &Arc<Self>, key: &str) -> UDPMuxConn {
         let mut by_ufrag = self.by_ufrag.lock().expect("ufrag map");
         by_ufrag
@@ -371,7 +400,13 @@ async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteComman
             command = commands.recv() => {
                 match command {
                     None => return,
-                    Some(RouteCommand::Add(remote, route)) => {
+                    Some(RouteCommand::Add(remote, mut route, handover)) => {
+                        shared.close_slow_path(&handover.slow_path_key);
+                        let Handover { mut early, .. } = handover;
+                        let now = Instant::now();
+                        while let Ok(mut packet) = early.try_recv() {
+                            route.handle(&mut packet, now);
+                        }
                         routes.insert(remote, route);
                     }
                     Some(RouteCommand::Move(from, to)) => {
@@ -434,8 +469,14 @@ async fn handle_datagram(
     if first >= 2 {
         let slow_paths = shared.slow_paths.lock().expect("slow path map");
         if let Some(slow) = slow_paths.get(conn.key()) {
-            if let Some(slow) = slow {
-                let _ = slow.try_send(packet.to_vec());
+            match (slow, classify(packet)) {
+                (Some(slow), PacketKind::Dtls) => {
+                    let _ = slow.dtls.try_send(packet.to_vec());
+                }
+                (Some(slow), PacketKind::Rtp) => {
+                    let _ = slow.early.try_send(packet.to_vec());
+                }
+                _ => {}
             }
             return;
         }
@@ -571,15 +612,15 @@ mod tests {
         let remote = peer.local_addr().unwrap();
         let _conn = socket.plain_conn(remote);
         let key = plain_key(remote);
-        let mut slow = socket.slow_path(&key);
+        let SlowPath { mut dtls, .. } = socket.slow_path(&key);
         let record = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         peer.send_to(&record, socket.local_addr()).await.unwrap();
-        let delivered = tokio::time::timeout(Duration::from_secs(2), slow.recv()).await;
+        let delivered = tokio::time::timeout(Duration::from_secs(2), dtls.recv()).await;
         assert_eq!(delivered.unwrap().as_deref(), Some(&record[..]));
 
-        socket.close_slow_path(&key);
+        socket.shared.close_slow_path(&key);
         peer.send_to(&record, socket.local_addr()).await.unwrap();
-        let after = tokio::time::timeout(Duration::from_secs(2), slow.recv()).await;
+        let after = tokio::time::timeout(Duration::from_secs(2), dtls.recv()).await;
         assert_eq!(
             after.unwrap(),
             None,

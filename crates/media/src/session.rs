@@ -38,12 +38,11 @@ use webrtc_ice::agent::Agent;
 use webrtc_util::Conn;
 
 use crate::consent::{self, Freshness, IceCredentials};
-use crate::demux::{classify, PacketKind};
 use crate::dtmf::DtmfSender;
 use crate::ice::{connect_ice, ice_agent, lite_credentials, CHECK_INTERVAL};
 pub use crate::identity::Identity;
 use crate::keys::{contexts, dtls_keys, srtp_profile_of_suite, Keys};
-use crate::mux::{plain_key, MediaSocket};
+use crate::mux::{plain_key, Handover, MediaSocket, SlowPath};
 use crate::outbound::{write_loop, Outbound};
 use crate::quiet::SinkClock;
 use crate::relay::{InboundCounters, InboundRoute, Reception};
@@ -66,8 +65,6 @@ fn local_error(e: crate::transcode::TranscodeError) -> MediaError {
 pub(crate) const MTU: usize = 1500;
 /// Room after a packet for the SRTP tag (or SRTCP's tag and index).
 pub(crate) const TAG_ROOM: usize = 32;
-/// SRTP packets kept while the keys are still being agreed (the far side may finish first).
-const EARLY_PACKETS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -240,6 +237,16 @@ struct Parts {
     clock: Arc<SinkClock>,
     plan: MediaPlan,
     draws: Draws,
+    /// Opened before the call's task runs, so the far side's first packets find it.
+    opening: Opening,
+}
+
+/// Where a call's packets go until its fast path is routed.
+struct Opening {
+    slow: SlowPath,
+    slow_path_key: String,
+    /// A call without ICE: its one remote address, and the connection toward it.
+    plain: Option<(SocketAddr, Arc<dyn Conn + Send + Sync>)>,
 }
 
 /// What a call leaves on the shared socket until whoever ends it clears it.
@@ -375,12 +382,34 @@ impl Prepared {
             .expect("bound socket, not yet started")
     }
 
+    /// The call's slow path, and for a call without ICE its connection: the slow path first, so
+    /// no packet finds the connection without it.
+    fn open(&self, plan: &MediaPlan) -> Opening {
+        let lite = plan.remote_ice.is_some() && self.role == IceRole::Lite;
+        match plan.remote_rtp {
+            Some(remote) if self.agent.is_none() && !lite => {
+                let slow_path_key = plain_key(remote);
+                Opening {
+                    slow: self.socket.slow_path(&slow_path_key),
+                    slow_path_key,
+                    plain: Some((remote, self.socket.plain_conn(remote))),
+                }
+            }
+            _ => Opening {
+                slow: self.socket.slow_path(&self.ufrag),
+                slow_path_key: self.ufrag.clone(),
+                plain: None,
+            },
+        }
+    }
+
     /// Starts the media for `plan`; `ssrc` is the one outbound SSRC announced in our SDP.
     pub fn start(mut self, plan: MediaPlan, ssrc: u32) -> MediaSession {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let app_addr = self.app_addr();
         let dtmf_negotiated = plan.dtmf_pt.is_some();
+        let opening = self.open(&plan);
         // Boxed: the call's task would otherwise hold the parts (and the plan) for its whole life.
         let parts = Box::new(Parts {
             cfg: self.cfg.clone(),
@@ -391,6 +420,7 @@ impl Prepared {
             app: self.app.take().expect("a Prepared starts once"),
             credentials: (self.ufrag.clone(), self.pwd.clone()),
             clock: self.socket.sink_clock(SINK_SILENCE),
+            opening,
             plan,
             draws: self.draws,
         });
@@ -402,7 +432,7 @@ impl Prepared {
             let ufrag = parts.credentials.0.clone();
             let role = parts.role;
             let leftovers = std::sync::Mutex::new(Leftovers {
-                remote: None,
+                remote: parts.opening.plain.as_ref().map(|(remote, _)| *remote),
                 agent: parts.agent.clone(),
             });
             let result = run(
@@ -554,19 +584,19 @@ async fn set_up(
         clock,
         plan,
         draws,
+        opening: Opening {
+            slow,
+            slow_path_key,
+            plain,
+        },
     } = *parts;
 
-    // The call's non-STUN packets until its fast path is routed.
-    let (slow, slow_path_key): (_, String);
     // An ICE-lite call answers checks (consent too) for as long as it runs.
     let mut responder = None;
     // ICE, or the remote address of an SDES call without ICE; the agent that selected the pair.
     let (conn, remote, checked): (Arc<dyn Conn + Send + Sync>, SocketAddr, _) =
         match (&agent, &plan.remote_ice) {
             (Some(agent), Some(ice)) => {
-                // Before the first check: the peer may start DTLS as soon as its side connects.
-                slow_path_key = credentials.0.clone();
-                slow = socket.slow_path(&slow_path_key);
                 // Set-up futures are boxed: held inline they would size the call's task for its
                 // whole life.
                 let checks = Box::pin(connect_ice(
@@ -607,8 +637,6 @@ async fn set_up(
                 (conn, remote, Some((agent, ice_role, ice)))
             }
             (None, Some(ice)) if role == IceRole::Lite => {
-                slow_path_key = credentials.0.clone();
-                slow = socket.slow_path(&slow_path_key);
                 let conn = socket.ufrag_conn(&credentials.0);
                 let (answering, mut nominated) = crate::lite::respond(
                     socket.clone(),
@@ -638,13 +666,9 @@ async fn set_up(
                 (socket.lite_target(&credentials.0, remote), remote, None)
             }
             (None, _) => {
-                let remote = plan
-                    .remote_rtp
+                let (remote, conn) = plain
                     .ok_or_else(|| MediaError::Peer("no remote media address in the SDP".into()))?;
-                set_routed(leftovers, remote);
-                slow_path_key = plain_key(remote);
-                slow = socket.slow_path(&slow_path_key);
-                (socket.plain_conn(remote), remote, None)
+                (conn, remote, None)
             }
             (Some(_), None) => {
                 return Err(MediaError::Local(
@@ -653,11 +677,12 @@ async fn set_up(
             }
         };
 
-    // Until the fast path is routed, the slow path's reader hands DTLS records to the endpoint and
-    // keeps the first SRTP packets for the inbound context.
-    let (dtls_tx, dtls_rx) = mpsc::channel::<Vec<u8>>(32);
-    let (early_tx, mut early_rx) = mpsc::channel::<Vec<u8>>(EARLY_PACKETS);
-    let reader = tokio::spawn(slow_path_reader(slow, dtls_tx, early_tx));
+    // Until the fast path is routed, the slow path hands DTLS records to the endpoint and keeps the
+    // first SRTP packets for the route.
+    let SlowPath {
+        dtls: dtls_rx,
+        early,
+    } = slow;
 
     let secured = Box::pin(async {
         match &plan.keying {
@@ -728,7 +753,7 @@ async fn set_up(
             )),
         ),
     };
-    let mut route = Box::new(InboundRoute {
+    let route = Box::new(InboundRoute {
         srtp: inbound,
         to_sink,
         app: app.clone(),
@@ -761,18 +786,21 @@ async fn set_up(
             elapsed: started.elapsed(),
         })
         .await;
-    while let Ok(mut packet) = early_rx.try_recv() {
-        route.handle(&mut packet, Instant::now());
-    }
-    socket.add_route(remote, route).await;
+    // Routed: the slow path has nothing left to deliver (the DTLS connection is gone with its
+    // keys, RTP takes the fast path), so the socket's reader closes it as it installs the route;
+    // what still arrives there is dropped.
+    socket
+        .add_route(
+            remote,
+            route,
+            Handover {
+                slow_path_key,
+                early,
+            },
+        )
+        .await;
     set_routed(leftovers, remote);
     drop(conn);
-    // Routed: the slow path has nothing left to deliver (the DTLS connection is gone with its
-    // keys, RTP takes the fast path), so its reader and channels go; what still arrives there is
-    // dropped.
-    socket.close_slow_path(&slow_path_key);
-    reader.abort();
-    drop(early_rx);
 
     // Set up: the agent goes, and consent is kept on the selected pair without it (consent.rs).
     let consent = match checked {
@@ -819,25 +847,5 @@ async fn set_up(
 pub(crate) fn set_routed(leftovers: &std::sync::Mutex<Leftovers>, remote: SocketAddr) {
     if let Ok(mut l) = leftovers.lock() {
         l.remote = Some(remote);
-    }
-}
-
-/// The slow path's reader: DTLS records to the DTLS endpoint (the handshake's; later ones find it
-/// gone and are dropped), and SRTP that arrives before the fast path is routed kept for it.
-async fn slow_path_reader(
-    mut slow: mpsc::Receiver<Vec<u8>>,
-    dtls_tx: mpsc::Sender<Vec<u8>>,
-    early_tx: mpsc::Sender<Vec<u8>>,
-) {
-    while let Some(packet) = slow.recv().await {
-        match classify(&packet) {
-            PacketKind::Dtls => {
-                let _ = dtls_tx.try_send(packet);
-            }
-            PacketKind::Rtp => {
-                let _ = early_tx.try_send(packet);
-            }
-            PacketKind::Stun | PacketKind::Other => {}
-        }
     }
 }
