@@ -23,6 +23,16 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 /// baresip listening for SIP on UDP `port`, answering calls to +15550001111 at once with
 /// `codec`, playing 880 Hz and recording what it hears under `dir/snd`.
 fn baresip_phone(dir: &std::path::Path, port: u16, codec: &str) -> Background {
+    baresip_phone_dialing(dir, port, codec, None)
+}
+
+/// The same phone, dialing `dial` once it is up.
+fn baresip_phone_dialing(
+    dir: &std::path::Path,
+    port: u16,
+    codec: &str,
+    dial: Option<&str>,
+) -> Background {
     let home = dir.join("baresip");
     std::fs::create_dir_all(home.join("snd")).unwrap();
     let template = std::fs::read_to_string(peers_dir().join("baresip/config.template")).unwrap();
@@ -46,11 +56,12 @@ fn baresip_phone(dir: &std::path::Path, port: u16, codec: &str) -> Background {
         ),
     )
     .unwrap();
-    let phone = Background::spawn(
-        "baresip",
-        Command::new("baresip").arg("-f").arg(&home).arg("-v"),
-        dir.join("baresip.log"),
-    );
+    let mut command = Command::new("baresip");
+    command.arg("-f").arg(&home).arg("-v");
+    if let Some(target) = dial {
+        command.arg("-e").arg(format!("/dial {target}"));
+    }
+    let phone = Background::spawn("baresip", &mut command, dir.join("baresip.log"));
     for _ in 0..50 {
         if phone.log().contains("baresip is ready") {
             break;
@@ -127,9 +138,17 @@ fn a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg(codec: &str, relay: 
         "{ended}"
     );
     drop(phone);
-    // baresip's sndfile module keeps what it sent (-enc.wav) and what it heard (-dec.wav).
+    let sim_heard = call["media"]["heard_rms"].as_f64().unwrap();
+    assert_baresip_and_the_user_heard_each_other(dir.path(), sim_heard, &logs);
+}
+
+/// baresip heard the user's 440 Hz and the user baresip's tone (`sim_heard`: its RMS at the
+/// user), each within 6 dB of what was sent: the sim's tone is 0.3 of full scale (RMS 0.212);
+/// baresip's is what its encoder was given (its sndfile module keeps what it sent, -enc.wav, and
+/// what it heard, -dec.wav).
+fn assert_baresip_and_the_user_heard_each_other(dir: &std::path::Path, sim_heard: f64, logs: &str) {
     let recording = |suffix: &str| {
-        std::fs::read_dir(dir.path().join("baresip/snd"))
+        std::fs::read_dir(dir.join("baresip/snd"))
             .unwrap()
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -141,15 +160,12 @@ fn a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg(codec: &str, relay: 
         (hz - 440.0).abs() <= 440.0 * 0.02,
         "baresip heard {hz} Hz\n{logs}"
     );
-    // Levels within 6 dB of what was sent, both ways: the sim's tone is 0.3 of full scale (RMS
-    // 0.212); baresip's is what its encoder was given.
     let within_6_db = |got: f64, sent: f64| (20.0 * (got / sent).log10()).abs() <= 6.0;
     assert!(
         within_6_db(rms, 0.3 / 2f64.sqrt()),
         "baresip heard rms {rms}"
     );
     let (_, baresip_sent) = heard(&recording("-enc.wav"));
-    let sim_heard = call["media"]["heard_rms"].as_f64().unwrap();
     assert!(
         within_6_db(sim_heard, baresip_sent),
         "the user heard rms {sim_heard}, baresip sent {baresip_sent}"
@@ -176,6 +192,95 @@ fn a_whatsapp_call_reaches_a_pcma_phone_through_the_pbx_leg() {
 #[test]
 fn a_whatsapp_call_reaches_an_opus_phone_through_the_pbx_leg_untranscoded() {
     a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("opus/48000/2", "opus");
+}
+
+/// The agent's phone (baresip) calls a WhatsApp user through the PBX leg: watrunk places a
+/// business-initiated call to `watrunk sim serve` (Meta: its 407, SHA-256 digest, its checks),
+/// rings the phone when Meta rings and answers it when Meta answers; two-way tone, transcoded
+/// (`relay` as for the other direction).
+fn a_baresip_phone_calls_a_whatsapp_user_through_the_bridge(codec: &str, relay: &str) {
+    assert!(
+        tool_exists("baresip"),
+        "baresip is not installed (scripts/test.sh installs it)"
+    );
+    let dir = TempDir::new(&format!("pbx-out-{}", codec.replace('/', "_")));
+    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let phone_port = free_port();
+    let pbx = format!("sip:127.0.0.1:{phone_port};transport=udp");
+    let meta = sim.addr.to_string();
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--media-ip",
+        "127.0.0.1",
+        "--pbx",
+        &pbx,
+        "--meta-server",
+        &meta,
+        "--tls-ca",
+        sim.cert.to_str().unwrap(),
+        "--events",
+        "-",
+    ]);
+    let target = format!("sip:+12195550714@{}", server.udp.unwrap());
+    let phone = baresip_phone_dialing(dir.path(), phone_port, codec, Some(&target));
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1000));
+    let logs = format!(
+        "--- sim serve\n{}\n--- serve\n{}\n--- baresip\n{}",
+        sim.process.log(),
+        server.log(),
+        phone.log()
+    );
+    let call = json_lines(&sim.process.log())
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["digest"], "SHA-256", "{call}");
+    assert_eq!(call["from"], "+15550001111", "the business number: {call}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(call["media"]["business_sent_first"], true, "{call}");
+    let hz = call["media"]["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 880.0).abs() <= 880.0 * 0.02,
+        "the user heard {hz} Hz\n{logs}"
+    );
+    let outgoing = server.wait_event("call.outgoing", |_| true, Duration::from_secs(1));
+    assert_eq!(outgoing["via"], "pbx", "{outgoing}");
+    assert_eq!(outgoing["to"], "+12195550714", "{outgoing}");
+    let up = server.wait_event("media.up", |_| true, Duration::from_secs(1));
+    assert_eq!(up["sink_codec"], relay, "{up}");
+    assert_eq!(ended["by"], "remote", "the user (sim) hung up: {ended}");
+    assert_eq!(ended["meta_call_duration_secs"], 4, "{ended}");
+    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(
+        pbx_ended["by"], "local",
+        "our BYE ended the PBX leg: {pbx_ended}"
+    );
+    let idle = server.wait_event(
+        "call.ended",
+        |e| e["server"]["calls"] == 0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(idle["server"]["media_routes"], 0, "{idle}");
+    drop(phone);
+    let sim_heard = call["media"]["heard_rms"].as_f64().unwrap();
+    assert_baresip_and_the_user_heard_each_other(dir.path(), sim_heard, &logs);
+}
+
+#[test]
+fn a_pcmu_phone_behind_the_pbx_calls_a_whatsapp_user() {
+    a_baresip_phone_calls_a_whatsapp_user_through_the_bridge("PCMU/8000/1", "pcmu");
+}
+
+#[test]
+fn an_opus_phone_behind_the_pbx_calls_a_whatsapp_user_untranscoded() {
+    a_baresip_phone_calls_a_whatsapp_user_through_the_bridge("opus/48000/2", "opus");
 }
 
 /// SIPp playing the PBX with `scenario` (tests/peers/sipp) on UDP `port`, for one call.

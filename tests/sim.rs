@@ -297,49 +297,6 @@ fn a_user_calls_a_pcma_agent_transcoded_both_ways() {
     user_calls_a_g711_agent("pcma", 8);
 }
 
-struct SimServe {
-    process: Background,
-    addr: std::net::SocketAddr,
-    cert: std::path::PathBuf,
-}
-
-fn sim_serve(dir: &std::path::Path, srtp: &str, business_host: &str, password: &str) -> SimServe {
-    let port = free_port();
-    std::fs::write(dir.join("meta-pw"), password).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let process = Background::spawn(
-        "sim serve",
-        Command::new(bin())
-            .args([
-                "sim",
-                "serve",
-                "--listen",
-                &addr.to_string(),
-                "--tls-name",
-                "127.0.0.1",
-            ])
-            .args([
-                "--business-host",
-                business_host,
-                "--hangup-after",
-                "4",
-                "--srtp",
-                srtp,
-            ])
-            .arg("--password-file")
-            .arg(dir.join("meta-pw"))
-            .arg("--state-dir")
-            .arg(dir.join("simstate")),
-        dir.join("simserve.log"),
-    );
-    wait_tcp(addr, Duration::from_secs(10));
-    SimServe {
-        process,
-        addr,
-        cert: dir.join("simstate/127.0.0.1.selfsigned.crt"),
-    }
-}
-
 fn business_call(
     dir: &std::path::Path,
     sim: &SimServe,

@@ -501,3 +501,48 @@ pub fn read_message<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> Option<watrun
         }
     }
 }
+
+/// `watrunk sim serve` playing Meta for business-initiated calls: it answers over TLS with its own
+/// self-signed certificate (`cert`), challenges with `password`, plays 440 Hz, hangs up after 4 s.
+pub struct SimServe {
+    pub process: Background,
+    pub addr: std::net::SocketAddr,
+    pub cert: std::path::PathBuf,
+}
+
+pub fn sim_serve(dir: &Path, srtp: &str, business_host: &str, password: &str) -> SimServe {
+    let port = free_port();
+    std::fs::write(dir.join("meta-pw"), password).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let process = Background::spawn(
+        "sim serve",
+        Command::new(bin())
+            .args([
+                "sim",
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--tls-name",
+                "127.0.0.1",
+            ])
+            .args([
+                "--business-host",
+                business_host,
+                "--hangup-after",
+                "4",
+                "--srtp",
+                srtp,
+            ])
+            .arg("--password-file")
+            .arg(dir.join("meta-pw"))
+            .arg("--state-dir")
+            .arg(dir.join("simstate")),
+        dir.join("simserve.log"),
+    );
+    wait_tcp(addr, Duration::from_secs(10));
+    SimServe {
+        process,
+        addr,
+        cert: dir.join("simstate/127.0.0.1.selfsigned.crt"),
+    }
+}

@@ -10,19 +10,23 @@
 //! `Stop` is the WhatsApp leg's to give.
 //!
 //! Inbound (a WhatsApp user calls): the WhatsApp leg has sent 180; the PBX leg is called at once;
-//! when the PBX answers, the WhatsApp leg answers. Either leg's end ends the other: before the
-//! answer a PBX failure becomes the WhatsApp leg's final response (mapped, with a Q.850 `Reason`),
-//! after it a BYE. Nothing the PBX does in the dialog (re-INVITE, UPDATE, hold) reaches Meta.
+//! when the PBX answers, the WhatsApp leg answers. Outbound (the PBX calls a WhatsApp user): the
+//! PBX's offer is connected at once, the WhatsApp leg calls Meta, the PBX hears 180 when Meta
+//! rings and 200 when Meta answers. Either leg's end ends the other: before the answer the called
+//! leg's failure becomes the calling leg's final response (mapped, with a Q.850 `Reason`), after
+//! it a BYE. Nothing the PBX does in the dialog (re-INVITE, UPDATE, hold) reaches Meta.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use rand::RngCore;
-use watrunk_sdp::MediaPlan;
+use watrunk_sdp::{LocalMedia, MediaPlan};
 use watrunk_sip::Response;
 
 use crate::ending::{Ending, Side};
-use crate::leg::{CallError, CallEvent, CallOutput, Leg, LegSetup, MediaIntent, OutboundCall};
+use crate::leg::{
+    CallDirection, CallError, CallEvent, CallOutput, Leg, LegSetup, MediaIntent, OutboundCall,
+};
 
 /// Which leg of a bridged call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,8 +48,14 @@ pub enum BridgeOutput {
 
 /// A WhatsApp call and its PBX leg.
 pub struct Bridge {
+    /// Inbound: the WhatsApp user called; outbound: the PBX did.
+    direction: CallDirection,
     whatsapp: Leg,
     pbx: Leg,
+    /// Outbound: the PBX leg's 180, kept until Meta rings.
+    ringing: Option<CallOutput>,
+    /// Outbound: Meta has rung.
+    rang: bool,
     /// The PBX's media as last agreed.
     pbx_plan: Option<MediaPlan>,
     /// When an unanswered PBX leg is given up (CANCEL, 480 to Meta).
@@ -64,12 +74,48 @@ impl Bridge {
     ) -> Result<Bridge, CallError> {
         let pbx = Leg::outgoing(call, pbx_setup, rng)?;
         Ok(Bridge {
+            direction: CallDirection::Inbound,
             whatsapp,
             pbx,
+            ringing: None,
+            rang: false,
             pbx_plan: None,
             ring_deadline: None,
             out: VecDeque::new(),
         })
+    }
+
+    /// The PBX's call (`pbx`, ringing, with an agreed offer) to a WhatsApp user as `call` (a
+    /// business-initiated call): the PBX's media is connected first, so the WhatsApp leg's media is
+    /// made for it; the WhatsApp leg asks for that media next. `pbx_local`: the PBX leg's local
+    /// description (the plain side of that media), which its 200 will carry.
+    pub fn outbound(
+        mut pbx: Leg,
+        pbx_local: LocalMedia,
+        call: OutboundCall,
+        whatsapp_setup: LegSetup,
+        rng: &mut impl RngCore,
+    ) -> Result<Bridge, CallError> {
+        let plan = pbx.offered_plan().cloned().ok_or(CallError::NoOffer)?;
+        pbx.media_ready(pbx_local);
+        let whatsapp = Leg::outgoing(call, whatsapp_setup, rng)?;
+        let mut out = VecDeque::new();
+        out.push_back(BridgeOutput::Connect(Box::new(plan.clone())));
+        Ok(Bridge {
+            direction: CallDirection::Outbound,
+            whatsapp,
+            pbx,
+            ringing: None,
+            rang: false,
+            pbx_plan: Some(plan),
+            ring_deadline: None,
+            out,
+        })
+    }
+
+    /// Who called: inbound, the WhatsApp user; outbound, the PBX.
+    pub fn direction(&self) -> CallDirection {
+        self.direction
     }
 
     /// Gives the PBX until `deadline` to answer: then its INVITE is cancelled and Meta gets 480
@@ -161,6 +207,13 @@ impl Bridge {
     }
 
     fn take_pbx_output(&mut self, out: CallOutput) {
+        // Outbound: the PBX hears ringing when Meta rings.
+        if let CallOutput::Respond { response, .. } = &out {
+            if response.status == 180 && self.direction == CallDirection::Outbound && !self.rang {
+                self.ringing = Some(out);
+                return;
+            }
+        }
         match out {
             CallOutput::Media(MediaIntent::Start { plan, .. })
             | CallOutput::Media(MediaIntent::Update { plan }) => {
@@ -186,15 +239,34 @@ impl Bridge {
     }
 
     fn take_whatsapp_output(&mut self, out: CallOutput) {
-        if let CallOutput::Event(CallEvent::Ended(ending)) = &out {
-            if !self.pbx.is_ended() {
-                let (reason, cause) = match ending.by {
-                    Side::Remote => ("the WhatsApp user hung up", 16),
-                    Side::Local => ("the WhatsApp leg ended", 16),
-                };
-                let reason = format!("{reason}: {}", ending.reason);
-                self.pbx.hang_up(&reason, cause);
+        match &out {
+            CallOutput::Event(CallEvent::Ringing) => {
+                self.rang = true;
+                if let Some(ringing) = self.ringing.take() {
+                    self.out.push_back(BridgeOutput::Leg(LegId::Pbx, ringing));
+                }
             }
+            // Outbound: Meta answered, so the PBX's call is (its 200 carries the local
+            // description it was given).
+            CallOutput::Event(CallEvent::Answered) if self.pbx.is_ringing() => {
+                let _ = self.pbx.answer();
+            }
+            CallOutput::Event(CallEvent::Ended(ending)) if !self.pbx.is_ended() => {
+                if self.pbx.is_ringing() {
+                    // Outbound, unanswered: Meta's refusal is the PBX's final response.
+                    let response = refusal(ending, "WhatsApp");
+                    let reason = format!("the WhatsApp leg failed: {}", ending.reason);
+                    let _ = self.pbx.reject(response, reason);
+                } else {
+                    let (reason, cause) = match ending.by {
+                        Side::Remote => ("the WhatsApp user hung up", 16),
+                        Side::Local => ("the WhatsApp leg ended", 16),
+                    };
+                    let reason = format!("{reason}: {}", ending.reason);
+                    self.pbx.hang_up(&reason, cause);
+                }
+            }
+            _ => {}
         }
         self.out.push_back(BridgeOutput::Leg(LegId::WhatsApp, out));
     }
@@ -206,19 +278,7 @@ impl Bridge {
             return;
         }
         if self.whatsapp.is_ringing() {
-            let (status, phrase, cause) = match (ending.status, ending.q850_cause) {
-                // We refused the PBX's answer (no common codec): the call cannot carry audio.
-                (None, Some(65)) => (488, "Not Acceptable Here", 65),
-                (status, _) => whatsapp_status_for(status),
-            };
-            let mut response = Response::new(status, phrase);
-            response.headers.push(
-                "Reason",
-                format!(
-                    "Q.850;cause={cause};text=\"{}\"",
-                    format!("PBX: {}", ending.reason).replace(['"', '\\'], "'")
-                ),
-            );
+            let response = refusal(ending, "PBX");
             let reason = format!("the PBX leg failed: {}", ending.reason);
             let _ = self.whatsapp.reject(response, reason);
         } else {
@@ -227,6 +287,25 @@ impl Bridge {
                 .hang_up(&format!("the PBX leg ended: {}", ending.reason), cause);
         }
     }
+}
+
+/// The calling leg's final response for the called leg's failure (`ending`), with its Q.850 cause
+/// in `Reason`; `called` names the called side in the text.
+fn refusal(ending: &Ending, called: &str) -> Response {
+    let (status, phrase, cause) = match (ending.status, ending.q850_cause) {
+        // We refused the called side's answer (no common codec): the call cannot carry audio.
+        (None, Some(65)) => (488, "Not Acceptable Here", 65),
+        (status, _) => whatsapp_status_for(status),
+    };
+    let mut response = Response::new(status, phrase);
+    response.headers.push(
+        "Reason",
+        format!(
+            "Q.850;cause={cause};text=\"{}\"",
+            format!("{called}: {}", ending.reason).replace(['"', '\\'], "'")
+        ),
+    );
+    response
 }
 
 /// The final response to Meta for a PBX leg that failed with `status` (none: no final response
@@ -238,6 +317,8 @@ pub fn whatsapp_status_for(status: Option<u16>) -> (u16, &'static str, u16) {
         Some(603) => (603, "Decline", 21),
         Some(480) | Some(408) | Some(487) => (480, "Temporarily Unavailable", 19),
         Some(415) | Some(488) | Some(606) => (488, "Not Acceptable Here", 88),
+        // The far side refused our credentials: the trunk's own failure.
+        Some(401) | Some(403) | Some(407) => (503, "Service Unavailable", 41),
         Some(s) if s >= 500 => (503, "Service Unavailable", 41),
         Some(_) => (480, "Temporarily Unavailable", 21),
         None => (503, "Service Unavailable", 38),

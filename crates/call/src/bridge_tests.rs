@@ -534,3 +534,158 @@ fn a_malformed_pbx_reoffer_is_refused_on_its_leg_and_changes_nothing() {
     assert!(bridge.leg(LegId::Pbx).is_answered());
     assert!(bridge.leg(LegId::WhatsApp).is_answered());
 }
+
+/// The PBX calls a WhatsApp user: Asterisk's INVITE (its PCMU offer) to +12195550714 at us.
+fn pbx_calls_whatsapp() -> (Bridge, Request, TransactionLayer) {
+    let mut invite = Request::new(
+        Method::INVITE,
+        Uri::parse("sip:+12195550714@198.18.0.1:5060").unwrap(),
+    );
+    invite
+        .headers
+        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxcall1");
+    invite.headers.push("Max-Forwards", "70");
+    invite
+        .headers
+        .push("From", "\"Agent 201\" <sip:201@198.18.0.20>;tag=ast1");
+    invite.headers.push("To", "<sip:+12195550714@198.18.0.1>");
+    invite.headers.push("Call-ID", "pbx-call-1@198.18.0.20");
+    invite.headers.push("CSeq", "102 INVITE");
+    invite.headers.push("Contact", "<sip:201@198.18.0.20:5060>");
+    invite.headers.push("Content-Type", "application/sdp");
+    invite.body = asterisk_answer();
+    let tx = server_transaction(&invite);
+    let pbx = Leg::incoming(invite.clone(), tx, pbx_setup(), &mut rng()).unwrap();
+    let meta = OutboundCall {
+        from_number: "+15550001111".into(),
+        hostname: "sip.example.com".into(),
+        to_user: "+12195550714".into(),
+        domain: "wa.meta.vc".into(),
+        transport: "tls".into(),
+        password: Some("pw".into()),
+    };
+    let bridge = Bridge::outbound(
+        pbx,
+        pbx_local(),
+        meta,
+        crate::tests::setup(Security::Sdes),
+        &mut rng(),
+    )
+    .unwrap();
+    (bridge, invite, layer())
+}
+
+#[test]
+fn a_pbx_call_connects_its_offer_first_then_calls_meta() {
+    let (mut bridge, _invite, mut layer) = pbx_calls_whatsapp();
+    assert_eq!(bridge.direction(), CallDirection::Outbound);
+    let out = drain(&mut bridge);
+    let BridgeOutput::Connect(plan) = &out[0] else {
+        panic!("the PBX's media is connected before the WhatsApp leg's is made: {out:?}");
+    };
+    assert_eq!(plan.remote_rtp, Some(PBX_RTP.parse().unwrap()));
+    assert_eq!((plan.codec, plan.audio_pt), (Codec::Pcmu, 0));
+    assert!(
+        responded(&out, LegId::Pbx).is_empty(),
+        "no 180 before Meta rings: {out:?}"
+    );
+    assert!(matches!(
+        of(&out, LegId::WhatsApp)[..],
+        [CallOutput::Media(MediaIntent::Prepare {
+            security: Security::Sdes,
+            ..
+        })]
+    ));
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .media_ready(local_media(Security::Sdes));
+    let invite = sent(&drain(&mut bridge), LegId::WhatsApp).remove(0);
+    assert_eq!(
+        invite.uri.to_string(),
+        "sip:+12195550714@wa.meta.vc;transport=tls"
+    );
+    assert_eq!(
+        invite.from().unwrap().uri.user_base(),
+        Some("+15550001111"),
+        "from the business number"
+    );
+    let (tx, sent_invite) = send_on(&mut bridge, LegId::WhatsApp, &mut layer, invite);
+
+    // Meta rings: now the PBX hears 180.
+    bridge.leg_mut(LegId::WhatsApp).handle_response(
+        Instant::now(),
+        tx,
+        &response_to(&sent_invite, 180, "m1"),
+    );
+    let out = drain(&mut bridge);
+    let to_pbx = responded(&out, LegId::Pbx);
+    assert_eq!(to_pbx.len(), 1);
+    assert_eq!(to_pbx[0].status, 180);
+
+    // Meta answers: ACK to Meta, and the PBX gets its 200 with our plain side in PCMU.
+    let mut ok = response_to(&sent_invite, 200, "m1");
+    ok.headers
+        .push("Contact", "<sip:+12195550714@wa.meta.vc;transport=tls>");
+    ok.body = crate::tests::meta_sdes_answer(&sent_invite);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .handle_response(Instant::now(), tx, &ok);
+    let out = drain(&mut bridge);
+    assert_eq!(sent(&out, LegId::WhatsApp)[0].method, Method::ACK);
+    let to_pbx = responded(&out, LegId::Pbx);
+    assert_eq!(to_pbx.len(), 1, "{out:?}");
+    assert_eq!(to_pbx[0].status, 200);
+    let sdp = String::from_utf8(to_pbx[0].body.clone()).unwrap();
+    assert!(sdp.contains("m=audio 30000 RTP/AVP 0 101\r\n"), "{sdp}");
+    assert!(sdp.contains("c=IN IP4 198.18.0.1\r\n"), "{sdp}");
+    assert!(bridge.leg(LegId::WhatsApp).is_answered());
+}
+
+#[test]
+fn meta_busy_is_the_pbx_calls_486_with_its_cause() {
+    let (mut bridge, _invite, mut layer) = pbx_calls_whatsapp();
+    drain(&mut bridge);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .media_ready(local_media(Security::Sdes));
+    let invite = sent(&drain(&mut bridge), LegId::WhatsApp).remove(0);
+    let (tx, sent_invite) = send_on(&mut bridge, LegId::WhatsApp, &mut layer, invite);
+    bridge.leg_mut(LegId::WhatsApp).handle_response(
+        Instant::now(),
+        tx,
+        &response_to(&sent_invite, 486, "m1"),
+    );
+    let out = drain(&mut bridge);
+    let to_pbx = responded(&out, LegId::Pbx);
+    assert_eq!(to_pbx.len(), 1, "{out:?}");
+    assert_eq!(to_pbx[0].status, 486);
+    let reason = to_pbx[0].headers.get("Reason").unwrap();
+    assert!(reason.starts_with("Q.850;cause=17;"), "{reason}");
+    assert!(bridge.is_ended());
+}
+
+#[test]
+fn the_pbx_cancelling_cancels_the_call_to_meta() {
+    let (mut bridge, invite, mut layer) = pbx_calls_whatsapp();
+    drain(&mut bridge);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .media_ready(local_media(Security::Sdes));
+    let meta_invite = sent(&drain(&mut bridge), LegId::WhatsApp).remove(0);
+    let (tx, sent_invite) = send_on(&mut bridge, LegId::WhatsApp, &mut layer, meta_invite);
+    bridge.leg_mut(LegId::WhatsApp).handle_response(
+        Instant::now(),
+        tx,
+        &response_to(&sent_invite, 180, "m1"),
+    );
+    drain(&mut bridge);
+    let cancel = build_cancel(&invite);
+    bridge.leg_mut(LegId::Pbx).handle_cancel(&cancel);
+    let out = drain(&mut bridge);
+    assert!(
+        of(&out, LegId::WhatsApp)
+            .iter()
+            .any(|c| matches!(c, CallOutput::Cancel { invite } if *invite == tx)),
+        "{out:?}"
+    );
+}

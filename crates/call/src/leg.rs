@@ -196,6 +196,8 @@ pub enum CallError {
     NoDtmf,
     #[error("configuration: {0} does not make a SIP URI")]
     BadTarget(String),
+    #[error("peer: the INVITE has no SDP offer, and this call needs the peer's media first")]
+    NoOffer,
 }
 
 struct Ringing {
@@ -513,6 +515,14 @@ impl Leg {
     /// Up or answered: media may flow.
     pub fn is_answered(&self) -> bool {
         matches!(self.state, State::Accepted(_) | State::Up(_))
+    }
+
+    /// Inbound, before the answer: the plan the INVITE's offer agreed (None without an offer).
+    pub fn offered_plan(&self) -> Option<&MediaPlan> {
+        match &self.state {
+            State::Ringing(r) => r.offer.as_ref().map(AgreedOffer::plan),
+            _ => None,
+        }
     }
 
     /// The plan media runs now, once negotiated.

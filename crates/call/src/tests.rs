@@ -518,7 +518,7 @@ fn outbound_hang_up_while_ringing_cancels() {
 }
 
 /// Meta's SDES answer to our INVITE's offer, as its relay writes it (ICE-lite, its own key).
-fn meta_sdes_answer(invite: &Request) -> Vec<u8> {
+pub(crate) fn meta_sdes_answer(invite: &Request) -> Vec<u8> {
     let offer = watrunk_sdp::parse(&invite.body).unwrap();
     let mut meta = local_media(Security::Sdes);
     meta.ice_lite = true;

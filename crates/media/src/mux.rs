@@ -26,6 +26,8 @@ use crate::batch::Batch;
 use crate::demux::{classify, PacketKind};
 use crate::quiet::{sweep_loop, QuietSinks, SinkClock};
 use crate::relay::InboundRoute;
+use crate::restamp::SinkPayloads;
+use crate::transcode::ToSink;
 use crate::role::{RoleConflicts, Verdict};
 
 /// Largest datagram we read; anything longer is truncated and fails authentication.
@@ -45,6 +47,8 @@ pub(crate) fn plain_key(remote: SocketAddr) -> String {
 enum RouteCommand {
     Add(SocketAddr, Box<InboundRoute>, Handover),
     Move(SocketAddr, SocketAddr),
+    /// The route of this remote address sends to another sink, or in another codec.
+    Retarget(SocketAddr, Box<SinkTarget>),
     /// Answered once the route is gone, so a call that ends leaves nothing behind.
     Remove(SocketAddr, tokio::sync::oneshot::Sender<()>),
 }
@@ -65,6 +69,13 @@ struct SlowSenders {
 pub(crate) struct Handover {
     pub slow_path_key: String,
     pub early: mpsc::Receiver<Vec<u8>>,
+}
+
+/// What a route sends to: the sink, its payload types, and for a G.711 sink its transcoder.
+pub(crate) struct SinkTarget {
+    pub sink: SocketAddr,
+    pub payloads: SinkPayloads,
+    pub to_sink: Option<Box<ToSink>>,
 }
 
 /// A packet and its source, boxed: a channel's block of 32 of them lives as long as the call.
@@ -197,6 +208,13 @@ impl MediaSocket {
 
     pub(crate) async fn move_route(&self, from: SocketAddr, to: SocketAddr) {
         let _ = self.commands.send(RouteCommand::Move(from, to)).await;
+    }
+
+    pub(crate) async fn retarget_route(&self, remote: SocketAddr, target: Box<SinkTarget>) {
+        let _ = self
+            .commands
+            .send(RouteCommand::Retarget(remote, target))
+            .await;
     }
 
     pub(crate) async fn remove_route(&self, remote: SocketAddr) {
@@ -408,6 +426,14 @@ async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteComman
                             route.handle(&mut packet, now);
                         }
                         routes.insert(remote, route);
+                    }
+                    Some(RouteCommand::Retarget(remote, target)) => {
+                        if let Some(route) = routes.get_mut(&remote) {
+                            let SinkTarget { sink, payloads, to_sink } = *target;
+                            route.sink = sink;
+                            route.payloads.sink = payloads;
+                            route.to_sink = to_sink;
+                        }
                     }
                     Some(RouteCommand::Move(from, to)) => {
                         if let Some(route) = routes.remove(&from) {

@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::dtmf::DtmfSender;
-use crate::mux::MediaSocket;
+use crate::mux::{MediaSocket, SinkTarget};
 use crate::quiet::SinkClock;
 use crate::relay::{sender_report, InboundCounters, SenderInfo};
 use crate::restamp::{PayloadMap, Restamper, FRAME};
@@ -19,7 +19,7 @@ use crate::transcode::FromSink;
 use crate::MediaError;
 
 use crate::session::{
-    set_routed, Command, Leftovers, MediaEvent, Stats, FIRST_RTCP, MTU, RTCP_INTERVAL,
+    set_routed, transcoders, Command, Leftovers, Retarget, MediaEvent, Stats, FIRST_RTCP, MTU, RTCP_INTERVAL,
     SINK_SILENCE, TAG_ROOM,
 };
 
@@ -70,8 +70,8 @@ pub(crate) async fn write_loop(
     let mut dtmf: Option<DtmfSender> = None;
     let mut dtmf_queue: std::collections::VecDeque<DtmfSender> =
         std::collections::VecDeque::with_capacity(16);
-    let payloads = out.payloads;
-    let (app, sink) = (out.app.clone(), out.sink);
+    let mut payloads = out.payloads;
+    let (app, mut sink) = (out.app.clone(), out.sink);
     let speak_first = out.speak_first;
     let may_speak = |inbound: &InboundCounters| {
         speak_first || inbound.packets.load(std::sync::atomic::Ordering::Relaxed) > 0
@@ -142,6 +142,19 @@ pub(crate) async fn write_loop(
                             target = out.socket.target(moved);
                         }
                         Command::Moved(_) => {}
+                        Command::Retarget(to) => {
+                            let Retarget { sink: moved_to, audio, payloads: sink_payloads } = *to;
+                            let (to_sink, new_from_sink) = transcoders(audio)?;
+                            out.socket
+                                .retarget_route(
+                                    out.remote,
+                                    Box::new(SinkTarget { sink: moved_to, payloads: sink_payloads, to_sink }),
+                                )
+                                .await;
+                            sink = moved_to;
+                            payloads.sink = sink_payloads;
+                            from_sink = new_from_sink;
+                        }
                     }
                 }
                 if now >= next_report && may_speak(inbound) {

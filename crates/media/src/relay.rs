@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::demux::is_rtcp;
-use crate::restamp::{PayloadMap, LOCAL_OPUS_PT};
+use crate::restamp::PayloadMap;
 use crate::session::MediaEvent;
 use crate::srtp::SrtpContext;
 use crate::transcode::ToSink;
@@ -109,7 +109,7 @@ impl InboundRoute {
         self.receive_stats(rtp, now);
         self.payloads.to_local(rtp);
         match &mut self.to_sink {
-            Some(to_sink) if rtp[1] & 0x7f == LOCAL_OPUS_PT => {
+            Some(to_sink) if rtp[1] & 0x7f == self.payloads.sink.audio => {
                 let (app, sink, counters) = (&self.app, self.sink, &self.counters);
                 to_sink.forward(rtp, |g711| {
                     if app.try_send_to(g711, sink).is_err() {

@@ -273,13 +273,31 @@ mod tests {
     }
 }
 
-/// Payload types on the local side are fixed whatever the far side negotiated: Opus is 111 and
-/// telephone-event/8000 is 126 (WhatsApp's own numbers), so a sink needs no SDP. The relay rewrites
-/// the PT byte both ways; payloads are untouched.
+/// The far side's payload types and the sink's: the relay rewrites the PT byte both ways;
+/// payloads are untouched.
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadMap {
     pub remote_audio: u8,
     pub remote_dtmf: Option<u8>,
+    pub sink: SinkPayloads,
+}
+
+/// The payload types the sink uses for Opus and telephone-event/8000. A sink without SDP (a voice
+/// agent) uses WhatsApp's own numbers whatever the far side negotiated, 111 and 126; a PBX uses
+/// what its SDP agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkPayloads {
+    pub audio: u8,
+    pub dtmf: u8,
+}
+
+impl Default for SinkPayloads {
+    fn default() -> Self {
+        SinkPayloads {
+            audio: LOCAL_OPUS_PT,
+            dtmf: LOCAL_DTMF_PT,
+        }
+    }
 }
 
 pub const LOCAL_OPUS_PT: u8 = 111;
@@ -301,10 +319,10 @@ impl PayloadMap {
         if packet.len() < 12 {
             return false;
         }
-        Self::rewrite(packet, LOCAL_OPUS_PT, self.remote_audio)
+        Self::rewrite(packet, self.sink.audio, self.remote_audio)
             || self
                 .remote_dtmf
-                .is_some_and(|d| Self::rewrite(packet, LOCAL_DTMF_PT, d))
+                .is_some_and(|d| Self::rewrite(packet, self.sink.dtmf, d))
     }
 
     /// A packet from the far side, toward the sink: other PTs pass as they are.
@@ -312,9 +330,9 @@ impl PayloadMap {
         if packet.len() < 12 {
             return;
         }
-        if !Self::rewrite(packet, self.remote_audio, LOCAL_OPUS_PT) {
+        if !Self::rewrite(packet, self.remote_audio, self.sink.audio) {
             if let Some(d) = self.remote_dtmf {
-                Self::rewrite(packet, d, LOCAL_DTMF_PT);
+                Self::rewrite(packet, d, self.sink.dtmf);
             }
         }
     }
@@ -329,6 +347,7 @@ mod payload_map_tests {
         let map = PayloadMap {
             remote_audio: 96,
             remote_dtmf: Some(101),
+            sink: SinkPayloads::default(),
         };
         let mut p = [0x80, 0x80 | 111, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
         assert!(map.to_remote(&mut p));
@@ -343,5 +362,27 @@ mod payload_map_tests {
             !map.to_remote(&mut other),
             "PCMU from the sink is not sent to a WhatsApp leg"
         );
+    }
+
+    #[test]
+    fn a_pbx_sink_keeps_its_own_payload_types() {
+        let map = PayloadMap {
+            remote_audio: 111,
+            remote_dtmf: Some(126),
+            sink: SinkPayloads {
+                audio: 107,
+                dtmf: 101,
+            },
+        };
+        let mut opus = [0x80, 107, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        assert!(map.to_remote(&mut opus));
+        assert_eq!(opus[1], 111);
+        map.to_local(&mut opus);
+        assert_eq!(opus[1], 107);
+        let mut dtmf = [0x80, 0x80 | 126, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        map.to_local(&mut dtmf);
+        assert_eq!(dtmf[1], 0x80 | 101);
+        assert!(map.to_remote(&mut dtmf));
+        assert_eq!(dtmf[1], 0x80 | 126);
     }
 }

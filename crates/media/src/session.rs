@@ -46,7 +46,7 @@ use crate::mux::{plain_key, Handover, MediaSocket, SlowPath};
 use crate::outbound::{write_loop, Outbound};
 use crate::quiet::SinkClock;
 use crate::relay::{InboundCounters, InboundRoute, Reception};
-use crate::restamp::PayloadMap;
+use crate::restamp::{PayloadMap, SinkPayloads};
 use crate::srtp::SrtpProfile;
 use crate::transcode::{FromSink, SinkAudio, ToSink};
 use crate::MediaError;
@@ -102,6 +102,8 @@ pub struct MediaConfig {
     pub speak_first: bool,
     /// What the sink speaks: Opus (relayed as it is) or G.711 (transcoded both ways).
     pub sink_audio: SinkAudio,
+    /// The payload types the sink uses for Opus and telephone-event.
+    pub sink_payloads: SinkPayloads,
 }
 
 impl MediaConfig {
@@ -120,6 +122,7 @@ impl MediaConfig {
             dtls_profiles: vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80],
             speak_first: true,
             sink_audio: SinkAudio::Opus,
+            sink_payloads: SinkPayloads::default(),
             seed,
         }
     }
@@ -492,6 +495,8 @@ pub struct MediaSession {
 
 pub(crate) enum Command {
     Dtmf(DtmfSender),
+    /// The sink moved, or changed its codec (a PBX's re-offer).
+    Retarget(Box<Retarget>),
     /// The agent selected another pair: the call's packets now go to (and come from) there.
     Moved(SocketAddr),
 }
@@ -517,6 +522,25 @@ impl MediaSession {
         Ok(())
     }
 
+    /// The sink is now `sink`, speaking `audio` with `payloads` (a PBX that moved its media or
+    /// changed codec): both directions follow from the next packet on.
+    pub fn retarget(
+        &self,
+        sink: SocketAddr,
+        audio: SinkAudio,
+        payloads: SinkPayloads,
+    ) -> Result<(), MediaError> {
+        self.commands
+            .try_send(Command::Retarget(Box::new(Retarget {
+                sink,
+                audio,
+                payloads,
+            })))
+            .map_err(|_| MediaError::Local("media command queue full or call ended".into()))?;
+        self.clock.poke();
+        Ok(())
+    }
+
     /// Ends the media and waits until every socket and task of the call is gone. Returns the events
     /// not yet received; a call that got past set-up ends them with its final `Stats`.
     pub async fn stop(mut self) -> Vec<MediaEvent> {
@@ -528,6 +552,30 @@ impl MediaSession {
         }
         rest
     }
+}
+
+/// Where the sink is now, and what it speaks.
+#[derive(Debug)]
+pub(crate) struct Retarget {
+    pub sink: SocketAddr,
+    pub audio: SinkAudio,
+    pub payloads: SinkPayloads,
+}
+
+/// The transcoders for a sink speaking `audio` (none for Opus): the far side's Opus toward it, and
+/// its audio toward the far side.
+pub(crate) type Transcoders = (Option<Box<ToSink>>, Option<Box<FromSink>>);
+
+pub(crate) fn transcoders(audio: SinkAudio) -> Result<Transcoders, MediaError> {
+    Ok(match audio {
+        SinkAudio::Opus => (None, None),
+        SinkAudio::G711(law) => (
+            Some(Box::new(ToSink::new(law).map_err(local_error)?)),
+            Some(Box::new(
+                FromSink::new(law, SINK_FEC_LOSS_PERCENT).map_err(local_error)?,
+            )),
+        ),
+    })
 }
 
 /// What a set-up call keeps: its outbound side, its inbound counters, and what answers or sends
@@ -743,16 +791,9 @@ async fn set_up(
     let payloads = PayloadMap {
         remote_audio: plan.audio_pt,
         remote_dtmf: plan.dtmf_pt,
+        sink: cfg.sink_payloads,
     };
-    let (to_sink, from_sink) = match cfg.sink_audio {
-        SinkAudio::Opus => (None, None),
-        SinkAudio::G711(law) => (
-            Some(Box::new(ToSink::new(law).map_err(local_error)?)),
-            Some(Box::new(
-                FromSink::new(law, SINK_FEC_LOSS_PERCENT).map_err(local_error)?,
-            )),
-        ),
-    };
+    let (to_sink, from_sink) = transcoders(cfg.sink_audio)?;
     let route = Box::new(InboundRoute {
         srtp: inbound,
         to_sink,

@@ -299,6 +299,9 @@ pub struct PbxTarget {
     pub codecs: Vec<watrunk_sdp::Codec>,
     /// How long it may ring before the call is given up.
     pub ring_timeout: Duration,
+    /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
+    /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
+    pub sources: Vec<std::net::IpAddr>,
 }
 
 impl PbxTarget {
@@ -340,6 +343,7 @@ impl PbxTarget {
                 watrunk_sdp::Codec::TelephoneEvent,
             ],
             ring_timeout: Duration::from_secs(60),
+            sources: Vec::new(),
         })
     }
 }

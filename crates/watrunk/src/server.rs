@@ -10,6 +10,7 @@ mod commands;
 mod connections;
 mod hops;
 mod media_task;
+mod pbx;
 mod registry;
 
 pub use calls::CallInput;
@@ -79,6 +80,15 @@ pub async fn run_with(
             shared.clone(),
         ));
         udp_sockets.push(sock);
+    }
+    if let Some(pbx) = cfg.calls.pbx.as_mut() {
+        match tokio::net::lookup_host((pbx.host.as_str(), pbx.port)).await {
+            Ok(addrs) => pbx.sources = addrs.map(|a| a.ip().to_canonical()).collect(),
+            Err(e) => tracing::warn!(
+                "cannot look up the PBX {}: {e}; calls from it are not recognised",
+                pbx.host
+            ),
+        }
     }
     if let Some(addr) = cfg.tcp {
         let l = TcpListener::bind(addr)
@@ -469,6 +479,9 @@ impl Core {
             r.headers.push("Allow", self.policy.allow_header());
             r.headers.push("Accept", "application/sdp");
             return Some(r);
+        }
+        if req.method == Method::INVITE && self.is_from_pbx(from) {
+            return self.pbx_invite(id, req, &to_tag);
         }
         if req.method == Method::INVITE {
             let now_secs = self.started.elapsed().as_secs() + 1;

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use watrunk_call::{
     Bridge, BridgeOutput, CallDirection, CallEvent, CallOutput, Leg, LegId, LegPolicy, LegSetup,
-    Local, MediaIntent, MetaHeaders, OutboundCall,
+    Local, MediaIntent, MetaHeaders,
 };
-use watrunk_media::{IceConnected, Law, MediaError, MediaEvent, SinkAudio};
-use watrunk_sdp::{Capabilities, Codec, LocalMedia, MediaPlan, Security};
+use watrunk_media::{IceConnected, MediaError, MediaEvent};
+use watrunk_sdp::{Capabilities, Security};
 use watrunk_sip::transaction::{Peer, TransactionId};
 use watrunk_sip::{Message, Request, Response, Uri};
 
@@ -22,7 +22,7 @@ use super::commands::Command;
 use super::media_task::{media_failure, MediaCmd, Ready};
 use super::registry::{CallKey, Entry, Parties, Session};
 use super::{reply, Core, SERVER};
-use crate::config::{NumberConfig, PbxTarget, Srtp};
+use crate::config::{NumberConfig, Srtp};
 
 /// What the call tasks, the resolver and the API tell the core.
 pub enum CallInput {
@@ -397,7 +397,7 @@ impl Core {
             let (leg, out) = match out {
                 BridgeOutput::Leg(leg, out) => (leg, out),
                 BridgeOutput::Connect(plan) => {
-                    connect_to_pbx(entry, &plan);
+                    super::pbx::connect_to_pbx(entry, &plan);
                     continue;
                 }
             };
@@ -498,7 +498,7 @@ impl Core {
 
     /// Reports `call.ended` and forgets the call once its signalling (both legs, when bridged)
     /// and its media are done.
-    fn finish(&mut self, key: CallKey) {
+    pub(super) fn finish(&mut self, key: CallKey) {
         let done = self
             .calls
             .get(key)
@@ -581,125 +581,5 @@ fn sink_codec_name(audio: watrunk_media::SinkAudio) -> &'static str {
         watrunk_media::SinkAudio::Opus => "opus",
         watrunk_media::SinkAudio::G711(watrunk_media::Law::Mu) => "pcmu",
         watrunk_media::SinkAudio::G711(watrunk_media::Law::A) => "pcma",
-    }
-}
-
-/// The PBX answered (or re-negotiated): the WhatsApp leg's media talks to its RTP address in the
-/// codec agreed with it. A hold or resume changes neither (the relay keeps sending both ways, so
-/// that neither side's RTP timeout fires).
-fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
-    let sink = plan.remote_rtp.unwrap_or(entry.sink);
-    let audio = match plan.codec {
-        Codec::Pcmu => SinkAudio::G711(Law::Mu),
-        Codec::Pcma => SinkAudio::G711(Law::A),
-        Codec::Opus | Codec::TelephoneEvent => SinkAudio::Opus,
-    };
-    if entry.media.is_some() {
-        if (sink, audio) != (entry.sink, entry.sink_audio) {
-            // The relay does not follow a running call to a new address or codec yet.
-            tracing::warn!(
-                "call {}: the PBX moved its media to {sink} ({:?}); the relay keeps {} ({:?})",
-                entry.id,
-                audio,
-                entry.sink,
-                entry.sink_audio
-            );
-        }
-        return;
-    }
-    entry.sink = sink;
-    entry.sink_audio = audio;
-}
-
-impl Core {
-    /// The PBX leg's configuration toward `pbx` for one of our numbers: plain RTP, our codecs,
-    /// in-dialog offer/answer (hold, refreshes) answered on this leg only.
-    fn pbx_setup(&self, pbx: &PbxTarget, number: &str) -> LegSetup {
-        let us = self
-            .cfg
-            .udp
-            .map(|a| super::udp_hostport(&self.cfg.hostname, a))
-            .unwrap_or_else(|| self.cfg.hostname.clone());
-        LegSetup {
-            local: Local {
-                contact: format!("<sip:{number}@{us};transport=udp>"),
-                user_agent: SERVER.to_string(),
-                warning_host: self.cfg.hostname.clone(),
-            },
-            capabilities: Capabilities::pbx(Security::Plain, pbx.codecs.clone()),
-            policy: LegPolicy::generic(),
-        }
-    }
-
-    /// The PBX leg's INVITE: the business number at the PBX, from the WhatsApp caller.
-    fn pbx_call(&self, pbx: &PbxTarget, caller: &str, number: &str) -> OutboundCall {
-        OutboundCall {
-            from_number: caller.to_string(),
-            hostname: self.cfg.hostname.clone(),
-            to_user: number.to_string(),
-            domain: pbx.hostport.clone(),
-            transport: "udp".into(),
-            password: None,
-        }
-    }
-
-    /// The PBX leg asks for its local description (the plain side of the call's media, bound
-    /// now so that the offer can name it); its other intents are the bridge's.
-    fn pbx_media(&mut self, key: CallKey, intent: MediaIntent) {
-        let MediaIntent::Prepare { .. } = intent else {
-            return;
-        };
-        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
-            return;
-        };
-        let caps = Capabilities::pbx(Security::Plain, pbx.codecs.clone());
-        let bound = std::net::UdpSocket::bind(SocketAddr::new(media.ip, 0));
-        let Some(entry) = self.calls.get_mut(key) else {
-            return;
-        };
-        match bound.and_then(|s| Ok((s.local_addr()?, s))) {
-            Ok((addr, socket)) => {
-                let announced = SocketAddr::new(media.public_ip.unwrap_or(addr.ip()), addr.port());
-                let local =
-                    LocalMedia::for_capabilities(&caps, &mut self.rng).with_candidates([announced]);
-                entry.local_rtp = Some(addr);
-                entry.plain_socket = Some(std::sync::Arc::new(socket));
-                entry.leg.leg_mut(LegId::Pbx).media_ready(local);
-            }
-            Err(e) => {
-                tracing::warn!("call {}: no local RTP port for the PBX: {e}", entry.id);
-                entry
-                    .leg
-                    .leg_mut(LegId::Pbx)
-                    .media_failed(watrunk_call::MediaFailure {
-                        fault: watrunk_call::Fault::Local,
-                        detail: format!("no local RTP port: {e}"),
-                    });
-            }
-        }
-        self.pump(key);
-    }
-
-    /// What the PBX leg does, as events of the call.
-    fn pbx_event(&mut self, key: CallKey, ev: CallEvent) {
-        let Some(entry) = self.calls.get(key) else {
-            return;
-        };
-        match ev {
-            CallEvent::Ringing => self
-                .events
-                .emit(json!({"event": "pbx.ringing", "call": entry.id})),
-            CallEvent::Answered => self
-                .events
-                .emit(json!({"event": "pbx.answered", "call": entry.id})),
-            CallEvent::Ended(ending) => {
-                self.events.emit(json!({
-                    "event": "pbx.ended", "call": entry.id, "by": ending.by.name(),
-                    "status": ending.status, "reason": ending.reason, "sip_reason": ending.sip_reason,
-                }));
-                self.finish(key);
-            }
-            _ => {}
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! A call's media task: it prepares our local description for the leg's `Prepare`, reports it,
 //! starts the session on `Start`, forwards the session's events to the core and the core's
-//! commands (DTMF, stop) to the session. The core never awaits it: they talk over bounded channels.
+//! commands (DTMF, a moved sink, stop) to the session. The core never awaits it: they talk over bounded channels.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc;
 use watrunk_call::{Fault, MediaFailure};
 use watrunk_media::{
-    IceRole, Identity, MediaConfig, MediaError, MediaSession, MediaSocket, Prepared,
+    IceRole, Identity, MediaConfig, MediaError, MediaSession, MediaSocket, Prepared, SinkAudio,
+    SinkPayloads,
 };
 use watrunk_sdp::{self as sdp, Capabilities, LocalMedia, Security};
 
@@ -32,7 +33,17 @@ pub(super) enum MediaCmd {
         ssrc: u32,
     },
     Dtmf(String),
+    /// The PBX moved its media or changed codec (bridged calls).
+    Retarget(Box<SinkChange>),
     Stop,
+}
+
+/// Where a bridged call's media meets the PBX now, and in what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SinkChange {
+    pub(super) sink: SocketAddr,
+    pub(super) audio: SinkAudio,
+    pub(super) payloads: SinkPayloads,
 }
 
 /// The media every call shares: one UDP socket, one DTLS identity.
@@ -74,6 +85,7 @@ impl Core {
         );
         cfg.media_ip6 = media.ip6;
         cfg.sink_audio = entry.sink_audio;
+        cfg.sink_payloads = entry.sink_payloads;
         cfg.app_socket = entry.plain_socket.clone();
         cfg.public_ip = media.public_ip;
         let (tx, rx) = mpsc::channel(16);
@@ -122,6 +134,7 @@ async fn run_media(
                     }
                 }
                 Some(MediaCmd::Start { .. }) => {}
+                Some(MediaCmd::Retarget(c)) => retarget(key, &session, &c),
                 Some(MediaCmd::Stop) | None => break,
             },
         }
@@ -186,10 +199,13 @@ async fn set_up_media(
             result: Ok(ready),
         })
         .await;
+    // A change before the start: the media starts where it was prepared, then follows.
+    let mut change = None;
     let (plan, ssrc) = loop {
         match commands.recv().await {
             Some(MediaCmd::Start { plan, ssrc }) => break (plan, ssrc),
             Some(MediaCmd::Dtmf(_)) => continue,
+            Some(MediaCmd::Retarget(c)) => change = Some(c),
             Some(MediaCmd::Stop) | None => {
                 Box::pin(prepared.close()).await;
                 let _ = core.send(CallInput::MediaStopped { key }).await;
@@ -197,5 +213,15 @@ async fn set_up_media(
             }
         }
     };
-    Some((prepared.start(*plan, ssrc), commands))
+    let session = prepared.start(*plan, ssrc);
+    if let Some(c) = change {
+        retarget(key, &session, &c);
+    }
+    Some((session, commands))
+}
+
+fn retarget(key: CallKey, session: &MediaSession, c: &SinkChange) {
+    if let Err(e) = session.retarget(c.sink, c.audio, c.payloads) {
+        tracing::info!("call {key}: media to {}: {e}", c.sink);
+    }
 }

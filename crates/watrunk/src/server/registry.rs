@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use watrunk_call::{Bridge, BridgeOutput, Ending, Leg, LegId, MetaHeaders};
-use watrunk_media::{SinkAudio, Stats};
+use watrunk_media::{SinkAudio, SinkPayloads, Stats};
 use watrunk_sip::transaction::{Peer, TransactionId};
 
 use super::media_task::MediaCmd;
@@ -94,6 +94,8 @@ pub(super) struct Entry {
     pub(super) remote: String,
     pub(super) sink: SocketAddr,
     pub(super) sink_audio: SinkAudio,
+    /// The sink's payload types (a PBX's, as its SDP agreed; else WhatsApp's own).
+    pub(super) sink_payloads: SinkPayloads,
     pub(super) meta: MetaHeaders,
     pub(super) media: Option<mpsc::Sender<MediaCmd>>,
     /// The peer the INVITE came from (inbound): its connection is tried first for our requests.
@@ -144,6 +146,7 @@ impl Entry {
             remote: parties.remote,
             sink: parties.sink,
             sink_audio: parties.sink_audio,
+            sink_payloads: SinkPayloads::default(),
             meta: parties.meta,
             media: None,
             origin: parties.origin,

@@ -1,0 +1,349 @@
+//! The PBX side of bridged calls: the PBX leg's configuration and INVITE, its local description
+//! (the plain side of the call's media), its events, where the call's media meets the PBX, and
+//! calls the PBX places to WhatsApp users.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::json;
+use watrunk_call::{
+    Bridge, CallEvent, Leg, LegId, LegPolicy, LegSetup, Local, MediaIntent, MetaHeaders,
+    OutboundCall,
+};
+use watrunk_media::{Law, SinkAudio, SinkPayloads};
+use watrunk_sdp::{Capabilities, Codec, LocalMedia, MediaPlan, Security};
+use watrunk_sip::transaction::{Peer, TransactionId, Transport};
+use watrunk_sip::{Request, Response};
+
+use super::media_task::{MediaCmd, SinkChange};
+use super::registry::{CallKey, Entry, Parties, Session};
+use super::{reply, Core, SERVER};
+use crate::config::PbxTarget;
+
+/// The PBX answered, offered or re-negotiated: the call's media talks to its RTP address in the
+/// codec and payload types agreed with it; a running relay follows a move (`direct_media`) or a
+/// codec change. A hold or resume changes neither (the relay keeps sending both ways, so that
+/// neither side's RTP timeout fires), nor does an unspecified address (an RFC 2543 hold).
+pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
+    let sink = plan
+        .remote_rtp
+        .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+        .unwrap_or(entry.sink);
+    let audio = match plan.codec {
+        Codec::Pcmu => SinkAudio::G711(Law::Mu),
+        Codec::Pcma => SinkAudio::G711(Law::A),
+        Codec::Opus | Codec::TelephoneEvent => SinkAudio::Opus,
+    };
+    let payloads = SinkPayloads {
+        audio: plan.audio_pt,
+        dtmf: plan.dtmf_pt.unwrap_or(SinkPayloads::default().dtmf),
+    };
+    let change = SinkChange {
+        sink,
+        audio,
+        payloads,
+    };
+    let now = SinkChange {
+        sink: entry.sink,
+        audio: entry.sink_audio,
+        payloads: entry.sink_payloads,
+    };
+    if change == now {
+        return;
+    }
+    if let Some(media) = &entry.media {
+        tracing::info!(
+            "call {}: the PBX's media is now {sink} ({audio:?}, PT {}/{})",
+            entry.id,
+            payloads.audio,
+            payloads.dtmf
+        );
+        if media.try_send(MediaCmd::Retarget(Box::new(change))).is_err() {
+            tracing::warn!("call {}: the media task took no new target", entry.id);
+        }
+    }
+    entry.sink = sink;
+    entry.sink_audio = audio;
+    entry.sink_payloads = payloads;
+}
+
+impl Core {
+    /// The PBX leg's configuration toward `pbx` for one of our numbers: plain RTP, our codecs,
+    /// in-dialog offer/answer (hold, refreshes) answered on this leg only.
+    pub(super) fn pbx_setup(&self, pbx: &PbxTarget, number: &str) -> LegSetup {
+        let us = self
+            .cfg
+            .udp
+            .map(|a| super::udp_hostport(&self.cfg.hostname, a))
+            .unwrap_or_else(|| self.cfg.hostname.clone());
+        LegSetup {
+            local: Local {
+                contact: format!("<sip:{number}@{us};transport=udp>"),
+                user_agent: SERVER.to_string(),
+                warning_host: self.cfg.hostname.clone(),
+            },
+            capabilities: Capabilities::pbx(Security::Plain, pbx.codecs.clone()),
+            policy: LegPolicy::generic(),
+        }
+    }
+
+    /// The PBX leg's INVITE: the business number at the PBX, from the WhatsApp caller.
+    pub(super) fn pbx_call(&self, pbx: &PbxTarget, caller: &str, number: &str) -> OutboundCall {
+        OutboundCall {
+            from_number: caller.to_string(),
+            hostname: self.cfg.hostname.clone(),
+            to_user: number.to_string(),
+            domain: pbx.hostport.clone(),
+            transport: "udp".into(),
+            password: None,
+        }
+    }
+
+    /// The PBX leg asks for its local description (the plain side of the call's media, bound
+    /// now so that the offer can name it); its other intents are the bridge's.
+    pub(super) fn pbx_media(&mut self, key: CallKey, intent: MediaIntent) {
+        let MediaIntent::Prepare { .. } = intent else {
+            return;
+        };
+        let bound = self.bind_plain_side();
+        let Some(entry) = self.calls.get_mut(key) else {
+            return;
+        };
+        match bound {
+            Ok(PlainSide {
+                local,
+                addr,
+                socket,
+            }) => {
+                entry.local_rtp = Some(addr);
+                entry.plain_socket = Some(socket);
+                entry.leg.leg_mut(LegId::Pbx).media_ready(local);
+            }
+            Err(e) => {
+                tracing::warn!("call {}: {e}", entry.id);
+                entry
+                    .leg
+                    .leg_mut(LegId::Pbx)
+                    .media_failed(watrunk_call::MediaFailure {
+                        fault: watrunk_call::Fault::Local,
+                        detail: e,
+                    });
+            }
+        }
+        self.pump(key);
+    }
+
+    /// Binds a call's local RTP port toward the PBX (the WhatsApp leg's media uses it as its
+    /// plain side), and the PBX leg's local description announcing it.
+    fn bind_plain_side(&mut self) -> Result<PlainSide, String> {
+        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
+            return Err("no media address (--media-ip) or PBX".into());
+        };
+        let caps = Capabilities::pbx(Security::Plain, pbx.codecs.clone());
+        let (addr, socket) = std::net::UdpSocket::bind(SocketAddr::new(media.ip, 0))
+            .and_then(|s| Ok((s.local_addr()?, s)))
+            .map_err(|e| format!("no local RTP port for the PBX: {e}"))?;
+        let announced = SocketAddr::new(media.public_ip.unwrap_or(addr.ip()), addr.port());
+        let local = LocalMedia::for_capabilities(&caps, &mut self.rng).with_candidates([announced]);
+        Ok(PlainSide {
+            local,
+            addr,
+            socket: Arc::new(socket),
+        })
+    }
+
+    /// What the PBX leg does, as events of the call.
+    pub(super) fn pbx_event(&mut self, key: CallKey, ev: CallEvent) {
+        let Some(entry) = self.calls.get(key) else {
+            return;
+        };
+        match ev {
+            CallEvent::Ringing => self
+                .events
+                .emit(json!({"event": "pbx.ringing", "call": entry.id})),
+            CallEvent::Answered => self
+                .events
+                .emit(json!({"event": "pbx.answered", "call": entry.id})),
+            CallEvent::Ended(ending) => {
+                self.events.emit(json!({
+                    "event": "pbx.ended", "call": entry.id, "by": ending.by.name(),
+                    "status": ending.status, "reason": ending.reason, "sip_reason": ending.sip_reason,
+                }));
+                self.finish(key);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Core {
+    /// A new INVITE from the PBX's address over the PBX's transport: the PBX calls a WhatsApp
+    /// user (the source address is how the PBX authenticates to us).
+    pub(super) fn is_from_pbx(&self, from: &Peer) -> bool {
+        self.cfg.calls.pbx.as_ref().is_some_and(|pbx| {
+            from.transport == Transport::Udp && pbx.sources.contains(&from.addr.ip().to_canonical())
+        })
+    }
+
+    /// The PBX calls the WhatsApp user in the Request-URI: a business-initiated call from the
+    /// business number in From (else the first configured one), bridged to the PBX's dialog. The
+    /// answer for the layer, or None when a call took the INVITE.
+    pub(super) fn pbx_invite(
+        &mut self,
+        id: TransactionId,
+        req: &Request,
+        to_tag: &str,
+    ) -> Option<Response> {
+        let Some(pbx) = self.cfg.calls.pbx.clone() else {
+            return Some(reply(req, 403, "Forbidden", to_tag));
+        };
+        if self.media.is_none() {
+            return Some(reply(
+                req,
+                503,
+                "Service Unavailable (no media address: --media-ip)",
+                to_tag,
+            ));
+        }
+        if self
+            .calls
+            .by_sip_call_id(req.call_id().unwrap_or_default())
+            .is_some()
+        {
+            return Some(reply(
+                req,
+                482,
+                "Loop Detected (a call with this Call-ID exists)",
+                to_tag,
+            ));
+        }
+        let user = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
+        let Some(to) = whatsapp_user(user) else {
+            return Some(reply(
+                req,
+                404,
+                &format!("Not Found ({user:?} is not a WhatsApp user's number)"),
+                to_tag,
+            ));
+        };
+        let caller = req
+            .from()
+            .and_then(|f| f.uri.user_base().map(str::to_string))
+            .unwrap_or_default();
+        let number = match self
+            .cfg
+            .calls
+            .numbers
+            .get(&caller)
+            .or_else(|| self.cfg.calls.numbers.values().next())
+        {
+            Some(n) => n.clone(),
+            None => {
+                return Some(reply(
+                    req,
+                    503,
+                    "Service Unavailable (no business number configured: --number)",
+                    to_tag,
+                ))
+            }
+        };
+        let pbx_leg = match Leg::incoming(
+            req.clone(),
+            id,
+            self.pbx_setup(&pbx, &number.number),
+            &mut self.rng,
+        ) {
+            Ok(leg) => leg,
+            Err(refusal) => return Some(refusal),
+        };
+        let Some(plan) = pbx_leg.offered_plan().cloned() else {
+            return Some(reply(
+                req,
+                488,
+                "Not Acceptable Here (an INVITE without an SDP offer cannot be bridged to WhatsApp)",
+                to_tag,
+            ));
+        };
+        let PlainSide {
+            local,
+            addr,
+            socket,
+        } = match self.bind_plain_side() {
+            Ok(bound) => bound,
+            Err(e) => {
+                tracing::warn!("a call from the PBX: {e}");
+                return Some(reply(
+                    req,
+                    500,
+                    "Server Internal Error (no local RTP port)",
+                    to_tag,
+                ));
+            }
+        };
+        let call = OutboundCall {
+            from_number: number.number.clone(),
+            hostname: self.cfg.hostname.clone(),
+            to_user: to.clone(),
+            domain: self.cfg.calls.meta_domain.clone(),
+            transport: "tls".into(),
+            password: number.password.clone(),
+        };
+        let setup = self.leg_setup(&number.number, number.srtp);
+        let bridge = match Bridge::outbound(pbx_leg, local, call, setup, &mut self.rng) {
+            Ok(bridge) => bridge,
+            Err(e) => {
+                tracing::warn!("a call from the PBX: the WhatsApp leg cannot start: {e}");
+                return Some(reply(
+                    req,
+                    500,
+                    "Server Internal Error (the WhatsApp leg cannot start)",
+                    to_tag,
+                ));
+            }
+        };
+        let key = self.calls.new_key();
+        let name = format!(
+            "c{key}-{}",
+            &watrunk_sip::dialog::new_tag(&mut self.rng)[..6]
+        );
+        let whatsapp_call_id = bridge.leg(LegId::WhatsApp).call_id().to_string();
+        let mut entry = Entry::new(
+            Session::Bridged(Box::new(bridge)),
+            name.clone(),
+            Parties {
+                number: number.number.clone(),
+                remote: to.clone(),
+                sink: plan.remote_rtp.unwrap_or(number.sink),
+                sink_audio: number.sink_audio,
+                meta: MetaHeaders::default(),
+                origin: None,
+            },
+        );
+        entry.local_rtp = Some(addr);
+        entry.plain_socket = Some(socket);
+        self.calls.insert(key, &whatsapp_call_id, entry);
+        self.calls
+            .index_call_id(req.call_id().unwrap_or_default(), key, LegId::Pbx);
+        self.calls.index_leg_transaction(id, key, LegId::Pbx);
+        self.events.emit(json!({
+            "event": "call.outgoing", "call": name, "direction": "outbound",
+            "from": number.number, "to": to, "via": "pbx", "pbx_caller": caller,
+        }));
+        self.pump(key);
+        None
+    }
+}
+
+/// A call's local RTP port toward the PBX, and the PBX leg's local description naming it.
+struct PlainSide {
+    local: LocalMedia,
+    addr: SocketAddr,
+    socket: Arc<std::net::UdpSocket>,
+}
+
+/// A WhatsApp user's number as the PBX dials it: digits, optionally after `+` (E.164).
+fn whatsapp_user(user: &str) -> Option<String> {
+    let digits = user.strip_prefix('+').unwrap_or(user);
+    (!digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| user.to_string())
+}
