@@ -284,7 +284,7 @@ fn an_opus_phone_behind_the_pbx_calls_a_whatsapp_user_untranscoded() {
 }
 
 /// SIPp playing the PBX with `scenario` (tests/peers/sipp) on UDP `port`, for one call.
-fn sipp_pbx(dir: &std::path::Path, scenario: &str, port: u16) -> Background {
+fn sipp_pbx(dir: &std::path::Path, scenario: &str, port: u16, extra: &[&str]) -> Background {
     let phone = Background::spawn(
         "sipp",
         Command::new(tool("sipp"))
@@ -293,7 +293,8 @@ fn sipp_pbx(dir: &std::path::Path, scenario: &str, port: u16) -> Background {
             .arg(peers_dir().join("sipp").join(scenario))
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1"])
             .args(["-mp", &free_port().to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"]),
+            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"])
+            .args(extra),
         dir.join("sipp.log"),
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -371,9 +372,20 @@ struct SippRun {
 
 impl SippRun {
     fn new(tag: &str, scenario: &str, serve_args: &[&str], sim_args: &[&str]) -> SippRun {
+        SippRun::with_sipp_args(tag, scenario, &[], serve_args, sim_args)
+    }
+
+    /// The same with `sipp_args` for SIPp too (`-set` values for its scenario).
+    fn with_sipp_args(
+        tag: &str,
+        scenario: &str,
+        sipp_args: &[&str],
+        serve_args: &[&str],
+        sim_args: &[&str],
+    ) -> SippRun {
         let dir = TempDir::new(tag);
         let port = free_port();
-        let pbx = sipp_pbx(dir.path(), scenario, port);
+        let pbx = sipp_pbx(dir.path(), scenario, port, sipp_args);
         let started = std::time::Instant::now();
         let (server, ok, out) =
             call_through_the_bridge_with(dir.path(), port, serve_args, sim_args);
@@ -555,4 +567,63 @@ fn a_pbx_that_never_answers_is_cancelled_at_the_ring_timeout() {
         run.sipp_completed(),
         "SIPp got our CANCEL and its ACK\n{logs}"
     );
+}
+
+/// Asterisk's `direct_media`: the PBX moves the media by re-INVITE to another address (here a
+/// G.711 agent whose coding is CPython's audioop, playing 1000 Hz). The re-INVITE gets 200 on the
+/// PBX leg and never reaches Meta; from then on the user's 440 Hz reaches the new address as PCMU
+/// and the new address's 1000 Hz reaches the user, on the call's one stream without a gap.
+#[test]
+fn a_direct_media_reinvite_moves_the_pbx_legs_audio_and_meta_sees_nothing() {
+    let agent_dir = TempDir::new("pbx-direct-media-agent");
+    let new_port = free_port();
+    let agent = Background::spawn(
+        "g711 agent",
+        Command::new("/usr/bin/python3")
+            .arg(peers_dir().join("g711/sink.py"))
+            .args(["--listen", &format!("127.0.0.1:{new_port}")])
+            .args(["--law", "pcmu", "--tone-hz", "1000", "--ptime", "20"])
+            .args(["--seconds", "9"]),
+        agent_dir.path().join("agent.log"),
+    );
+    let new_port = new_port.to_string();
+    let mut run = SippRun::with_sipp_args(
+        "pbx-direct-media",
+        "pbx_uas_direct_media.xml",
+        &["-set", "newport", &new_port],
+        &[],
+        &["--hangup-after", "30"],
+    );
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
+    assert!(ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(call["ended_by"], "business", "the PBX's BYE ended it: {call}");
+    let media = &call["media"];
+    let hz = media["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 1000.0).abs() <= 1000.0 * 0.02,
+        "the user heard {hz} Hz, not the new address's tone\n{logs}"
+    );
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(run.sipp_completed(), "SIPp's re-INVITE got its 200\n{logs}");
+    for _ in 0..100 {
+        if agent.log().contains("g711.stream") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let agent_log = agent.log();
+    let stream = json_lines(&agent_log)
+        .into_iter()
+        .find(|e| e["event"] == "g711.stream")
+        .unwrap_or_else(|| panic!("the new address got nothing\n{agent_log}\n{logs}"));
+    assert_eq!(stream["payload_types"], serde_json::json!([0]), "{stream}");
+    let hz = stream["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 440.0).abs() <= 440.0 * 0.02,
+        "the new address heard {hz} Hz: {stream}"
+    );
+    assert!(stream["packets"].as_u64().unwrap() > 100, "{stream}");
 }
