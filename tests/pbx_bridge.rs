@@ -597,7 +597,10 @@ fn a_direct_media_reinvite_moves_the_pbx_legs_audio_and_meta_sees_nothing() {
     let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
     assert!(ok, "{logs}");
     assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    assert_eq!(call["ended_by"], "business", "the PBX's BYE ended it: {call}");
+    assert_eq!(
+        call["ended_by"], "business",
+        "the PBX's BYE ended it: {call}"
+    );
     let media = &call["media"];
     let hz = media["heard_hz"].as_f64().unwrap();
     assert!(
@@ -626,4 +629,50 @@ fn a_direct_media_reinvite_moves_the_pbx_legs_audio_and_meta_sees_nothing() {
         "the new address heard {hz} Hz: {stream}"
     );
     assert!(stream["packets"].as_u64().unwrap() > 100, "{stream}");
+}
+
+/// A PBX that vanishes after answering (no BYE; its phone's RTP stops after about 3 s): with
+/// `--pbx-rtp-timeout-secs 2`, both legs get a BYE whose Reason says the PBX's RTP stopped.
+#[test]
+fn a_vanished_pbx_ends_the_whatsapp_call_with_a_reason_after_the_rtp_timeout() {
+    let agent_dir = TempDir::new("pbx-vanishes-agent");
+    let media_port = free_port();
+    let _agent = Background::spawn(
+        "g711 agent",
+        Command::new("/usr/bin/python3")
+            .arg(peers_dir().join("g711/sink.py"))
+            .args(["--listen", &format!("127.0.0.1:{media_port}")])
+            .args(["--law", "pcmu", "--tone-hz", "1000", "--ptime", "20"])
+            .args(["--seconds", "4"]),
+        agent_dir.path().join("agent.log"),
+    );
+    let media_port = media_port.to_string();
+    let mut run = SippRun::with_sipp_args(
+        "pbx-vanishes",
+        "pbx_uas_vanishes.xml",
+        &["-set", "newport", &media_port],
+        &["--pbx-rtp-timeout-secs", "2"],
+        &["--hangup-after", "30"],
+    );
+    let (call, logs) = (run.call.clone(), run.logs.clone());
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["ended_by"], "business", "{call}\n{logs}");
+    let reason = call["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("Q.850;cause=41;") && reason.contains("no RTP for 2 s"),
+        "{call}"
+    );
+    // About 3 s of the phone's audio, then the 2 s timeout; not the sim's 30 s.
+    assert!(
+        run.took < Duration::from_secs(12),
+        "took {:?}\n{logs}",
+        run.took
+    );
+    let media = &call["media"];
+    let hz = media["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 1000.0).abs() <= 20.0,
+        "the user heard {hz} Hz: {call}"
+    );
+    assert!(run.sipp_completed(), "SIPp got our BYE\n{logs}");
 }

@@ -181,6 +181,23 @@ impl Bridge {
         self.pbx_plan.as_ref()
     }
 
+    /// The PBX's RTP has stopped for `quiet` while its leg is up and not on hold (it should be
+    /// sending): the PBX is taken as gone, and both legs end (Q.850 cause 41, temporary failure).
+    /// False, and nothing done, while the PBX leg is on hold or not up.
+    pub fn pbx_media_timeout(&mut self, quiet: std::time::Duration) -> bool {
+        let sending = self
+            .pbx_plan
+            .as_ref()
+            .is_some_and(|p| p.direction.receives());
+        if !self.pbx.is_answered() || !sending {
+            return false;
+        }
+        let reason = format!("the PBX sent no RTP for {} s", quiet.as_secs());
+        self.pbx.hang_up(&reason, 41);
+        self.whatsapp.hang_up(&reason, 41);
+        true
+    }
+
     /// The application ends the call: both legs.
     pub fn hang_up(&mut self, reason: &str, q850_cause: u16) {
         self.whatsapp.hang_up(reason, q850_cause);

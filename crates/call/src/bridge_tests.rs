@@ -689,3 +689,47 @@ fn the_pbx_cancelling_cancels_the_call_to_meta() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_silent_pbx_ends_the_call_unless_it_holds_inactive() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    // FreeSWITCH's inactive hold: it sends nothing, and that is no reason to end the call.
+    let hold = String::from_utf8(asterisk_answer())
+        .unwrap()
+        .replace("1733500002", "1733500003")
+        .replace("a=sendrecv", "a=inactive")
+        .into_bytes();
+    let reinvite = from_the_pbx(Method::INVITE, 103, &ok, &pbx_invite, Some(hold));
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_request(server_transaction(&reinvite), &reinvite);
+    drain(&mut bridge);
+    let quiet = std::time::Duration::from_secs(60);
+    assert!(!bridge.pbx_media_timeout(quiet), "on hold");
+    assert!(drain(&mut bridge).is_empty());
+    // Resumed, then silent: both legs get a BYE saying why.
+    let resume = from_the_pbx(
+        Method::INVITE,
+        104,
+        &ok,
+        &pbx_invite,
+        Some(asterisk_answer()),
+    );
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_request(server_transaction(&resume), &resume);
+    drain(&mut bridge);
+    assert!(bridge.pbx_media_timeout(quiet));
+    let out = drain(&mut bridge);
+    for leg in [LegId::Pbx, LegId::WhatsApp] {
+        let byes = sent(&out, leg);
+        assert_eq!(byes.len(), 1, "{leg:?}: {out:?}");
+        assert_eq!(byes[0].method, Method::BYE);
+        let reason = byes[0].headers.get("Reason").unwrap();
+        assert!(
+            reason.starts_with("Q.850;cause=41;") && reason.contains("no RTP for 60 s"),
+            "{reason}"
+        );
+    }
+}

@@ -29,8 +29,8 @@ pub mod transcode;
 pub use demux::{classify, is_rtcp, PacketKind};
 pub use identity::Identity;
 pub use mux::MediaSocket;
-pub use session::{IceConnected, IceRole, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
 pub use restamp::SinkPayloads;
+pub use session::{IceConnected, IceRole, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
 pub use transcode::{Law, SinkAudio};
 
 /// Whose fault a media failure is.

@@ -27,8 +27,8 @@ use crate::demux::{classify, PacketKind};
 use crate::quiet::{sweep_loop, QuietSinks, SinkClock};
 use crate::relay::InboundRoute;
 use crate::restamp::SinkPayloads;
-use crate::transcode::ToSink;
 use crate::role::{RoleConflicts, Verdict};
+use crate::transcode::ToSink;
 
 /// Largest datagram we read; anything longer is truncated and fails authentication.
 const RECEIVE_MTU: usize = 1500;

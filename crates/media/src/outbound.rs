@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -19,8 +19,8 @@ use crate::transcode::FromSink;
 use crate::MediaError;
 
 use crate::session::{
-    set_routed, transcoders, Command, Leftovers, Retarget, MediaEvent, Stats, FIRST_RTCP, MTU, RTCP_INTERVAL,
-    SINK_SILENCE, TAG_ROOM,
+    set_routed, transcoders, Command, Leftovers, MediaEvent, Retarget, Stats, FIRST_RTCP, MTU,
+    RTCP_INTERVAL, SINK_SILENCE, TAG_ROOM,
 };
 
 /// The call's outbound side: the sink's packets it reads, where and how they go.
@@ -40,6 +40,8 @@ pub(crate) struct Outbound {
     /// Where our sequence numbers and timestamps start (drawn from the call's seed).
     pub(crate) first_seq: u16,
     pub(crate) first_ts: u32,
+    /// Report a sink quiet for this long (`MediaConfig::sink_timeout`).
+    pub(crate) sink_timeout: Option<Duration>,
 }
 
 pub(crate) async fn write_loop(
@@ -66,6 +68,8 @@ pub(crate) async fn write_loop(
     // even a short call learns its round-trip time.
     let mut next_report = Instant::now() + FIRST_RTCP;
     let mut last_from_sink: Option<Instant> = None;
+    // Since when the sink has been quiet, as far as its timeout is concerned.
+    let mut quiet_since = Instant::now();
     let mut first = true;
     let mut dtmf: Option<DtmfSender> = None;
     let mut dtmf_queue: std::collections::VecDeque<DtmfSender> =
@@ -152,9 +156,17 @@ pub(crate) async fn write_loop(
                                 )
                                 .await;
                             sink = moved_to;
+                            quiet_since = Instant::now();
                             payloads.sink = sink_payloads;
                             from_sink = new_from_sink;
                         }
+                    }
+                }
+                if let Some(limit) = out.sink_timeout {
+                    let heard = last_from_sink.map_or(quiet_since, |t| t.max(quiet_since));
+                    if now.duration_since(heard) >= limit {
+                        let _ = events.try_send(MediaEvent::SinkQuiet(now.duration_since(heard)));
+                        quiet_since = now;
                     }
                 }
                 if now >= next_report && may_speak(inbound) {

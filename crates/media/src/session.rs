@@ -104,6 +104,9 @@ pub struct MediaConfig {
     pub sink_audio: SinkAudio,
     /// The payload types the sink uses for Opus and telephone-event.
     pub sink_payloads: SinkPayloads,
+    /// Report `SinkQuiet` each time the sink has sent nothing for this long (a PBX's RTP timeout);
+    /// None: a quiet sink is no news.
+    pub sink_timeout: Option<Duration>,
 }
 
 impl MediaConfig {
@@ -123,6 +126,7 @@ impl MediaConfig {
             speak_first: true,
             sink_audio: SinkAudio::Opus,
             sink_payloads: SinkPayloads::default(),
+            sink_timeout: None,
             seed,
         }
     }
@@ -144,6 +148,8 @@ pub enum MediaEvent {
         elapsed: Duration,
     },
     Stats(Box<Stats>),
+    /// The sink has sent nothing for `MediaConfig::sink_timeout` (again, each time it passes).
+    SinkQuiet(Duration),
     /// Boxed like the other large events; says whose fault it is.
     Failed(Box<MediaError>),
 }
@@ -817,6 +823,7 @@ async fn set_up(
         audio_pt: plan.audio_pt,
         payloads,
         speak_first: cfg.speak_first,
+        sink_timeout: cfg.sink_timeout,
         from_sink,
         first_seq: draws.first_seq,
         first_ts: draws.first_ts,

@@ -282,6 +282,8 @@ impl Report {
             MediaEvent::FirstRtpIn { elapsed } => self.first_rtp_in_ms = Some(ms(*elapsed)),
             MediaEvent::FirstRtpOut { elapsed } => self.first_rtp_out_ms = Some(ms(*elapsed)),
             MediaEvent::Stats(s) => self.stats = (**s).clone(),
+            // The sim's sink timeout is not set: its own RTP timeout is on the far side's stream.
+            MediaEvent::SinkQuiet(_) => {}
             MediaEvent::Failed(e) => {
                 let reason = e.to_string();
                 self.failure = Some(reason.clone());

@@ -118,6 +118,10 @@ pub struct CallArgs {
     /// How long the PBX may ring before its INVITE is cancelled and WhatsApp gets 480 (60 s).
     #[arg(long)]
     pub pbx_ring_timeout_secs: Option<u64>,
+    /// How long an answered PBX leg that is not on hold may send no RTP before the call is ended
+    /// as gone, both legs with a BYE (60 s; 0: never).
+    #[arg(long)]
+    pub pbx_rtp_timeout_secs: Option<u64>,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -299,6 +303,8 @@ pub struct PbxTarget {
     pub codecs: Vec<watrunk_sdp::Codec>,
     /// How long it may ring before the call is given up.
     pub ring_timeout: Duration,
+    /// How long its answered leg, not on hold, may send no RTP before the call ends (None: never).
+    pub rtp_timeout: Option<Duration>,
     /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
     /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
@@ -343,6 +349,7 @@ impl PbxTarget {
                 watrunk_sdp::Codec::TelephoneEvent,
             ],
             ring_timeout: Duration::from_secs(60),
+            rtp_timeout: Some(Duration::from_secs(60)),
             sources: Vec::new(),
         })
     }
@@ -554,6 +561,11 @@ fn resolve_calls(
             ring_timeout: args
                 .pbx_ring_timeout_secs
                 .map_or(pbx.ring_timeout, |s| Duration::from_secs(s.max(1))),
+            rtp_timeout: match args.pbx_rtp_timeout_secs {
+                None => pbx.rtp_timeout,
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+            },
             ..pbx
         });
     // Bridged calls' audio goes to the PBX's RTP address, which its answer names.

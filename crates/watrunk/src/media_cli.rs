@@ -87,6 +87,9 @@ fn event_json(e: &MediaEvent) -> String {
             "rtt_us": s.rtt_us,
         })
         .to_string(),
+        MediaEvent::SinkQuiet(quiet) => {
+            format!(r#"{{"event":"sink.quiet","ms":{:.1}}}"#, ms(quiet))
+        }
         MediaEvent::Failed(reason) => {
             serde_json::json!({"event": "failed", "reason": reason.to_string()}).to_string()
         }

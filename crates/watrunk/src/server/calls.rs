@@ -268,6 +268,18 @@ impl Core {
             MediaEvent::FirstRtpOut { elapsed } => entry.timings.first_rtp_out = Some(elapsed),
             MediaEvent::FirstRtpIn { elapsed } => entry.timings.first_rtp_in = Some(elapsed),
             MediaEvent::Stats(s) => entry.stats = Some(*s),
+            MediaEvent::SinkQuiet(quiet) => {
+                if let Session::Bridged(bridge) = &mut entry.leg {
+                    if bridge.pbx_media_timeout(quiet) {
+                        tracing::info!(
+                            "call {}: the PBX sent no RTP for {} s: ending the call",
+                            entry.id,
+                            quiet.as_secs()
+                        );
+                        self.pump(key);
+                    }
+                }
+            }
             MediaEvent::Failed(e) => {
                 tracing::info!("call {}: media failed: {e}", entry.id);
                 entry.leg.whatsapp().media_failed(media_failure(&e));

@@ -17,7 +17,7 @@ use watrunk_media::{
 use watrunk_sdp::{self as sdp, Capabilities, LocalMedia, Security};
 
 use super::calls::CallInput;
-use super::registry::CallKey;
+use super::registry::{CallKey, Session};
 use super::Core;
 
 /// A call's local description, made by its media task.
@@ -86,6 +86,9 @@ impl Core {
         cfg.media_ip6 = media.ip6;
         cfg.sink_audio = entry.sink_audio;
         cfg.sink_payloads = entry.sink_payloads;
+        if let Session::Bridged(_) = entry.leg {
+            cfg.sink_timeout = self.cfg.calls.pbx.as_ref().and_then(|p| p.rtp_timeout);
+        }
         cfg.app_socket = entry.plain_socket.clone();
         cfg.public_ip = media.public_ip;
         let (tx, rx) = mpsc::channel(16);

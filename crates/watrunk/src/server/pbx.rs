@@ -58,7 +58,10 @@ pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
             payloads.audio,
             payloads.dtmf
         );
-        if media.try_send(MediaCmd::Retarget(Box::new(change))).is_err() {
+        if media
+            .try_send(MediaCmd::Retarget(Box::new(change)))
+            .is_err()
+        {
             tracing::warn!("call {}: the media task took no new target", entry.id);
         }
     }
