@@ -676,3 +676,29 @@ fn a_vanished_pbx_ends_the_whatsapp_call_with_a_reason_after_the_rtp_timeout() {
     );
     assert!(run.sipp_completed(), "SIPp got our BYE\n{logs}");
 }
+
+/// Asterisk's `100rel=yes`: the PBX rings reliably and must get its PRACK (SIPp checks RAck);
+/// the call then goes up, Meta sees one 180 and nothing of the PRACK, and hangs up after 3 s.
+#[test]
+fn the_pbxs_reliable_180_is_pracked_on_the_pbx_leg_only() {
+    let mut run = SippRun::new(
+        "pbx-100rel",
+        "pbx_uas_100rel.xml",
+        &[],
+        &["--hangup-after", "3"],
+    );
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
+    assert!(ok, "{logs}");
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["provisional"], serde_json::json!([180]), "{call}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(call["bye_status"], 200, "{call}");
+    let media = &call["media"];
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(
+        run.sipp_completed(),
+        "SIPp got its PRACK (RAck checked) and our BYE\n{logs}"
+    );
+}

@@ -733,3 +733,72 @@ fn a_silent_pbx_ends_the_call_unless_it_holds_inactive() {
         );
     }
 }
+
+/// Asterisk with `100rel=yes` sees our `Supported: 100rel` and rings reliably: each new RSeq gets
+/// one PRACK in the early dialog (a retransmission none), Meta hears nothing more, and the
+/// dialog's later requests number above the PRACKs.
+#[test]
+fn the_pbxs_reliable_ringing_gets_one_prack_per_rseq_on_the_pbx_leg_only() {
+    let (mut bridge, invite, mut layer, tx, pbx_invite) = ringing_at_the_pbx();
+    assert_eq!(pbx_invite.headers.get("Supported"), Some("100rel"));
+    let mut ringing = response_to(&pbx_invite, 180, "pbx1");
+    ringing.headers.push("Require", "100rel");
+    ringing.headers.push("RSeq", "4711");
+    ringing
+        .headers
+        .push("Contact", "<sip:pbx@198.18.0.20:5060>");
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_response(Instant::now(), tx, &ringing);
+    let out = drain(&mut bridge);
+    assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
+    let pracks = sent(&out, LegId::Pbx);
+    assert_eq!(pracks.len(), 1, "{out:?}");
+    let prack = &pracks[0];
+    assert_eq!(prack.method, Method::PRACK);
+    assert_eq!(prack.uri.to_string(), "sip:pbx@198.18.0.20:5060");
+    let invite_seq = pbx_invite
+        .headers
+        .get("CSeq")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert_eq!(
+        prack.headers.get("RAck"),
+        Some(format!("4711 {invite_seq} INVITE").as_str())
+    );
+    assert!(prack.to().unwrap().tag() == Some("pbx1"));
+    let prack_seq: u32 = prack
+        .headers
+        .get("CSeq")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, _) = send_to_pbx(&mut bridge, &mut layer, prack.clone());
+    // The same 180 again: no second PRACK.
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_response(Instant::now(), tx, &ringing);
+    assert!(sent(&drain(&mut bridge), LegId::Pbx).is_empty());
+    // Answered, then Meta hangs up: the BYE to the PBX numbers above the PRACK.
+    let (_, _) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    bridge.hang_up("test", 16);
+    let bye = sent(&drain(&mut bridge), LegId::Pbx)
+        .into_iter()
+        .find(|r| r.method == Method::BYE)
+        .expect("a BYE to the PBX");
+    let bye_seq: u32 = bye
+        .headers
+        .get("CSeq")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bye_seq > prack_seq, "BYE {bye_seq} after PRACK {prack_seq}");
+}

@@ -216,6 +216,23 @@ struct Preparing {
     cancel_wanted: bool,
 }
 
+/// What became of a provisional response that asked for a PRACK.
+enum Prack {
+    Sent,
+    /// Seen before (its RSeq was PRACKed): discarded.
+    Retransmission,
+    /// No usable RSeq or early dialog: taken as an ordinary provisional.
+    NotReliable,
+}
+
+/// The response requires RFC 3262's reliability (`Require: 100rel`).
+fn requires_100rel(response: &Response) -> bool {
+    response
+        .headers
+        .values("Require")
+        .any(|v| v.trim().eq_ignore_ascii_case("100rel"))
+}
+
 struct Calling {
     invite: Request,
     /// None until the binary reports the INVITE sent.
@@ -225,6 +242,10 @@ struct Calling {
     cancel_wanted: bool,
     offer: OfferState,
     local: LocalMedia,
+    /// The RSeq of the last reliable provisional we PRACKed (RFC 3262 §4).
+    acked_rseq: Option<u32>,
+    /// The CSeq of our last PRACK in the early dialog: the dialog's requests go above it.
+    prack_seq: Option<u32>,
 }
 
 /// An established dialog (also while our 200 waits for its ACK).
@@ -454,6 +475,9 @@ impl Leg {
         invite.headers.push("CSeq", "1 INVITE");
         invite.headers.push("Contact", setup.local.contact.clone());
         invite.headers.push("Allow", setup.policy.allow());
+        if setup.policy.reliable_provisionals {
+            invite.headers.push("Supported", "100rel");
+        }
         invite
             .headers
             .push("User-Agent", setup.local.user_agent.clone());
@@ -1180,6 +1204,8 @@ impl Ctx {
                     transaction: None,
                     authenticated: false,
                     provisional: false,
+                    acked_rseq: None,
+                    prack_seq: None,
                     cancel_wanted: false,
                     offer,
                     local,
@@ -1205,6 +1231,12 @@ impl Ctx {
         match response.status {
             100 => State::Calling(c),
             101..=199 => {
+                if self.setup.policy.reliable_provisionals && requires_100rel(response) {
+                    match self.prack(&mut c, response) {
+                        Prack::Sent | Prack::NotReliable => {}
+                        Prack::Retransmission => return State::Calling(c),
+                    }
+                }
                 c.provisional = true;
                 if c.cancel_wanted {
                     self.out.push_back(CallOutput::Cancel {
@@ -1229,6 +1261,47 @@ impl Ctx {
         }
     }
 
+    /// A reliable provisional response (RFC 3262): its PRACK in the early dialog, once per RSeq;
+    /// a retransmission is discarded (§4).
+    fn prack(&mut self, c: &mut Calling, response: &Response) -> Prack {
+        let Some(rseq) = response
+            .headers
+            .get("RSeq")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            return Prack::NotReliable;
+        };
+        if c.acked_rseq.is_some_and(|acked| rseq <= acked) {
+            return Prack::Retransmission;
+        }
+        let Ok(mut early) = Dialog::from_uac(&c.invite, response) else {
+            return Prack::NotReliable;
+        };
+        if let Some(seq) = c.prack_seq {
+            early.advance_local_seq(seq);
+        }
+        let Ok(mut prack) = early.create_request(Method::PRACK) else {
+            return Prack::NotReliable;
+        };
+        let invite_seq = c
+            .invite
+            .headers
+            .get("CSeq")
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("1")
+            .to_string();
+        prack
+            .headers
+            .push("RAck", format!("{rseq} {invite_seq} INVITE"));
+        prack
+            .headers
+            .push("User-Agent", self.setup.local.user_agent.clone());
+        c.acked_rseq = Some(rseq);
+        c.prack_seq = early.local_seq();
+        self.out.push_back(CallOutput::Send(prack));
+        Prack::Sent
+    }
+
     /// Calling → Up on a 2xx: ACK, then the answer is accepted (or the call is ended by BYE).
     fn answered(&mut self, c: Box<Calling>, response: &Response) -> State {
         let Calling {
@@ -1236,10 +1309,16 @@ impl Ctx {
             cancel_wanted,
             offer,
             local,
+            prack_seq,
             ..
         } = *c;
         let mut dialog = match Dialog::from_uac(&invite, response) {
-            Ok(d) => d,
+            Ok(mut d) => {
+                if let Some(seq) = prack_seq {
+                    d.advance_local_seq(seq);
+                }
+                d
+            }
             Err(e) => {
                 return self.end(Ending::new(
                     Side::Remote,

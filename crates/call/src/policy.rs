@@ -13,6 +13,8 @@ pub struct LegPolicy {
     pub answers_reoffers: bool,
     /// An INVITE without an offer is answered with ours (RFC 3261 §13.2.1), instead of refused.
     pub accepts_offerless_invite: bool,
+    /// Our INVITEs say `Supported: 100rel`, and reliable provisionals get their PRACK (RFC 3262).
+    pub reliable_provisionals: bool,
 }
 
 impl LegPolicy {
@@ -23,6 +25,7 @@ impl LegPolicy {
             may_update: false,
             answers_reoffers: false,
             accepts_offerless_invite: false,
+            reliable_provisionals: false,
         }
     }
 
@@ -33,6 +36,7 @@ impl LegPolicy {
             may_update: true,
             answers_reoffers: true,
             accepts_offerless_invite: true,
+            reliable_provisionals: true,
         }
     }
 

@@ -314,6 +314,14 @@ impl Dialog {
         Ok(())
     }
 
+    /// Our requests in the early dialog (PRACK) used CSeq numbers up to `seq`: the next one goes
+    /// above them.
+    pub fn advance_local_seq(&mut self, seq: u32) {
+        if self.local_seq.is_none_or(|s| s < seq) {
+            self.local_seq = Some(seq);
+        }
+    }
+
     /// An in-dialog request (RFC 3261 §12.2.1.1) without Via (the transaction layer adds it). ACK
     /// gets the INVITE's CSeq number and credentials; any other method the next local CSeq. For
     /// CANCEL use [`crate::transaction::build_cancel`].
