@@ -23,26 +23,28 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 /// baresip listening for SIP on UDP `port`, answering calls to +15550001111 at once with
 /// `codec`, playing 880 Hz and recording what it hears under `dir/snd`.
 fn baresip_phone(dir: &std::path::Path, port: u16, codec: &str) -> Background {
-    baresip_phone_dialing(dir, port, codec, None)
+    baresip_phone_dialing(dir, port, codec, None).0
 }
 
-/// The same phone, dialing `dial` once it is up.
+/// The same phone, dialing `dial` once it is up; and the TCP port of its control interface
+/// (ctrl_tcp: netstring JSON commands).
 fn baresip_phone_dialing(
     dir: &std::path::Path,
     port: u16,
     codec: &str,
     dial: Option<&str>,
-) -> Background {
+) -> (Background, u16) {
     let home = dir.join("baresip");
     std::fs::create_dir_all(home.join("snd")).unwrap();
     let template = std::fs::read_to_string(peers_dir().join("baresip/config.template")).unwrap();
     let rtp = free_port();
+    let ctrl = free_port();
     let config: String = template
         .replace("@SIP_PORT@", &port.to_string())
         .replace("@FREQ@", "880")
         .replace("@SNDDIR@", home.join("snd").to_str().unwrap())
         .replace("@RTP_PORTS@", &format!("{rtp}-{}", rtp + 9))
-        .replace("@CTRL_PORT@", &free_port().to_string())
+        .replace("@CTRL_PORT@", &ctrl.to_string())
         .lines()
         // No TLS for this phone: it is reached over UDP.
         .filter(|l| !l.starts_with("sip_certificate") && !l.starts_with("sip_cafile"))
@@ -68,7 +70,19 @@ fn baresip_phone_dialing(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    phone
+    (phone, ctrl)
+}
+
+/// Sends `command` with `params` to baresip's ctrl_tcp module (a netstring of JSON).
+fn baresip_command(ctrl: u16, command: &str, params: &str) {
+    use std::io::Write;
+    let json =
+        serde_json::json!({"command": command, "params": params, "token": "test"}).to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", ctrl)).expect("baresip's ctrl_tcp");
+    stream
+        .write_all(format!("{}:{json},", json.len()).as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// The dominant frequency and RMS level of a WAV file, from the rtpengine stand-in's helper
@@ -227,7 +241,7 @@ fn a_baresip_phone_calls_a_whatsapp_user_through_the_bridge(codec: &str, relay: 
         "-",
     ]);
     let target = format!("sip:+12195550714@{}", server.udp.unwrap());
-    let phone = baresip_phone_dialing(dir.path(), phone_port, codec, Some(&target));
+    let (phone, _) = baresip_phone_dialing(dir.path(), phone_port, codec, Some(&target));
     let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1000));
     let logs = format!(
@@ -700,5 +714,126 @@ fn the_pbxs_reliable_180_is_pracked_on_the_pbx_leg_only() {
     assert!(
         run.sipp_completed(),
         "SIPp got its PRACK (RAck checked) and our BYE\n{logs}"
+    );
+}
+
+/// DTMF across the legs, with payload types that differ: baresip (PCMU, telephone-event 101 in its
+/// offer) calls a WhatsApp user; the user's keys (RFC 4733, PT 126 at Meta) reach baresip as
+/// events it decodes on its own PT, and the keys baresip sends (its `/sndcode`, RFC 4733 on 101)
+/// reach the user as PT 126 events on the 8000 Hz clock.
+#[test]
+fn dtmf_crosses_the_bridge_both_ways_on_each_legs_payload_type() {
+    assert!(
+        tool_exists("baresip"),
+        "baresip is not installed (scripts/test.sh installs it)"
+    );
+    let dir = TempDir::new("pbx-dtmf");
+    let sim = sim_serve_with(
+        dir.path(),
+        "dtls",
+        "localhost",
+        "per-number-secret",
+        &["--dtmf", "159#", "--dtmf-after", "1"],
+    );
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let phone_port = free_port();
+    let pbx = format!("sip:127.0.0.1:{phone_port};transport=udp");
+    let meta = sim.addr.to_string();
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--media-ip",
+        "127.0.0.1",
+        "--pbx",
+        &pbx,
+        "--meta-server",
+        &meta,
+        "--tls-ca",
+        sim.cert.to_str().unwrap(),
+        "--events",
+        "-",
+    ]);
+    let target = format!("sip:+12195550714@{}", server.udp.unwrap());
+    let (phone, ctrl) = baresip_phone_dialing(dir.path(), phone_port, "PCMU/8000/1", Some(&target));
+    server.wait_event("pbx.answered", |_| true, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(800));
+    baresip_command(ctrl, "sndcode", "2");
+    std::thread::sleep(Duration::from_millis(400));
+    baresip_command(ctrl, "sndcode", "7");
+    server.wait_event("call.ended", |_| true, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(800));
+    let logs = format!(
+        "--- sim serve\n{}\n--- serve\n{}\n--- baresip\n{}",
+        sim.process.log(),
+        server.log(),
+        phone.log()
+    );
+    let call = json_lines(&sim.process.log())
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    let media = &call["media"];
+    assert_eq!(media["dtmf_sent"], "159#", "{call}");
+    assert_eq!(media["dtmf_failure"], serde_json::Value::Null, "{call}");
+    assert_eq!(
+        media["heard_dtmf"], "27",
+        "the user heard baresip's keys: {call}\n{logs}"
+    );
+    for ms in media["heard_dtmf_ms"].as_array().unwrap() {
+        let ms = ms.as_u64().unwrap();
+        assert!(
+            (40..=400).contains(&ms),
+            "a key of {ms} ms on the 8000 Hz clock: {call}"
+        );
+    }
+    let phone_log = phone.log();
+    let received: String = phone_log
+        .lines()
+        .filter(|l| l.contains("end=0"))
+        .filter_map(|l| l.split("received event: '").nth(1))
+        .filter_map(|rest| rest.chars().next())
+        .collect();
+    assert_eq!(
+        received, "159#",
+        "baresip decoded the user's keys on its PT\n{logs}"
+    );
+}
+
+/// Keys by SIP INFO from the PBX (dtmf-relay and dtmf bodies) reach the user as RFC 4733 (PT 126,
+/// 8000 Hz clock); an INFO of another type is refused 415; Meta sees no INFO.
+#[test]
+fn keys_the_pbx_sends_by_sip_info_reach_the_user_as_rfc_4733() {
+    let mut run = SippRun::new(
+        "pbx-info",
+        "pbx_uas_info_dtmf.xml",
+        &[],
+        &["--hangup-after", "30"],
+    );
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
+    assert!(ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(call["ended_by"], "business", "{call}\n{logs}");
+    let media = &call["media"];
+    assert_eq!(media["heard_dtmf"], "4#", "{call}\n{logs}");
+    for ms in media["heard_dtmf_ms"].as_array().unwrap() {
+        assert_eq!(ms.as_u64(), Some(100), "our keys last 100 ms: {call}");
+    }
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let keys: Vec<serde_json::Value> = run
+        .server
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "pbx.dtmf")
+        .map(|e| e["key"].clone())
+        .collect();
+    assert_eq!(keys, [serde_json::json!("4"), serde_json::json!("#")]);
+    assert!(
+        run.sipp_completed(),
+        "SIPp's INFOs got 200, 200, 415\n{logs}"
     );
 }

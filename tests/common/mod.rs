@@ -511,6 +511,17 @@ pub struct SimServe {
 }
 
 pub fn sim_serve(dir: &Path, srtp: &str, business_host: &str, password: &str) -> SimServe {
+    sim_serve_with(dir, srtp, business_host, password, &[])
+}
+
+/// The same with `extra` flags for `sim serve` (`--dtmf`, ...).
+pub fn sim_serve_with(
+    dir: &Path,
+    srtp: &str,
+    business_host: &str,
+    password: &str,
+    extra: &[&str],
+) -> SimServe {
     let port = free_port();
     std::fs::write(dir.join("meta-pw"), password).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -536,7 +547,8 @@ pub fn sim_serve(dir: &Path, srtp: &str, business_host: &str, password: &str) ->
             .arg("--password-file")
             .arg(dir.join("meta-pw"))
             .arg("--state-dir")
-            .arg(dir.join("simstate")),
+            .arg(dir.join("simstate"))
+            .args(extra),
         dir.join("simserve.log"),
     );
     wait_tcp(addr, Duration::from_secs(10));

@@ -244,6 +244,15 @@ impl Bridge {
             // The WhatsApp leg's media session is the one; it stops with the WhatsApp leg.
             CallOutput::Media(MediaIntent::Stop)
             | CallOutput::Media(MediaIntent::SendDtmf { .. }) => {}
+            // A key pressed at the PBX by SIP INFO: RFC 4733 toward Meta (not before the answer,
+            // nor without a negotiated telephone-event; the owner hears of it either way).
+            CallOutput::Event(CallEvent::Dtmf(key)) => {
+                let _ = self.whatsapp.send_dtmf(&key.to_string());
+                self.out.push_back(BridgeOutput::Leg(
+                    LegId::Pbx,
+                    CallOutput::Event(CallEvent::Dtmf(key)),
+                ));
+            }
             CallOutput::Event(CallEvent::Ended(ending)) => {
                 self.pbx_ended(&ending);
                 self.out.push_back(BridgeOutput::Leg(

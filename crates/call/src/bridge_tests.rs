@@ -802,3 +802,42 @@ fn the_pbxs_reliable_ringing_gets_one_prack_per_rseq_on_the_pbx_leg_only() {
         .unwrap();
     assert!(bye_seq > prack_seq, "BYE {bye_seq} after PRACK {prack_seq}");
 }
+
+#[test]
+fn a_key_by_info_from_the_pbx_is_rfc_4733_toward_meta_and_a_bad_one_is_refused() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    let info = |cseq: u32, content_type: &str, body: &str| {
+        let mut req = from_the_pbx(Method::INFO, cseq, &ok, &pbx_invite, None);
+        req.headers.push("Content-Type", content_type);
+        req.body = body.as_bytes().to_vec();
+        req
+    };
+    for (cseq, content_type, body, status, key) in [
+        (
+            110,
+            "application/dtmf-relay",
+            "Signal=10\r\nDuration=160\r\n",
+            200,
+            Some("*"),
+        ),
+        (111, "application/dtmf", "9", 200, Some("9")),
+        (112, "application/dtmf-relay", "Duration=160\r\n", 400, None),
+        (113, "application/dtmf", "x", 400, None),
+    ] {
+        let req = info(cseq, content_type, body);
+        bridge
+            .leg_mut(LegId::Pbx)
+            .handle_request(server_transaction(&req), &req);
+        let out = drain(&mut bridge);
+        assert_eq!(responded(&out, LegId::Pbx)[0].status, status, "{body:?}");
+        let sent_keys: Vec<&str> = of(&out, LegId::WhatsApp)
+            .into_iter()
+            .filter_map(|c| match c {
+                CallOutput::Media(MediaIntent::SendDtmf { keys }) => Some(keys.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent_keys, key.into_iter().collect::<Vec<_>>(), "{body:?}");
+    }
+}

@@ -105,6 +105,8 @@ pub enum CallEvent {
     MediaUpdated(Direction),
     /// Our re-offer was refused with this status; the previous media stays.
     ReofferRefused(u16),
+    /// The far side pressed a key by SIP INFO (`application/dtmf-relay` or `application/dtmf`).
+    Dtmf(char),
     Ended(Ending),
 }
 
@@ -214,6 +216,43 @@ struct Ringing {
 struct Preparing {
     invite: Request,
     cancel_wanted: bool,
+}
+
+/// The key of a SIP INFO DTMF (the legacy `application/dtmf-relay` body, `Signal=5` and
+/// `Duration=160` lines, as Asterisk and Cisco send it; or `application/dtmf`, the key alone), or
+/// the status and phrase that refuse it.
+fn info_dtmf(req: &Request) -> Result<char, (u16, &'static str)> {
+    let content_type = req
+        .headers
+        .get("Content-Type")
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let body = std::str::from_utf8(&req.body).map_err(|_| (400, "Bad Request (body not UTF-8)"))?;
+    let signal = match content_type.as_str() {
+        "application/dtmf-relay" => body
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("signal"))
+            .map(|(_, v)| v.trim())
+            .ok_or((400, "Bad Request (no Signal= line)"))?,
+        "application/dtmf" => body.trim(),
+        _ => return Err((415, "Unsupported Media Type (only DTMF by INFO)")),
+    };
+    let mut chars = signal.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if c.is_ascii_digit() || "*#ABCDabcd".contains(c) => {
+            Ok(c.to_ascii_uppercase())
+        }
+        _ => match signal {
+            "10" => Ok('*'),
+            "11" => Ok('#'),
+            _ => Err((400, "Bad Request (not a DTMF key)")),
+        },
+    }
 }
 
 /// What became of a provisional response that asked for a PRACK.
@@ -1638,6 +1677,21 @@ impl Ctx {
                 ok.headers.push("Allow", self.setup.policy.allow());
                 ok.headers.push("Accept", "application/sdp");
                 (restore(up), ok)
+            }
+            Method::INFO if self.setup.policy.answers_reoffers => {
+                let response = match info_dtmf(req) {
+                    Ok(key) => {
+                        self.event(CallEvent::Dtmf(key));
+                        Response::to_request(req, 200, "OK", None)
+                    }
+                    Err(refusal) => {
+                        let mut r = Response::to_request(req, refusal.0, refusal.1, None);
+                        r.headers
+                            .push("Accept", "application/dtmf-relay, application/dtmf");
+                        r
+                    }
+                };
+                (restore(up), response)
             }
             _ => {
                 let mut r = Response::to_request(req, 405, "Method Not Allowed", None);

@@ -15,7 +15,7 @@ use crate::quiet::SinkClock;
 use crate::relay::{sender_report, InboundCounters, SenderInfo};
 use crate::restamp::{PayloadMap, Restamper, FRAME};
 use crate::srtp::SrtpContext;
-use crate::transcode::FromSink;
+use crate::transcode::{payload_range, FromSink};
 use crate::MediaError;
 
 use crate::session::{
@@ -68,6 +68,8 @@ pub(crate) async fn write_loop(
     // even a short call learns its round-trip time.
     let mut next_report = Instant::now() + FIRST_RTCP;
     let mut last_from_sink: Option<Instant> = None;
+    // A G.711 sink's telephone-event being relayed: its timestamp, and ours for it.
+    let mut sink_event: Option<(u32, u32)> = None;
     // Since when the sink has been quiet, as far as its timeout is concerned.
     let mut quiet_since = Instant::now();
     let mut first = true;
@@ -113,13 +115,23 @@ pub(crate) async fn write_loop(
                         continue;
                     }
                 }
-                // While a key is being sent, its events replace the sink's audio.
-                if dtmf.is_some() || !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
-                    continue;
-                }
+                let len = if from_sink.is_some() && dtmf.is_none() && buf[1] & 0x7f == payloads.sink.dtmf {
+                    let Some(pt) = payloads.remote_dtmf else { continue };
+                    let Some(len) = relay_sink_event(&mut buf, n, pt, &mut sink_event, &mut restamper, now) else {
+                        continue;
+                    };
+                    stats.dtmf_out += 1;
+                    len
+                } else {
+                    // While a key is being sent, its events replace the sink's audio.
+                    if dtmf.is_some() || !payloads.to_remote(&mut buf[..n]) || !restamper.restamp(&mut buf[..n], now) {
+                        continue;
+                    }
+                    n
+                };
                 last_from_sink = Some(now);
                 clock.heard(now);
-                n
+                len
             }
             () = clock.woken(), if !own_timer => {
                 own_timer = true;
@@ -239,4 +251,27 @@ pub(crate) async fn write_loop(
             }
         }
     }
+}
+
+/// A G.711 sink's telephone-event packet (`buf[..n]`), written in place onto our stream as payload
+/// type `pt`: each event at our stream's time where it starts (`event`: the sink's timestamp of the
+/// event being relayed, and ours), its payload as it is (its durations are 8 kHz units, as the far
+/// side's telephone-event/8000 wants). None: not a telephone-event payload.
+fn relay_sink_event(
+    buf: &mut [u8],
+    n: usize,
+    pt: u8,
+    event: &mut Option<(u32, u32)>,
+    restamper: &mut Restamper,
+    now: Instant,
+) -> Option<usize> {
+    let range = payload_range(&buf[..n])?;
+    let payload = <[u8; 4]>::try_from(&buf[range]).ok()?;
+    let sink_ts = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let (our_ts, starts) = match *event {
+        Some((ts, ours)) if ts == sink_ts => (ours, false),
+        _ => (restamper.now_ts(now), true),
+    };
+    *event = Some((sink_ts, our_ts));
+    Some(restamper.own_packet(pt, starts, our_ts, &payload, &mut buf[..MTU], now))
 }

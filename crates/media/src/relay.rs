@@ -117,7 +117,16 @@ impl InboundRoute {
                     }
                 });
             }
-            _ => {
+            // The far side's telephone-events, on the G.711 sink's clock; nothing else of its
+            // reaches a G.711 sink.
+            Some(to_sink) if rtp[1] & 0x7f == self.payloads.sink.dtmf => {
+                to_sink.stamp_event(rtp);
+                if self.app.try_send_to(rtp, self.sink).is_err() {
+                    self.counters.sink_busy.fetch_add(1, Relaxed);
+                }
+            }
+            Some(_) => {}
+            None => {
                 if self.app.try_send_to(rtp, self.sink).is_err() {
                     self.counters.sink_busy.fetch_add(1, Relaxed);
                 }

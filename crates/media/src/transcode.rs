@@ -333,6 +333,26 @@ impl ToSink {
         }
     }
 
+    /// A telephone-event packet of the far side's toward the sink: its timestamp put on the sink's
+    /// 8 kHz clock as the audio's is (its payload's durations are 8 kHz units already).
+    pub fn stamp_event(&mut self, rtp: &mut [u8]) {
+        if rtp.len() < 12 {
+            return;
+        }
+        let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
+        let ts = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
+        let base = *self.clock_base.get_or_insert(ts);
+        let narrow_ts = base / CLOCK_RATIO + ts.wrapping_sub(base) / CLOCK_RATIO;
+        rtp[4..8].copy_from_slice(&narrow_ts.to_be_bytes());
+        // The event holds its sequence number: the audio after it is not a loss to fill in.
+        if self
+            .expected
+            .is_none_or(|expected| seq.wrapping_sub(expected) < 0x8000)
+        {
+            self.expected = Some(seq.wrapping_add(1));
+        }
+    }
+
     fn header(&mut self, seq: u16, ts: u32, base: u32, ssrc: [u8; 4], marker: bool) {
         let narrow_ts = base / CLOCK_RATIO + ts.wrapping_sub(base) / CLOCK_RATIO;
         self.out[0] = 0x80;

@@ -98,6 +98,44 @@ pub struct Recorder {
     pub max_gap: std::time::Duration,
     last: Option<(u16, std::time::Instant)>,
     sequence: SeenSequence,
+    /// The telephone-events among the packets.
+    pub dtmf: Events,
+}
+
+/// RFC 4733 telephone-events as they arrive: a key per event (a new timestamp), and its longest
+/// duration seen, in milliseconds of the 8000 Hz clock.
+#[derive(Debug, Default)]
+pub struct Events {
+    pub keys: String,
+    pub durations_ms: Vec<u32>,
+    current: Option<u32>,
+}
+
+/// The payload type of telephone-event/8000 on the sim's plain side (WhatsApp's own number).
+pub const DTMF_PT: u8 = 126;
+
+impl Events {
+    fn push(&mut self, timestamp: u32, payload: &[u8]) {
+        let [code, _, d0, d1] = match payload.get(..4) {
+            Some(&[a, b, c, d]) => [a, b, c, d],
+            _ => return,
+        };
+        let key = match code {
+            0..=9 => char::from(b'0' + code),
+            10 => '*',
+            11 => '#',
+            12..=15 => char::from(b'A' + code - 12),
+            _ => return,
+        };
+        let ms = u32::from(u16::from_be_bytes([d0, d1])) / 8;
+        if self.current != Some(timestamp) {
+            self.current = Some(timestamp);
+            self.keys.push(key);
+            self.durations_ms.push(ms);
+        } else if let Some(last) = self.durations_ms.last_mut() {
+            *last = (*last).max(ms);
+        }
+    }
 }
 
 /// The last 1,024 extended sequence numbers of a stream, to find repeats.
@@ -151,6 +189,7 @@ impl Recorder {
             max_gap: std::time::Duration::ZERO,
             last: None,
             sequence: SeenSequence::default(),
+            dtmf: Events::default(),
         })
     }
 
@@ -175,6 +214,10 @@ impl Recorder {
                 self.max_gap = self.max_gap.max(now.duration_since(last_at));
             }
             self.last = Some((seq, now));
+        }
+        if pt == DTMF_PT {
+            let ts = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+            self.dtmf.push(ts, payload);
         }
         if pt != self.payload_type {
             self.other += 1;

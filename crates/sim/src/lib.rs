@@ -75,6 +75,12 @@ pub struct SimMediaArgs {
     /// Send with the SSRC the SDP announced (Meta's relay overwrites it; so does the sim by default).
     #[arg(long)]
     pub keep_ssrc: bool,
+    /// The user presses these keys (0-9, *, #, A-D) as RFC 4733 events, 100 ms each, once the
+    /// call has been up for `--dtmf-after` seconds.
+    #[arg(long)]
+    pub dtmf: Option<String>,
+    #[arg(long, default_value_t = 1.5)]
+    pub dtmf_after: f64,
 }
 
 impl SimMediaArgs {
@@ -85,6 +91,10 @@ impl SimMediaArgs {
             rtp_timeout: Duration::from_secs_f64(self.rtp_timeout_secs.max(0.1)),
             keep_ssrc: self.keep_ssrc,
             speak_first: false,
+            dtmf: self
+                .dtmf
+                .clone()
+                .map(|keys| (keys, Duration::from_secs_f64(self.dtmf_after.max(0.0)))),
         }
     }
 

@@ -1169,6 +1169,7 @@ pub async fn run(args: LoadArgs, mut draws: Draws) -> Result<bool> {
         rtp_timeout: Duration::from_secs(20),
         keep_ssrc: false,
         speak_first: args.through == Through::Rtpengine,
+        dtmf: None,
     };
     let (hang_up, hang_up_rx) = watch::channel(false);
     let pid = args.pid;

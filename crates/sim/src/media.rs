@@ -33,6 +33,8 @@ pub struct MediaOptions {
     /// Send before the far side's first packet (Meta does not; `sim load` does toward a relay that
     /// waits for media itself, as rtpengine does).
     pub speak_first: bool,
+    /// Keys the user presses (RFC 4733), and how long into the call.
+    pub dtmf: Option<(String, Duration)>,
 }
 
 pub struct Relay {
@@ -161,6 +163,7 @@ impl Leg {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (notes_tx, notes) = mpsc::channel(4);
         let rtp_timeout = options.rtp_timeout;
+        let mut dtmf = options.dtmf.clone();
         let task = tokio::spawn(async move {
             let mut report = Report {
                 announced_ssrc: announced,
@@ -184,6 +187,14 @@ impl Leg {
                     _ = tick.tick() => {
                         if let Ok(n) = tone.next_packet(&mut buf) {
                             let _ = ear.send_to(&buf[..n], app).await;
+                        }
+                        if let Some((keys, _)) = dtmf.take_if(|(_, after)| started.elapsed() >= *after) {
+                            for key in keys.chars() {
+                                if let Err(e) = session.send_dtmf(key, Duration::from_millis(100)) {
+                                    report.dtmf_failure = Some(format!("{key}: {e}"));
+                                }
+                            }
+                            report.dtmf_sent = keys;
                         }
                         if !told_silence && last_heard.elapsed() >= rtp_timeout {
                             told_silence = true;
@@ -213,6 +224,8 @@ impl Leg {
             report.repeated_seqs = recorder.repeated_seqs;
             report.seq_jumps = recorder.seq_jumps;
             report.max_gap_ms = recorder.max_gap.as_secs_f64() * 1000.0;
+            report.heard_dtmf = recorder.dtmf.keys.clone();
+            report.heard_dtmf_ms = recorder.dtmf.durations_ms.clone();
             report
         });
         Ok(Running {
@@ -265,6 +278,13 @@ pub struct Report {
     /// Dominant frequency and RMS level of what the business sent.
     pub heard: Option<(f64, f64)>,
     pub heard_packets: u64,
+    /// The keys the user pressed, and why one could not be.
+    pub dtmf_sent: String,
+    pub dtmf_failure: Option<String>,
+    /// The business's telephone-events (PT 126, as Meta's SDP names it), and each one's duration
+    /// on the 8000 Hz clock.
+    pub heard_dtmf: String,
+    pub heard_dtmf_ms: Vec<u32>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -327,6 +347,10 @@ impl Report {
             "repeated_seqs": self.repeated_seqs,
             "seq_jumps": self.seq_jumps,
             "max_gap_ms": (self.max_gap_ms * 10.0).round() / 10.0,
+            "dtmf_sent": self.dtmf_sent,
+            "dtmf_failure": self.dtmf_failure,
+            "heard_dtmf": self.heard_dtmf,
+            "heard_dtmf_ms": self.heard_dtmf_ms,
             "packets_in": self.stats.packets_in,
             "packets_out": self.stats.packets_out,
             "srtp_rejected": self.stats.srtp_rejected,

@@ -499,6 +499,8 @@ impl Core {
             CallEvent::ReofferRefused(status) => self.events.emit(json!({
                 "event": "media.update_refused", "call": entry.id, "status": status,
             })),
+            // The WhatsApp leg takes no INFO.
+            CallEvent::Dtmf(_) => {}
             CallEvent::Ended(ending) => {
                 entry.ended = Some(ending);
                 if entry.media.is_none() {

@@ -167,6 +167,9 @@ impl Core {
             CallEvent::Answered => self
                 .events
                 .emit(json!({"event": "pbx.answered", "call": entry.id})),
+            CallEvent::Dtmf(key) => self.events.emit(
+                json!({"event": "pbx.dtmf", "call": entry.id, "key": key.to_string(), "by": "info"}),
+            ),
             CallEvent::Ended(ending) => {
                 self.events.emit(json!({
                     "event": "pbx.ended", "call": entry.id, "by": ending.by.name(),
