@@ -34,6 +34,17 @@ fn baresip_phone_dialing(
     codec: &str,
     dial: Option<&str>,
 ) -> (Background, u16) {
+    baresip_phone_with(dir, port, codec, dial, "")
+}
+
+/// The phone with `account` parameters added to its account line (`;auth_user=...`).
+fn baresip_phone_with(
+    dir: &std::path::Path,
+    port: u16,
+    codec: &str,
+    dial: Option<&str>,
+    account: &str,
+) -> (Background, u16) {
     let home = dir.join("baresip");
     std::fs::create_dir_all(home.join("snd")).unwrap();
     let template = std::fs::read_to_string(peers_dir().join("baresip/config.template")).unwrap();
@@ -54,7 +65,7 @@ fn baresip_phone_dialing(
     std::fs::write(
         home.join("accounts"),
         format!(
-            "<sip:+15550001111@127.0.0.1:{port}>;regint=0;audio_codecs={codec};answermode=auto\n"
+            "<sip:+15550001111@127.0.0.1:{port}>;regint=0;audio_codecs={codec};answermode=auto{account}\n"
         ),
     )
     .unwrap();
@@ -835,5 +846,196 @@ fn keys_the_pbx_sends_by_sip_info_reach_the_user_as_rfc_4733() {
     assert!(
         run.sipp_completed(),
         "SIPp's INFOs got 200, 200, 415\n{logs}"
+    );
+}
+
+/// Kamailio in front of the PBX, challenging every INVITE with 407 (tests/peers/kamailio/
+/// pbx-front.cfg): a WhatsApp user's call reaches the phone behind it with our credentials
+/// (`--pbx-username`, `--pbx-password-file`), and the phone's call (with its own credentials)
+/// reaches a WhatsApp user through it; two-way tone both times.
+#[test]
+fn calls_cross_a_kamailio_that_challenges_in_front_of_the_pbx_both_ways() {
+    assert!(
+        tool_exists("baresip"),
+        "baresip is not installed (scripts/test.sh installs it)"
+    );
+    let dir = TempDir::new("pbx-kamailio");
+    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let pbx_pw = dir.path().join("pbx-pw");
+    std::fs::write(&pbx_pw, "trunk-secret\n").unwrap();
+    let (kam_port, phone_port) = (free_port(), free_port());
+    let pbx = format!("sip:127.0.0.1:{kam_port};transport=udp");
+    let meta = sim.addr.to_string();
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--challenge",
+        "--media-ip",
+        "127.0.0.1",
+        "--pbx",
+        &pbx,
+        "--pbx-username",
+        "watrunk-trunk",
+        "--pbx-password-file",
+        pbx_pw.to_str().unwrap(),
+        "--meta-server",
+        &meta,
+        "--tls-ca",
+        sim.cert.to_str().unwrap(),
+        "--events",
+        "-",
+    ]);
+    let cfg = std::fs::read_to_string(peers_dir().join("kamailio/pbx-front.cfg"))
+        .unwrap()
+        .replace("@PORT@", &kam_port.to_string())
+        .replace("@WATRUNK_PORT@", &server.udp.unwrap().port().to_string())
+        .replace("@PBX_PORT@", &phone_port.to_string())
+        .replace("@USERNAME@", "watrunk-trunk")
+        .replace("@PASSWORD@", "trunk-secret");
+    let cfg_path = dir.path().join("kamailio.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let kamailio = Background::spawn(
+        "kamailio",
+        Command::new(tool("kamailio"))
+            .arg("-f")
+            .arg(&cfg_path)
+            .args(["-DD", "-E", "-e", "-n", "1", "-P"])
+            .arg(dir.path().join("kamailio.pid"))
+            .arg("-Y")
+            .arg(dir.path()),
+        dir.path().join("kamailio.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // A WhatsApp user calls: our INVITE to the PBX is challenged, answered, relayed.
+    let (phone, _) = baresip_phone_with(
+        dir.path(),
+        phone_port,
+        "PCMU/8000/1",
+        None,
+        ";auth_user=watrunk-trunk;auth_pass=trunk-secret",
+    );
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let (ok, out) = run(
+        Command::new(bin())
+            .args(["sim", "call", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--to", "+15550001111"])
+            .args(["--hangup-after", "4", "--expect-hz", "880"])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--ca")
+            .arg(&ca),
+        Duration::from_secs(40),
+    );
+    let logs = || {
+        format!(
+            "--- sim call\n{out}\n--- serve\n{}\n--- kamailio\n{}\n--- baresip\n{}",
+            server.log(),
+            kamailio.log(),
+            phone.log()
+        )
+    };
+    let call = sim_call_report(&out, &logs());
+    assert!(ok, "{}", logs());
+    assert_eq!(call["status"], 200, "{call}");
+    let hz = call["media"]["heard_hz"].as_f64().unwrap();
+    assert!((hz - 880.0).abs() <= 880.0 * 0.02, "{call}\n{}", logs());
+    let kam = kamailio.log();
+    assert!(
+        kam.contains(&format!(
+            "AUTH-CHALLENGE INVITE from 127.0.0.1:{}",
+            server.udp.unwrap().port()
+        )),
+        "{}",
+        logs()
+    );
+    assert!(
+        kam.contains("AUTH-OK INVITE") && kam.contains("user=watrunk-trunk"),
+        "{}",
+        logs()
+    );
+    server.wait_event(
+        "call.ended",
+        |e| e["server"]["calls"] == 0,
+        Duration::from_secs(10),
+    );
+    drop(phone);
+
+    // The phone calls a WhatsApp user through Kamailio, which challenges it.
+    let dir2 = dir.path().join("second");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let target = format!("sip:+12195550714@127.0.0.1:{kam_port}");
+    let (phone, _) = baresip_phone_with(
+        &dir2,
+        phone_port,
+        "PCMU/8000/1",
+        Some(&target),
+        ";auth_user=watrunk-trunk;auth_pass=trunk-secret",
+    );
+    server.wait_event(
+        "call.ended",
+        |e| e["direction"] == "outbound",
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let logs = format!(
+        "--- sim serve\n{}\n--- serve\n{}\n--- kamailio\n{}\n--- baresip\n{}",
+        sim.process.log(),
+        server.log(),
+        kamailio.log(),
+        phone.log()
+    );
+    let call = json_lines(&sim.process.log())
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    assert_eq!(call["status"], 200, "{call}\n{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    let hz = call["media"]["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 880.0).abs() <= 880.0 * 0.02,
+        "the user heard {hz} Hz\n{logs}"
+    );
+    assert!(
+        kamailio.log().matches("AUTH-OK INVITE").count() >= 2,
+        "the phone's INVITE was challenged and accepted too\n{logs}"
+    );
+    drop(phone);
+    assert_baresip_and_the_user_heard_each_other(
+        &dir2,
+        call["media"]["heard_rms"].as_f64().unwrap(),
+        &logs,
+    );
+}
+
+/// Glare on the PBX leg: a re-INVITE with an offer while our offer (in the 200 to its offerless
+/// re-INVITE) waits for the ACK's answer gets 491; the first exchange completes, the retried
+/// re-INVITE gets 200, and Meta sees none of it, its stream continuous.
+#[test]
+fn glare_on_the_pbx_leg_gets_491_there_and_meta_sees_nothing() {
+    let mut run = SippRun::new(
+        "pbx-glare",
+        "pbx_uas_glare.xml",
+        &[],
+        &["--hangup-after", "30"],
+    );
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
+    assert!(ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(
+        call["ended_by"], "business",
+        "the PBX's BYE ended it: {call}\n{logs}"
+    );
+    let media = &call["media"];
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(
+        run.sipp_completed(),
+        "SIPp saw 200, 491, then 200 for its re-INVITEs\n{logs}"
     );
 }

@@ -49,6 +49,7 @@ fn pbx_call() -> OutboundCall {
         domain: "pbx.example.com:5060".into(),
         transport: "udp".into(),
         password: None,
+        username: None,
     }
 }
 
@@ -563,6 +564,7 @@ fn pbx_calls_whatsapp() -> (Bridge, Request, TransactionLayer) {
         domain: "wa.meta.vc".into(),
         transport: "tls".into(),
         password: Some("pw".into()),
+        username: None,
     };
     let bridge = Bridge::outbound(
         pbx,
@@ -840,4 +842,29 @@ fn a_key_by_info_from_the_pbx_is_rfc_4733_toward_meta_and_a_bad_one_is_refused()
             .collect();
         assert_eq!(sent_keys, key.into_iter().collect::<Vec<_>>(), "{body:?}");
     }
+}
+
+#[test]
+fn a_stray_ack_leaves_our_offer_waiting_for_the_right_one() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    // A connected-line re-INVITE without SDP: our 200 carries an offer.
+    let reinvite = from_the_pbx(Method::INVITE, 120, &ok, &pbx_invite, None);
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_request(server_transaction(&reinvite), &reinvite);
+    let our_offer = responded(&drain(&mut bridge), LegId::Pbx)[0].clone();
+    assert_eq!(our_offer.status, 200);
+    assert!(!our_offer.body.is_empty());
+    // An ACK of another INVITE (a 491's, sent with a new branch): not the answer.
+    let stray = from_the_pbx(Method::ACK, 119, &ok, &pbx_invite, None);
+    bridge.leg_mut(LegId::Pbx).handle_ack(&stray);
+    let out = drain(&mut bridge);
+    assert!(sent(&out, LegId::Pbx).is_empty(), "no BYE: {out:?}");
+    // The right ACK carries the answer.
+    let ack = from_the_pbx(Method::ACK, 120, &ok, &pbx_invite, Some(asterisk_answer()));
+    bridge.leg_mut(LegId::Pbx).handle_ack(&ack);
+    let out = drain(&mut bridge);
+    assert!(sent(&out, LegId::Pbx).is_empty(), "no BYE: {out:?}");
+    assert!(bridge.leg(LegId::Pbx).is_answered());
 }

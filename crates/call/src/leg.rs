@@ -162,8 +162,10 @@ pub struct OutboundCall {
     pub domain: String,
     /// The Request-URI's transport: `tls` toward Meta; `udp`, `tcp` or `tls` toward a PBX.
     pub transport: String,
-    /// The number's SIP password, for a 401/407 (username: the number without '+').
+    /// The SIP password for a 401/407: the number's toward Meta, ours toward a PBX.
     pub password: Option<String>,
+    /// The digest username; None: the From user without '+' (Meta's rule, WHATSAPP-SIP §3.6).
+    pub username: Option<String>,
 }
 
 /// How we send a re-offer on a generic leg.
@@ -264,6 +266,15 @@ enum Prack {
     NotReliable,
 }
 
+/// The sequence number of a request's CSeq (0 when unreadable).
+fn cseq_number(req: &Request) -> u32 {
+    req.headers
+        .get("CSeq")
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The response requires RFC 3262's reliability (`Require: 100rel`).
 fn requires_100rel(response: &Response) -> bool {
     response
@@ -345,9 +356,11 @@ enum Reneg {
         direction: Direction,
         previous: Direction,
     },
-    /// Our offer went in a 2xx (an INVITE or re-INVITE without one); its answer is in the ACK.
+    /// Our offer went in a 2xx (an INVITE or re-INVITE without one, CSeq number `cseq`); its
+    /// answer is in that INVITE's ACK.
     OfferedInAnswer {
         offer: OfferState,
+        cseq: u32,
     },
 }
 
@@ -392,8 +405,9 @@ struct Ctx {
     /// Seeds the next generator this leg needs (a cnonce, a branch, a retry delay): a word kept
     /// instead of a generator's state, for as long as the call lasts.
     seed: u64,
-    /// Outbound: the password for a 401/407.
+    /// Outbound: the password for a 401/407, and the username if not the From user's.
     password: Option<String>,
+    username: Option<String>,
     /// The initial INVITE's client transaction (its 2xx retransmissions are ACKed again).
     invite_tx: Option<TransactionId>,
     bye: Option<TransactionId>,
@@ -461,6 +475,7 @@ impl Leg {
                 out: VecDeque::new(),
                 seed: rng.next_u64(),
                 password: None,
+                username: None,
                 invite_tx: None,
                 bye: None,
                 media_asked: false,
@@ -530,6 +545,7 @@ impl Leg {
                 out: VecDeque::new(),
                 seed: rng.next_u64(),
                 password: call.password,
+                username: call.username,
                 invite_tx: None,
                 bye: None,
                 media_asked: false,
@@ -1156,7 +1172,8 @@ impl Ctx {
             None => sdp::offer(&local)
                 .map(|state| {
                     let body = sdp::print(state.sdp());
-                    (body, None, Reneg::OfferedInAnswer { offer: state })
+                    let cseq = cseq_number(&invite);
+                    (body, None, Reneg::OfferedInAnswer { offer: state, cseq })
                 })
                 .map_err(|e| {
                     let reason = format!("our offer cannot be made: {e}");
@@ -1322,13 +1339,7 @@ impl Ctx {
         let Ok(mut prack) = early.create_request(Method::PRACK) else {
             return Prack::NotReliable;
         };
-        let invite_seq = c
-            .invite
-            .headers
-            .get("CSeq")
-            .and_then(|v| v.split_whitespace().next())
-            .unwrap_or("1")
-            .to_string();
+        let invite_seq = cseq_number(&c.invite);
         prack
             .headers
             .push("RAck", format!("{rseq} {invite_seq} INVITE"));
@@ -1417,16 +1428,16 @@ impl Ctx {
                 "the challenge offers no digest algorithm we support",
             ));
         };
-        let user = c
-            .invite
-            .from()
-            .and_then(|f| f.uri.user_base().map(str::to_string))
-            .unwrap_or_default();
         // Meta's digest username is the business number without '+' (WHATSAPP-SIP §3.6).
-        let creds = Credentials::new(
-            user.trim_start_matches('+'),
-            self.password.clone().unwrap_or_default(),
-        );
+        let user = self.username.clone().unwrap_or_else(|| {
+            c.invite
+                .from()
+                .and_then(|f| f.uri.user_base().map(str::to_string))
+                .unwrap_or_default()
+                .trim_start_matches('+')
+                .to_string()
+        });
+        let creds = Credentials::new(user, self.password.clone().unwrap_or_default());
         let uri = c.invite.uri.to_string();
         let mut rng = self.rng();
         let auth = digest::answer_with_random_cnonce(
@@ -1608,10 +1619,18 @@ impl Ctx {
 
     /// The ACK's answer to the offer in our 2xx, if one is pending.
     fn take_answer_from_ack(&mut self, up: &mut Up, ack: &Request) -> Result<(), String> {
-        let Some(Reneg::OfferedInAnswer { offer }) = up
-            .sdp
-            .as_deref_mut()
-            .map(|s| std::mem::replace(&mut s.reneg, Reneg::Idle))
+        // Only the ACK of the INVITE whose 200 carried our offer answers it; another (a stray ACK
+        // of an earlier INVITE) leaves the offer waiting.
+        let Some(sdp) = up.sdp.as_deref_mut() else {
+            return Ok(());
+        };
+        let Reneg::OfferedInAnswer { cseq, .. } = sdp.reneg else {
+            return Ok(());
+        };
+        if cseq_number(ack) != cseq {
+            return Ok(());
+        }
+        let Reneg::OfferedInAnswer { offer, .. } = std::mem::replace(&mut sdp.reneg, Reneg::Idle)
         else {
             return Ok(());
         };
@@ -1759,7 +1778,10 @@ impl Ctx {
                 Ok(offer) => {
                     ok.headers.push("Content-Type", "application/sdp");
                     ok.body = sdp::print(offer.sdp()).into_bytes();
-                    kept.reneg = Reneg::OfferedInAnswer { offer };
+                    kept.reneg = Reneg::OfferedInAnswer {
+                        offer,
+                        cseq: cseq_number(req),
+                    };
                     (up, ok)
                 }
                 Err(e) => (

@@ -437,6 +437,7 @@ fn call(from: &str, host: &str, to: &str, domain: &str, password: Option<&str>) 
         domain: domain.into(),
         transport: "tls".into(),
         password: password.map(str::to_string),
+        username: None,
     }
 }
 

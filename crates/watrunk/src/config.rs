@@ -122,6 +122,13 @@ pub struct CallArgs {
     /// as gone, both legs with a BYE (60 s; 0: never).
     #[arg(long)]
     pub pbx_rtp_timeout_secs: Option<u64>,
+    /// Our digest username toward the PBX (or a proxy in front of it) when it challenges our
+    /// INVITEs with 401/407 (default: the calling number, without '+').
+    #[arg(long)]
+    pub pbx_username: Option<String>,
+    /// A file holding our digest password toward the PBX (needed to answer its 401/407).
+    #[arg(long)]
+    pub pbx_password_file: Option<PathBuf>,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -305,6 +312,9 @@ pub struct PbxTarget {
     pub ring_timeout: Duration,
     /// How long its answered leg, not on hold, may send no RTP before the call ends (None: never).
     pub rtp_timeout: Option<Duration>,
+    /// Our digest credentials toward it, for its 401/407.
+    pub username: Option<String>,
+    pub password: Option<String>,
     /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
     /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
@@ -350,6 +360,8 @@ impl PbxTarget {
             ],
             ring_timeout: Duration::from_secs(60),
             rtp_timeout: Some(Duration::from_secs(60)),
+            username: None,
+            password: None,
             sources: Vec::new(),
         })
     }
@@ -552,12 +564,19 @@ fn resolve_calls(
     if (!args.numbers.is_empty() || !file.numbers.is_empty()) && media.is_none() {
         bail!("calls need a media address: pass --media-ip IP (config key media.ip)");
     }
+    let pbx_password = args
+        .pbx_password_file
+        .as_deref()
+        .map(|p| read_password(p, "--pbx-password-file"))
+        .transpose()?;
     let pbx = args
         .pbx
         .as_deref()
         .map(|t| PbxTarget::parse(t, "--pbx"))
         .transpose()?
         .map(|pbx| PbxTarget {
+            username: args.pbx_username.clone(),
+            password: pbx_password,
             ring_timeout: args
                 .pbx_ring_timeout_secs
                 .map_or(pbx.ring_timeout, |s| Duration::from_secs(s.max(1))),

@@ -147,6 +147,7 @@ impl Core {
                 domain: self.cfg.calls.meta_domain.clone(),
                 transport: "tls".into(),
                 password: number.password.clone(),
+                username: None,
             },
             setup,
             &mut self.rng,

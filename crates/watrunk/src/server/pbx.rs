@@ -98,7 +98,8 @@ impl Core {
             to_user: number.to_string(),
             domain: pbx.hostport.clone(),
             transport: "udp".into(),
-            password: None,
+            password: pbx.password.clone(),
+            username: pbx.username.clone(),
         }
     }
 
@@ -293,6 +294,7 @@ impl Core {
             domain: self.cfg.calls.meta_domain.clone(),
             transport: "tls".into(),
             password: number.password.clone(),
+            username: None,
         };
         let setup = self.leg_setup(&number.number, number.srtp);
         let bridge = match Bridge::outbound(pbx_leg, local, call, setup, &mut self.rng) {
