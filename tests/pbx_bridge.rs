@@ -1039,3 +1039,100 @@ fn glare_on_the_pbx_leg_gets_491_there_and_meta_sees_nothing() {
         "SIPp saw 200, 491, then 200 for its re-INVITEs\n{logs}"
     );
 }
+
+/// A blind transfer from the PBX: SIPp (the PBX) REFERs the call to extension 202, another SIPp
+/// whose answer points at a G.711 phone (CPython's audioop, 1000 Hz). watrunk answers 202, calls
+/// 202, moves the call's audio to the phone, tells the PBX in NOTIFYs (100, then 200) and ends
+/// the old leg; the user hears the phone, on one SSRC, with no gap, and Meta sees no request.
+#[test]
+fn a_refer_from_the_pbx_transfers_the_user_to_the_new_target_on_one_stream() {
+    let side = TempDir::new("pbx-refer-target");
+    let phone_port = free_port();
+    let phone = Background::spawn(
+        "g711 phone",
+        Command::new("/usr/bin/python3")
+            .arg(peers_dir().join("g711/sink.py"))
+            .args(["--listen", &format!("127.0.0.1:{phone_port}")])
+            .args(["--law", "pcmu", "--tone-hz", "1000", "--ptime", "20"])
+            .args(["--seconds", "9"]),
+        side.path().join("phone.log"),
+    );
+    let target_port = free_port();
+    let mut target = Background::spawn(
+        "sipp 202",
+        Command::new(tool("sipp"))
+            .current_dir(side.path())
+            .arg("-sf")
+            .arg(peers_dir().join("sipp/pbx_uas_transfer_target.xml"))
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &target_port.to_string(),
+                "-t",
+                "u1",
+            ])
+            .args(["-mp", &free_port().to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"])
+            .args(["-set", "newport", &phone_port.to_string()]),
+        side.path().join("sipp-202.log"),
+    );
+    let target_port = target_port.to_string();
+    let mut run = SippRun::with_sipp_args(
+        "pbx-refer",
+        "pbx_uas_refer.xml",
+        &["-set", "target_port", &target_port],
+        &[],
+        &["--hangup-after", "5"],
+    );
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
+    let logs = format!("{logs}\n--- sipp 202\n{}", target.log());
+    assert!(ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    let media = &call["media"];
+    let hz = media["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 1000.0).abs() <= 1000.0 * 0.02,
+        "the user heard {hz} Hz, not the transfer target\n{logs}"
+    );
+    assert_eq!(
+        media["business_ssrcs"].as_array().map(Vec::len),
+        Some(1),
+        "one SSRC throughout: {call}"
+    );
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(
+        run.sipp_completed(),
+        "the PBX got 202, NOTIFY 100 and 200, and our BYE\n{logs}"
+    );
+    assert!(
+        target.child.wait().unwrap().success(),
+        "202 was called and got our BYE when the user hung up\n{logs}"
+    );
+    let transfer = run
+        .server
+        .wait_event("pbx.transfer", |_| true, Duration::from_secs(1));
+    assert!(
+        transfer["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("sip:202@127.0.0.1:")),
+        "{transfer}"
+    );
+    for _ in 0..100 {
+        if phone.log().contains("g711.stream") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stream = json_lines(&phone.log())
+        .into_iter()
+        .find(|e| e["event"] == "g711.stream")
+        .unwrap_or_else(|| panic!("the phone got nothing\n{logs}"));
+    let hz = stream["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 440.0).abs() <= 440.0 * 0.02,
+        "the phone heard {hz} Hz: {stream}"
+    );
+}

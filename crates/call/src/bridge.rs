@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use rand::RngCore;
 use watrunk_sdp::{LocalMedia, MediaPlan};
-use watrunk_sip::Response;
+use watrunk_sip::{Response, Uri};
+
+use watrunk_sip::message::reason_phrase;
 
 use crate::ending::{Ending, Side};
 use crate::leg::{
@@ -33,6 +35,8 @@ use crate::leg::{
 pub enum LegId {
     WhatsApp,
     Pbx,
+    /// The PBX leg a REFER asked for (a blind transfer): once it answers, it is the PBX side.
+    Transfer,
 }
 
 /// What the owner carries out for a bridged call.
@@ -44,6 +48,9 @@ pub enum BridgeOutput {
     /// The WhatsApp leg's media is to talk to the PBX as `plan` says (address, codec, payload
     /// types): first when the PBX answers, again when a re-offer of the PBX moves or changes it.
     Connect(Box<MediaPlan>),
+    /// The PBX transfers the call (its REFER): the owner makes the new PBX leg toward this target
+    /// and gives it with [`Bridge::start_transfer`].
+    Transfer(Box<Uri>),
 }
 
 /// A WhatsApp call and its PBX leg.
@@ -52,6 +59,9 @@ pub struct Bridge {
     direction: CallDirection,
     whatsapp: Leg,
     pbx: Leg,
+    /// The new PBX leg of a transfer; `transferred` once it answered and replaced `pbx`.
+    transfer: Option<Leg>,
+    transferred: bool,
     /// Outbound: the PBX leg's 180, kept until Meta rings.
     ringing: Option<CallOutput>,
     /// Outbound: Meta has rung.
@@ -77,6 +87,8 @@ impl Bridge {
             direction: CallDirection::Inbound,
             whatsapp,
             pbx,
+            transfer: None,
+            transferred: false,
             ringing: None,
             rang: false,
             pbx_plan: None,
@@ -105,6 +117,8 @@ impl Bridge {
             direction: CallDirection::Outbound,
             whatsapp,
             pbx,
+            transfer: None,
+            transferred: false,
             ringing: None,
             rang: false,
             pbx_plan: Some(plan),
@@ -132,6 +146,7 @@ impl Bridge {
             .into_iter()
             .chain(self.whatsapp.poll_timeout())
             .chain(self.pbx.poll_timeout())
+            .chain(self.transfer.as_ref().and_then(Leg::poll_timeout))
             .min()
     }
 
@@ -154,6 +169,9 @@ impl Bridge {
         }
         self.whatsapp.handle_timeout(now);
         self.pbx.handle_timeout(now);
+        if let Some(transfer) = &mut self.transfer {
+            transfer.handle_timeout(now);
+        }
     }
 
     /// A leg, to feed it what arrived for it (its requests, responses, timeouts, media facts).
@@ -161,6 +179,7 @@ impl Bridge {
         match id {
             LegId::WhatsApp => &mut self.whatsapp,
             LegId::Pbx => &mut self.pbx,
+            LegId::Transfer => self.transfer.as_mut().unwrap_or(&mut self.pbx),
         }
     }
 
@@ -168,12 +187,35 @@ impl Bridge {
         match id {
             LegId::WhatsApp => &self.whatsapp,
             LegId::Pbx => &self.pbx,
+            LegId::Transfer => self.transfer.as_ref().unwrap_or(&self.pbx),
         }
+    }
+
+    /// The PBX side of the call: the PBX leg, or after a transfer the leg it asked for.
+    fn pbx_side(&mut self) -> &mut Leg {
+        match &mut self.transfer {
+            Some(transfer) if self.transferred => transfer,
+            _ => &mut self.pbx,
+        }
+    }
+
+    /// The new PBX leg toward the target of the PBX's REFER (`BridgeOutput::Transfer`): it asks for
+    /// its local description next (the call's plain side, as it is).
+    pub fn start_transfer(&mut self, leg: Leg) {
+        self.transfer = Some(leg);
+    }
+
+    /// The transfer the PBX asked for cannot be made (a target we refuse, a leg we cannot build):
+    /// the PBX hears it in a final NOTIFY.
+    pub fn refuse_transfer(&mut self, status: u16, phrase: &str) {
+        self.pbx.notify_refer(status, phrase, true);
     }
 
     /// Both legs have ended.
     pub fn is_ended(&self) -> bool {
-        self.whatsapp.is_ended() && self.pbx.is_ended()
+        self.whatsapp.is_ended()
+            && self.pbx.is_ended()
+            && self.transfer.as_ref().is_none_or(Leg::is_ended)
     }
 
     /// The PBX's media as last agreed.
@@ -189,11 +231,11 @@ impl Bridge {
             .pbx_plan
             .as_ref()
             .is_some_and(|p| p.direction.receives());
-        if !self.pbx.is_answered() || !sending {
+        if !self.pbx_side().is_answered() || !sending {
             return false;
         }
         let reason = format!("the PBX sent no RTP for {} s", quiet.as_secs());
-        self.pbx.hang_up(&reason, 41);
+        self.pbx_side().hang_up(&reason, 41);
         self.whatsapp.hang_up(&reason, 41);
         true
     }
@@ -202,6 +244,9 @@ impl Bridge {
     pub fn hang_up(&mut self, reason: &str, q850_cause: u16) {
         self.whatsapp.hang_up(reason, q850_cause);
         self.pbx.hang_up(reason, q850_cause);
+        if let Some(transfer) = &mut self.transfer {
+            transfer.hang_up(reason, q850_cause);
+        }
     }
 
     /// The next thing to carry out. The PBX leg's outputs are looked at first: its answer is what
@@ -213,6 +258,10 @@ impl Bridge {
             }
             if let Some(out) = self.pbx.poll_output() {
                 self.take_pbx_output(out);
+                continue;
+            }
+            if let Some(out) = self.transfer.as_mut().and_then(Leg::poll_output) {
+                self.take_transfer_output(out);
                 continue;
             }
             if let Some(out) = self.whatsapp.poll_output() {
@@ -253,14 +302,82 @@ impl Bridge {
                     CallOutput::Event(CallEvent::Dtmf(key)),
                 ));
             }
+            CallOutput::Event(CallEvent::Refer(target)) => self.referred(target),
             CallOutput::Event(CallEvent::Ended(ending)) => {
-                self.pbx_ended(&ending);
+                // After a transfer the old PBX leg's end is only its own.
+                if !self.transferred {
+                    self.pbx_ended(&ending);
+                }
                 self.out.push_back(BridgeOutput::Leg(
                     LegId::Pbx,
                     CallOutput::Event(CallEvent::Ended(ending)),
                 ));
             }
             other => self.out.push_back(BridgeOutput::Leg(LegId::Pbx, other)),
+        }
+    }
+
+    /// The PBX's REFER (already answered 202): a blind transfer of the WhatsApp user to `target`,
+    /// once the call is up on both legs and no transfer ran before.
+    fn referred(&mut self, target: Uri) {
+        if self.transfer.is_some() {
+            self.pbx
+                .notify_refer(501, "Not Implemented (one transfer per call)", true);
+        } else if !self.whatsapp.is_answered() || !self.pbx.is_answered() {
+            self.pbx
+                .notify_refer(603, "Decline (the call is not up yet)", true);
+        } else {
+            self.pbx.notify_refer(100, "Trying", false);
+            self.out.push_back(BridgeOutput::Transfer(Box::new(target)));
+        }
+    }
+
+    /// The transfer's leg: its answer makes it the PBX side (the media moves to it, the old PBX
+    /// leg hears 200 in a NOTIFY and a BYE); its failure is told to the old leg, which stays.
+    fn take_transfer_output(&mut self, out: CallOutput) {
+        match out {
+            CallOutput::Media(MediaIntent::Start { plan, .. })
+            | CallOutput::Media(MediaIntent::Update { plan }) => {
+                self.pbx_plan = Some((*plan).clone());
+                self.out.push_back(BridgeOutput::Connect(plan));
+                if !self.transferred {
+                    self.transferred = true;
+                    self.pbx.notify_refer(200, "OK", true);
+                    self.pbx.hang_up("transferred", 16);
+                }
+            }
+            CallOutput::Media(MediaIntent::Stop)
+            | CallOutput::Media(MediaIntent::SendDtmf { .. }) => {}
+            CallOutput::Event(CallEvent::Refer(_)) => {
+                if let Some(transfer) = &mut self.transfer {
+                    transfer.notify_refer(501, "Not Implemented (one transfer per call)", true);
+                }
+            }
+            CallOutput::Event(CallEvent::Dtmf(key)) => {
+                let _ = self.whatsapp.send_dtmf(&key.to_string());
+                self.out.push_back(BridgeOutput::Leg(
+                    LegId::Transfer,
+                    CallOutput::Event(CallEvent::Dtmf(key)),
+                ));
+            }
+            CallOutput::Event(CallEvent::Ended(ending)) => {
+                if self.transferred {
+                    self.pbx_ended(&ending);
+                } else {
+                    let (status, phrase) = match ending.status {
+                        Some(s) if s >= 300 => (s, reason_phrase(s)),
+                        _ => (503, "Service Unavailable"),
+                    };
+                    self.pbx.notify_refer(status, phrase, true);
+                }
+                self.out.push_back(BridgeOutput::Leg(
+                    LegId::Transfer,
+                    CallOutput::Event(CallEvent::Ended(ending)),
+                ));
+            }
+            other => self
+                .out
+                .push_back(BridgeOutput::Leg(LegId::Transfer, other)),
         }
     }
 
@@ -277,7 +394,10 @@ impl Bridge {
             CallOutput::Event(CallEvent::Answered) if self.pbx.is_ringing() => {
                 let _ = self.pbx.answer();
             }
-            CallOutput::Event(CallEvent::Ended(ending)) if !self.pbx.is_ended() => {
+            CallOutput::Event(CallEvent::Ended(ending))
+                if !self.pbx.is_ended()
+                    || self.transfer.as_ref().is_some_and(|t| !t.is_ended()) =>
+            {
                 if self.pbx.is_ringing() {
                     // Outbound, unanswered: Meta's refusal is the PBX's final response.
                     let response = refusal(ending, "WhatsApp");
@@ -290,6 +410,9 @@ impl Bridge {
                     };
                     let reason = format!("{reason}: {}", ending.reason);
                     self.pbx.hang_up(&reason, cause);
+                    if let Some(transfer) = &mut self.transfer {
+                        transfer.hang_up(&reason, cause);
+                    }
                 }
             }
             _ => {}

@@ -101,7 +101,7 @@ fn send_on(
     req: Request,
 ) -> (TransactionId, Request) {
     let peer = match leg {
-        LegId::Pbx => Peer {
+        LegId::Pbx | LegId::Transfer => Peer {
             transport: Transport::Udp,
             addr: "198.18.0.20:5060".parse().unwrap(),
             conn: None,

@@ -107,6 +107,9 @@ pub enum CallEvent {
     ReofferRefused(u16),
     /// The far side pressed a key by SIP INFO (`application/dtmf-relay` or `application/dtmf`).
     Dtmf(char),
+    /// The far side asks us to call `target` instead (a blind transfer, RFC 3515): its REFER got
+    /// 202; how the new call goes is told with [`Leg::notify_refer`].
+    Refer(Uri),
     Ended(Ending),
 }
 
@@ -828,6 +831,38 @@ impl Leg {
     /// Reason.
     pub fn hang_up(&mut self, reason: &str, q850_cause: u16) {
         self.step(|state, cx| (cx.hang_up(state, reason, q850_cause), ()))
+    }
+
+    /// How the call asked for by the far side's REFER goes (RFC 3515 §2.4.5): a NOTIFY in this
+    /// dialog with the new call's status line as `message/sipfrag`; `done` ends the implicit
+    /// subscription (a final status).
+    pub fn notify_refer(&mut self, status: u16, phrase: &str, done: bool) {
+        let (State::Accepted(up) | State::Up(up)) = &mut self.state else {
+            return;
+        };
+        let Ok(mut notify) = up.dialog.create_request(Method::NOTIFY) else {
+            return;
+        };
+        notify.headers.push("Event", "refer");
+        notify.headers.push(
+            "Subscription-State",
+            if done {
+                "terminated;reason=noresource"
+            } else {
+                "active;expires=60"
+            },
+        );
+        notify
+            .headers
+            .push("Contact", self.cx.setup.local.contact.clone());
+        notify
+            .headers
+            .push("User-Agent", self.cx.setup.local.user_agent.clone());
+        notify
+            .headers
+            .push("Content-Type", "message/sipfrag;version=2.0");
+        notify.body = format!("SIP/2.0 {status} {phrase}\r\n").into_bytes();
+        self.cx.out.push_back(CallOutput::Send(notify));
     }
 
     /// DTMF keys toward the far side, once media runs with a negotiated telephone-event.
@@ -1696,6 +1731,28 @@ impl Ctx {
                 ok.headers.push("Allow", self.setup.policy.allow());
                 ok.headers.push("Accept", "application/sdp");
                 (restore(up), ok)
+            }
+            Method::REFER if self.setup.policy.answers_reoffers => {
+                let target = req
+                    .headers
+                    .get("Refer-To")
+                    .and_then(|v| watrunk_sip::values::NameAddr::parse(v, "Refer-To").ok())
+                    .map(|n| n.uri)
+                    .filter(|u| u.as_sip().is_some());
+                let response = match target {
+                    Some(target) => {
+                        self.event(CallEvent::Refer(target));
+                        let mut accepted = Response::to_request(req, 202, "Accepted", None);
+                        accepted
+                            .headers
+                            .push("Contact", self.setup.local.contact.clone());
+                        accepted
+                    }
+                    None => {
+                        Response::to_request(req, 400, "Bad Request (no SIP URI in Refer-To)", None)
+                    }
+                };
+                (restore(up), response)
             }
             Method::INFO if self.setup.policy.answers_reoffers => {
                 let response = match info_dtmf(req) {

@@ -28,6 +28,7 @@ impl Method {
     pub const REGISTER: Method = Method::Known(KnownMethod(rsip::Method::Register));
     pub const NOTIFY: Method = Method::Known(KnownMethod(rsip::Method::Notify));
     pub const UPDATE: Method = Method::Known(KnownMethod(rsip::Method::Update));
+    pub const REFER: Method = Method::Known(KnownMethod(rsip::Method::Refer));
     pub const INFO: Method = Method::Known(KnownMethod(rsip::Method::Info));
     pub const PRACK: Method = Method::Known(KnownMethod(rsip::Method::PRack));
 

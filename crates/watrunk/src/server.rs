@@ -563,12 +563,13 @@ pub(crate) fn udp_hostport(hostname: &str, udp: std::net::SocketAddr) -> String 
 }
 
 /// What the UAS core lets through to the calls: with a PBX leg, UPDATE (a session refresh or an
-/// offer in the PBX's dialog) and INFO with its DTMF bodies too; the WhatsApp leg refuses them on its own.
+/// offer in the PBX's dialog), INFO with its DTMF bodies and REFER (a transfer) too; the WhatsApp leg refuses them on its own.
 fn uas_policy(cfg: &ServeConfig) -> UasPolicy {
     let mut policy = UasPolicy::default();
     if cfg.calls.pbx.is_some() {
         policy.allowed.push(watrunk_sip::Method::UPDATE);
         policy.allowed.push(watrunk_sip::Method::INFO);
+        policy.allowed.push(watrunk_sip::Method::REFER);
         policy.content_types.extend([
             "application/dtmf-relay".to_string(),
             "application/dtmf".to_string(),

@@ -412,6 +412,10 @@ impl Core {
                     super::pbx::connect_to_pbx(entry, &plan);
                     continue;
                 }
+                BridgeOutput::Transfer(target) => {
+                    self.transfer(key, &target);
+                    continue;
+                }
             };
             match out {
                 CallOutput::Respond {
@@ -436,9 +440,11 @@ impl Core {
                     }
                     Err(e) => tracing::debug!("call {key}: cancel: {e}"),
                 },
-                CallOutput::Media(intent) if leg == LegId::Pbx => self.pbx_media(key, intent),
+                CallOutput::Media(intent) if leg != LegId::WhatsApp => {
+                    self.pbx_media(key, leg, intent)
+                }
                 CallOutput::Media(intent) => self.media_intent(key, intent),
-                CallOutput::Event(ev) if leg == LegId::Pbx => self.pbx_event(key, ev),
+                CallOutput::Event(ev) if leg != LegId::WhatsApp => self.pbx_event(key, ev),
                 CallOutput::Event(ev) => self.call_event(key, ev),
             }
         }
@@ -499,8 +505,8 @@ impl Core {
             CallEvent::ReofferRefused(status) => self.events.emit(json!({
                 "event": "media.update_refused", "call": entry.id, "status": status,
             })),
-            // The WhatsApp leg takes no INFO.
-            CallEvent::Dtmf(_) => {}
+            // The WhatsApp leg takes no INFO or REFER.
+            CallEvent::Dtmf(_) | CallEvent::Refer(_) => {}
             CallEvent::Ended(ending) => {
                 entry.ended = Some(ending);
                 if entry.media.is_none() {

@@ -30,22 +30,37 @@ impl Core {
             .unwrap_or_else(|| req.uri.clone());
         let outbound_initial =
             req.method == Method::INVITE && req.to().is_some_and(|t| t.tag().is_none());
-        let pbx = self.cfg.calls.pbx.as_ref().filter(|_| leg == LegId::Pbx);
+        let pbx = self
+            .cfg
+            .calls
+            .pbx
+            .as_ref()
+            .filter(|_| leg != LegId::WhatsApp);
         let default_port = if pbx.is_some() { 5060 } else { 5061 };
-        let (host, port) = if outbound_initial || req.method == Method::CANCEL {
-            match pbx {
-                Some(pbx) => (pbx.host.clone(), pbx.port),
-                None => split_server(&self.cfg.calls.meta_server),
-            }
-        } else {
-            match hop_of(&target, default_port) {
-                Some(h) => h,
-                None => {
-                    tracing::warn!("call {key}: no next hop in {target}");
-                    return;
+        // A transfer's new leg goes where the REFER named (checked to be the PBX).
+        let (host, port) =
+            if leg == LegId::Transfer && (outbound_initial || req.method == Method::CANCEL) {
+                match hop_of(&req.uri, default_port) {
+                    Some(h) => h,
+                    None => {
+                        tracing::warn!("call {key}: no next hop in {}", req.uri);
+                        return;
+                    }
                 }
-            }
-        };
+            } else if outbound_initial || req.method == Method::CANCEL {
+                match pbx {
+                    Some(pbx) => (pbx.host.clone(), pbx.port),
+                    None => split_server(&self.cfg.calls.meta_server),
+                }
+            } else {
+                match hop_of(&target, default_port) {
+                    Some(h) => h,
+                    None => {
+                        tracing::warn!("call {key}: no next hop in {target}");
+                        return;
+                    }
+                }
+            };
         // A hop we already talk to (the INVITE's connection) needs no lookup.
         if let Ok(ip) = host.parse::<IpAddr>() {
             self.send_to_hop(key, leg, message, SocketAddr::new(ip, port), host);
@@ -94,7 +109,7 @@ impl Core {
             .filter(|o| o.addr == addr && o.conn.is_some_and(|c| self.connections.is_live(c)))
             .and_then(|o| o.conn);
         let peer = match leg {
-            LegId::Pbx => Peer {
+            LegId::Pbx | LegId::Transfer => Peer {
                 transport: Transport::Udp,
                 addr,
                 conn: None,

@@ -105,10 +105,14 @@ impl Core {
 
     /// The PBX leg asks for its local description (the plain side of the call's media, bound
     /// now so that the offer can name it); its other intents are the bridge's.
-    pub(super) fn pbx_media(&mut self, key: CallKey, intent: MediaIntent) {
+    pub(super) fn pbx_media(&mut self, key: CallKey, leg: LegId, intent: MediaIntent) {
         let MediaIntent::Prepare { .. } = intent else {
             return;
         };
+        if leg == LegId::Transfer {
+            self.transfer_media(key);
+            return;
+        }
         let bound = self.bind_plain_side();
         let Some(entry) = self.calls.get_mut(key) else {
             return;
@@ -354,4 +358,102 @@ fn whatsapp_user(user: &str) -> Option<String> {
     let digits = user.strip_prefix('+').unwrap_or(user);
     (!digits.is_empty() && digits.len() <= 15 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| user.to_string())
+}
+
+impl Core {
+    /// A transfer's leg asks for its local description: the call's plain side as it is (the
+    /// WhatsApp leg's media keeps its port; only the PBX's end of it moves).
+    fn transfer_media(&mut self, key: CallKey) {
+        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
+            return;
+        };
+        let caps = Capabilities::pbx(Security::Plain, pbx.codecs.clone());
+        let public_ip = media.public_ip;
+        let Some(entry) = self.calls.get_mut(key) else {
+            return;
+        };
+        let Some(addr) = entry.local_rtp else {
+            return;
+        };
+        let announced = SocketAddr::new(public_ip.unwrap_or(addr.ip()), addr.port());
+        let local = LocalMedia::for_capabilities(&caps, &mut self.rng).with_candidates([announced]);
+        entry.leg.leg_mut(LegId::Transfer).media_ready(local);
+        self.pump(key);
+    }
+
+    /// The PBX's REFER asks for `target`: a new PBX leg toward it, from the WhatsApp party, if
+    /// `target` is the PBX (a REFER elsewhere is refused: no toll fraud through us).
+    pub(super) fn transfer(&mut self, key: CallKey, target: &watrunk_sip::Uri) {
+        let Some(pbx) = self.cfg.calls.pbx.clone() else {
+            return;
+        };
+        let sip = target.as_sip();
+        let host = sip.map(|u| u.host.to_string()).unwrap_or_default();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let at_the_pbx = host == pbx.host
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| pbx.sources.contains(&ip.to_canonical()));
+        let user = sip
+            .and_then(|u| u.user_base())
+            .unwrap_or_default()
+            .to_string();
+        let Some(entry) = self.calls.get_mut(key) else {
+            return;
+        };
+        let Session::Bridged(bridge) = &mut entry.leg else {
+            return;
+        };
+        if !at_the_pbx || user.is_empty() {
+            tracing::info!(
+                "call {}: a transfer to {target} refused: not the PBX",
+                entry.id
+            );
+            bridge.refuse_transfer(403, "Forbidden (transfers go to the PBX only)");
+            self.pump(key);
+            return;
+        }
+        let port = sip.and_then(|u| u.port).unwrap_or(5060);
+        let call = OutboundCall {
+            from_number: entry.remote.clone(),
+            hostname: self.cfg.hostname.clone(),
+            to_user: user,
+            domain: format!(
+                "{}:{port}",
+                sip.map(|u| u.host.to_string()).unwrap_or_default()
+            ),
+            transport: "udp".into(),
+            password: pbx.password.clone(),
+            username: pbx.username.clone(),
+        };
+        let number = entry.number.clone();
+        let setup = self.pbx_setup(&pbx, &number);
+        let leg = match Leg::outgoing(call, setup, &mut self.rng) {
+            Ok(leg) => leg,
+            Err(e) => {
+                tracing::warn!("a transfer to {target}: {e}");
+                if let Some(Session::Bridged(bridge)) = self.calls.get_mut(key).map(|e| &mut e.leg)
+                {
+                    bridge.refuse_transfer(500, "Server Internal Error");
+                }
+                self.pump(key);
+                return;
+            }
+        };
+        let call_id = leg.call_id().to_string();
+        let Some(entry) = self.calls.get_mut(key) else {
+            return;
+        };
+        if let Session::Bridged(bridge) = &mut entry.leg {
+            bridge.start_transfer(leg);
+        }
+        let id = entry.id.clone();
+        self.calls.index_call_id(&call_id, key, LegId::Transfer);
+        self.events
+            .emit(json!({"event": "pbx.transfer", "call": id, "target": target.to_string()}));
+        self.pump(key);
+    }
 }

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# PBX bridge benchmark (docs/benchmarks.md "Bridged calls"): the same `watrunk sim load` (N
+# concurrent WhatsApp-user calls over TLS SIP with SDES, 50 packets/s each way, echoed by the agent
+# side in the same process) through, one after the other in the same run:
+#   bare      `watrunk sim bare-relay` (plain UDP, the reference)
+#   agent     `watrunk serve --sink` (the relay alone, SRTP <-> RTP)
+#   opus      `watrunk serve --pbx` with SIPp as the PBX answering opus/48000/2: passthrough
+#   pcmu      the same with SIPp answering PCMU: transcoded both ways (the agent echoes the PCMU)
+# SIPp's answers point the PBX leg's media at the sim's agent side, so every variant carries the
+# same packets. Reported: the relay's CPU µs per relayed packet over the window and its ratio to
+# the bare relay's; for pcmu, calls per core. Runs in a private network namespace, as root.
+#
+#   scripts/bench-bridge.sh                   # CALLS="100 250" WINDOW=8
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+if [ -z "${WATRUNK_BENCH_NETNS:-}" ]; then
+  command -v sipp >/dev/null 2>&1 || { echo "sipp is needed (scripts/test.sh installs it)" >&2; exit 1; }
+  cargo build --release --locked -p watrunk
+  exec unshare -n env WATRUNK_BENCH_NETNS=1 bash "$0" "$@"
+fi
+
+ip link set lo up
+ip addr add 198.18.0.1/32 dev lo
+ulimit -n 20000 2>/dev/null || true
+IP=198.18.0.1
+W=$root/target/release/watrunk
+CALLS=${CALLS:-"100 250"}
+WINDOW=${WINDOW:-8}
+RAMP=${RAMP:-100}
+out=$root/target/bench/bridge
+rm -rf "$out" && mkdir -p "$out"
+results=$out/results.jsonl
+echo secret > "$out/pw"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+
+load() { # variant, through, extra args...
+  local variant=$1 through=$2; shift 2
+  timeout 300 "$W" sim load --through "$through" --media-ip $IP --sink $IP:4100 --window "$WINDOW" "$@" \
+    > "$out/last.json" 2>> "$out/load.err" || echo "load $variant failed (see $out/load.err)" >&2
+  tail -n 1 "$out/last.json" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["variant"]=sys.argv[1]; print(json.dumps(d))' "$variant" >> "$results"
+  tail -n 1 "$results" | cut -c1-160 >&2
+}
+
+serve() { # extra serve args...
+  "$W" serve --hostname localhost --tls $IP:5061 --udp $IP:5060 --state-dir "$out/state" \
+    --number +15550001111 --sip-password-file "$out/pw" --challenge --srtp sdes --media-ip $IP \
+    --api off "$@" > "$out/serve.out" 2>> "$out/serve.err" &
+  SERVE=$!; pids+=("$SERVE")
+  for _ in $(seq 50); do [ -f "$out/state/localhost.selfsigned.crt" ] && break; sleep 0.1; done
+  sleep 0.5
+}
+
+through_serve() { # variant, calls, serve args...
+  local variant=$1 n=$2; shift 2
+  serve "$@"
+  load "$variant" watrunk --target $IP:5061 --server-name localhost --ca "$out/state/localhost.selfsigned.crt" \
+    --password-file "$out/pw" --srtp sdes --calls "$n" --rate $RAMP --pid "$SERVE"
+  kill "$SERVE"; wait "$SERVE" 2>/dev/null || true
+}
+
+pbx() { # pt, codec
+  sipp -sf "$root/tests/peers/sipp/pbx_uas_load.xml" -i $IP -p 5070 -t u1 -nostdin -bg \
+    -set pt "$1" -set codec "$2" -set agent_ip $IP -set agent_port 4100 -l 5000 \
+    -trace_err -error_file "$out/sipp.err" > /dev/null 2>&1
+  sleep 0.5
+}
+
+for n in $CALLS; do
+  echo "== $n calls" >&2
+  "$W" sim bare-relay --listen $IP:4200 --sink $IP:4100 2>> "$out/bare.err" &
+  bare=$!; pids+=("$bare"); sleep 0.3
+  load bare bare --relay $IP:4200 --calls "$n" --rate $RAMP --pid $bare
+  kill $bare; wait $bare 2>/dev/null || true
+  through_serve agent "$n" --sink $IP:4100
+  pbx 111 opus/48000/2
+  through_serve opus "$n" --pbx "sip:$IP:5070;transport=udp"
+  pkill -x sipp || true; sleep 0.5
+  pbx 0 PCMU/8000
+  through_serve pcmu "$n" --pbx "sip:$IP:5070;transport=udp"
+  pkill -x sipp || true; sleep 0.5
+done
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for r in rows:
+    by.setdefault(r.get("calls") or r.get("established"), {})[r["variant"]] = r
+def us(r):
+    w = r.get("window") or {}
+    return w.get("relay_us_per_packet")
+print("| calls | bare µs/pkt | agent (relay) µs/pkt | bridged, Opus passthrough µs/pkt | bridged, PCMU transcoded µs/pkt | passthrough / bare | passthrough / relay | transcoded calls per core | loss % in/out (bare, agent, opus, pcmu) |")
+print("|---|---|---|---|---|---|---|---|---|")
+for n, v in sorted(by.items()):
+    b, a, o, p = (us(v.get(k, {})) for k in ("bare", "agent", "opus", "pcmu"))
+    loss = ", ".join(
+        "{}/{}".format(v.get(k, {}).get("loss_pct", {}).get("to_agent"), v.get(k, {}).get("loss_pct", {}).get("to_meta"))
+        for k in ("bare", "agent", "opus", "pcmu"))
+    ratio = lambda x, y: f"{x / y:.2f}" if x and y else "-"
+    per_core = (v.get("pcmu", {}).get("window") or {}).get("calls_per_relay_core") or "-"
+    print(f"| {n} | {b} | {a} | {o} | {p} | {ratio(o, b)} | {ratio(o, a)} | {per_core} | {loss} |")
+PY
