@@ -868,3 +868,135 @@ fn a_stray_ack_leaves_our_offer_waiting_for_the_right_one() {
     assert!(sent(&out, LegId::Pbx).is_empty(), "no BYE: {out:?}");
     assert!(bridge.leg(LegId::Pbx).is_answered());
 }
+
+/// The PBX's REFER on an answered call: 202 and NOTIFY 100 on its leg, a `Transfer` for the
+/// owner; the new leg's answer moves the media, ends the old leg (NOTIFY 200, then BYE) without
+/// touching Meta; Meta's BYE then ends the new leg.
+#[test]
+fn a_refer_moves_the_pbx_side_to_the_new_leg_and_meta_hears_nothing() {
+    let (mut bridge, invite, mut layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let (our_200, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    let mut refer = from_the_pbx(Method::REFER, 130, &ok, &pbx_invite, None);
+    refer.headers.push("Refer-To", "<sip:202@198.18.0.20:5060>");
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_request(server_transaction(&refer), &refer);
+    let out = drain(&mut bridge);
+    assert_eq!(responded(&out, LegId::Pbx)[0].status, 202);
+    let notify = &sent(&out, LegId::Pbx)[0];
+    assert_eq!(notify.method, Method::NOTIFY);
+    assert_eq!(notify.headers.get("Event"), Some("refer"));
+    assert_eq!(
+        String::from_utf8_lossy(&notify.body),
+        "SIP/2.0 100 Trying\r\n"
+    );
+    let target = out
+        .iter()
+        .find_map(|o| match o {
+            BridgeOutput::Transfer(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .expect("a transfer for the owner");
+    assert_eq!(target, "sip:202@198.18.0.20:5060");
+    assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
+
+    // The owner's new leg: its INVITE, answered by 202 with its own media.
+    let mut call = pbx_call();
+    call.to_user = "202".into();
+    let leg = Leg::outgoing(call, pbx_setup(), &mut rng()).unwrap();
+    bridge.start_transfer(leg);
+    let out = drain(&mut bridge);
+    assert!(of(&out, LegId::Transfer)
+        .iter()
+        .any(|c| matches!(c, CallOutput::Media(MediaIntent::Prepare { .. }))));
+    bridge.leg_mut(LegId::Transfer).media_ready(pbx_local());
+    let new_invite = sent(&drain(&mut bridge), LegId::Transfer).remove(0);
+    let (new_tx, new_invite) = send_on(&mut bridge, LegId::Transfer, &mut layer, new_invite);
+    let mut answer = pbx_ok(&new_invite);
+    answer.body = String::from_utf8(asterisk_answer())
+        .unwrap()
+        .replace("m=audio 10000", "m=audio 12000")
+        .into_bytes();
+    bridge
+        .leg_mut(LegId::Transfer)
+        .handle_response(Instant::now(), new_tx, &answer);
+    let out = drain(&mut bridge);
+    let plan = out
+        .iter()
+        .find_map(|o| match o {
+            BridgeOutput::Connect(p) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("the media moves to 202");
+    assert_eq!(plan.remote_rtp, Some("198.18.0.20:12000".parse().unwrap()));
+    let to_old = sent(&out, LegId::Pbx);
+    assert_eq!(
+        to_old
+            .iter()
+            .map(|r| r.method.to_string())
+            .collect::<Vec<_>>(),
+        ["NOTIFY", "BYE"]
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&to_old[0].body),
+        "SIP/2.0 200 OK\r\n"
+    );
+    assert!(to_old[0]
+        .headers
+        .get("Subscription-State")
+        .unwrap()
+        .starts_with("terminated"));
+    assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
+
+    // The old leg's BYE answered: the call goes on. Meta's BYE ends the new leg.
+    let (bye_tx, old_bye) = send_on(&mut bridge, LegId::Pbx, &mut layer, to_old[1].clone());
+    bridge.leg_mut(LegId::Pbx).handle_response(
+        Instant::now(),
+        bye_tx,
+        &response_to(&old_bye, 200, "pbx1"),
+    );
+    drain(&mut bridge);
+    assert!(bridge.leg(LegId::WhatsApp).is_answered());
+    let mut bye = Request::new(
+        Method::BYE,
+        Uri::parse("sip:+15550001111@sip.example.com").unwrap(),
+    );
+    bye.headers.push("Via", invite.headers.get("Via").unwrap());
+    bye.headers
+        .push("From", invite.headers.get("From").unwrap());
+    bye.headers.push("To", our_200.headers.get("To").unwrap());
+    bye.headers.push("Call-ID", invite.call_id().unwrap());
+    bye.headers.push("CSeq", "9990 BYE");
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .handle_request(server_transaction(&bye), &bye);
+    let out = drain(&mut bridge);
+    let to_new = sent(&out, LegId::Transfer);
+    assert_eq!(to_new.len(), 1, "{out:?}");
+    assert_eq!(to_new[0].method, Method::BYE);
+}
+
+#[test]
+fn a_refer_elsewhere_or_before_the_answer_is_declined_in_a_notify() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    let mut refer = from_the_pbx(Method::REFER, 131, &ok, &pbx_invite, None);
+    refer.headers.push("Refer-To", "<sip:+4420@evil.example>");
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_request(server_transaction(&refer), &refer);
+    drain(&mut bridge);
+    // The owner finds the target is not the PBX.
+    bridge.refuse_transfer(403, "Forbidden (transfers go to the PBX only)");
+    let notify = &sent(&drain(&mut bridge), LegId::Pbx)[0];
+    assert_eq!(
+        String::from_utf8_lossy(&notify.body),
+        "SIP/2.0 403 Forbidden (transfers go to the PBX only)\r\n"
+    );
+    // No Refer-To: 400.
+    let bad = from_the_pbx(Method::REFER, 132, &ok, &pbx_invite, None);
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_request(server_transaction(&bad), &bad);
+    assert_eq!(responded(&drain(&mut bridge), LegId::Pbx)[0].status, 400);
+}
