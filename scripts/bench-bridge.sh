@@ -63,8 +63,9 @@ through_serve() { # variant, calls, serve args...
 pbx() { # pt, codec
   sipp -sf "$root/tests/peers/sipp/pbx_uas_load.xml" -i $IP -p 5070 -t u1 -nostdin -bg \
     -set pt "$1" -set codec "$2" -set agent_ip $IP -set agent_port 4100 -l 5000 \
-    -trace_err -error_file "$out/sipp.err" > /dev/null 2>&1
+    -trace_err -error_file "$out/sipp.err" > /dev/null 2>&1 || true # -bg: the parent exits 99
   sleep 0.5
+  pgrep -x sipp > /dev/null || { echo "sipp did not start (see $out/sipp.err)" >&2; exit 1; }
 }
 
 for n in $CALLS; do

@@ -1136,3 +1136,31 @@ fn a_refer_from_the_pbx_transfers_the_user_to_the_new_target_on_one_stream() {
         "the phone heard {hz} Hz: {stream}"
     );
 }
+
+/// A re-INVITE from the PBX with malformed SDP gets 488 on the PBX leg (SIPp checks it); the media
+/// goes on as it was (the user's stream continuous, the PBX's audio still relayed) and Meta sees
+/// nothing until the PBX's BYE.
+#[test]
+fn a_malformed_pbx_reinvite_gets_488_and_the_media_goes_on() {
+    let mut run = SippRun::new(
+        "pbx-bad-reinvite",
+        "pbx_uas_bad_reinvite.xml",
+        &[],
+        &["--hangup-after", "30"],
+    );
+    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
+    assert!(ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(
+        call["ended_by"], "business",
+        "the PBX's BYE ended it: {call}\n{logs}"
+    );
+    let media = &call["media"];
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(
+        run.sipp_completed(),
+        "SIPp got 488 for its re-INVITE\n{logs}"
+    );
+}

@@ -156,6 +156,8 @@ struct FileConfig {
     api: Option<String>,
     #[serde(default, rename = "number")]
     numbers: Vec<FileNumber>,
+    #[serde(default)]
+    pbx: Vec<FilePbx>,
 }
 
 /// The call sections of the file, taken out of it whole.
@@ -165,6 +167,20 @@ struct FileCalls {
     meta: FileMeta,
     events: Option<String>,
     numbers: Vec<FileNumber>,
+    pbx: Vec<FilePbx>,
+}
+
+/// A `[[pbx]]` table: a PBX trunk, as the `--pbx*` flags give it (one for now).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePbx {
+    target: String,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    ring_timeout_secs: Option<u64>,
+    rtp_timeout_secs: Option<u64>,
+    /// Offered to the PBX in this order: opus, pcmu, pcma (telephone-event is always added).
+    codecs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -402,6 +418,7 @@ impl ServeConfig {
             meta: std::mem::take(&mut file.meta),
             events: file.events.take(),
             numbers: std::mem::take(&mut file.numbers),
+            pbx: std::mem::take(&mut file.pbx),
         };
         let Some(hostname) = args.hostname.or(file.hostname) else {
             bail!("no hostname: pass --hostname sip.example.com (or set `hostname` in the config file)");
@@ -527,6 +544,27 @@ fn check_number(number: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// `pbx.codecs`: names in the order to offer them; telephone-event is always added.
+fn parse_pbx_codecs(names: &[String]) -> Result<Vec<watrunk_sdp::Codec>> {
+    let mut codecs = Vec::new();
+    for name in names {
+        let codec = match name.to_ascii_lowercase().as_str() {
+            "opus" => watrunk_sdp::Codec::Opus,
+            "pcmu" => watrunk_sdp::Codec::Pcmu,
+            "pcma" => watrunk_sdp::Codec::Pcma,
+            other => bail!("pbx.codecs: {other:?} is not one of opus, pcmu, pcma"),
+        };
+        if !codecs.contains(&codec) {
+            codecs.push(codec);
+        }
+    }
+    if codecs.is_empty() {
+        bail!("pbx.codecs: name at least one of opus, pcmu, pcma");
+    }
+    codecs.push(watrunk_sdp::Codec::TelephoneEvent);
+    Ok(codecs)
+}
+
 fn read_password(path: &std::path::Path, key: &str) -> Result<String> {
     let password = std::fs::read_to_string(path)
         .with_context(|| format!("{key}: cannot read {}", path.display()))?
@@ -564,27 +602,54 @@ fn resolve_calls(
     if (!args.numbers.is_empty() || !file.numbers.is_empty()) && media.is_none() {
         bail!("calls need a media address: pass --media-ip IP (config key media.ip)");
     }
+    if file.pbx.len() > 1 {
+        bail!(
+            "[[pbx]]: one PBX per server for now ({} given)",
+            file.pbx.len()
+        );
+    }
+    let file_pbx = file.pbx.first();
     let pbx_password = args
         .pbx_password_file
         .as_deref()
         .map(|p| read_password(p, "--pbx-password-file"))
+        .or_else(|| {
+            file_pbx
+                .and_then(|f| f.password_file.as_deref())
+                .map(|p| read_password(p, "pbx.password_file"))
+        })
         .transpose()?;
-    let pbx = args
-        .pbx
-        .as_deref()
-        .map(|t| PbxTarget::parse(t, "--pbx"))
+    let target = match (&args.pbx, file_pbx) {
+        (Some(t), _) => Some((t.as_str(), "--pbx")),
+        (None, Some(f)) => Some((f.target.as_str(), "pbx.target")),
+        (None, None) => None,
+    };
+    let codecs = file_pbx
+        .and_then(|f| f.codecs.as_deref())
+        .map(parse_pbx_codecs)
+        .transpose()?;
+    let pbx = target
+        .map(|(t, key)| PbxTarget::parse(t, key))
         .transpose()?
         .map(|pbx| PbxTarget {
-            username: args.pbx_username.clone(),
+            username: args
+                .pbx_username
+                .clone()
+                .or_else(|| file_pbx.and_then(|f| f.username.clone())),
             password: pbx_password,
             ring_timeout: args
                 .pbx_ring_timeout_secs
+                .or(file_pbx.and_then(|f| f.ring_timeout_secs))
                 .map_or(pbx.ring_timeout, |s| Duration::from_secs(s.max(1))),
-            rtp_timeout: match args.pbx_rtp_timeout_secs {
+            rtp_timeout: match args
+                .pbx_rtp_timeout_secs
+                .or(file_pbx.and_then(|f| f.rtp_timeout_secs))
+            {
                 None => pbx.rtp_timeout,
                 Some(0) => None,
                 Some(s) => Some(Duration::from_secs(s)),
             },
+            codecs: codecs.unwrap_or(pbx.codecs.clone()),
             ..pbx
         });
     // Bridged calls' audio goes to the PBX's RTP address, which its answer names.
@@ -735,16 +800,6 @@ mod tests {
             sink_codec: Some("PCMU".into()),
             ..CallArgs::default()
         };
-        let file_calls = |text: &str| {
-            let file: FileConfig = toml::from_str(text).unwrap();
-            FileCalls {
-                api: None,
-                media: file.media,
-                meta: file.meta,
-                events: None,
-                numbers: file.numbers,
-            }
-        };
         let file = file_calls(
             "[[number]]\nnumber = \"+15550002222\"\nsink_codec = \"pcma\"\n\
              [[number]]\nnumber = \"+15550003333\"\n",
@@ -814,5 +869,76 @@ mod tests {
         let cfg = ServeConfig::resolve(args(Some("127.0.0.1:5060".parse().unwrap())))
             .expect("a bridged number needs no sink");
         assert!(cfg.calls.pbx.is_some());
+    }
+
+    #[test]
+    fn a_pbx_table_in_the_file_is_the_flags_default() {
+        let args = CallArgs {
+            numbers: vec!["+15550001111".into()],
+            media_ip: Some("127.0.0.1".parse().unwrap()),
+            ..CallArgs::default()
+        };
+        let calls = file_calls(
+            "[[pbx]]\ntarget = \"sip:pbx.example.com:5070\"\nusername = \"trunk\"\n\
+             ring_timeout_secs = 20\nrtp_timeout_secs = 0\ncodecs = [\"pcma\", \"opus\"]\n",
+        );
+        let pbx = resolve_calls(&args, &calls, false, None)
+            .unwrap()
+            .pbx
+            .expect("the file's PBX");
+        assert_eq!(pbx.hostport, "pbx.example.com:5070");
+        assert_eq!(pbx.username.as_deref(), Some("trunk"));
+        assert_eq!(pbx.ring_timeout, Duration::from_secs(20));
+        assert_eq!(pbx.rtp_timeout, None, "0: never");
+        assert_eq!(
+            pbx.codecs,
+            [
+                watrunk_sdp::Codec::Pcma,
+                watrunk_sdp::Codec::Opus,
+                watrunk_sdp::Codec::TelephoneEvent
+            ]
+        );
+        let flags = CallArgs {
+            pbx: Some("sip:10.0.0.5".into()),
+            pbx_ring_timeout_secs: Some(5),
+            ..args.clone()
+        };
+        let pbx = resolve_calls(&flags, &calls, false, None)
+            .unwrap()
+            .pbx
+            .unwrap();
+        assert_eq!(
+            (pbx.hostport.as_str(), pbx.ring_timeout),
+            ("10.0.0.5:5060", Duration::from_secs(5)),
+            "flags win"
+        );
+        for (text, words) in [
+            (
+                "[[pbx]]\ntarget = \"sip:a\"\n[[pbx]]\ntarget = \"sip:b\"\n",
+                ["one PBX", "2 given"],
+            ),
+            (
+                "[[pbx]]\ntarget = \"sip:a\"\ncodecs = [\"g729\"]\n",
+                ["pbx.codecs", "g729"],
+            ),
+        ] {
+            let e = resolve_calls(&args, &file_calls(text), false, None)
+                .unwrap_err()
+                .to_string();
+            assert!(words.iter().all(|w| e.contains(w)), "{e}");
+        }
+    }
+
+    /// The call sections of a config file's text.
+    fn file_calls(text: &str) -> FileCalls {
+        let file: FileConfig = toml::from_str(text).unwrap();
+        FileCalls {
+            api: None,
+            media: file.media,
+            meta: file.meta,
+            events: None,
+            numbers: file.numbers,
+            pbx: file.pbx,
+        }
     }
 }
