@@ -5,10 +5,11 @@
 #   bare      `watrunk sim bare-relay` (plain UDP, the reference)
 #   agent     `watrunk serve --sink` (the relay alone, SRTP <-> RTP)
 #   opus      `watrunk serve --pbx` with SIPp as the PBX answering opus/48000/2: passthrough
-#   pcmu      the same with SIPp answering PCMU: transcoded both ways (the agent echoes the PCMU)
-# SIPp's answers point the PBX leg's media at the sim's agent side, so every variant carries the
-# same packets. Reported: the relay's CPU µs per relayed packet over the window and its ratio to
-# the bare relay's; for pcmu, calls per core. Runs in a private network namespace, as root.
+# SIPp's answer points the PBX leg's media at the sim's agent side, so every variant carries the
+# same packets. Reported: the relay's CPU µs per relayed packet over the window and its ratios.
+# (A transcoded variant cannot be measured this way: sim load's probes ride inside the Opus
+# payloads, which transcoding rewrites; `cargo bench -p watrunk-media --bench transcode` measures
+# transcoding.) Runs in a private network namespace, as root.
 #
 #   scripts/bench-bridge.sh                   # CALLS="100 250" WINDOW=8
 set -euo pipefail
@@ -78,9 +79,6 @@ for n in $CALLS; do
   pbx 111 opus/48000/2
   through_serve opus "$n" --pbx "sip:$IP:5070;transport=udp"
   pkill -x sipp || true; sleep 0.5
-  pbx 0 PCMU/8000
-  through_serve pcmu "$n" --pbx "sip:$IP:5070;transport=udp"
-  pkill -x sipp || true; sleep 0.5
 done
 
 python3 - "$results" <<'PY'
@@ -92,14 +90,13 @@ for r in rows:
 def us(r):
     w = r.get("window") or {}
     return w.get("relay_us_per_packet")
-print("| calls | bare µs/pkt | agent (relay) µs/pkt | bridged, Opus passthrough µs/pkt | bridged, PCMU transcoded µs/pkt | passthrough / bare | passthrough / relay | transcoded calls per core | loss % in/out (bare, agent, opus, pcmu) |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| calls | bare µs/pkt | relay to an agent µs/pkt | bridged, Opus passthrough µs/pkt | passthrough / bare | passthrough / relay to an agent | loss % in/out (bare, agent, passthrough) |")
+print("|---|---|---|---|---|---|---|")
 for n, v in sorted(by.items()):
-    b, a, o, p = (us(v.get(k, {})) for k in ("bare", "agent", "opus", "pcmu"))
+    b, a, o = (us(v.get(k, {})) for k in ("bare", "agent", "opus"))
     loss = ", ".join(
         "{}/{}".format(v.get(k, {}).get("loss_pct", {}).get("to_agent"), v.get(k, {}).get("loss_pct", {}).get("to_meta"))
-        for k in ("bare", "agent", "opus", "pcmu"))
+        for k in ("bare", "agent", "opus"))
     ratio = lambda x, y: f"{x / y:.2f}" if x and y else "-"
-    per_core = (v.get("pcmu", {}).get("window") or {}).get("calls_per_relay_core") or "-"
-    print(f"| {n} | {b} | {a} | {o} | {p} | {ratio(o, b)} | {ratio(o, a)} | {per_core} | {loss} |")
+    print(f"| {n} | {b} | {a} | {o} | {ratio(o, b)} | {ratio(o, a)} | {loss} |")
 PY

@@ -59,7 +59,13 @@ fn baresip_phone_with(
         .lines()
         // No TLS for this phone: it is reached over UDP.
         .filter(|l| !l.starts_with("sip_certificate") && !l.starts_with("sip_cafile"))
-        .map(|l| format!("{l}\n"))
+        // G.722 too (spandsp's), beside the template's G.711 and Opus.
+        .map(
+            |l| match l.starts_with("module") && l.ends_with("g711.so") {
+                true => format!("{l}\nmodule\t\t\tg722.so\n"),
+                false => format!("{l}\n"),
+            },
+        )
         .collect();
     std::fs::write(home.join("config"), config).unwrap();
     std::fs::write(
@@ -1163,4 +1169,9 @@ fn a_malformed_pbx_reinvite_gets_488_and_the_media_goes_on() {
         run.sipp_completed(),
         "SIPp got 488 for its re-INVITE\n{logs}"
     );
+}
+
+#[test]
+fn a_whatsapp_call_reaches_a_g722_phone_through_the_pbx_leg() {
+    a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("G722/16000/1", "g722");
 }

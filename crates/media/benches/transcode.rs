@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use watrunk_media::transcode::{G711ToOpus, Law, OpusToG711};
+use watrunk_media::transcode::{Law, OpusToPbx, PbxCodec, PbxToOpus};
 
 struct Counting;
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -92,8 +92,8 @@ fn main() {
         t.elapsed().as_nanos() as f64 / packets as f64
     };
 
-    let mut to_pbx = OpusToG711::new(Law::Mu).unwrap();
-    let mut to_meta = G711ToOpus::new(Law::Mu, 10).unwrap();
+    let mut to_pbx = OpusToPbx::new(PbxCodec::G711(Law::Mu)).unwrap();
+    let mut to_meta = PbxToOpus::new(PbxCodec::G711(Law::Mu), 10).unwrap();
     let mut g711_out = [0u8; 960];
     let mut opus_out = [0u8; 1500];
     let mut allocations = 0;

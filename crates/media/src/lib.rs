@@ -31,7 +31,7 @@ pub use identity::Identity;
 pub use mux::MediaSocket;
 pub use restamp::SinkPayloads;
 pub use session::{IceConnected, IceRole, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
-pub use transcode::{Law, SinkAudio};
+pub use transcode::{Law, PbxCodec, SinkAudio};
 
 /// Whose fault a media failure is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -573,12 +573,12 @@ pub(crate) struct Retarget {
 pub(crate) type Transcoders = (Option<Box<ToSink>>, Option<Box<FromSink>>);
 
 pub(crate) fn transcoders(audio: SinkAudio) -> Result<Transcoders, MediaError> {
-    Ok(match audio {
-        SinkAudio::Opus => (None, None),
-        SinkAudio::G711(law) => (
-            Some(Box::new(ToSink::new(law).map_err(local_error)?)),
+    Ok(match audio.transcoded() {
+        None => (None, None),
+        Some(codec) => (
+            Some(Box::new(ToSink::new(codec).map_err(local_error)?)),
             Some(Box::new(
-                FromSink::new(law, SINK_FEC_LOSS_PERCENT).map_err(local_error)?,
+                FromSink::new(codec, SINK_FEC_LOSS_PERCENT).map_err(local_error)?,
             )),
         ),
     })

@@ -1,22 +1,62 @@
 //! Audio between the WhatsApp leg's Opus (20 ms frames, 48 kHz RTP clock) and a PBX leg's G.711
-//! (PCMU or PCMA, 8 kHz). libopus decodes and encodes at 8 kHz directly, so no resampler sits in
-//! the path; G.711 is per-sample companding. A lost Opus packet is recovered from the next one's
+//! (PCMU or PCMA, 8 kHz) or G.722 (16 kHz). libopus decodes and encodes at 8 or 16 kHz directly,
+//! so no resampler sits in the path; G.711 is per-sample companding, G.722 sub-band ADPCM (the
+//! `audio-codec` crate). Both put one byte on the wire per 1/8000 s and use an 8000 Hz RTP clock
+//! (RFC 3551 §4.5.2 keeps G.722's at 8000), so their packets are alike. A lost Opus packet is recovered from the next one's
 //! in-band FEC when it carries it, else concealed by libopus (PLC). The PBX may packetise at any
 //! ptime: its audio is gathered into the 20 ms frames the WhatsApp leg sends.
 //!
 //! Sans-IO and allocation-free per packet: every buffer is fixed when a direction is made.
 //! `ToSink` and `FromSink` put the two directions into RTP for a call whose sink speaks G.711.
 
+use audio_codec::g722::{G722Decoder, G722Encoder};
+use audio_codec::{Decoder as _, Encoder as _};
 use audio_codec_algorithms::{decode_alaw, decode_ulaw, encode_alaw, encode_ulaw};
 
-/// G.711's sample rate and RTP clock.
+/// G.711's sample rate, and the RTP clock of G.711 and G.722.
 pub const NARROWBAND_HZ: u32 = 8_000;
-/// Samples in the 20 ms frames the WhatsApp leg carries, at 8 kHz.
+/// Wire bytes (and RTP clock ticks) in the 20 ms frames the WhatsApp leg carries.
 pub const FRAME_SAMPLES: usize = 160;
-/// The longest Opus packet (120 ms) at 8 kHz.
-const MAX_PACKET_SAMPLES: usize = 960;
-/// PBX audio waiting to be encoded: beyond this (120 ms) the oldest is dropped.
-const PENDING_SAMPLES: usize = 960;
+/// The longest Opus packet (120 ms) at 16 kHz.
+const MAX_PACKET_SAMPLES: usize = 1920;
+/// The longest Opus packet (120 ms) on the wire toward the sink.
+const MAX_PACKET_BYTES: usize = 960;
+/// PBX audio waiting to be encoded: beyond 120 ms the oldest is dropped.
+const PENDING_SAMPLES: usize = 1920;
+
+/// What a transcoded sink speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PbxCodec {
+    G711(Law),
+    /// G.722 at 64 kbit/s (static payload type 9).
+    G722,
+}
+
+impl PbxCodec {
+    /// The audio's sample rate (not its RTP clock, 8000 Hz for both).
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            PbxCodec::G711(_) => NARROWBAND_HZ,
+            PbxCodec::G722 => 16_000,
+        }
+    }
+
+    /// Samples per wire byte.
+    fn samples_per_byte(self) -> usize {
+        match self {
+            PbxCodec::G711(_) => 1,
+            PbxCodec::G722 => 2,
+        }
+    }
+
+    pub fn payload_type(self) -> u8 {
+        match self {
+            PbxCodec::G711(Law::Mu) => 0,
+            PbxCodec::G711(Law::A) => 8,
+            PbxCodec::G722 => 9,
+        }
+    }
+}
 
 /// The G.711 companding law of a PBX leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +95,16 @@ pub enum TranscodeError {
     /// The caller's output buffer is too small: our fault.
     #[error("the output buffer holds {have} bytes, {need} are needed")]
     ShortBuffer { need: usize, have: usize },
+    /// The G.722 coder refused a frame: our fault (every frame is sized for it).
+    #[error("G.722: {0}")]
+    G722(String),
 }
 
-/// The WhatsApp leg's Opus toward the PBX's G.711.
-pub struct OpusToG711 {
+/// The WhatsApp leg's Opus toward the PBX's G.711 or G.722.
+pub struct OpusToPbx {
     decoder: opus::Decoder,
-    law: Law,
+    codec: PbxCodec,
+    g722: Option<Box<G722Encoder>>,
     pcm: Box<[i16; MAX_PACKET_SAMPLES]>,
     /// The duration of the last packet decoded, which a lost one is assumed to have.
     last_samples: usize,
@@ -69,21 +113,22 @@ pub struct OpusToG711 {
     pub recovered: u64,
 }
 
-impl OpusToG711 {
-    pub fn new(law: Law) -> Result<Self, TranscodeError> {
-        let decoder = opus::Decoder::new(NARROWBAND_HZ, opus::Channels::Mono)
+impl OpusToPbx {
+    pub fn new(codec: PbxCodec) -> Result<Self, TranscodeError> {
+        let decoder = opus::Decoder::new(codec.sample_rate(), opus::Channels::Mono)
             .map_err(TranscodeError::Local)?;
-        Ok(OpusToG711 {
+        Ok(OpusToPbx {
             decoder,
-            law,
+            codec,
+            g722: (codec == PbxCodec::G722).then(|| Box::new(G722Encoder::new())),
             pcm: Box::new([0; MAX_PACKET_SAMPLES]),
-            last_samples: FRAME_SAMPLES,
+            last_samples: FRAME_SAMPLES * codec.samples_per_byte(),
             concealed: 0,
             recovered: 0,
         })
     }
 
-    /// One received Opus payload as G.711 in `out`; the bytes written (one per 8 kHz sample).
+    /// One received Opus payload for the PBX in `out`; the bytes written (one per 1/8000 s).
     pub fn packet(&mut self, opus: &[u8], out: &mut [u8]) -> Result<usize, TranscodeError> {
         if opus.is_empty() {
             // An empty payload would be read as a loss by libopus; it is simply nothing.
@@ -123,16 +168,29 @@ impl OpusToG711 {
         self.companded(decoded, out)
     }
 
-    fn companded(&self, samples: usize, out: &mut [u8]) -> Result<usize, TranscodeError> {
+    /// The duration of the last packet, in 48 kHz ticks (a lost one is assumed as long).
+    pub fn last_ticks_48k(&self) -> u32 {
+        (self.last_samples as u32) * (48_000 / self.codec.sample_rate())
+    }
+
+    fn companded(&mut self, samples: usize, out: &mut [u8]) -> Result<usize, TranscodeError> {
+        let need = samples / self.codec.samples_per_byte();
         let have = out.len();
-        let out = out.get_mut(..samples).ok_or(TranscodeError::ShortBuffer {
-            need: samples,
-            have,
-        })?;
-        for (byte, &sample) in out.iter_mut().zip(self.pcm.iter()) {
-            *byte = self.law.encode(sample);
+        let out = out
+            .get_mut(..need)
+            .ok_or(TranscodeError::ShortBuffer { need, have })?;
+        match (self.codec, &mut self.g722) {
+            (PbxCodec::G711(law), _) => {
+                for (byte, &sample) in out.iter_mut().zip(self.pcm.iter()) {
+                    *byte = law.encode(sample);
+                }
+                Ok(need)
+            }
+            (PbxCodec::G722, Some(encoder)) => encoder
+                .encode_into(&self.pcm[..samples], out)
+                .map_err(|e| TranscodeError::G722(e.to_string())),
+            (PbxCodec::G722, None) => Ok(0),
         }
-        Ok(samples)
     }
 }
 
@@ -145,71 +203,103 @@ fn has_fec(packet: &[u8]) -> bool {
     unsafe { opusic_sys::opus_packet_has_lbrr(packet.as_ptr(), len) == 1 }
 }
 
-/// The PBX's G.711 toward the WhatsApp leg's Opus, in 20 ms frames whatever the PBX's ptime.
-pub struct G711ToOpus {
+/// The PBX's G.711 or G.722 toward the WhatsApp leg's Opus, in 20 ms frames whatever the PBX's
+/// ptime.
+pub struct PbxToOpus {
     encoder: opus::Encoder,
-    law: Law,
+    codec: PbxCodec,
+    g722: Option<Box<G722Decoder>>,
     pending: Box<[i16; PENDING_SAMPLES]>,
     filled: usize,
-    /// 8 kHz samples dropped because the PBX sent faster than frames were taken.
+    /// Samples in 20 ms, and in the 120 ms kept at most, at the codec's rate.
+    frame: usize,
+    limit: usize,
+    /// Samples dropped because the PBX sent faster than frames were taken.
     pub overflowed: u64,
 }
 
-impl G711ToOpus {
+impl PbxToOpus {
     /// An encoder for voice with in-band FEC on, expecting `loss_percent` loss toward Meta.
-    pub fn new(law: Law, loss_percent: u8) -> Result<Self, TranscodeError> {
-        let mut encoder =
-            opus::Encoder::new(NARROWBAND_HZ, opus::Channels::Mono, opus::Application::Voip)
-                .map_err(TranscodeError::Local)?;
+    pub fn new(codec: PbxCodec, loss_percent: u8) -> Result<Self, TranscodeError> {
+        let mut encoder = opus::Encoder::new(
+            codec.sample_rate(),
+            opus::Channels::Mono,
+            opus::Application::Voip,
+        )
+        .map_err(TranscodeError::Local)?;
         encoder
             .set_inband_fec(true)
             .and_then(|()| encoder.set_packet_loss_perc(i32::from(loss_percent.min(100))))
             .map_err(TranscodeError::Local)?;
-        Ok(G711ToOpus {
+        let frame = FRAME_SAMPLES * codec.samples_per_byte();
+        Ok(PbxToOpus {
             encoder,
-            law,
+            codec,
+            g722: (codec == PbxCodec::G722).then(|| Box::new(G722Decoder::new())),
             pending: Box::new([0; PENDING_SAMPLES]),
             filled: 0,
+            frame,
+            limit: frame * 6,
             overflowed: 0,
         })
     }
 
-    /// Takes one G.711 payload from the PBX. What does not fit the pending audio pushes out the
-    /// oldest (the PBX is ahead of the 20 ms clock).
-    pub fn push(&mut self, g711: &[u8]) {
-        let g711 = if g711.len() > PENDING_SAMPLES {
-            self.overflowed += (g711.len() - PENDING_SAMPLES) as u64;
-            &g711[g711.len() - PENDING_SAMPLES..]
+    /// Takes one payload from the PBX. What does not fit the pending audio pushes out the oldest
+    /// (the PBX is ahead of the 20 ms clock).
+    pub fn push(&mut self, payload: &[u8]) {
+        let per_byte = self.codec.samples_per_byte();
+        let max_bytes = self.limit / per_byte;
+        let payload = if payload.len() > max_bytes {
+            self.overflowed += ((payload.len() - max_bytes) * per_byte) as u64;
+            &payload[payload.len() - max_bytes..]
         } else {
-            g711
+            payload
         };
-        let room = PENDING_SAMPLES - self.filled;
-        if g711.len() > room {
-            let drop = g711.len() - room;
+        let samples = payload.len() * per_byte;
+        let room = self.limit - self.filled;
+        if samples > room {
+            let drop = samples - room;
             self.pending.copy_within(drop..self.filled, 0);
             self.filled -= drop;
             self.overflowed += drop as u64;
         }
-        for (slot, &byte) in self.pending[self.filled..].iter_mut().zip(g711) {
-            *slot = self.law.decode(byte);
+        let tail = &mut self.pending[self.filled..self.filled + samples];
+        match (self.codec, &mut self.g722) {
+            (PbxCodec::G711(law), _) => {
+                for (slot, &byte) in tail.iter_mut().zip(payload) {
+                    *slot = law.decode(byte);
+                }
+            }
+            (PbxCodec::G722, Some(decoder)) => {
+                if decoder.decode_into(payload, tail).is_err() {
+                    tail.fill(0);
+                }
+            }
+            (PbxCodec::G722, None) => tail.fill(0),
         }
-        self.filled += g711.len();
+        self.filled += samples;
     }
 
-    /// 8 kHz samples waiting for a frame.
+    /// Samples waiting for a frame, at the codec's rate.
     pub fn pending(&self) -> usize {
         self.filled
     }
 
+    /// Whether 20 ms are waiting.
+    pub fn ready(&self) -> bool {
+        self.filled >= self.frame
+    }
+
     /// The next 20 ms as an Opus payload in `out`, when 20 ms of PBX audio are in.
     pub fn frame(&mut self, out: &mut [u8]) -> Result<Option<usize>, TranscodeError> {
-        if self.filled < FRAME_SAMPLES {
+        let frame = self.frame;
+        if self.filled < frame {
             return Ok(None);
         }
-        let encoded = self.encoder.encode(&self.pending[..FRAME_SAMPLES], out);
+        let encoded = self.encoder.encode(&self.pending[..frame], out);
         // The frame is used up either way: a frame the encoder refused is not tried again.
-        self.pending.copy_within(FRAME_SAMPLES..self.filled, 0);
-        self.filled -= FRAME_SAMPLES;
+        self.pending.copy_within(frame..self.filled, 0);
+        self.filled -= frame;
         encoded.map(Some).map_err(TranscodeError::Local)
     }
 }
@@ -222,6 +312,8 @@ pub enum SinkAudio {
     Opus,
     /// G.711 on its static payload type (PCMU 0, PCMA 8), transcoded both ways.
     G711(Law),
+    /// G.722 on its static payload type 9, transcoded both ways.
+    G722,
 }
 
 impl SinkAudio {
@@ -231,6 +323,16 @@ impl SinkAudio {
             SinkAudio::Opus => crate::restamp::LOCAL_OPUS_PT,
             SinkAudio::G711(Law::Mu) => 0,
             SinkAudio::G711(Law::A) => 8,
+            SinkAudio::G722 => 9,
+        }
+    }
+
+    /// The codec a transcoded sink speaks (None: Opus, relayed as it is).
+    pub fn transcoded(self) -> Option<PbxCodec> {
+        match self {
+            SinkAudio::Opus => None,
+            SinkAudio::G711(law) => Some(PbxCodec::G711(law)),
+            SinkAudio::G722 => Some(PbxCodec::G722),
         }
     }
 }
@@ -261,26 +363,26 @@ const MAX_FILLED: u16 = 3;
 /// The far side's Opus RTP toward a G.711 sink: the same SSRC, sequence numbers and marker, the
 /// 8 kHz clock, and a lost packet filled from the next one's FEC or concealed.
 pub struct ToSink {
-    decoder: OpusToG711,
+    decoder: OpusToPbx,
     payload_type: u8,
     /// The next sequence number due, once a packet came.
     expected: Option<u16>,
     /// The first packet's 48 kHz timestamp: the 8 kHz clock counts from it (no jump when the
     /// 48 kHz clock wraps).
     clock_base: Option<u32>,
-    out: Box<[u8; 12 + MAX_PACKET_SAMPLES]>,
+    out: Box<[u8; 12 + MAX_PACKET_BYTES]>,
     /// Packets that did not decode (the far side's fault; dropped).
     pub undecodable: u64,
 }
 
 impl ToSink {
-    pub fn new(law: Law) -> Result<Self, TranscodeError> {
+    pub fn new(codec: PbxCodec) -> Result<Self, TranscodeError> {
         Ok(ToSink {
-            decoder: OpusToG711::new(law)?,
-            payload_type: SinkAudio::G711(law).payload_type(),
+            decoder: OpusToPbx::new(codec)?,
+            payload_type: codec.payload_type(),
             expected: None,
             clock_base: None,
-            out: Box::new([0; 12 + MAX_PACKET_SAMPLES]),
+            out: Box::new([0; 12 + MAX_PACKET_BYTES]),
             undecodable: 0,
         })
     }
@@ -315,8 +417,7 @@ impl ToSink {
         let payload = &rtp[range];
         for back in (1..=missing.min(MAX_FILLED)).rev() {
             let next = (back == 1).then_some(payload);
-            let lost_ts =
-                ts.wrapping_sub(u32::from(back) * self.decoder.last_samples as u32 * CLOCK_RATIO);
+            let lost_ts = ts.wrapping_sub(u32::from(back) * self.decoder.last_ticks_48k());
             if let Ok(n) = self.decoder.lost(next, &mut self.out[12..]) {
                 self.header(seq.wrapping_sub(back), lost_ts, base, ssrc, false);
                 send(&self.out[..12 + n]);
@@ -366,7 +467,7 @@ impl ToSink {
 /// A G.711 sink's RTP toward the far side's Opus: its audio, whatever its ptime, comes out as
 /// 20 ms Opus payloads for the restamper to put on the call's one stream.
 pub struct FromSink {
-    encoder: G711ToOpus,
+    encoder: PbxToOpus,
     payload_type: u8,
     frame: Box<[u8; 1275]>,
     /// Frames the encoder refused (our fault; the frame is skipped).
@@ -375,16 +476,16 @@ pub struct FromSink {
 
 impl FromSink {
     /// `loss_percent`: the loss toward the far side the encoder's FEC is sized for.
-    pub fn new(law: Law, loss_percent: u8) -> Result<Self, TranscodeError> {
+    pub fn new(codec: PbxCodec, loss_percent: u8) -> Result<Self, TranscodeError> {
         Ok(FromSink {
-            encoder: G711ToOpus::new(law, loss_percent)?,
-            payload_type: SinkAudio::G711(law).payload_type(),
+            encoder: PbxToOpus::new(codec, loss_percent)?,
+            payload_type: codec.payload_type(),
             frame: Box::new([0; 1275]),
             failed: 0,
         })
     }
 
-    /// Takes a packet from the sink; false when it is not the sink's G.711 (DTMF, say), which
+    /// Takes a packet from the sink; false when it is not the sink's audio (DTMF, say), which
     /// goes its own way.
     pub fn take(&mut self, rtp: &[u8]) -> bool {
         if rtp.len() < 12 || rtp[1] & 0x7f != self.payload_type {
@@ -398,7 +499,7 @@ impl FromSink {
 
     /// Whether 20 ms of the sink's audio wait to be sent.
     pub fn ready(&self) -> bool {
-        self.encoder.pending() >= FRAME_SAMPLES
+        self.encoder.ready()
     }
 
     /// The next 20 ms as an Opus payload, when `ready`.

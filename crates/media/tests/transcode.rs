@@ -7,7 +7,9 @@
 mod audio;
 
 use audio::{heard, tone};
-use watrunk_media::transcode::{G711ToOpus, Law, OpusToG711, TranscodeError, FRAME_SAMPLES};
+use watrunk_media::transcode::{
+    Law, OpusToPbx, PbxCodec, PbxToOpus, TranscodeError, FRAME_SAMPLES,
+};
 
 const OPUS_HZ: u32 = 48_000;
 
@@ -57,7 +59,7 @@ fn encode_g711(law: Law, samples: &[i16]) -> Vec<u8> {
 #[test]
 fn metas_opus_tone_reaches_the_pbx_as_g711_with_its_frequency_and_level() {
     for law in [Law::Mu, Law::A] {
-        let mut to_pbx = OpusToG711::new(law).unwrap();
+        let mut to_pbx = OpusToPbx::new(PbxCodec::G711(law)).unwrap();
         let mut out = [0u8; 960];
         let mut g711 = Vec::new();
         for packet in meta_packets(440.0, 50) {
@@ -76,7 +78,7 @@ fn metas_opus_tone_reaches_the_pbx_as_g711_with_its_frequency_and_level() {
 #[test]
 fn the_pbxs_g711_tone_reaches_meta_as_20ms_opus_with_its_frequency_and_level() {
     for law in [Law::Mu, Law::A] {
-        let mut to_meta = G711ToOpus::new(law, 10).unwrap();
+        let mut to_meta = PbxToOpus::new(PbxCodec::G711(law), 10).unwrap();
         // Meta's side decodes at 48 kHz, as a WhatsApp client would.
         let mut decoder = opus::Decoder::new(OPUS_HZ, opus::Channels::Mono).unwrap();
         let mut pcm = vec![0i16; 5760];
@@ -106,7 +108,7 @@ fn the_pbxs_g711_tone_reaches_meta_as_20ms_opus_with_its_frequency_and_level() {
 
 #[test]
 fn any_pbx_ptime_is_regrouped_into_20ms_frames_and_a_runaway_pbx_is_bounded() {
-    let mut to_meta = G711ToOpus::new(Law::Mu, 0).unwrap();
+    let mut to_meta = PbxToOpus::new(PbxCodec::G711(Law::Mu), 0).unwrap();
     let mut out = [0u8; 1500];
     let mut frames = 0;
     // 30 ms packets (240 samples): 600 ms in, 30 frames out, nothing left over.
@@ -143,7 +145,7 @@ fn a_lost_opus_packet_is_recovered_from_the_next_ones_fec_or_concealed() {
             "packet {i} has no FEC"
         );
     }
-    let mut to_pbx = OpusToG711::new(Law::Mu).unwrap();
+    let mut to_pbx = OpusToPbx::new(PbxCodec::G711(Law::Mu)).unwrap();
     let mut out = [0u8; 960];
     let mut g711 = Vec::new();
     for (i, packet) in packets.iter().enumerate() {
@@ -168,7 +170,7 @@ fn a_lost_opus_packet_is_recovered_from_the_next_ones_fec_or_concealed() {
 #[test]
 fn a_packet_that_does_not_decode_is_the_peers_fault_and_changes_nothing() {
     let packets = meta_packets(440.0, 3);
-    let mut to_pbx = OpusToG711::new(Law::A).unwrap();
+    let mut to_pbx = OpusToPbx::new(PbxCodec::G711(Law::A)).unwrap();
     let mut out = [0u8; 960];
     assert_eq!(to_pbx.packet(&packets[0], &mut out).unwrap(), FRAME_SAMPLES);
     // A code-3 TOC byte announcing 49 frames: invalid (RFC 6716 §3.2.5, at most 120 ms).
@@ -187,4 +189,54 @@ fn a_packet_that_does_not_decode_is_the_peers_fault_and_changes_nothing() {
         }) => {}
         other => panic!("expected a short buffer, got {other:?}"),
     }
+}
+
+/// G.722 both ways (16 kHz audio, 160 bytes per 20 ms on the 8000 Hz RTP clock), decoded and
+/// encoded here by the same crate's coder: the level and frequency survive. baresip's G.722
+/// (spandsp) is the other witness (tests/pbx_bridge.rs).
+#[test]
+fn g722_carries_the_tone_both_ways_in_160_bytes_per_20_ms() {
+    use audio_codec::{Decoder as _, Encoder as _};
+    let mut to_pbx = OpusToPbx::new(PbxCodec::G722).unwrap();
+    let mut decoder = audio_codec::g722::G722Decoder::new();
+    let mut out = [0u8; 960];
+    let mut pcm = [0i16; 1920];
+    let mut heard_pcm = Vec::new();
+    for packet in meta_packets(440.0, 50) {
+        let n = to_pbx.packet(&packet, &mut out).unwrap();
+        assert_eq!(n, FRAME_SAMPLES, "20 ms of G.722 is 160 bytes");
+        let samples = decoder.decode_into(&out[..n], &mut pcm).unwrap();
+        assert_eq!(samples, 320, "at 16 kHz");
+        heard_pcm.extend_from_slice(&pcm[..samples]);
+    }
+    let (hz, rms) = heard(&heard_pcm[3200..], 16_000);
+    assert!((hz - 440.0).abs() <= 440.0 * 0.02, "heard {hz} Hz");
+    let sent = 0.3 / 2f64.sqrt();
+    assert!(db(rms, sent).abs() <= 3.0, "level {rms} vs {sent}");
+
+    let mut encoder = audio_codec::g722::G722Encoder::new();
+    let mut to_meta = PbxToOpus::new(PbxCodec::G722, 10).unwrap();
+    let mut opus_decoder = opus::Decoder::new(OPUS_HZ, opus::Channels::Mono).unwrap();
+    let mut decoded = vec![0i16; 5760];
+    let mut heard_pcm = Vec::new();
+    let mut g722 = [0u8; 160];
+    let mut frame = [0u8; 1500];
+    for packet in 0..50 {
+        let n = encoder
+            .encode_into(&tone(1000.0, 16_000, 0.3, packet * 320, 320), &mut g722)
+            .unwrap();
+        assert_eq!(n, 160);
+        to_meta.push(&g722[..n]);
+        let n = to_meta
+            .frame(&mut frame)
+            .unwrap()
+            .expect("a frame per 20 ms");
+        let samples = opus_decoder
+            .decode(&frame[..n], &mut decoded, false)
+            .unwrap();
+        heard_pcm.extend_from_slice(&decoded[..samples]);
+    }
+    let (hz, rms) = heard(&heard_pcm[9600..], OPUS_HZ);
+    assert!((hz - 1000.0).abs() <= 1000.0 * 0.02, "Meta heard {hz} Hz");
+    assert!(db(rms, sent).abs() <= 3.0, "level {rms} vs {sent}");
 }

@@ -55,6 +55,8 @@ impl Format {
             Some(Codec::Pcmu)
         } else if name.eq_ignore_ascii_case("PCMA") && self.clock_rate == 8000 && channels == 1 {
             Some(Codec::Pcma)
+        } else if name.eq_ignore_ascii_case("G722") && self.clock_rate == 8000 && channels == 1 {
+            Some(Codec::G722)
         } else if name.eq_ignore_ascii_case("telephone-event") && self.clock_rate == 8000 {
             Some(Codec::TelephoneEvent)
         } else {

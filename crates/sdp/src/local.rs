@@ -41,6 +41,8 @@ pub enum Codec {
     Pcmu,
     /// PCMA/8000 (static PT 8)
     Pcma,
+    /// G722/8000 (static PT 9: 16 kHz audio on an 8000 Hz RTP clock, RFC 3551 §4.5.2)
+    G722,
     /// telephone-event/8000 (RFC 4733)
     TelephoneEvent,
 }
@@ -51,6 +53,7 @@ impl Codec {
             Codec::Opus => "opus",
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
             Codec::TelephoneEvent => "telephone-event",
         }
     }
@@ -76,6 +79,7 @@ impl Codec {
             Codec::Opus => 111,
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::G722 => 9,
             Codec::TelephoneEvent => 126,
         }
     }
@@ -87,12 +91,14 @@ impl Codec {
         }
     }
 
-    /// Parses a codec name as used in configuration: `opus`, `pcmu`, `pcma`, `telephone-event`.
+    /// Parses a codec name as used in configuration: `opus`, `pcmu`, `pcma`, `g722`,
+    /// `telephone-event`.
     pub fn from_name(name: &str) -> Option<Codec> {
         match name.to_ascii_lowercase().as_str() {
             "opus" | "opus/48000/2" => Some(Codec::Opus),
             "pcmu" | "pcmu/8000" | "g711u" => Some(Codec::Pcmu),
             "pcma" | "pcma/8000" | "g711a" => Some(Codec::Pcma),
+            "g722" | "g722/8000" => Some(Codec::G722),
             "telephone-event" | "telephone-event/8000" | "dtmf" => Some(Codec::TelephoneEvent),
             _ => None,
         }

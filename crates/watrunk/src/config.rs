@@ -86,8 +86,8 @@ pub struct CallArgs {
     /// Where each call's audio goes (the voice agent or media server): plain RTP over UDP.
     #[arg(long, env = "WATRUNK_SINK")]
     pub sink: Option<SocketAddr>,
-    /// What the sink speaks: opus (relayed as it is, the default), pcmu or pcma (G.711 at 8 kHz,
-    /// transcoded both ways).
+    /// What the sink speaks: opus (relayed as it is, the default), pcmu or pcma (G.711 at 8 kHz)
+    /// or g722 (16 kHz), transcoded both ways.
     #[arg(long)]
     pub sink_codec: Option<String>,
     /// Media keying for the calls we place: dtls (ICE + DTLS-SRTP, the default) or sdes.
@@ -179,7 +179,7 @@ struct FilePbx {
     password_file: Option<PathBuf>,
     ring_timeout_secs: Option<u64>,
     rtp_timeout_secs: Option<u64>,
-    /// Offered to the PBX in this order: opus, pcmu, pcma (telephone-event is always added).
+    /// Offered to the PBX in this order: opus, pcmu, pcma, g722 (telephone-event is always added).
     codecs: Option<Vec<String>>,
 }
 
@@ -372,6 +372,7 @@ impl PbxTarget {
                 watrunk_sdp::Codec::Opus,
                 watrunk_sdp::Codec::Pcmu,
                 watrunk_sdp::Codec::Pcma,
+                watrunk_sdp::Codec::G722,
                 watrunk_sdp::Codec::TelephoneEvent,
             ],
             ring_timeout: Duration::from_secs(60),
@@ -524,7 +525,8 @@ fn parse_sink_codec(value: Option<&str>, key: &str) -> Result<SinkAudio> {
         None | Some("opus") => Ok(SinkAudio::Opus),
         Some("pcmu") => Ok(SinkAudio::G711(Law::Mu)),
         Some("pcma") => Ok(SinkAudio::G711(Law::A)),
-        Some(other) => bail!("{key}: {other:?} is not opus, pcmu or pcma"),
+        Some("g722") => Ok(SinkAudio::G722),
+        Some(other) => bail!("{key}: {other:?} is not opus, pcmu, pcma or g722"),
     }
 }
 
@@ -552,14 +554,15 @@ fn parse_pbx_codecs(names: &[String]) -> Result<Vec<watrunk_sdp::Codec>> {
             "opus" => watrunk_sdp::Codec::Opus,
             "pcmu" => watrunk_sdp::Codec::Pcmu,
             "pcma" => watrunk_sdp::Codec::Pcma,
-            other => bail!("pbx.codecs: {other:?} is not one of opus, pcmu, pcma"),
+            "g722" => watrunk_sdp::Codec::G722,
+            other => bail!("pbx.codecs: {other:?} is not one of opus, pcmu, pcma, g722"),
         };
         if !codecs.contains(&codec) {
             codecs.push(codec);
         }
     }
     if codecs.is_empty() {
-        bail!("pbx.codecs: name at least one of opus, pcmu, pcma");
+        bail!("pbx.codecs: name at least one of opus, pcmu, pcma, g722");
     }
     codecs.push(watrunk_sdp::Codec::TelephoneEvent);
     Ok(codecs)

@@ -601,5 +601,6 @@ fn sink_codec_name(audio: watrunk_media::SinkAudio) -> &'static str {
         watrunk_media::SinkAudio::Opus => "opus",
         watrunk_media::SinkAudio::G711(watrunk_media::Law::Mu) => "pcmu",
         watrunk_media::SinkAudio::G711(watrunk_media::Law::A) => "pcma",
+        watrunk_media::SinkAudio::G722 => "g722",
     }
 }

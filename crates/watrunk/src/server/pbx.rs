@@ -32,6 +32,7 @@ pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
     let audio = match plan.codec {
         Codec::Pcmu => SinkAudio::G711(Law::Mu),
         Codec::Pcma => SinkAudio::G711(Law::A),
+        Codec::G722 => SinkAudio::G722,
         Codec::Opus | Codec::TelephoneEvent => SinkAudio::Opus,
     };
     let payloads = SinkPayloads {
