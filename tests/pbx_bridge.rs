@@ -442,6 +442,27 @@ impl SippRun {
     fn sipp_completed(&mut self) -> bool {
         self.pbx.child.wait().unwrap().success()
     }
+
+    /// What the PBX did in its dialog stayed there: the call went on until the PBX's BYE, Meta got
+    /// no other request (the sim names any as a violation), the user's stream had no sequence jump
+    /// nor a gap over 60 ms; and SIPp ran its scenario to the end (`sipp_checked`: what its
+    /// scenario checks).
+    fn assert_meta_saw_nothing_until_the_pbx_hung_up(&mut self, sipp_checked: &str) {
+        let (call, logs) = (&self.call, &self.logs);
+        assert!(self.ok, "{logs}");
+        assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+        assert_eq!(
+            call["ended_by"], "business",
+            "the PBX's BYE ended it: {call}\n{logs}"
+        );
+        let media = &call["media"];
+        assert_eq!(media["seq_jumps"], 0, "{call}");
+        assert_eq!(media["repeated_seqs"], 0, "{call}");
+        let gap = media["max_gap_ms"].as_f64().unwrap();
+        assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+        let logs = logs.clone();
+        assert!(self.sipp_completed(), "{sipp_checked}\n{logs}");
+    }
 }
 
 #[test]
@@ -521,23 +542,9 @@ fn the_pbx_legs_hold_refresh_and_connected_line_reinvites_stay_on_the_pbx_leg() 
         &[],
         &["--hangup-after", "30"],
     );
-    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
-    assert!(ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    assert_eq!(
-        call["ended_by"], "business",
-        "the PBX's BYE ended it: {call}\n{logs}"
-    );
-    let media = &call["media"];
-    assert_eq!(media["seq_jumps"], 0, "{call}");
-    assert_eq!(media["repeated_seqs"], 0, "{call}");
-    let gap = media["max_gap_ms"].as_f64().unwrap();
-    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
-    assert!(media["heard_packets"].as_u64().unwrap() > 150, "{call}");
-    assert!(
-        run.sipp_completed(),
-        "every request of SIPp's got its 200\n{logs}"
-    );
+    let heard = run.call["media"]["heard_packets"].as_u64().unwrap();
+    assert!(heard > 150, "{}", run.call);
+    run.assert_meta_saw_nothing_until_the_pbx_hung_up("every request of SIPp's got its 200");
 }
 
 /// A PBX answering with a codec the trunk never offered (G.729 only): its answer is refused (ACK,
@@ -608,15 +615,7 @@ fn a_pbx_that_never_answers_is_cancelled_at_the_ring_timeout() {
 fn a_direct_media_reinvite_moves_the_pbx_legs_audio_and_meta_sees_nothing() {
     let agent_dir = TempDir::new("pbx-direct-media-agent");
     let new_port = free_port();
-    let agent = Background::spawn(
-        "g711 agent",
-        Command::new("/usr/bin/python3")
-            .arg(peers_dir().join("g711/sink.py"))
-            .args(["--listen", &format!("127.0.0.1:{new_port}")])
-            .args(["--law", "pcmu", "--tone-hz", "1000", "--ptime", "20"])
-            .args(["--seconds", "9"]),
-        agent_dir.path().join("agent.log"),
-    );
+    let agent = g711_phone(agent_dir.path(), new_port, "pcmu", 1000, 20, 9);
     let new_port = new_port.to_string();
     let mut run = SippRun::with_sipp_args(
         "pbx-direct-media",
@@ -625,34 +624,14 @@ fn a_direct_media_reinvite_moves_the_pbx_legs_audio_and_meta_sees_nothing() {
         &[],
         &["--hangup-after", "30"],
     );
-    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
-    assert!(ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    assert_eq!(
-        call["ended_by"], "business",
-        "the PBX's BYE ended it: {call}"
-    );
-    let media = &call["media"];
-    let hz = media["heard_hz"].as_f64().unwrap();
+    let hz = run.call["media"]["heard_hz"].as_f64().unwrap();
     assert!(
         (hz - 1000.0).abs() <= 1000.0 * 0.02,
-        "the user heard {hz} Hz, not the new address's tone\n{logs}"
+        "the user heard {hz} Hz, not the new address's tone\n{}",
+        run.logs
     );
-    assert_eq!(media["seq_jumps"], 0, "{call}");
-    let gap = media["max_gap_ms"].as_f64().unwrap();
-    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
-    assert!(run.sipp_completed(), "SIPp's re-INVITE got its 200\n{logs}");
-    for _ in 0..100 {
-        if agent.log().contains("g711.stream") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let agent_log = agent.log();
-    let stream = json_lines(&agent_log)
-        .into_iter()
-        .find(|e| e["event"] == "g711.stream")
-        .unwrap_or_else(|| panic!("the new address got nothing\n{agent_log}\n{logs}"));
+    run.assert_meta_saw_nothing_until_the_pbx_hung_up("SIPp's re-INVITE got its 200");
+    let stream = g711_report(&agent, &run.logs);
     assert_eq!(stream["payload_types"], serde_json::json!([0]), "{stream}");
     let hz = stream["heard_hz"].as_f64().unwrap();
     assert!(
@@ -668,15 +647,7 @@ fn a_direct_media_reinvite_moves_the_pbx_legs_audio_and_meta_sees_nothing() {
 fn a_vanished_pbx_ends_the_whatsapp_call_with_a_reason_after_the_rtp_timeout() {
     let agent_dir = TempDir::new("pbx-vanishes-agent");
     let media_port = free_port();
-    let _agent = Background::spawn(
-        "g711 agent",
-        Command::new("/usr/bin/python3")
-            .arg(peers_dir().join("g711/sink.py"))
-            .args(["--listen", &format!("127.0.0.1:{media_port}")])
-            .args(["--law", "pcmu", "--tone-hz", "1000", "--ptime", "20"])
-            .args(["--seconds", "4"]),
-        agent_dir.path().join("agent.log"),
-    );
+    let _agent = g711_phone(agent_dir.path(), media_port, "pcmu", 1000, 20, 4);
     let media_port = media_port.to_string();
     let mut run = SippRun::with_sipp_args(
         "pbx-vanishes",
@@ -831,16 +802,12 @@ fn keys_the_pbx_sends_by_sip_info_reach_the_user_as_rfc_4733() {
         &[],
         &["--hangup-after", "30"],
     );
-    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
-    assert!(ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    assert_eq!(call["ended_by"], "business", "{call}\n{logs}");
+    let (call, logs) = (run.call.clone(), run.logs.clone());
     let media = &call["media"];
     assert_eq!(media["heard_dtmf"], "4#", "{call}\n{logs}");
     for ms in media["heard_dtmf_ms"].as_array().unwrap() {
         assert_eq!(ms.as_u64(), Some(100), "our keys last 100 ms: {call}");
     }
-    assert_eq!(media["seq_jumps"], 0, "{call}");
     let keys: Vec<serde_json::Value> = run
         .server
         .events()
@@ -849,10 +816,7 @@ fn keys_the_pbx_sends_by_sip_info_reach_the_user_as_rfc_4733() {
         .map(|e| e["key"].clone())
         .collect();
     assert_eq!(keys, [serde_json::json!("4"), serde_json::json!("#")]);
-    assert!(
-        run.sipp_completed(),
-        "SIPp's INFOs got 200, 200, 415\n{logs}"
-    );
+    run.assert_meta_saw_nothing_until_the_pbx_hung_up("SIPp's INFOs got 200, 200, 415");
 }
 
 /// Kamailio in front of the PBX, challenging every INVITE with 407 (tests/peers/kamailio/
@@ -1029,20 +993,8 @@ fn glare_on_the_pbx_leg_gets_491_there_and_meta_sees_nothing() {
         &[],
         &["--hangup-after", "30"],
     );
-    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
-    assert!(ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    assert_eq!(
-        call["ended_by"], "business",
-        "the PBX's BYE ended it: {call}\n{logs}"
-    );
-    let media = &call["media"];
-    assert_eq!(media["seq_jumps"], 0, "{call}");
-    let gap = media["max_gap_ms"].as_f64().unwrap();
-    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
-    assert!(
-        run.sipp_completed(),
-        "SIPp saw 200, 491, then 200 for its re-INVITEs\n{logs}"
+    run.assert_meta_saw_nothing_until_the_pbx_hung_up(
+        "SIPp saw 200, 491, then 200 for its re-INVITEs",
     );
 }
 
@@ -1054,15 +1006,7 @@ fn glare_on_the_pbx_leg_gets_491_there_and_meta_sees_nothing() {
 fn a_refer_from_the_pbx_transfers_the_user_to_the_new_target_on_one_stream() {
     let side = TempDir::new("pbx-refer-target");
     let phone_port = free_port();
-    let phone = Background::spawn(
-        "g711 phone",
-        Command::new("/usr/bin/python3")
-            .arg(peers_dir().join("g711/sink.py"))
-            .args(["--listen", &format!("127.0.0.1:{phone_port}")])
-            .args(["--law", "pcmu", "--tone-hz", "1000", "--ptime", "20"])
-            .args(["--seconds", "9"]),
-        side.path().join("phone.log"),
-    );
+    let phone = g711_phone(side.path(), phone_port, "pcmu", 1000, 20, 9);
     let target_port = free_port();
     let mut target = Background::spawn(
         "sipp 202",
@@ -1126,16 +1070,7 @@ fn a_refer_from_the_pbx_transfers_the_user_to_the_new_target_on_one_stream() {
             .is_some_and(|t| t.starts_with("sip:202@127.0.0.1:")),
         "{transfer}"
     );
-    for _ in 0..100 {
-        if phone.log().contains("g711.stream") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let stream = json_lines(&phone.log())
-        .into_iter()
-        .find(|e| e["event"] == "g711.stream")
-        .unwrap_or_else(|| panic!("the phone got nothing\n{logs}"));
+    let stream = g711_report(&phone, &logs);
     let hz = stream["heard_hz"].as_f64().unwrap();
     assert!(
         (hz - 440.0).abs() <= 440.0 * 0.02,
@@ -1154,21 +1089,7 @@ fn a_malformed_pbx_reinvite_gets_488_and_the_media_goes_on() {
         &[],
         &["--hangup-after", "30"],
     );
-    let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
-    assert!(ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    assert_eq!(
-        call["ended_by"], "business",
-        "the PBX's BYE ended it: {call}\n{logs}"
-    );
-    let media = &call["media"];
-    assert_eq!(media["seq_jumps"], 0, "{call}");
-    let gap = media["max_gap_ms"].as_f64().unwrap();
-    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
-    assert!(
-        run.sipp_completed(),
-        "SIPp got 488 for its re-INVITE\n{logs}"
-    );
+    run.assert_meta_saw_nothing_until_the_pbx_hung_up("SIPp got 488 for its re-INVITE");
 }
 
 #[test]

@@ -227,15 +227,7 @@ fn user_calls_a_g711_agent(law: &str, payload_type: u64) {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "per-number-secret\n").unwrap();
     let sink_port = free_port();
-    let agent = Background::spawn(
-        "g711 agent",
-        Command::new("/usr/bin/python3")
-            .arg(peers_dir().join("g711/sink.py"))
-            .args(["--listen", &format!("127.0.0.1:{sink_port}")])
-            .args(["--law", law, "--tone-hz", "880", "--ptime", "30"])
-            .args(["--seconds", "12"]),
-        dir.path().join("agent.log"),
-    );
+    let agent = g711_phone(dir.path(), sink_port, law, 880, 30, 12);
     std::thread::sleep(Duration::from_millis(500));
     let server = business_server(
         &pw,
@@ -253,15 +245,7 @@ fn user_calls_a_g711_agent(law: &str, payload_type: u64) {
     let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(5));
     assert_server_idle(&ended);
     // The agent reports when its time is up.
-    for _ in 0..100 {
-        if agent.log().contains("g711.stream") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let agent_log = agent.log();
-    let streams = json_lines(&agent_log);
-    let stream = find(&streams, "g711.stream", &format!("{agent_log}\n{logs}"));
+    let stream = &g711_report(&agent, &logs);
     assert_eq!(
         stream["payload_types"],
         serde_json::json!([payload_type]),

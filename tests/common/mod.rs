@@ -558,3 +558,44 @@ pub fn sim_serve_with(
         cert: dir.join("simstate/127.0.0.1.selfsigned.crt"),
     }
 }
+
+/// tests/peers/g711/sink.py on `port`: a G.711 phone or agent whose coding is CPython's audioop,
+/// answering every source with `tone_hz` in `law` at `ptime` ms for `seconds`, then reporting.
+pub fn g711_phone(
+    dir: &Path,
+    port: u16,
+    law: &str,
+    tone_hz: u32,
+    ptime: u32,
+    seconds: u32,
+) -> Background {
+    Background::spawn(
+        "g711 phone",
+        Command::new("/usr/bin/python3")
+            .arg(peers_dir().join("g711/sink.py"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--law", law, "--tone-hz", &tone_hz.to_string()])
+            .args([
+                "--ptime",
+                &ptime.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+            ]),
+        dir.join(format!("g711-{port}.log")),
+    )
+}
+
+/// What a `g711_phone` heard (its `g711.stream` report, printed when its time is up).
+pub fn g711_report(phone: &Background, logs: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        if phone.log().contains("g711.stream") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = phone.log();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "g711.stream")
+        .unwrap_or_else(|| panic!("the G.711 phone reported nothing\n{log}\n{logs}"))
+}

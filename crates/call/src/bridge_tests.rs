@@ -643,20 +643,31 @@ fn a_pbx_call_connects_its_offer_first_then_calls_meta() {
     assert!(bridge.leg(LegId::WhatsApp).is_answered());
 }
 
-#[test]
-fn meta_busy_is_the_pbx_calls_486_with_its_cause() {
-    let (mut bridge, _invite, mut layer) = pbx_calls_whatsapp();
-    drain(&mut bridge);
+/// The PBX's call with its INVITE to Meta sent, and Meta's `status` to it: the INVITE's
+/// transaction.
+fn meta_answers_the_pbx_call(
+    bridge: &mut Bridge,
+    layer: &mut TransactionLayer,
+    status: u16,
+) -> TransactionId {
+    drain(bridge);
     bridge
         .leg_mut(LegId::WhatsApp)
         .media_ready(local_media(Security::Sdes));
-    let invite = sent(&drain(&mut bridge), LegId::WhatsApp).remove(0);
-    let (tx, sent_invite) = send_on(&mut bridge, LegId::WhatsApp, &mut layer, invite);
+    let invite = sent(&drain(bridge), LegId::WhatsApp).remove(0);
+    let (tx, sent_invite) = send_on(bridge, LegId::WhatsApp, layer, invite);
     bridge.leg_mut(LegId::WhatsApp).handle_response(
         Instant::now(),
         tx,
-        &response_to(&sent_invite, 486, "m1"),
+        &response_to(&sent_invite, status, "m1"),
     );
+    tx
+}
+
+#[test]
+fn meta_busy_is_the_pbx_calls_486_with_its_cause() {
+    let (mut bridge, _invite, mut layer) = pbx_calls_whatsapp();
+    meta_answers_the_pbx_call(&mut bridge, &mut layer, 486);
     let out = drain(&mut bridge);
     let to_pbx = responded(&out, LegId::Pbx);
     assert_eq!(to_pbx.len(), 1, "{out:?}");
@@ -669,17 +680,7 @@ fn meta_busy_is_the_pbx_calls_486_with_its_cause() {
 #[test]
 fn the_pbx_cancelling_cancels_the_call_to_meta() {
     let (mut bridge, invite, mut layer) = pbx_calls_whatsapp();
-    drain(&mut bridge);
-    bridge
-        .leg_mut(LegId::WhatsApp)
-        .media_ready(local_media(Security::Sdes));
-    let meta_invite = sent(&drain(&mut bridge), LegId::WhatsApp).remove(0);
-    let (tx, sent_invite) = send_on(&mut bridge, LegId::WhatsApp, &mut layer, meta_invite);
-    bridge.leg_mut(LegId::WhatsApp).handle_response(
-        Instant::now(),
-        tx,
-        &response_to(&sent_invite, 180, "m1"),
-    );
+    let tx = meta_answers_the_pbx_call(&mut bridge, &mut layer, 180);
     drain(&mut bridge);
     let cancel = build_cancel(&invite);
     bridge.leg_mut(LegId::Pbx).handle_cancel(&cancel);

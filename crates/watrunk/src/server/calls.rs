@@ -81,6 +81,28 @@ impl Core {
         }
     }
 
+    /// Why a new INVITE cannot become a call whatever it asks (no media address; a Call-ID we
+    /// have already: a loop), as its final response.
+    pub(super) fn cannot_take(&self, req: &Request, to_tag: &str) -> Option<Response> {
+        if self.media.is_none() {
+            return Some(reply(
+                req,
+                503,
+                "Service Unavailable (no media address: --media-ip)",
+                to_tag,
+            ));
+        }
+        let call_id = req.call_id().unwrap_or_default();
+        self.calls.by_sip_call_id(call_id).map(|_| {
+            reply(
+                req,
+                482,
+                "Loop Detected (a call with this Call-ID exists)",
+                to_tag,
+            )
+        })
+    }
+
     /// A new INVITE, authenticated: the answer for the layer, or None when a call took it.
     pub(super) fn incoming_invite(
         &mut self,
@@ -90,25 +112,8 @@ impl Core {
         number: &NumberConfig,
         to_tag: &str,
     ) -> Option<Response> {
-        if self.media.is_none() {
-            return Some(reply(
-                req,
-                503,
-                "Service Unavailable (no media address: --media-ip)",
-                to_tag,
-            ));
-        }
-        if self
-            .calls
-            .by_sip_call_id(req.call_id().unwrap_or_default())
-            .is_some()
-        {
-            return Some(reply(
-                req,
-                482,
-                "Loop Detected (a call with this Call-ID exists)",
-                to_tag,
-            ));
+        if let Some(refusal) = self.cannot_take(req, to_tag) {
+            return Some(refusal);
         }
         // The offer is agreed before any port or task is taken; a refusal makes no call.
         let setup = self.leg_setup(&number.number, number.srtp);

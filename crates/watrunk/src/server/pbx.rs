@@ -209,25 +209,8 @@ impl Core {
         let Some(pbx) = self.cfg.calls.pbx.clone() else {
             return Some(reply(req, 403, "Forbidden", to_tag));
         };
-        if self.media.is_none() {
-            return Some(reply(
-                req,
-                503,
-                "Service Unavailable (no media address: --media-ip)",
-                to_tag,
-            ));
-        }
-        if self
-            .calls
-            .by_sip_call_id(req.call_id().unwrap_or_default())
-            .is_some()
-        {
-            return Some(reply(
-                req,
-                482,
-                "Loop Detected (a call with this Call-ID exists)",
-                to_tag,
-            ));
+        if let Some(refusal) = self.cannot_take(req, to_tag) {
+            return Some(refusal);
         }
         let user = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
         let Some(to) = whatsapp_user(user) else {
