@@ -225,23 +225,14 @@ fn a_whatsapp_call_reaches_an_opus_phone_through_the_pbx_leg_untranscoded() {
     a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("opus/48000/2", "opus");
 }
 
-/// The agent's phone (baresip) calls a WhatsApp user through the PBX leg: watrunk places a
-/// business-initiated call to `watrunk sim serve` (Meta: its 407, SHA-256 digest, its checks),
-/// rings the phone when Meta rings and answers it when Meta answers; two-way tone, transcoded
-/// (`relay` as for the other direction).
-fn a_baresip_phone_calls_a_whatsapp_user_through_the_bridge(codec: &str, relay: &str) {
-    assert!(
-        tool_exists("baresip"),
-        "baresip is not installed (scripts/test.sh installs it)"
-    );
-    let dir = TempDir::new(&format!("pbx-out-{}", codec.replace('/', "_")));
-    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
-    let pw = dir.path().join("pw");
+/// `watrunk serve` between `sim` (Meta, for the calls it places) and a PBX on UDP `pbx_port` of
+/// 127.0.0.1, for +15550001111 (its password in `dir/pw`), with `extra` flags.
+fn serve_between(dir: &std::path::Path, sim: &SimServe, pbx_port: u16, extra: &[&str]) -> Server {
+    let pw = dir.join("pw");
     std::fs::write(&pw, "per-number-secret\n").unwrap();
-    let phone_port = free_port();
-    let pbx = format!("sip:127.0.0.1:{phone_port};transport=udp");
+    let pbx = format!("sip:127.0.0.1:{pbx_port};transport=udp");
     let meta = sim.addr.to_string();
-    let server = Server::start(&[
+    let mut args = vec![
         "--number",
         "+15550001111",
         "--sip-password-file",
@@ -256,7 +247,24 @@ fn a_baresip_phone_calls_a_whatsapp_user_through_the_bridge(codec: &str, relay: 
         sim.cert.to_str().unwrap(),
         "--events",
         "-",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// The agent's phone (baresip) calls a WhatsApp user through the PBX leg: watrunk places a
+/// business-initiated call to `watrunk sim serve` (Meta: its 407, SHA-256 digest, its checks),
+/// rings the phone when Meta rings and answers it when Meta answers; two-way tone, transcoded
+/// (`relay` as for the other direction).
+fn a_baresip_phone_calls_a_whatsapp_user_through_the_bridge(codec: &str, relay: &str) {
+    assert!(
+        tool_exists("baresip"),
+        "baresip is not installed (scripts/test.sh installs it)"
+    );
+    let dir = TempDir::new(&format!("pbx-out-{}", codec.replace('/', "_")));
+    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+    let phone_port = free_port();
+    let server = serve_between(dir.path(), &sim, phone_port, &[]);
     let target = format!("sip:+12195550714@{}", server.udp.unwrap());
     let (phone, _) = baresip_phone_dialing(dir.path(), phone_port, codec, Some(&target));
     let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(30));
@@ -723,27 +731,8 @@ fn dtmf_crosses_the_bridge_both_ways_on_each_legs_payload_type() {
         "per-number-secret",
         &["--dtmf", "159#", "--dtmf-after", "1"],
     );
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "per-number-secret\n").unwrap();
     let phone_port = free_port();
-    let pbx = format!("sip:127.0.0.1:{phone_port};transport=udp");
-    let meta = sim.addr.to_string();
-    let server = Server::start(&[
-        "--number",
-        "+15550001111",
-        "--sip-password-file",
-        pw.to_str().unwrap(),
-        "--media-ip",
-        "127.0.0.1",
-        "--pbx",
-        &pbx,
-        "--meta-server",
-        &meta,
-        "--tls-ca",
-        sim.cert.to_str().unwrap(),
-        "--events",
-        "-",
-    ]);
+    let server = serve_between(dir.path(), &sim, phone_port, &[]);
     let target = format!("sip:+12195550714@{}", server.udp.unwrap());
     let (phone, ctrl) = baresip_phone_dialing(dir.path(), phone_port, "PCMU/8000/1", Some(&target));
     server.wait_event("pbx.answered", |_| true, Duration::from_secs(15));
@@ -832,33 +821,21 @@ fn calls_cross_a_kamailio_that_challenges_in_front_of_the_pbx_both_ways() {
     let dir = TempDir::new("pbx-kamailio");
     let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
     let pw = dir.path().join("pw");
-    std::fs::write(&pw, "per-number-secret\n").unwrap();
     let pbx_pw = dir.path().join("pbx-pw");
     std::fs::write(&pbx_pw, "trunk-secret\n").unwrap();
     let (kam_port, phone_port) = (free_port(), free_port());
-    let pbx = format!("sip:127.0.0.1:{kam_port};transport=udp");
-    let meta = sim.addr.to_string();
-    let server = Server::start(&[
-        "--number",
-        "+15550001111",
-        "--sip-password-file",
-        pw.to_str().unwrap(),
-        "--challenge",
-        "--media-ip",
-        "127.0.0.1",
-        "--pbx",
-        &pbx,
-        "--pbx-username",
-        "watrunk-trunk",
-        "--pbx-password-file",
-        pbx_pw.to_str().unwrap(),
-        "--meta-server",
-        &meta,
-        "--tls-ca",
-        sim.cert.to_str().unwrap(),
-        "--events",
-        "-",
-    ]);
+    let server = serve_between(
+        dir.path(),
+        &sim,
+        kam_port,
+        &[
+            "--challenge",
+            "--pbx-username",
+            "watrunk-trunk",
+            "--pbx-password-file",
+            pbx_pw.to_str().unwrap(),
+        ],
+    );
     let cfg = std::fs::read_to_string(peers_dir().join("kamailio/pbx-front.cfg"))
         .unwrap()
         .replace("@PORT@", &kam_port.to_string())
