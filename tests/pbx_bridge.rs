@@ -45,6 +45,19 @@ fn baresip_phone_with(
     dial: Option<&str>,
     account: &str,
 ) -> (Background, u16) {
+    baresip_phone_tls(dir, port, codec, dial, account, None)
+}
+
+/// The phone, also listening for SIP over TLS on `port` + 1 with `certificate` (a PEM of its
+/// certificate and key) when given.
+fn baresip_phone_tls(
+    dir: &std::path::Path,
+    port: u16,
+    codec: &str,
+    dial: Option<&str>,
+    account: &str,
+    certificate: Option<&std::path::Path>,
+) -> (Background, u16) {
     let home = dir.join("baresip");
     std::fs::create_dir_all(home.join("snd")).unwrap();
     let template = std::fs::read_to_string(peers_dir().join("baresip/config.template")).unwrap();
@@ -57,8 +70,15 @@ fn baresip_phone_with(
         .replace("@RTP_PORTS@", &format!("{rtp}-{}", rtp + 9))
         .replace("@CTRL_PORT@", &ctrl.to_string())
         .lines()
-        // No TLS for this phone: it is reached over UDP.
-        .filter(|l| !l.starts_with("sip_certificate") && !l.starts_with("sip_cafile"))
+        // TLS only with a certificate; the phone verifies no one.
+        .filter(|l| {
+            !l.starts_with("sip_cafile")
+                && (certificate.is_some() || !l.starts_with("sip_certificate"))
+        })
+        .map(|l| match (l.starts_with("sip_certificate"), certificate) {
+            (true, Some(pem)) => format!("sip_certificate\t\t{}", pem.display()),
+            _ => l.to_string(),
+        })
         // G.722 too (spandsp's), beside the template's G.711 and Opus.
         .map(
             |l| match l.starts_with("module") && l.ends_with("g711.so") {
@@ -322,15 +342,22 @@ fn an_opus_phone_behind_the_pbx_calls_a_whatsapp_user_untranscoded() {
     a_baresip_phone_calls_a_whatsapp_user_through_the_bridge("opus/48000/2", "opus");
 }
 
-/// SIPp playing the PBX with `scenario` (tests/peers/sipp) on UDP `port`, for one call.
+/// SIPp playing the PBX with `scenario` (tests/peers/sipp) on `port`, for one call: over UDP
+/// unless `extra` says `-t t1` (TCP).
 fn sipp_pbx(dir: &std::path::Path, scenario: &str, port: u16, extra: &[&str]) -> Background {
+    let transport: &[&str] = if extra.contains(&"-t") {
+        &[]
+    } else {
+        &["-t", "u1"]
+    };
     let phone = Background::spawn(
         "sipp",
         Command::new(tool("sipp"))
             .current_dir(dir)
             .arg("-sf")
             .arg(peers_dir().join("sipp").join(scenario))
-            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1"])
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(transport)
             .args(["-mp", &free_port().to_string()])
             .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"])
             .args(extra),
@@ -347,19 +374,19 @@ fn call_through_the_bridge(
     pbx_port: u16,
     sim_args: &[&str],
 ) -> (Server, bool, String) {
-    call_through_the_bridge_with(dir, pbx_port, &[], sim_args)
+    let pbx = format!("sip:127.0.0.1:{pbx_port};transport=udp");
+    call_through_the_bridge_with(dir, &pbx, &[], sim_args)
 }
 
 /// The same with `serve_args` for watrunk serve too.
 fn call_through_the_bridge_with(
     dir: &std::path::Path,
-    pbx_port: u16,
+    pbx: &str,
     serve_args: &[&str],
     sim_args: &[&str],
 ) -> (Server, bool, String) {
     let pw = dir.join("pw");
     std::fs::write(&pw, "per-number-secret\n").unwrap();
-    let pbx = format!("sip:127.0.0.1:{pbx_port};transport=udp");
     let mut args = vec![
         "--number",
         "+15550001111",
@@ -369,7 +396,7 @@ fn call_through_the_bridge_with(
         "--media-ip",
         "127.0.0.1",
         "--pbx",
-        &pbx,
+        pbx,
         "--events",
         "-",
     ];
@@ -414,7 +441,8 @@ impl SippRun {
         SippRun::with_sipp_args(tag, scenario, &[], serve_args, sim_args)
     }
 
-    /// The same with `sipp_args` for SIPp too (`-set` values for its scenario).
+    /// The same with `sipp_args` for SIPp too (`-set` values for its scenario; `-t t1`: the PBX
+    /// leg over TCP).
     fn with_sipp_args(
         tag: &str,
         scenario: &str,
@@ -426,8 +454,14 @@ impl SippRun {
         let port = free_port();
         let pbx = sipp_pbx(dir.path(), scenario, port, sipp_args);
         let started = std::time::Instant::now();
+        let transport = if sipp_args.windows(2).any(|w| w == ["-t", "t1"]) {
+            "tcp"
+        } else {
+            "udp"
+        };
+        let target = format!("sip:127.0.0.1:{port};transport={transport}");
         let (server, ok, out) =
-            call_through_the_bridge_with(dir.path(), port, serve_args, sim_args);
+            call_through_the_bridge_with(dir.path(), &target, serve_args, sim_args);
         let took = started.elapsed();
         let logs = format!(
             "--- sim\n{out}\n--- serve\n{}\n--- sipp\n{}",
@@ -501,13 +535,34 @@ fn a_busy_pbx_extension_is_a_486_to_meta_with_a_q850_reason() {
 
 #[test]
 fn the_pbx_hanging_up_ends_the_whatsapp_call_with_a_bye() {
-    let mut run = SippRun::new(
+    the_pbx_hangs_up(&[]);
+}
+
+/// The same PBX reached over TCP (`--pbx ...;transport=tcp`): our INVITE and its BYE on a TCP
+/// connection of ours and of its own.
+#[test]
+fn a_pbx_over_tcp_rings_answers_and_hangs_up() {
+    the_pbx_hangs_up(&["-t", "t1"]);
+}
+
+/// The PBX answers, then hangs up: the WhatsApp leg gets a BYE with the PBX's cause.
+fn the_pbx_hangs_up(sipp_args: &[&str]) {
+    let mut run = SippRun::with_sipp_args(
         "pbx-bye",
         "pbx_uas_answer_then_bye.xml",
+        sipp_args,
         &[],
         &["--hangup-after", "20"],
     );
     let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
+    if sipp_args.contains(&"t1") {
+        assert!(
+            run.server
+                .log()
+                .contains("opening a Tcp connection to 127.0.0.1"),
+            "the INVITE went over TCP\n{logs}"
+        );
+    }
     assert!(ok, "{logs}");
     assert_eq!(call["status"], 200, "{call}");
     assert_eq!(call["ended_by"], "business", "{call}");
@@ -1072,4 +1127,55 @@ fn a_malformed_pbx_reinvite_gets_488_and_the_media_goes_on() {
 #[test]
 fn a_whatsapp_call_reaches_a_g722_phone_through_the_pbx_leg() {
     a_whatsapp_call_rings_a_baresip_phone_behind_the_pbx_leg("G722/16000/1", "g722");
+}
+
+/// The PBX leg over TLS (`--pbx sip:localhost:PORT;transport=tls`): watrunk verifies the phone's
+/// certificate against the CA given with --tls-ca and calls it; two-way tone, and the PBX's BYE
+/// comes back over TLS too.
+#[test]
+fn a_whatsapp_call_reaches_a_phone_over_tls() {
+    assert!(
+        tool_exists("baresip"),
+        "baresip is not installed (scripts/test.sh installs it)"
+    );
+    let dir = TempDir::new("pbx-tls");
+    let (ca, cert, key) = dev_pki(&dir.path().join("pki"));
+    let pem = dir.path().join("phone.pem");
+    let both = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&pem, both).unwrap();
+    let phone_port = free_port();
+    let (phone, _) = baresip_phone_tls(dir.path(), phone_port, "PCMU/8000/1", None, "", Some(&pem));
+    let pbx = format!("sip:localhost:{};transport=tls", phone_port + 1);
+    let (server, ok, out) = call_through_the_bridge_with(
+        dir.path(),
+        &pbx,
+        &["--tls-ca", ca.to_str().unwrap()],
+        &["--hangup-after", "4", "--expect-hz", "880"],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let logs = format!(
+        "--- sim call\n{out}\n--- serve\n{}\n--- baresip\n{}",
+        server.log(),
+        phone.log()
+    );
+    let call = sim_call_report(&out, &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(call["status"], 200, "{call}");
+    let hz = call["media"]["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 880.0).abs() <= 880.0 * 0.02,
+        "the user heard {hz} Hz\n{logs}"
+    );
+    assert!(
+        server
+            .log()
+            .contains("opening a Tls connection to localhost"),
+        "the INVITE went over TLS, verified as localhost\n{logs}"
+    );
+    let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
+    assert_eq!(
+        pbx_ended["by"], "local",
+        "our BYE ended the PBX leg: {pbx_ended}"
+    );
+    assert!(phone.log().contains("terminated"), "{logs}");
 }

@@ -112,7 +112,8 @@ pub struct CallArgs {
     #[arg(long, env = "WATRUNK_API")]
     pub api: Option<String>,
     /// Bridge WhatsApp calls into this PBX, as an ordinary SIP trunk peer:
-    /// `sip:pbx.example.com[:PORT][;transport=udp]` (UDP needs --udp, where the PBX reaches us).
+    /// `sip:pbx.example.com[:PORT][;transport=udp|tcp|tls]` (UDP needs --udp and TCP --tcp, where
+    /// the PBX reaches us; TLS uses --tls and verifies the PBX's certificate as for Meta).
     #[arg(long)]
     pub pbx: Option<String>,
     /// How long the PBX may ring before its INVITE is cancelled and WhatsApp gets 480 (60 s).
@@ -337,7 +338,7 @@ pub struct PbxTarget {
 }
 
 impl PbxTarget {
-    /// `sip:host[:port][;transport=udp]`.
+    /// `sip:host[:port][;transport=udp|tcp|tls]` (port 5060, 5061 for TLS).
     pub fn parse(text: &str, key: &str) -> Result<PbxTarget> {
         let uri = watrunk_sip::Uri::parse(text)
             .ok()
@@ -354,12 +355,19 @@ impl PbxTarget {
             .as_deref()
         {
             None | Some("udp") => watrunk_sip::Transport::Udp,
+            Some("tcp") => watrunk_sip::Transport::Tcp,
+            Some("tls") => watrunk_sip::Transport::Tls,
             Some(other) => {
-                bail!("{key}: transport={other} toward a PBX is not supported yet (udp is)")
+                bail!("{key}: transport={other} toward a PBX is not one of udp, tcp, tls")
             }
         };
         let host = uri.host.to_string();
-        let port = uri.port.unwrap_or(5060);
+        let default_port = if transport == watrunk_sip::Transport::Tls {
+            5061
+        } else {
+            5060
+        };
+        let port = uri.port.unwrap_or(default_port);
         Ok(PbxTarget {
             hostport: format!("{host}:{port}"),
             host: host
@@ -483,17 +491,19 @@ impl ServeConfig {
             .or(file.listen.tls)
             .or_else(|| Some("[::]:5061".parse().expect("valid default")));
         let udp = args.udp.or(file.listen.udp);
-        if calls
-            .pbx
-            .as_ref()
-            .is_some_and(|p| p.transport == watrunk_sip::Transport::Udp)
-            && udp.is_none()
-        {
-            bail!("--pbx over UDP needs a UDP listener the PBX answers to: pass --udp ADDR (config key listen.udp)");
+        let tcp = args.tcp.or(file.listen.tcp);
+        match calls.pbx.as_ref().map(|p| p.transport) {
+            Some(watrunk_sip::Transport::Udp) if udp.is_none() => {
+                bail!("--pbx over UDP needs a UDP listener the PBX answers to: pass --udp ADDR (config key listen.udp)");
+            }
+            Some(watrunk_sip::Transport::Tcp) if tcp.is_none() => {
+                bail!("--pbx over TCP needs a TCP listener the PBX answers to: pass --tcp ADDR (config key listen.tcp)");
+            }
+            _ => {}
         }
         Ok(ServeConfig {
             tls,
-            tcp: args.tcp.or(file.listen.tcp),
+            tcp,
             udp,
             cert,
             key,
@@ -848,10 +858,15 @@ mod tests {
         assert_eq!(pbx.codecs[0], watrunk_sdp::Codec::Opus, "passthrough first");
         let v6 = PbxTarget::parse("sip:[2001:db8::5]:5070", "--pbx").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("2001:db8::5", 5070));
-        let e = PbxTarget::parse("sip:pbx.example.com;transport=tls", "--pbx")
+        let tls = PbxTarget::parse("sip:pbx.example.com;transport=tls", "--pbx").unwrap();
+        assert_eq!(
+            (tls.transport, tls.port),
+            (watrunk_sip::Transport::Tls, 5061)
+        );
+        let e = PbxTarget::parse("sip:pbx.example.com;transport=sctp", "--pbx")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--pbx") && e.contains("tls"), "{e}");
+        assert!(e.contains("--pbx") && e.contains("sctp"), "{e}");
         let e = PbxTarget::parse("pbx.example.com", "--pbx")
             .unwrap_err()
             .to_string();

@@ -95,6 +95,8 @@ pub async fn run_with(
             .await
             .with_context(|| format!("cannot bind TCP {addr} (listen.tcp)"))?;
         tracing::info!("SIP over TCP on {}", l.local_addr()?);
+        // Contact names the port actually bound (port 0 picks one).
+        cfg.tcp = Some(l.local_addr()?);
         tokio::spawn(transport::run_stream_listener(l, None, shared.clone()));
     }
     if let Some(addr) = cfg.tls {
@@ -480,7 +482,7 @@ impl Core {
             r.headers.push("Accept", "application/sdp");
             return Some(r);
         }
-        if req.method == Method::INVITE && self.is_from_pbx(from) {
+        if req.method == Method::INVITE && self.is_from_pbx(req, from) {
             return self.pbx_invite(id, req, &to_tag);
         }
         if req.method == Method::INVITE {

@@ -152,11 +152,10 @@ impl Connections {
         }
     }
 
-    /// A request toward a peer we have no connection to: one is opened (TLS, verified against the
-    /// hop's name) and the message waits for it.
+    /// A request toward a peer we have no connection to: one is opened (TCP, or TLS verified
+    /// against the hop's name) and the message waits for it.
     fn send_over_new_connection(&mut self, id: Option<TransactionId>, to: &Peer, bytes: Vec<u8>) {
-        if to.transport != Transport::Tls {
-            tracing::info!("no connection to {}: dropped", to.addr);
+        if to.transport == Transport::Udp {
             return;
         }
         let conn = match self.connecting.get(&to.addr) {
@@ -168,15 +167,13 @@ impl Connections {
                     .get(&to.addr)
                     .cloned()
                     .unwrap_or_else(|| to.addr.ip().to_string());
-                tracing::info!("opening a TLS connection to {name} ({})", to.addr);
-                transport::connect(
-                    conn,
-                    Transport::Tls,
-                    to.addr,
-                    name,
-                    Some(self.tls_client.clone()),
-                    self.shared.clone(),
+                tracing::info!(
+                    "opening a {:?} connection to {name} ({})",
+                    to.transport,
+                    to.addr
                 );
+                let tls = (to.transport == Transport::Tls).then(|| self.tls_client.clone());
+                transport::connect(conn, to.transport, to.addr, name, tls, self.shared.clone());
                 self.connecting.insert(to.addr, conn);
                 conn
             }

@@ -110,7 +110,12 @@ impl Core {
             .and_then(|o| o.conn);
         let peer = match leg {
             LegId::Pbx | LegId::Transfer => Peer {
-                transport: Transport::Udp,
+                transport: self
+                    .cfg
+                    .calls
+                    .pbx
+                    .as_ref()
+                    .map_or(Transport::Udp, |p| p.transport),
                 addr,
                 conn: None,
             },

@@ -75,14 +75,24 @@ impl Core {
     /// The PBX leg's configuration toward `pbx` for one of our numbers: plain RTP, our codecs,
     /// in-dialog offer/answer (hold, refreshes) answered on this leg only.
     pub(super) fn pbx_setup(&self, pbx: &PbxTarget, number: &str) -> LegSetup {
-        let us = self
-            .cfg
-            .udp
-            .map(|a| super::udp_hostport(&self.cfg.hostname, a))
-            .unwrap_or_else(|| self.cfg.hostname.clone());
+        // Where the PBX reaches us over its transport: that listener's address (TLS: our name).
+        let listener = match pbx.transport {
+            Transport::Udp => self.cfg.udp,
+            Transport::Tcp => self.cfg.tcp,
+            Transport::Tls => None,
+        };
+        let us = match (pbx.transport, listener) {
+            (Transport::Tls, _) => match self.cfg.tls.map(|a| a.port()) {
+                Some(5061) | None => self.cfg.hostname.clone(),
+                Some(port) => format!("{}:{port}", self.cfg.hostname),
+            },
+            (_, Some(addr)) => super::udp_hostport(&self.cfg.hostname, addr),
+            (_, None) => self.cfg.hostname.clone(),
+        };
+        let transport = transport_param(pbx.transport);
         LegSetup {
             local: Local {
-                contact: format!("<sip:{number}@{us};transport=udp>"),
+                contact: format!("<sip:{number}@{us};transport={transport}>"),
                 user_agent: SERVER.to_string(),
                 warning_host: self.cfg.hostname.clone(),
             },
@@ -98,7 +108,7 @@ impl Core {
             hostname: self.cfg.hostname.clone(),
             to_user: number.to_string(),
             domain: pbx.hostport.clone(),
-            transport: "udp".into(),
+            transport: transport_param(pbx.transport).into(),
             password: pbx.password.clone(),
             username: pbx.username.clone(),
         }
@@ -189,11 +199,15 @@ impl Core {
 }
 
 impl Core {
-    /// A new INVITE from the PBX's address over the PBX's transport: the PBX calls a WhatsApp
-    /// user (the source address is how the PBX authenticates to us).
-    pub(super) fn is_from_pbx(&self, from: &Peer) -> bool {
+    /// A new INVITE from the PBX's address over the PBX's transport, to someone other than our
+    /// business numbers: the PBX calls a WhatsApp user (the source address is how the PBX
+    /// authenticates to us; an INVITE to a business number is Meta's, whatever its source).
+    pub(super) fn is_from_pbx(&self, req: &Request, from: &Peer) -> bool {
+        let called = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
         self.cfg.calls.pbx.as_ref().is_some_and(|pbx| {
-            from.transport == Transport::Udp && pbx.sources.contains(&from.addr.ip().to_canonical())
+            from.transport == pbx.transport
+                && pbx.sources.contains(&from.addr.ip().to_canonical())
+                && !self.cfg.calls.numbers.contains_key(called)
         })
     }
 
@@ -330,6 +344,15 @@ impl Core {
     }
 }
 
+/// The `transport` URI parameter of a transport.
+fn transport_param(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+    }
+}
+
 /// A call's local RTP port toward the PBX, and the PBX leg's local description naming it.
 struct PlainSide {
     local: LocalMedia,
@@ -409,7 +432,7 @@ impl Core {
                 "{}:{port}",
                 sip.map(|u| u.host.to_string()).unwrap_or_default()
             ),
-            transport: "udp".into(),
+            transport: transport_param(pbx.transport).into(),
             password: pbx.password.clone(),
             username: pbx.username.clone(),
         };
