@@ -1179,3 +1179,49 @@ fn a_whatsapp_call_reaches_a_phone_over_tls() {
     );
     assert!(phone.log().contains("terminated"), "{logs}");
 }
+
+/// FreeSWITCH's `sip_require_timer` on a call from the PBX to a WhatsApp user (SIPp as the PBX):
+/// the INVITE requiring session timers is taken, not refused 420; our 200 names the timer; the
+/// PBX's UPDATE refresh is answered on its leg and never reaches Meta; the PBX hangs up.
+#[test]
+fn a_pbx_call_requiring_session_timers_reaches_whatsapp_and_its_refresh_stays_on_its_leg() {
+    let dir = TempDir::new("pbx-uac-timer");
+    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+    let pbx_port = free_port();
+    let server = serve_between(dir.path(), &sim, pbx_port, &[]);
+    let mut pbx = Background::spawn(
+        "sipp uac",
+        Command::new(tool("sipp"))
+            .current_dir(dir.path())
+            .arg(server.udp.unwrap().to_string())
+            .arg("-sf")
+            .arg(peers_dir().join("sipp/pbx_uac_timer.xml"))
+            .args(["-i", "127.0.0.1", "-p", &pbx_port.to_string(), "-t", "u1"])
+            .args(["-mp", &free_port().to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"]),
+        dir.path().join("sipp.log"),
+    );
+    let completed = pbx.child.wait().unwrap().success();
+    server.wait_event("call.ended", |_| true, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = format!(
+        "--- sim serve\n{}\n--- serve\n{}\n--- sipp\n{}",
+        sim.process.log(),
+        server.log(),
+        pbx.log()
+    );
+    assert!(
+        completed,
+        "SIPp's INVITE got a 200 naming the timer, its UPDATE a 200\n{logs}"
+    );
+    let call = json_lines(&sim.process.log())
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    assert_eq!(
+        call["ended_by"], "business",
+        "the PBX's BYE crossed: {call}"
+    );
+}

@@ -1001,3 +1001,41 @@ fn a_refer_elsewhere_or_before_the_answer_is_declined_in_a_notify() {
         .handle_request(server_transaction(&bad), &bad);
     assert_eq!(responded(&drain(&mut bridge), LegId::Pbx)[0].status, 400);
 }
+
+#[test]
+fn a_pbx_invite_requiring_session_timers_gets_them_in_our_200() {
+    let mut invite = Request::new(
+        Method::INVITE,
+        Uri::parse("sip:+12195550714@198.18.0.1:5060").unwrap(),
+    );
+    invite
+        .headers
+        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxtimer");
+    invite.headers.push("From", "<sip:201@198.18.0.20>;tag=fs1");
+    invite.headers.push("To", "<sip:+12195550714@198.18.0.1>");
+    invite.headers.push("Call-ID", "pbx-timer@198.18.0.20");
+    invite.headers.push("CSeq", "1 INVITE");
+    invite.headers.push("Contact", "<sip:201@198.18.0.20:5060>");
+    // FreeSWITCH with sip_require_timer.
+    invite.headers.push("Require", "timer");
+    invite.headers.push("Session-Expires", "90;refresher=uac");
+    invite.headers.push("Content-Type", "application/sdp");
+    invite.body = asterisk_answer();
+    let mut leg = Leg::incoming(
+        invite.clone(),
+        server_transaction(&invite),
+        pbx_setup(),
+        &mut rng(),
+    )
+    .unwrap();
+    leg.media_ready(pbx_local());
+    leg.answer().unwrap();
+    let ok = std::iter::from_fn(|| leg.poll_output())
+        .find_map(|o| match o {
+            CallOutput::Respond { response, .. } if response.status == 200 => Some(response),
+            _ => None,
+        })
+        .expect("our 200");
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(ok.headers.get("Require"), Some("timer"));
+}

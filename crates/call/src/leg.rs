@@ -269,6 +269,30 @@ enum Prack {
     NotReliable,
 }
 
+/// A generic peer's INVITE that asks for a session timer (RFC 4028: `Session-Expires`, with
+/// `timer` supported or required): the Session-Expires of our 2xx. The refresher is the one the
+/// INVITE named, else the caller (`uac`): it refreshes with re-INVITE or UPDATE, which we answer.
+fn session_timer(invite: &Request) -> Option<String> {
+    let value = invite.headers.get("Session-Expires")?;
+    let timer = invite
+        .headers
+        .values("Supported")
+        .chain(invite.headers.values("Require"))
+        .any(|v| v.trim().eq_ignore_ascii_case("timer"));
+    if !timer {
+        return None;
+    }
+    let mut parts = value.split(';');
+    let delta: u32 = parts.next()?.trim().parse().ok()?;
+    let refresher = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("refresher"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
+        .filter(|v| v == "uas")
+        .unwrap_or_else(|| "uac".into());
+    Some(format!("{delta};refresher={refresher}"))
+}
+
 /// The sequence number of a request's CSeq (0 when unreadable).
 fn cseq_number(req: &Request) -> u32 {
     req.headers
@@ -1235,6 +1259,12 @@ impl Ctx {
         ok.headers.push("Allow", self.setup.policy.allow());
         ok.headers
             .push("Server", self.setup.local.user_agent.clone());
+        if self.setup.policy.answers_reoffers {
+            if let Some(timer) = session_timer(&invite) {
+                ok.headers.push("Session-Expires", timer);
+                ok.headers.push("Require", "timer");
+            }
+        }
         ok.headers.push("Content-Type", "application/sdp");
         ok.body = body.into_bytes();
         let dialog = match Dialog::from_uas(&invite, &ok) {

@@ -572,6 +572,8 @@ fn uas_policy(cfg: &ServeConfig) -> UasPolicy {
         policy.allowed.push(watrunk_sip::Method::UPDATE);
         policy.allowed.push(watrunk_sip::Method::INFO);
         policy.allowed.push(watrunk_sip::Method::REFER);
+        // A PBX's INVITE may require session timers (RFC 4028): its leg answers them.
+        policy.supported.push("timer".into());
         policy.content_types.extend([
             "application/dtmf-relay".to_string(),
             "application/dtmf".to_string(),
