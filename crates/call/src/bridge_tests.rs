@@ -50,6 +50,7 @@ fn pbx_call() -> OutboundCall {
         transport: "udp".into(),
         password: None,
         username: None,
+        asserted_identity: false,
     }
 }
 
@@ -565,6 +566,7 @@ fn pbx_calls_whatsapp() -> (Bridge, Request, TransactionLayer) {
         transport: "tls".into(),
         password: Some("pw".into()),
         username: None,
+        asserted_identity: false,
     };
     let bridge = Bridge::outbound(
         pbx,
@@ -1038,4 +1040,27 @@ fn a_pbx_invite_requiring_session_timers_gets_them_in_our_200() {
         .expect("our 200");
     assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(ok.headers.get("Require"), Some("timer"));
+}
+
+#[test]
+fn the_pbx_invite_asserts_the_caller_when_configured() {
+    let invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
+    let mut call = pbx_call();
+    call.asserted_identity = true;
+    let mut bridge = Bridge::inbound(incoming_leg(&invite), call, pbx_setup(), &mut rng()).unwrap();
+    drain(&mut bridge);
+    bridge.leg_mut(LegId::Pbx).media_ready(pbx_local());
+    let pbx_invite = sent(&drain(&mut bridge), LegId::Pbx).remove(0);
+    assert_eq!(
+        pbx_invite.headers.get("P-Asserted-Identity"),
+        Some("<sip:+12195550714@sip.example.com>")
+    );
+    assert!(
+        ringing_at_the_pbx()
+            .4
+            .headers
+            .get("P-Asserted-Identity")
+            .is_none(),
+        "not by default"
+    );
 }

@@ -169,6 +169,8 @@ pub struct OutboundCall {
     pub password: Option<String>,
     /// The digest username; None: the From user without '+' (Meta's rule, WHATSAPP-SIP §3.6).
     pub username: Option<String>,
+    /// Say the caller again in `P-Asserted-Identity` (RFC 3325), for a PBX that trusts us.
+    pub asserted_identity: bool,
 }
 
 /// How we send a re-offer on a generic leg.
@@ -549,6 +551,12 @@ impl Leg {
                 new_tag(&mut rng)
             ),
         );
+        if call.asserted_identity {
+            invite.headers.push(
+                "P-Asserted-Identity",
+                format!("<sip:{}@{}>", call.from_number, call.hostname),
+            );
+        }
         invite
             .headers
             .push("To", format!("<sip:{}@{}>", call.to_user, call.domain));

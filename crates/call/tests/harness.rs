@@ -438,6 +438,7 @@ fn call(from: &str, host: &str, to: &str, domain: &str, password: Option<&str>) 
         transport: "tls".into(),
         password: password.map(str::to_string),
         username: None,
+        asserted_identity: false,
     }
 }
 

@@ -130,6 +130,9 @@ pub struct CallArgs {
     /// A file holding our digest password toward the PBX (needed to answer its 401/407).
     #[arg(long)]
     pub pbx_password_file: Option<PathBuf>,
+    /// Name the WhatsApp caller in P-Asserted-Identity too (RFC 3325), for a PBX that trusts us.
+    #[arg(long)]
+    pub pbx_asserted_identity: bool,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -180,6 +183,7 @@ struct FilePbx {
     password_file: Option<PathBuf>,
     ring_timeout_secs: Option<u64>,
     rtp_timeout_secs: Option<u64>,
+    asserted_identity: Option<bool>,
     /// Offered to the PBX in this order: opus, pcmu, pcma, g722 (telephone-event is always added).
     codecs: Option<Vec<String>>,
 }
@@ -332,6 +336,8 @@ pub struct PbxTarget {
     /// Our digest credentials toward it, for its 401/407.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Its INVITEs carry P-Asserted-Identity.
+    pub asserted_identity: bool,
     /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
     /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
@@ -387,6 +393,7 @@ impl PbxTarget {
             rtp_timeout: Some(Duration::from_secs(60)),
             username: None,
             password: None,
+            asserted_identity: false,
             sources: Vec::new(),
         })
     }
@@ -650,6 +657,8 @@ fn resolve_calls(
                 .clone()
                 .or_else(|| file_pbx.and_then(|f| f.username.clone())),
             password: pbx_password,
+            asserted_identity: args.pbx_asserted_identity
+                || file_pbx.and_then(|f| f.asserted_identity).unwrap_or(false),
             ring_timeout: args
                 .pbx_ring_timeout_secs
                 .or(file_pbx.and_then(|f| f.ring_timeout_secs))

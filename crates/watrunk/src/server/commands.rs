@@ -148,6 +148,7 @@ impl Core {
                 transport: "tls".into(),
                 password: number.password.clone(),
                 username: None,
+                asserted_identity: false,
             },
             setup,
             &mut self.rng,

@@ -111,6 +111,7 @@ impl Core {
             transport: transport_param(pbx.transport).into(),
             password: pbx.password.clone(),
             username: pbx.username.clone(),
+            asserted_identity: pbx.asserted_identity,
         }
     }
 
@@ -297,6 +298,7 @@ impl Core {
             transport: "tls".into(),
             password: number.password.clone(),
             username: None,
+            asserted_identity: false,
         };
         let setup = self.leg_setup(&number.number, number.srtp);
         let bridge = match Bridge::outbound(pbx_leg, local, call, setup, &mut self.rng) {
@@ -435,6 +437,7 @@ impl Core {
             transport: transport_param(pbx.transport).into(),
             password: pbx.password.clone(),
             username: pbx.username.clone(),
+            asserted_identity: pbx.asserted_identity,
         };
         let number = entry.number.clone();
         let setup = self.pbx_setup(&pbx, &number);
