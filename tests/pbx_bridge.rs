@@ -1036,6 +1036,21 @@ fn glare_on_the_pbx_leg_gets_491_there_and_meta_sees_nothing() {
 /// the old leg; the user hears the phone, on one SSRC, with no gap, and Meta sees no request.
 #[test]
 fn a_refer_from_the_pbx_transfers_the_user_to_the_new_target_on_one_stream() {
+    the_pbx_transfers("pbx_uas_refer.xml", "pbx_uas_transfer_target.xml");
+}
+
+/// An attended transfer: the REFER's Refer-To carries the Replaces of the PBX's consultation call
+/// with 202, and our INVITE to 202 carries it (the second SIPp checks it); the rest as above.
+#[test]
+fn an_attended_refer_carries_its_replaces_to_the_new_target() {
+    the_pbx_transfers(
+        "pbx_uas_refer_attended.xml",
+        "pbx_uas_transfer_target_replaces.xml",
+    );
+}
+
+/// The PBX (SIPp with `scenario`) transfers the call to 202 (SIPp with `target_scenario`).
+fn the_pbx_transfers(scenario: &str, target_scenario: &str) {
     let side = TempDir::new("pbx-refer-target");
     let phone_port = free_port();
     let phone = g711_phone(side.path(), phone_port, "pcmu", 1000, 20, 9);
@@ -1045,7 +1060,7 @@ fn a_refer_from_the_pbx_transfers_the_user_to_the_new_target_on_one_stream() {
         Command::new(tool("sipp"))
             .current_dir(side.path())
             .arg("-sf")
-            .arg(peers_dir().join("sipp/pbx_uas_transfer_target.xml"))
+            .arg(peers_dir().join("sipp").join(target_scenario))
             .args([
                 "-i",
                 "127.0.0.1",
@@ -1062,7 +1077,7 @@ fn a_refer_from_the_pbx_transfers_the_user_to_the_new_target_on_one_stream() {
     let target_port = target_port.to_string();
     let mut run = SippRun::with_sipp_args(
         "pbx-refer",
-        "pbx_uas_refer.xml",
+        scenario,
         &["-set", "target_port", &target_port],
         &[],
         &["--hangup-after", "5"],

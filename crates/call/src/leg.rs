@@ -595,6 +595,13 @@ impl Leg {
         Ok(leg)
     }
 
+    /// Outbound, before the INVITE goes out: one more header for it (a transfer's `Replaces`).
+    pub fn add_invite_header(&mut self, name: &str, value: impl Into<String>) {
+        if let State::Preparing(p) = &mut self.state {
+            p.invite.headers.push(name, value);
+        }
+    }
+
     pub fn direction(&self) -> CallDirection {
         self.cx.direction
     }

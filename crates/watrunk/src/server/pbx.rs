@@ -346,6 +346,15 @@ impl Core {
     }
 }
 
+/// A header embedded in a SIP URI (`sip:202@pbx?Replaces=...`, RFC 3261 §19.1.1), unescaped.
+fn uri_header(uri: &watrunk_sip::uri::SipUri, name: &str) -> Option<String> {
+    uri.headers.as_deref()?.split('&').find_map(|h| {
+        let (k, v) = h.split_once('=')?;
+        k.eq_ignore_ascii_case(name)
+            .then(|| String::from_utf8_lossy(&watrunk_sip::uri::unescape(v)).into_owned())
+    })
+}
+
 /// The `transport` URI parameter of a transport.
 fn transport_param(transport: Transport) -> &'static str {
     match transport {
@@ -442,7 +451,13 @@ impl Core {
         let number = entry.number.clone();
         let setup = self.pbx_setup(&pbx, &number);
         let leg = match Leg::outgoing(call, setup, &mut self.rng) {
-            Ok(leg) => leg,
+            Ok(mut leg) => {
+                // An attended transfer: the new call replaces the PBX's call to the target.
+                if let Some(replaces) = sip.and_then(|u| uri_header(u, "Replaces")) {
+                    leg.add_invite_header("Replaces", replaces);
+                }
+                leg
+            }
             Err(e) => {
                 tracing::warn!("a transfer to {target}: {e}");
                 if let Some(Session::Bridged(bridge)) = self.calls.get_mut(key).map(|e| &mut e.leg)
