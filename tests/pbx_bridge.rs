@@ -1240,3 +1240,62 @@ fn a_pbx_call_requiring_session_timers_reaches_whatsapp_and_its_refresh_stays_on
         "the PBX's BYE crossed: {call}"
     );
 }
+
+/// `--pbx-challenge`: the PBX's INVITE is challenged with our digest (407, as for Meta's) besides
+/// its source address; baresip answers with the trunk's credentials and its call reaches a
+/// WhatsApp user.
+#[test]
+fn a_challenged_pbx_call_with_the_trunks_credentials_reaches_whatsapp() {
+    assert!(
+        tool_exists("baresip"),
+        "baresip is not installed (scripts/test.sh installs it)"
+    );
+    let dir = TempDir::new("pbx-challenge");
+    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+    let pbx_pw = dir.path().join("pbx-pw");
+    std::fs::write(&pbx_pw, "trunk-secret\n").unwrap();
+    let phone_port = free_port();
+    let server = serve_between(
+        dir.path(),
+        &sim,
+        phone_port,
+        &[
+            "--pbx-challenge",
+            "--pbx-username",
+            "watrunk-trunk",
+            "--pbx-password-file",
+            pbx_pw.to_str().unwrap(),
+            "--sip-trace",
+        ],
+    );
+    let target = format!("sip:+12195550714@{}", server.udp.unwrap());
+    let (phone, _) = baresip_phone_with(
+        dir.path(),
+        phone_port,
+        "PCMU/8000/1",
+        Some(&target),
+        ";auth_user=watrunk-trunk;auth_pass=trunk-secret",
+    );
+    server.wait_event("call.ended", |_| true, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = format!(
+        "--- sim serve\n{}\n--- serve\n{}\n--- baresip\n{}",
+        sim.process.log(),
+        server.log(),
+        phone.log()
+    );
+    let call = json_lines(&sim.process.log())
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    assert_eq!(call["status"], 200, "{call}\n{logs}");
+    let serve_log = server.log();
+    assert!(
+        serve_log.contains("SIP/2.0 407 Proxy Authentication Required"),
+        "the PBX's first INVITE was challenged\n{logs}"
+    );
+    assert!(
+        serve_log.contains("username=\"watrunk-trunk\""),
+        "its second INVITE answered with the trunk's username\n{logs}"
+    );
+}

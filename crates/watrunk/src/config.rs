@@ -133,6 +133,10 @@ pub struct CallArgs {
     /// Name the WhatsApp caller in P-Asserted-Identity too (RFC 3325), for a PBX that trusts us.
     #[arg(long)]
     pub pbx_asserted_identity: bool,
+    /// Challenge the PBX's INVITEs (digest, as for Meta's) with the --pbx-username and
+    /// --pbx-password-file credentials, beside checking their source address.
+    #[arg(long)]
+    pub pbx_challenge: bool,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -184,6 +188,7 @@ struct FilePbx {
     ring_timeout_secs: Option<u64>,
     rtp_timeout_secs: Option<u64>,
     asserted_identity: Option<bool>,
+    challenge: Option<bool>,
     /// Offered to the PBX in this order: opus, pcmu, pcma, g722 (telephone-event is always added).
     codecs: Option<Vec<String>>,
 }
@@ -338,6 +343,8 @@ pub struct PbxTarget {
     pub password: Option<String>,
     /// Its INVITEs carry P-Asserted-Identity.
     pub asserted_identity: bool,
+    /// Its INVITEs to us are challenged with `username` and `password`.
+    pub challenge: bool,
     /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
     /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
@@ -394,6 +401,7 @@ impl PbxTarget {
             username: None,
             password: None,
             asserted_identity: false,
+            challenge: false,
             sources: Vec::new(),
         })
     }
@@ -659,6 +667,7 @@ fn resolve_calls(
             password: pbx_password,
             asserted_identity: args.pbx_asserted_identity
                 || file_pbx.and_then(|f| f.asserted_identity).unwrap_or(false),
+            challenge: args.pbx_challenge || file_pbx.and_then(|f| f.challenge).unwrap_or(false),
             ring_timeout: args
                 .pbx_ring_timeout_secs
                 .or(file_pbx.and_then(|f| f.ring_timeout_secs))
@@ -674,6 +683,12 @@ fn resolve_calls(
             codecs: codecs.unwrap_or(pbx.codecs.clone()),
             ..pbx
         });
+    if pbx
+        .as_ref()
+        .is_some_and(|p| p.challenge && p.password.is_none())
+    {
+        bail!("--pbx-challenge (pbx.challenge) needs the PBX's password: pass --pbx-password-file FILE (pbx.password_file)");
+    }
     // Bridged calls' audio goes to the PBX's RTP address, which its answer names.
     let bridged = pbx.is_some();
     let need_sink = |number: &str, sink: Option<SocketAddr>| {

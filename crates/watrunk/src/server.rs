@@ -483,6 +483,17 @@ impl Core {
             return Some(r);
         }
         if req.method == Method::INVITE && self.is_from_pbx(req, from) {
+            if let Some(pbx) = self.cfg.calls.pbx.as_ref().filter(|p| p.challenge) {
+                let now_secs = self.started.elapsed().as_secs() + 1;
+                let password = pbx.password.clone().unwrap_or_default();
+                let username = pbx.username.clone();
+                if let Some(refusal) =
+                    self.admission
+                        .admit_pbx(req, &to_tag, username.as_deref(), &password, now_secs)
+                {
+                    return Some(refusal);
+                }
+            }
             return self.pbx_invite(id, req, &to_tag);
         }
         if req.method == Method::INVITE {

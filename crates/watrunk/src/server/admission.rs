@@ -103,6 +103,19 @@ impl Admission {
         Verdict::Admit(number)
     }
 
+    /// A PBX's INVITE (to a WhatsApp user) with our trunk credentials for it: None when it may
+    /// proceed, else our challenge or 403. `username`: the one it must use, if any.
+    pub fn admit_pbx(
+        &mut self,
+        req: &Request,
+        to_tag: &str,
+        username: Option<&str>,
+        password: &str,
+        now_secs: u64,
+    ) -> Option<Response> {
+        self.authenticate(req, to_tag, password, username, now_secs)
+    }
+
     /// Digest check of an INVITE: None when the request may proceed, else the challenge or 403.
     fn authenticate(
         &mut self,
@@ -293,6 +306,43 @@ mod tests {
         ));
         assert_eq!(user.status, 403);
         assert!(user.reason.contains("unknown user"), "{}", user.reason);
+    }
+
+    #[test]
+    fn a_pbx_invite_is_challenged_with_the_trunks_credentials() {
+        let mut a = admission(DigestOffer::Both, vec![number(true)]);
+        let req = invite("+12195550714");
+        let challenge = a
+            .admit_pbx(&req, "t1", Some("trunk"), "trunk-secret", 1)
+            .expect("a challenge");
+        assert_eq!(challenge.status, 407);
+        let right = answered(&req, &challenge, "trunk", "trunk-secret");
+        assert!(a
+            .admit_pbx(&right, "t2", Some("trunk"), "trunk-secret", 2)
+            .is_none());
+        let user = a
+            .admit_pbx(
+                &answered(&req, &challenge, "other", "trunk-secret"),
+                "t3",
+                Some("trunk"),
+                "trunk-secret",
+                2,
+            )
+            .unwrap();
+        assert_eq!(
+            (user.status, user.reason.contains("unknown user")),
+            (403, true)
+        );
+        let wrong = a
+            .admit_pbx(
+                &answered(&req, &challenge, "trunk", "nope"),
+                "t4",
+                Some("trunk"),
+                "trunk-secret",
+                2,
+            )
+            .unwrap();
+        assert_eq!(wrong.status, 403);
     }
 
     #[test]
