@@ -1299,3 +1299,44 @@ fn a_challenged_pbx_call_with_the_trunks_credentials_reaches_whatsapp() {
         "its second INVITE answered with the trunk's username\n{logs}"
     );
 }
+
+/// `--pbx-register`: watrunk registers at the PBX as a trunk (SIPp as the registrar challenges
+/// with 401, checks the digest, grants 2 s) and refreshes the binding before it ends.
+#[test]
+fn watrunk_registers_at_the_pbx_and_refreshes_its_binding() {
+    let dir = TempDir::new("pbx-register");
+    let pbx_pw = dir.path().join("pbx-pw");
+    std::fs::write(&pbx_pw, "trunk-secret\n").unwrap();
+    let port = free_port();
+    let mut registrar = sipp_pbx(dir.path(), "pbx_registrar.xml", port, &[]);
+    let pbx = format!("sip:127.0.0.1:{port};transport=udp");
+    let server = Server::start(&[
+        "--pbx",
+        &pbx,
+        "--pbx-register",
+        "--pbx-username",
+        "watrunk-trunk",
+        "--pbx-password-file",
+        pbx_pw.to_str().unwrap(),
+        "--events",
+        "-",
+    ]);
+    let first = server.wait_event("pbx.registered", |_| true, Duration::from_secs(10));
+    assert_eq!(first["expires"], 2, "{first}");
+    let refreshed = server.wait_event(
+        "pbx.registered",
+        |e| e["expires"] == 300,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        refreshed["registrar"],
+        format!("127.0.0.1:{port}"),
+        "{refreshed}"
+    );
+    assert!(
+        registrar.child.wait().unwrap().success(),
+        "SIPp checked the digest and got the refresh in time\n{}\n{}",
+        registrar.log(),
+        server.log()
+    );
+}

@@ -13,6 +13,8 @@
 //! A [`Bridge`] joins a WhatsApp leg and a PBX leg into one B2BUA call, sans-IO too: the PBX
 //! answers, then WhatsApp does; either leg's end ends the other, with the failure mapped.
 //!
+//! A [`Registration`] is watrunk's REGISTER at a PBX as a trunk (never toward Meta).
+//!
 //! The state table is at the top of `leg.rs`.
 
 mod bridge;
@@ -20,6 +22,7 @@ mod ending;
 mod leg;
 mod meta;
 mod policy;
+mod register;
 
 pub use bridge::{whatsapp_status_for, Bridge, BridgeOutput, LegId};
 pub use ending::{Ending, Fault, MediaFailure, Side};
@@ -29,6 +32,7 @@ pub use leg::{
 };
 pub use meta::MetaHeaders;
 pub use policy::{LegPolicy, ALLOW_WHATSAPP};
+pub use register::{Registration, RegistrationEvent, RegistrationSetup};
 
 #[cfg(test)]
 mod bridge_tests;

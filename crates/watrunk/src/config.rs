@@ -137,6 +137,11 @@ pub struct CallArgs {
     /// --pbx-password-file credentials, beside checking their source address.
     #[arg(long)]
     pub pbx_challenge: bool,
+    /// Register watrunk at the PBX as a trunk (REGISTER every few minutes, answering its
+    /// challenge with --pbx-username, default the first number without '+', and
+    /// --pbx-password-file). Never toward Meta.
+    #[arg(long)]
+    pub pbx_register: bool,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -189,6 +194,7 @@ struct FilePbx {
     rtp_timeout_secs: Option<u64>,
     asserted_identity: Option<bool>,
     challenge: Option<bool>,
+    register: Option<bool>,
     /// Offered to the PBX in this order: opus, pcmu, pcma, g722 (telephone-event is always added).
     codecs: Option<Vec<String>>,
 }
@@ -345,6 +351,8 @@ pub struct PbxTarget {
     pub asserted_identity: bool,
     /// Its INVITEs to us are challenged with `username` and `password`.
     pub challenge: bool,
+    /// We REGISTER at it as a trunk.
+    pub register: bool,
     /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
     /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
@@ -402,6 +410,7 @@ impl PbxTarget {
             password: None,
             asserted_identity: false,
             challenge: false,
+            register: false,
             sources: Vec::new(),
         })
     }
@@ -668,6 +677,7 @@ fn resolve_calls(
             asserted_identity: args.pbx_asserted_identity
                 || file_pbx.and_then(|f| f.asserted_identity).unwrap_or(false),
             challenge: args.pbx_challenge || file_pbx.and_then(|f| f.challenge).unwrap_or(false),
+            register: args.pbx_register || file_pbx.and_then(|f| f.register).unwrap_or(false),
             ring_timeout: args
                 .pbx_ring_timeout_secs
                 .or(file_pbx.and_then(|f| f.ring_timeout_secs))

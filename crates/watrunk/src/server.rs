@@ -195,6 +195,8 @@ pub struct Core {
     had_call: bool,
     /// Calls we placed that ended without an answer (`watrunk call` exits non-zero for them).
     unanswered: Vec<String>,
+    /// Our registration at the PBX as a trunk (`--pbx-register`).
+    registration: Option<watrunk_call::Registration>,
 }
 
 impl Core {
@@ -243,6 +245,7 @@ impl Core {
             one_shot: false,
             had_call: false,
             unanswered: Vec::new(),
+            registration: None,
             cfg,
         }
     }
@@ -252,12 +255,14 @@ impl Core {
         mut rx: mpsc::Receiver<Inbound>,
         mut call_rx: mpsc::Receiver<CallInput>,
     ) {
+        self.registration = self.pbx_registration();
         loop {
             let deadline = self
                 .layer
                 .poll_timeout()
                 .into_iter()
                 .chain(self.call_timers.first().map(|(t, _)| *t))
+                .chain(self.registration.as_ref().and_then(|r| r.poll_timeout()))
                 .min();
             let far = Instant::now() + std::time::Duration::from_secs(3600);
             tokio::select! {
@@ -273,6 +278,10 @@ impl Core {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
                     self.call_timeouts(now);
+                    if let Some(r) = self.registration.as_mut() {
+                        r.handle_timeout(now);
+                        self.pump_registration();
+                    }
                 }
             }
             self.drain();
@@ -442,14 +451,32 @@ impl Core {
             }
             Event::Ack { request, .. } => self.on_ack(&request),
             Event::Cancelled { request, .. } => self.on_cancelled(&request),
-            Event::Response { id, response } => self.on_response(id, &response),
+            Event::Response { id, response } => match self.registration.as_mut() {
+                Some(r) if r.owns(id) => {
+                    r.handle_response(now, id, &response);
+                    self.pump_registration();
+                }
+                _ => self.on_response(id, &response),
+            },
             Event::Timeout { id, reason } => {
                 tracing::info!("transaction {id} timed out: {reason:?}");
-                self.on_timeout(id, reason == TimeoutReason::NoAck);
+                match self.registration.as_mut() {
+                    Some(r) if r.owns(id) => {
+                        r.handle_request_timeout(now, id);
+                        self.pump_registration();
+                    }
+                    _ => self.on_timeout(id, reason == TimeoutReason::NoAck),
+                }
             }
             Event::TransportError { id } => {
                 tracing::info!("transaction {id}: transport error");
-                self.on_timeout(id, false);
+                match self.registration.as_mut() {
+                    Some(r) if r.owns(id) => {
+                        r.handle_request_timeout(now, id);
+                        self.pump_registration();
+                    }
+                    _ => self.on_timeout(id, false),
+                }
             }
             _ => {}
         }

@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::json;
 use watrunk_call::{
     Bridge, CallEvent, Leg, LegId, LegPolicy, LegSetup, Local, MediaIntent, MetaHeaders,
-    OutboundCall,
+    OutboundCall, Registration, RegistrationEvent, RegistrationSetup,
 };
 use watrunk_media::{Law, SinkAudio, SinkPayloads};
 use watrunk_sdp::{Capabilities, Codec, LocalMedia, MediaPlan, Security};
@@ -75,20 +76,7 @@ impl Core {
     /// The PBX leg's configuration toward `pbx` for one of our numbers: plain RTP, our codecs,
     /// in-dialog offer/answer (hold, refreshes) answered on this leg only.
     pub(super) fn pbx_setup(&self, pbx: &PbxTarget, number: &str) -> LegSetup {
-        // Where the PBX reaches us over its transport: that listener's address (TLS: our name).
-        let listener = match pbx.transport {
-            Transport::Udp => self.cfg.udp,
-            Transport::Tcp => self.cfg.tcp,
-            Transport::Tls => None,
-        };
-        let us = match (pbx.transport, listener) {
-            (Transport::Tls, _) => match self.cfg.tls.map(|a| a.port()) {
-                Some(5061) | None => self.cfg.hostname.clone(),
-                Some(port) => format!("{}:{port}", self.cfg.hostname),
-            },
-            (_, Some(addr)) => super::udp_hostport(&self.cfg.hostname, addr),
-            (_, None) => self.cfg.hostname.clone(),
-        };
+        let us = self.reached_by_pbx_at(pbx);
         let transport = transport_param(pbx.transport);
         LegSetup {
             local: Local {
@@ -98,6 +86,102 @@ impl Core {
             },
             capabilities: Capabilities::pbx(Security::Plain, pbx.codecs.clone()),
             policy: LegPolicy::generic(),
+        }
+    }
+
+    /// Where the PBX reaches us over its transport: that listener's address (TLS: our name).
+    fn reached_by_pbx_at(&self, pbx: &PbxTarget) -> String {
+        let listener = match pbx.transport {
+            Transport::Udp => self.cfg.udp,
+            Transport::Tcp => self.cfg.tcp,
+            Transport::Tls => None,
+        };
+        match (pbx.transport, listener) {
+            (Transport::Tls, _) => match self.cfg.tls.map(|a| a.port()) {
+                Some(5061) | None => self.cfg.hostname.clone(),
+                Some(port) => format!("{}:{port}", self.cfg.hostname),
+            },
+            (_, Some(addr)) => super::udp_hostport(&self.cfg.hostname, addr),
+            (_, None) => self.cfg.hostname.clone(),
+        }
+    }
+
+    /// watrunk's registration at the PBX as a trunk (`--pbx-register`), when asked for.
+    pub(super) fn pbx_registration(&mut self) -> Option<Registration> {
+        let pbx = self.cfg.calls.pbx.clone().filter(|p| p.register)?;
+        let user = pbx.username.clone().unwrap_or_else(|| {
+            self.cfg
+                .calls
+                .numbers
+                .keys()
+                .next()
+                .map(|n| n.trim_start_matches('+').to_string())
+                .unwrap_or_else(|| "watrunk".into())
+        });
+        let us = self.reached_by_pbx_at(&pbx);
+        let transport = transport_param(pbx.transport);
+        let setup = RegistrationSetup {
+            registrar: pbx.hostport.clone(),
+            transport: transport.into(),
+            contact: format!("<sip:{user}@{us};transport={transport}>"),
+            user,
+            expires: 300,
+            password: pbx.password.clone(),
+            user_agent: SERVER.to_string(),
+        };
+        Some(Registration::new(setup, Instant::now(), &mut self.rng))
+    }
+
+    /// Sends what the registration asks and reports what became of it.
+    pub(super) fn pump_registration(&mut self) {
+        let Some(pbx) = self.cfg.calls.pbx.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        while let Some(req) = self
+            .registration
+            .as_mut()
+            .and_then(Registration::poll_request)
+        {
+            let Some(ip) = pbx.sources.first() else {
+                tracing::warn!("REGISTER: the PBX {} has no address", pbx.host);
+                break;
+            };
+            let addr = SocketAddr::new(*ip, pbx.port);
+            self.connections.name_hop(addr, pbx.host.clone());
+            let peer = Peer {
+                transport: pbx.transport,
+                addr,
+                conn: None,
+            };
+            match self.layer.send_request(now, req, peer) {
+                Ok(id) => {
+                    if let Some(r) = self.registration.as_mut() {
+                        r.request_sent(id);
+                    }
+                }
+                Err(e) => tracing::warn!("REGISTER: {e}"),
+            }
+        }
+        while let Some(event) = self
+            .registration
+            .as_mut()
+            .and_then(Registration::poll_event)
+        {
+            match event {
+                RegistrationEvent::Registered(granted) => {
+                    tracing::info!(
+                        "registered at the PBX {} for {} s",
+                        pbx.hostport,
+                        granted.as_secs()
+                    );
+                    self.events.emit(json!({"event": "pbx.registered", "registrar": pbx.hostport, "expires": granted.as_secs()}));
+                }
+                RegistrationEvent::Failed(status, reason) => {
+                    tracing::warn!("registration at the PBX {}: {reason}", pbx.hostport);
+                    self.events.emit(json!({"event": "pbx.registration_failed", "registrar": pbx.hostport, "status": status, "reason": reason}));
+                }
+            }
         }
     }
 
