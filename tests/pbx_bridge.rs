@@ -1200,45 +1200,98 @@ fn a_whatsapp_call_reaches_a_phone_over_tls() {
 /// PBX's UPDATE refresh is answered on its leg and never reaches Meta; the PBX hangs up.
 #[test]
 fn a_pbx_call_requiring_session_timers_reaches_whatsapp_and_its_refresh_stays_on_its_leg() {
-    let dir = TempDir::new("pbx-uac-timer");
-    let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
-    let pbx_port = free_port();
-    let server = serve_between(dir.path(), &sim, pbx_port, &[]);
-    let mut pbx = Background::spawn(
-        "sipp uac",
-        Command::new(tool("sipp"))
-            .current_dir(dir.path())
-            .arg(server.udp.unwrap().to_string())
-            .arg("-sf")
-            .arg(peers_dir().join("sipp/pbx_uac_timer.xml"))
-            .args(["-i", "127.0.0.1", "-p", &pbx_port.to_string(), "-t", "u1"])
-            .args(["-mp", &free_port().to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"]),
-        dir.path().join("sipp.log"),
-    );
-    let completed = pbx.child.wait().unwrap().success();
-    server.wait_event("call.ended", |_| true, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
-    let logs = format!(
-        "--- sim serve\n{}\n--- serve\n{}\n--- sipp\n{}",
-        sim.process.log(),
-        server.log(),
-        pbx.log()
-    );
+    let run = PbxCalls::run("pbx-uac-timer", "pbx_uac_timer.xml", &[]);
     assert!(
-        completed,
-        "SIPp's INVITE got a 200 naming the timer, its UPDATE a 200\n{logs}"
+        run.sipp_completed,
+        "SIPp's INVITE got a 200 naming the timer, its UPDATE a 200\n{}",
+        run.logs
     );
-    let call = json_lines(&sim.process.log())
-        .into_iter()
-        .find(|e| e["event"] == "sim.call")
-        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
-    assert_eq!(call["status"], 200, "{call}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
     assert_eq!(
-        call["ended_by"], "business",
-        "the PBX's BYE crossed: {call}"
+        run.call["ended_by"], "business",
+        "the PBX's BYE crossed: {}",
+        run.call
     );
+}
+
+/// A late offer from the PBX (its INVITE without SDP): our 200 offers, its ACK answers toward a
+/// G.711 phone, and the call's media then runs between the phone and the user both ways.
+#[test]
+fn a_pbx_call_with_a_late_offer_gets_ours_and_its_ack_connects_the_media() {
+    let side = TempDir::new("pbx-late-offer-phone");
+    let phone_port = free_port();
+    let phone = g711_phone(side.path(), phone_port, "pcmu", 1000, 20, 8);
+    let port = phone_port.to_string();
+    let run = PbxCalls::run(
+        "pbx-late-offer",
+        "pbx_uac_late_offer.xml",
+        &["-set", "phoneport", &port],
+    );
+    assert!(run.sipp_completed, "our 200 carried an offer\n{}", run.logs);
+    let hz = run.call["media"]["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 1000.0).abs() <= 1000.0 * 0.02,
+        "the user heard {hz} Hz, not the phone\n{}",
+        run.logs
+    );
+    let stream = g711_report(&phone, &run.logs);
+    let hz = stream["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 440.0).abs() <= 440.0 * 0.02,
+        "the phone heard {hz} Hz: {stream}"
+    );
+}
+
+/// SIPp playing a PBX that calls a WhatsApp user (`scenario`, with `sipp_args`) through
+/// `watrunk serve`, `watrunk sim serve` as Meta: what each said. Meta's side must have answered
+/// and seen no request but the BYE.
+struct PbxCalls {
+    _dir: TempDir,
+    call: serde_json::Value,
+    logs: String,
+    sipp_completed: bool,
+}
+
+impl PbxCalls {
+    fn run(tag: &str, scenario: &str, sipp_args: &[&str]) -> PbxCalls {
+        let dir = TempDir::new(tag);
+        let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+        let pbx_port = free_port();
+        let server = serve_between(dir.path(), &sim, pbx_port, &[]);
+        let mut pbx = Background::spawn(
+            "sipp uac",
+            Command::new(tool("sipp"))
+                .current_dir(dir.path())
+                .arg(server.udp.unwrap().to_string())
+                .arg("-sf")
+                .arg(peers_dir().join("sipp").join(scenario))
+                .args(["-i", "127.0.0.1", "-p", &pbx_port.to_string(), "-t", "u1"])
+                .args(["-mp", &free_port().to_string()])
+                .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"])
+                .args(sipp_args),
+            dir.path().join("sipp.log"),
+        );
+        let sipp_completed = pbx.child.wait().unwrap().success();
+        server.wait_event("call.ended", |_| true, Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(500));
+        let logs = format!(
+            "--- sim serve\n{}\n--- serve\n{}\n--- sipp\n{}",
+            sim.process.log(),
+            server.log(),
+            pbx.log()
+        );
+        let call = json_lines(&sim.process.log())
+            .into_iter()
+            .find(|e| e["event"] == "sim.call")
+            .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+        assert_eq!(call["status"], 200, "{call}");
+        assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+        PbxCalls {
+            _dir: dir,
+            call,
+            logs,
+            sipp_completed,
+        }
+    }
 }
 
 /// `--pbx-challenge`: the PBX's INVITE is challenged with our digest (407, as for Meta's) besides

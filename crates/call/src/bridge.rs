@@ -97,10 +97,11 @@ impl Bridge {
         })
     }
 
-    /// The PBX's call (`pbx`, ringing, with an agreed offer) to a WhatsApp user as `call` (a
-    /// business-initiated call): the PBX's media is connected first, so the WhatsApp leg's media is
-    /// made for it; the WhatsApp leg asks for that media next. `pbx_local`: the PBX leg's local
-    /// description (the plain side of that media), which its 200 will carry.
+    /// The PBX's call (`pbx`, ringing) to a WhatsApp user as `call` (a business-initiated call):
+    /// the PBX's offered media is connected first, so the WhatsApp leg's media is made for it (an
+    /// INVITE without an offer gets ours in the 200, and its media is connected when the ACK
+    /// brings the answer); the WhatsApp leg asks for that media next. `pbx_local`: the PBX leg's
+    /// local description (the plain side of that media), which its 200 will carry.
     pub fn outbound(
         mut pbx: Leg,
         pbx_local: LocalMedia,
@@ -108,11 +109,13 @@ impl Bridge {
         whatsapp_setup: LegSetup,
         rng: &mut impl RngCore,
     ) -> Result<Bridge, CallError> {
-        let plan = pbx.offered_plan().cloned().ok_or(CallError::NoOffer)?;
+        let plan = pbx.offered_plan().cloned();
         pbx.media_ready(pbx_local);
         let whatsapp = Leg::outgoing(call, whatsapp_setup, rng)?;
         let mut out = VecDeque::new();
-        out.push_back(BridgeOutput::Connect(Box::new(plan.clone())));
+        if let Some(plan) = &plan {
+            out.push_back(BridgeOutput::Connect(Box::new(plan.clone())));
+        }
         Ok(Bridge {
             direction: CallDirection::Outbound,
             whatsapp,
@@ -121,7 +124,7 @@ impl Bridge {
             transferred: false,
             ringing: None,
             rang: false,
-            pbx_plan: Some(plan),
+            pbx_plan: plan,
             ring_deadline: None,
             out,
         })

@@ -205,8 +205,6 @@ pub enum CallError {
     NoDtmf,
     #[error("configuration: {0} does not make a SIP URI")]
     BadTarget(String),
-    #[error("peer: the INVITE has no SDP offer, and this call needs the peer's media first")]
-    NoOffer,
 }
 
 struct Ringing {

@@ -350,14 +350,8 @@ impl Core {
             Ok(leg) => leg,
             Err(refusal) => return Some(refusal),
         };
-        let Some(plan) = pbx_leg.offered_plan().cloned() else {
-            return Some(reply(
-                req,
-                488,
-                "Not Acceptable Here (an INVITE without an SDP offer cannot be bridged to WhatsApp)",
-                to_tag,
-            ));
-        };
+        // Without an offer, the PBX's media is known at its ACK (our offer goes in the 200).
+        let offered_rtp = pbx_leg.offered_plan().and_then(|p| p.remote_rtp);
         let PlainSide {
             local,
             addr,
@@ -409,7 +403,7 @@ impl Core {
             Parties {
                 number: number.number.clone(),
                 remote: to.clone(),
-                sink: plan.remote_rtp.unwrap_or(number.sink),
+                sink: offered_rtp.unwrap_or(number.sink),
                 sink_audio: number.sink_audio,
                 meta: MetaHeaders::default(),
                 origin: None,
