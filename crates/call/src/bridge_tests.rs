@@ -537,25 +537,38 @@ fn a_malformed_pbx_reoffer_is_refused_on_its_leg_and_changes_nothing() {
     assert!(bridge.leg(LegId::WhatsApp).is_answered());
 }
 
-/// The PBX calls a WhatsApp user: Asterisk's INVITE (its PCMU offer) to +12195550714 at us.
-fn pbx_calls_whatsapp() -> (Bridge, Request, TransactionLayer) {
+/// The PBX's INVITE to the WhatsApp user +12195550714 at us, with Asterisk's PCMU offer and
+/// `extra` headers.
+fn pbx_invite_to_whatsapp(call_id: &str, extra: &[(&str, &str)]) -> Request {
     let mut invite = Request::new(
         Method::INVITE,
         Uri::parse("sip:+12195550714@198.18.0.1:5060").unwrap(),
     );
-    invite
-        .headers
-        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxcall1");
+    invite.headers.push(
+        "Via",
+        format!("SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bK{call_id}"),
+    );
     invite.headers.push("Max-Forwards", "70");
     invite
         .headers
         .push("From", "\"Agent 201\" <sip:201@198.18.0.20>;tag=ast1");
     invite.headers.push("To", "<sip:+12195550714@198.18.0.1>");
-    invite.headers.push("Call-ID", "pbx-call-1@198.18.0.20");
+    invite
+        .headers
+        .push("Call-ID", format!("{call_id}@198.18.0.20"));
     invite.headers.push("CSeq", "102 INVITE");
     invite.headers.push("Contact", "<sip:201@198.18.0.20:5060>");
+    for (name, value) in extra {
+        invite.headers.push(name, *value);
+    }
     invite.headers.push("Content-Type", "application/sdp");
     invite.body = asterisk_answer();
+    invite
+}
+
+/// The PBX calls a WhatsApp user: Asterisk's INVITE (its PCMU offer) to +12195550714 at us.
+fn pbx_calls_whatsapp() -> (Bridge, Request, TransactionLayer) {
+    let invite = pbx_invite_to_whatsapp("pbx-call-1", &[]);
     let tx = server_transaction(&invite);
     let pbx = Leg::incoming(invite.clone(), tx, pbx_setup(), &mut rng()).unwrap();
     let meta = OutboundCall {
@@ -1006,23 +1019,14 @@ fn a_refer_elsewhere_or_before_the_answer_is_declined_in_a_notify() {
 
 #[test]
 fn a_pbx_invite_requiring_session_timers_gets_them_in_our_200() {
-    let mut invite = Request::new(
-        Method::INVITE,
-        Uri::parse("sip:+12195550714@198.18.0.1:5060").unwrap(),
-    );
-    invite
-        .headers
-        .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKpbxtimer");
-    invite.headers.push("From", "<sip:201@198.18.0.20>;tag=fs1");
-    invite.headers.push("To", "<sip:+12195550714@198.18.0.1>");
-    invite.headers.push("Call-ID", "pbx-timer@198.18.0.20");
-    invite.headers.push("CSeq", "1 INVITE");
-    invite.headers.push("Contact", "<sip:201@198.18.0.20:5060>");
     // FreeSWITCH with sip_require_timer.
-    invite.headers.push("Require", "timer");
-    invite.headers.push("Session-Expires", "90;refresher=uac");
-    invite.headers.push("Content-Type", "application/sdp");
-    invite.body = asterisk_answer();
+    let invite = pbx_invite_to_whatsapp(
+        "pbx-timer",
+        &[
+            ("Require", "timer"),
+            ("Session-Expires", "90;refresher=uac"),
+        ],
+    );
     let mut leg = Leg::incoming(
         invite.clone(),
         server_transaction(&invite),
