@@ -83,18 +83,34 @@ impl Bridge {
         rng: &mut impl RngCore,
     ) -> Result<Bridge, CallError> {
         let pbx = Leg::outgoing(call, pbx_setup, rng)?;
-        Ok(Bridge {
-            direction: CallDirection::Inbound,
+        Ok(Bridge::of(
+            CallDirection::Inbound,
+            whatsapp,
+            pbx,
+            None,
+            VecDeque::new(),
+        ))
+    }
+
+    fn of(
+        direction: CallDirection,
+        whatsapp: Leg,
+        pbx: Leg,
+        pbx_plan: Option<MediaPlan>,
+        out: VecDeque<BridgeOutput>,
+    ) -> Bridge {
+        Bridge {
+            direction,
             whatsapp,
             pbx,
             transfer: None,
             transferred: false,
             ringing: None,
             rang: false,
-            pbx_plan: None,
+            pbx_plan,
             ring_deadline: None,
-            out: VecDeque::new(),
-        })
+            out,
+        }
     }
 
     /// The PBX's call (`pbx`, ringing) to a WhatsApp user as `call` (a business-initiated call):
@@ -116,18 +132,13 @@ impl Bridge {
         if let Some(plan) = &plan {
             out.push_back(BridgeOutput::Connect(Box::new(plan.clone())));
         }
-        Ok(Bridge {
-            direction: CallDirection::Outbound,
+        Ok(Bridge::of(
+            CallDirection::Outbound,
             whatsapp,
             pbx,
-            transfer: None,
-            transferred: false,
-            ringing: None,
-            rang: false,
-            pbx_plan: plan,
-            ring_deadline: None,
+            plan,
             out,
-        })
+        ))
     }
 
     /// Who called: inbound, the WhatsApp user; outbound, the PBX.

@@ -25,6 +25,16 @@ a=ptime:20\r\na=maxptime:150\r\na=sendrecv\r\n"
         .to_vec()
 }
 
+/// Asterisk's answer again as a re-offer (its version one up) with `direction` instead of
+/// sendrecv: a hold.
+fn asterisk_hold(direction: &str) -> Vec<u8> {
+    String::from_utf8(asterisk_answer())
+        .unwrap()
+        .replace("1733500002", "1733500003")
+        .replace("a=sendrecv", &format!("a={direction}"))
+        .into_bytes()
+}
+
 fn pbx_setup() -> LegSetup {
     LegSetup {
         local: Local {
@@ -444,11 +454,7 @@ fn a_pbx_hold_stays_on_the_pbx_leg() {
     let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
     let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
     // Asterisk holds with a sendonly re-INVITE from the same address.
-    let hold = String::from_utf8(asterisk_answer())
-        .unwrap()
-        .replace("1733500002", "1733500003")
-        .replace("a=sendrecv", "a=sendonly")
-        .into_bytes();
+    let hold = asterisk_hold("sendonly");
     let reinvite = from_the_pbx(Method::INVITE, 103, &ok, &pbx_invite, Some(hold));
     let re_tx = server_transaction(&reinvite);
     bridge.leg_mut(LegId::Pbx).handle_request(re_tx, &reinvite);
@@ -713,11 +719,7 @@ fn a_silent_pbx_ends_the_call_unless_it_holds_inactive() {
     let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
     let (_, ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
     // FreeSWITCH's inactive hold: it sends nothing, and that is no reason to end the call.
-    let hold = String::from_utf8(asterisk_answer())
-        .unwrap()
-        .replace("1733500002", "1733500003")
-        .replace("a=sendrecv", "a=inactive")
-        .into_bytes();
+    let hold = asterisk_hold("inactive");
     let reinvite = from_the_pbx(Method::INVITE, 103, &ok, &pbx_invite, Some(hold));
     bridge
         .leg_mut(LegId::Pbx)
