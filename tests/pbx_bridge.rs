@@ -82,7 +82,7 @@ fn baresip_phone_tls(
         // G.722 too (spandsp's), beside the template's G.711 and Opus.
         .map(
             |l| match l.starts_with("module") && l.ends_with("g711.so") {
-                true => format!("{l}\nmodule\t\t\tg722.so\n"),
+                true => format!("{l}\nmodule\t\t\tg722.so\nmodule\t\t\tsrtp.so\n"),
                 false => format!("{l}\n"),
             },
         )
@@ -1145,22 +1145,46 @@ fn a_whatsapp_call_reaches_a_g722_phone_through_the_pbx_leg() {
 /// comes back over TLS too.
 #[test]
 fn a_whatsapp_call_reaches_a_phone_over_tls() {
+    a_whatsapp_call_reaches_a_phone_over_tls_with(false);
+}
+
+/// The PBX leg on RTP/SAVP with SDES keys (RFC 4568) over TLS: baresip requires SRTP
+/// (`mediaenc=srtp-mand`) and drops anything that does not authenticate, so each tone crossing
+/// proves our protection toward it and our check of its packets.
+#[test]
+fn a_whatsapp_call_reaches_a_phone_over_tls_with_sdes_srtp() {
+    a_whatsapp_call_reaches_a_phone_over_tls_with(true);
+}
+
+fn a_whatsapp_call_reaches_a_phone_over_tls_with(sdes: bool) {
     assert!(
         tool_exists("baresip"),
         "baresip is not installed (scripts/test.sh installs it)"
     );
-    let dir = TempDir::new("pbx-tls");
+    let dir = TempDir::new(if sdes { "pbx-tls-sdes" } else { "pbx-tls" });
     let (ca, cert, key) = dev_pki(&dir.path().join("pki"));
     let pem = dir.path().join("phone.pem");
     let both = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
     std::fs::write(&pem, both).unwrap();
     let phone_port = free_port();
-    let (phone, _) = baresip_phone_tls(dir.path(), phone_port, "PCMU/8000/1", None, "", Some(&pem));
+    let account = if sdes { ";mediaenc=srtp-mand" } else { "" };
+    let (phone, _) = baresip_phone_tls(
+        dir.path(),
+        phone_port,
+        "PCMU/8000/1",
+        None,
+        account,
+        Some(&pem),
+    );
     let pbx = format!("sip:localhost:{};transport=tls", phone_port + 1);
+    let mut serve_args = vec!["--tls-ca", ca.to_str().unwrap()];
+    if sdes {
+        serve_args.extend(["--pbx-srtp", "sdes"]);
+    }
     let (server, ok, out) = call_through_the_bridge_with(
         dir.path(),
         &pbx,
-        &["--tls-ca", ca.to_str().unwrap()],
+        &serve_args,
         &["--hangup-after", "4", "--expect-hz", "880"],
     );
     std::thread::sleep(Duration::from_millis(1000));
@@ -1183,12 +1207,22 @@ fn a_whatsapp_call_reaches_a_phone_over_tls() {
             .contains("opening a Tls connection to localhost"),
         "the INVITE went over TLS, verified as localhost\n{logs}"
     );
+    let up = server.wait_event("media.up", |_| true, Duration::from_secs(5));
+    let srtp = if sdes {
+        serde_json::json!("AES_CM_128_HMAC_SHA1_80")
+    } else {
+        serde_json::Value::Null
+    };
+    assert_eq!(up["sink_srtp"], srtp, "{up}");
     let pbx_ended = server.wait_event("pbx.ended", |_| true, Duration::from_secs(5));
     assert_eq!(
         pbx_ended["by"], "local",
         "our BYE ended the PBX leg: {pbx_ended}"
     );
     assert!(phone.log().contains("terminated"), "{logs}");
+    drop(phone);
+    let sim_heard = call["media"]["heard_rms"].as_f64().unwrap();
+    assert_baresip_and_the_user_heard_each_other(dir.path(), sim_heard, &logs);
 }
 
 /// FreeSWITCH's `sip_require_timer` on a call from the PBX to a WhatsApp user (SIPp as the PBX):

@@ -70,6 +70,43 @@ pub(crate) fn contexts(
     Ok((outbound, inbound))
 }
 
+/// SDES keys of a sink that speaks SRTP (a PBX leg on RTP/SAVP): ours protect what we send it,
+/// theirs check what it sends us. Both are a 16-byte master key and its 14-byte salt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SinkKeys {
+    pub suite: SdesSuite,
+    ours: [u8; 30],
+    theirs: [u8; 30],
+}
+
+impl SinkKeys {
+    /// None unless both keys are an AES-CM master key and salt (30 bytes, RFC 4568 §6.2.1).
+    pub fn sdes(suite: SdesSuite, ours: &[u8], theirs: &[u8]) -> Option<SinkKeys> {
+        Some(SinkKeys {
+            suite,
+            ours: ours.try_into().ok()?,
+            theirs: theirs.try_into().ok()?,
+        })
+    }
+
+    /// The context that protects toward the sink, and the one that checks what it sends.
+    pub(crate) fn contexts(&self) -> Result<(SrtpContext, SrtpContext), MediaError> {
+        let (ours, theirs) = (&self.ours, &self.theirs);
+        contexts(
+            srtp_profile_of_suite(self.suite),
+            (&ours[..16], &ours[16..]),
+            (&theirs[..16], &theirs[16..]),
+        )
+    }
+}
+
+/// Keys stay out of logs.
+impl std::fmt::Debug for SinkKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SinkKeys({})", self.suite.name())
+    }
+}
+
 pub(crate) async fn dtls_keys(
     conn: Arc<dyn Conn + Send + Sync>,
     dtls_rx: mpsc::Receiver<Vec<u8>>,

@@ -28,9 +28,12 @@ pub mod transcode;
 
 pub use demux::{classify, is_rtcp, PacketKind};
 pub use identity::Identity;
+pub use keys::SinkKeys;
 pub use mux::MediaSocket;
 pub use restamp::SinkPayloads;
-pub use session::{IceConnected, IceRole, MediaConfig, MediaEvent, MediaSession, Prepared, Stats};
+pub use session::{
+    IceConnected, IceRole, MediaConfig, MediaEvent, MediaSession, Prepared, Sink, Stats,
+};
 pub use transcode::{Law, PbxCodec, SinkAudio};
 
 /// Whose fault a media failure is.

@@ -25,7 +25,7 @@ use webrtc_util::Conn;
 use crate::batch::Batch;
 use crate::demux::{classify, PacketKind};
 use crate::quiet::{sweep_loop, QuietSinks, SinkClock};
-use crate::relay::InboundRoute;
+use crate::relay::{InboundRoute, SinkProtect};
 use crate::restamp::SinkPayloads;
 use crate::role::{RoleConflicts, Verdict};
 use crate::transcode::ToSink;
@@ -49,6 +49,9 @@ enum RouteCommand {
     Move(SocketAddr, SocketAddr),
     /// The route of this remote address sends to another sink, or in another codec.
     Retarget(SocketAddr, Box<SinkTarget>),
+    /// The route of this remote address sends to where its sink's packets come from (symmetric
+    /// RTP), nothing else changed.
+    Latch(SocketAddr, SocketAddr),
     /// Answered once the route is gone, so a call that ends leaves nothing behind.
     Remove(SocketAddr, tokio::sync::oneshot::Sender<()>),
 }
@@ -71,11 +74,14 @@ pub(crate) struct Handover {
     pub early: mpsc::Receiver<Vec<u8>>,
 }
 
-/// What a route sends to: the sink, its payload types, and for a G.711 sink its transcoder.
+/// What a route sends to: the sink, its payload types, for a G.711 sink its transcoder, and for a
+/// sink that speaks SRTP what protects its packets (`None`: the same keys as before, kept with
+/// their state).
 pub(crate) struct SinkTarget {
     pub sink: SocketAddr,
     pub payloads: SinkPayloads,
     pub to_sink: Option<Box<ToSink>>,
+    pub protect: Option<Option<Box<SinkProtect>>>,
 }
 
 /// A packet and its source, boxed: a channel's block of 32 of them lives as long as the call.
@@ -215,6 +221,10 @@ impl MediaSocket {
             .commands
             .send(RouteCommand::Retarget(remote, target))
             .await;
+    }
+
+    pub(crate) async fn latch_route(&self, remote: SocketAddr, sink: SocketAddr) {
+        let _ = self.commands.send(RouteCommand::Latch(remote, sink)).await;
     }
 
     pub(crate) async fn remove_route(&self, remote: SocketAddr) {
@@ -429,10 +439,18 @@ async fn read_loop(shared: Arc<Shared>, mut commands: mpsc::Receiver<RouteComman
                     }
                     Some(RouteCommand::Retarget(remote, target)) => {
                         if let Some(route) = routes.get_mut(&remote) {
-                            let SinkTarget { sink, payloads, to_sink } = *target;
+                            let SinkTarget { sink, payloads, to_sink, protect } = *target;
                             route.sink = sink;
                             route.payloads.sink = payloads;
                             route.to_sink = to_sink;
+                            if let Some(protect) = protect {
+                                route.sink_protect = protect;
+                            }
+                        }
+                    }
+                    Some(RouteCommand::Latch(remote, sink)) => {
+                        if let Some(route) = routes.get_mut(&remote) {
+                            route.sink = sink;
                         }
                     }
                     Some(RouteCommand::Move(from, to)) => {

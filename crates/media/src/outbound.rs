@@ -9,18 +9,20 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::demux::is_rtcp;
 use crate::dtmf::DtmfSender;
+use crate::keys::SinkKeys;
 use crate::mux::{MediaSocket, SinkTarget};
 use crate::quiet::SinkClock;
 use crate::relay::{sender_report, InboundCounters, SenderInfo};
-use crate::restamp::{PayloadMap, Restamper, FRAME};
+use crate::restamp::{PayloadMap, Restamper, SinkPayloads, FRAME};
 use crate::srtp::SrtpContext;
 use crate::transcode::{payload_range, FromSink};
 use crate::MediaError;
 
 use crate::session::{
-    set_routed, transcoders, Command, Leftovers, MediaEvent, Retarget, Stats, FIRST_RTCP, MTU,
-    RTCP_INTERVAL, SINK_SILENCE, TAG_ROOM,
+    set_routed, sink_srtp, transcoders, Command, Leftovers, MediaEvent, Sink, Stats, FIRST_RTCP,
+    MTU, RTCP_INTERVAL, SINK_SILENCE, TAG_ROOM,
 };
 
 /// The call's outbound side: the sink's packets it reads, where and how they go.
@@ -42,6 +44,23 @@ pub(crate) struct Outbound {
     pub(crate) first_ts: u32,
     /// Report a sink quiet for this long (`MediaConfig::sink_timeout`).
     pub(crate) sink_timeout: Option<Duration>,
+    /// For a sink that speaks SRTP: what checks its packets.
+    pub(crate) sink_check: Option<SinkCheck>,
+    /// Symmetric RTP (`MediaConfig::sink_latch`).
+    pub(crate) sink_latch: bool,
+}
+
+/// What checks the packets of a sink that speaks SRTP, and the keys it was made from.
+pub(crate) struct SinkCheck {
+    pub(crate) keys: SinkKeys,
+    pub(crate) srtp: Box<SrtpContext>,
+}
+
+/// An RTP packet of version 2 in one of the sink's payload types: what symmetric RTP latches on.
+fn sink_rtp(packet: &[u8], payloads: SinkPayloads) -> bool {
+    packet.len() >= 12
+        && packet[0] >> 6 == 2
+        && (packet[1] & 0x7f == payloads.audio || packet[1] & 0x7f == payloads.dtmf)
 }
 
 pub(crate) async fn write_loop(
@@ -83,6 +102,9 @@ pub(crate) async fn write_loop(
         speak_first || inbound.packets.load(std::sync::atomic::Ordering::Relaxed) > 0
     };
     let mut from_sink = out.from_sink.take();
+    let mut sink_check = out.sink_check.take();
+    // Symmetric RTP: still waiting for the sink's first valid packet to say where it is.
+    let mut learning = out.sink_latch;
     loop {
         let frame_ready = dtmf.is_none() && from_sink.as_ref().is_some_and(|f| f.ready());
         let packet_len = tokio::select! {
@@ -95,15 +117,41 @@ pub(crate) async fn write_loop(
                 restamper.frame(out.audio_pt, payload, &mut buf[..MTU], Instant::now())
             }
             r = app.recv_from(&mut buf[..MTU]) => {
-                let (n, from) = match r {
+                let (mut n, from) = match r {
                     Ok(x) => x,
                     // An ICMP port-unreachable from a sink that is restarting: not the call's end.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                     Err(e) => return Err(MediaError::Local(format!("sink socket: {e}"))),
                 };
-                if from != sink {
+                if from != sink && !learning {
                     stats.strangers += 1;
                     continue;
+                }
+                if let Some(check) = sink_check.as_mut() {
+                    // The sink's SRTCP is not relayed (our reports toward the far side are ours).
+                    if is_rtcp(&buf[..n]) {
+                        continue;
+                    }
+                    match check.srtp.unprotect_rtp(&mut buf[..n]) {
+                        Ok(m) => n = m,
+                        Err(_) => {
+                            stats.sink_rejected += 1;
+                            continue;
+                        }
+                    }
+                }
+                if learning {
+                    if !sink_rtp(&buf[..n], payloads.sink) {
+                        if from != sink {
+                            stats.strangers += 1;
+                        }
+                        continue;
+                    }
+                    learning = false;
+                    if from != sink {
+                        sink = from;
+                        out.socket.latch_route(out.remote, from).await;
+                    }
                 }
                 let now = Instant::now();
                 if let Some(f) = from_sink.as_mut().filter(|_| dtmf.is_none()) {
@@ -159,15 +207,25 @@ pub(crate) async fn write_loop(
                         }
                         Command::Moved(_) => {}
                         Command::Retarget(to) => {
-                            let Retarget { sink: moved_to, audio, payloads: sink_payloads } = *to;
+                            let Sink { addr: moved_to, audio, payloads: sink_payloads, keys } = *to;
                             let (to_sink, new_from_sink) = transcoders(audio)?;
+                            // New keys make new contexts; the same keys keep theirs, with their
+                            // rollover counters and replay windows.
+                            let protect = if keys != sink_check.as_ref().map(|c| c.keys) {
+                                let (protect, check) = sink_srtp(keys)?;
+                                sink_check = check;
+                                Some(protect)
+                            } else {
+                                None
+                            };
                             out.socket
                                 .retarget_route(
                                     out.remote,
-                                    Box::new(SinkTarget { sink: moved_to, payloads: sink_payloads, to_sink }),
+                                    Box::new(SinkTarget { sink: moved_to, payloads: sink_payloads, to_sink, protect }),
                                 )
                                 .await;
                             sink = moved_to;
+                            learning = out.sink_latch;
                             quiet_since = Instant::now();
                             payloads.sink = sink_payloads;
                             from_sink = new_from_sink;

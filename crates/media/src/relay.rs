@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::demux::is_rtcp;
 use crate::restamp::PayloadMap;
-use crate::session::MediaEvent;
+use crate::session::{MediaEvent, MTU, TAG_ROOM};
 use crate::srtp::SrtpContext;
 use crate::transcode::ToSink;
 
@@ -61,6 +61,47 @@ pub(crate) struct Reception {
     jitter_x16: u64,
 }
 
+/// What protects the packets toward a sink that speaks SRTP, with room to do it without touching
+/// the packet they came from.
+pub(crate) struct SinkProtect {
+    pub srtp: SrtpContext,
+    pub scratch: [u8; MTU + TAG_ROOM],
+}
+
+impl SinkProtect {
+    pub fn new(srtp: SrtpContext) -> Box<SinkProtect> {
+        Box::new(SinkProtect {
+            srtp,
+            scratch: [0; MTU + TAG_ROOM],
+        })
+    }
+}
+
+/// Sends `rtp` to the sink, protected first when it speaks SRTP; a packet the socket cannot take
+/// at once is dropped and counted.
+fn send_to_sink(
+    app: &UdpSocket,
+    sink: SocketAddr,
+    protect: &mut Option<Box<SinkProtect>>,
+    counters: &InboundCounters,
+    rtp: &[u8],
+) {
+    let packet = match protect {
+        None => rtp,
+        Some(p) => {
+            let n = rtp.len().min(MTU);
+            p.scratch[..n].copy_from_slice(&rtp[..n]);
+            match p.srtp.protect_rtp(&mut p.scratch, n) {
+                Ok(len) => &p.scratch[..len],
+                Err(_) => return,
+            }
+        }
+    };
+    if app.try_send_to(packet, sink).is_err() {
+        counters.sink_busy.fetch_add(1, Relaxed);
+    }
+}
+
 /// The fast path of one call, owned by the media socket's reader.
 pub(crate) struct InboundRoute {
     pub srtp: SrtpContext,
@@ -69,6 +110,8 @@ pub(crate) struct InboundRoute {
     /// The call's local port L, and the sink S it sends to.
     pub app: Arc<UdpSocket>,
     pub sink: SocketAddr,
+    /// For a sink that speaks SRTP: what protects the packets toward it.
+    pub sink_protect: Option<Box<SinkProtect>>,
     pub payloads: PayloadMap,
     pub counters: Arc<InboundCounters>,
     /// Our SSRC, to find the far side's report on our stream.
@@ -108,29 +151,29 @@ impl InboundRoute {
             .store(u64::from(ssrc) | 1 << 32, Relaxed);
         self.receive_stats(rtp, now);
         self.payloads.to_local(rtp);
-        match &mut self.to_sink {
-            Some(to_sink) if rtp[1] & 0x7f == self.payloads.sink.audio => {
-                let (app, sink, counters) = (&self.app, self.sink, &self.counters);
+        let sink_pts = self.payloads.sink;
+        let InboundRoute {
+            to_sink,
+            app,
+            sink,
+            sink_protect,
+            counters,
+            ..
+        } = self;
+        match to_sink {
+            Some(to_sink) if rtp[1] & 0x7f == sink_pts.audio => {
                 to_sink.forward(rtp, |g711| {
-                    if app.try_send_to(g711, sink).is_err() {
-                        counters.sink_busy.fetch_add(1, Relaxed);
-                    }
+                    send_to_sink(app, *sink, sink_protect, counters, g711);
                 });
             }
             // The far side's telephone-events, on the G.711 sink's clock; nothing else of its
             // reaches a G.711 sink.
-            Some(to_sink) if rtp[1] & 0x7f == self.payloads.sink.dtmf => {
+            Some(to_sink) if rtp[1] & 0x7f == sink_pts.dtmf => {
                 to_sink.stamp_event(rtp);
-                if self.app.try_send_to(rtp, self.sink).is_err() {
-                    self.counters.sink_busy.fetch_add(1, Relaxed);
-                }
+                send_to_sink(app, *sink, sink_protect, counters, rtp);
             }
             Some(_) => {}
-            None => {
-                if self.app.try_send_to(rtp, self.sink).is_err() {
-                    self.counters.sink_busy.fetch_add(1, Relaxed);
-                }
-            }
+            None => send_to_sink(app, *sink, sink_protect, counters, rtp),
         }
         if let Some(events) = self.first_rtp.take() {
             let _ = events.try_send(MediaEvent::FirstRtpIn {

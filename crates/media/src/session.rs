@@ -41,11 +41,11 @@ use crate::consent::{self, Freshness, IceCredentials};
 use crate::dtmf::DtmfSender;
 use crate::ice::{connect_ice, ice_agent, lite_credentials, CHECK_INTERVAL};
 pub use crate::identity::Identity;
-use crate::keys::{contexts, dtls_keys, srtp_profile_of_suite, Keys};
+use crate::keys::{contexts, dtls_keys, srtp_profile_of_suite, Keys, SinkKeys};
 use crate::mux::{plain_key, Handover, MediaSocket, SlowPath};
-use crate::outbound::{write_loop, Outbound};
+use crate::outbound::{write_loop, Outbound, SinkCheck};
 use crate::quiet::SinkClock;
-use crate::relay::{InboundCounters, InboundRoute, Reception};
+use crate::relay::{InboundCounters, InboundRoute, Reception, SinkProtect};
 use crate::restamp::{PayloadMap, SinkPayloads};
 use crate::srtp::SrtpProfile;
 use crate::transcode::{FromSink, SinkAudio, ToSink};
@@ -107,6 +107,12 @@ pub struct MediaConfig {
     /// Report `SinkQuiet` each time the sink has sent nothing for this long (a PBX's RTP timeout);
     /// None: a quiet sink is no news.
     pub sink_timeout: Option<Duration>,
+    /// The sink speaks SRTP with these SDES keys (a PBX leg on RTP/SAVP); None: plain RTP.
+    pub sink_keys: Option<SinkKeys>,
+    /// Symmetric RTP (a PBX behind NAT): after the start and each retarget, the source of the
+    /// first valid packet of the sink's becomes where the sink's audio goes and the only source
+    /// taken. Off, only `sink` is heard and sent to.
+    pub sink_latch: bool,
 }
 
 impl MediaConfig {
@@ -127,6 +133,8 @@ impl MediaConfig {
             sink_audio: SinkAudio::Opus,
             sink_payloads: SinkPayloads::default(),
             sink_timeout: None,
+            sink_keys: None,
+            sink_latch: false,
             seed,
         }
     }
@@ -177,6 +185,8 @@ pub struct Stats {
     pub srtp_rejected: u64,
     /// Packets on the sink port from anyone but the sink (ignored).
     pub strangers: u64,
+    /// SRTP packets from a sink that speaks SRTP that failed authentication or replay checks.
+    pub sink_rejected: u64,
     /// Inbound packets the far side sent that never arrived (RFC 3550 A.3).
     pub lost: i64,
     /// Inbound interarrival jitter (RFC 3550 A.8), in µs.
@@ -501,8 +511,8 @@ pub struct MediaSession {
 
 pub(crate) enum Command {
     Dtmf(DtmfSender),
-    /// The sink moved, or changed its codec (a PBX's re-offer).
-    Retarget(Box<Retarget>),
+    /// The sink moved, or changed its codec or keys (a PBX's re-offer).
+    Retarget(Box<Sink>),
     /// The agent selected another pair: the call's packets now go to (and come from) there.
     Moved(SocketAddr),
 }
@@ -528,20 +538,11 @@ impl MediaSession {
         Ok(())
     }
 
-    /// The sink is now `sink`, speaking `audio` with `payloads` (a PBX that moved its media or
-    /// changed codec): both directions follow from the next packet on.
-    pub fn retarget(
-        &self,
-        sink: SocketAddr,
-        audio: SinkAudio,
-        payloads: SinkPayloads,
-    ) -> Result<(), MediaError> {
+    /// The sink is now `sink` (a PBX that moved its media, or changed its codec or keys): both
+    /// directions follow from the next packet on.
+    pub fn retarget(&self, sink: Sink) -> Result<(), MediaError> {
         self.commands
-            .try_send(Command::Retarget(Box::new(Retarget {
-                sink,
-                audio,
-                payloads,
-            })))
+            .try_send(Command::Retarget(Box::new(sink)))
             .map_err(|_| MediaError::Local("media command queue full or call ended".into()))?;
         self.clock.poke();
         Ok(())
@@ -560,12 +561,13 @@ impl MediaSession {
     }
 }
 
-/// Where the sink is now, and what it speaks.
-#[derive(Debug)]
-pub(crate) struct Retarget {
-    pub sink: SocketAddr,
+/// Where the sink is, what it speaks, and with which keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sink {
+    pub addr: SocketAddr,
     pub audio: SinkAudio,
     pub payloads: SinkPayloads,
+    pub keys: Option<SinkKeys>,
 }
 
 /// The transcoders for a sink speaking `audio` (none for Opus): the far side's Opus toward it, and
@@ -582,6 +584,24 @@ pub(crate) fn transcoders(audio: SinkAudio) -> Result<Transcoders, MediaError> {
             )),
         ),
     })
+}
+
+/// For a sink that speaks SRTP (`keys`): what protects the packets toward it, and what checks
+/// the packets it sends, with the keys they came from.
+pub(crate) fn sink_srtp(
+    keys: Option<SinkKeys>,
+) -> Result<(Option<Box<SinkProtect>>, Option<SinkCheck>), MediaError> {
+    let Some(keys) = keys else {
+        return Ok((None, None));
+    };
+    let (protect, check) = keys.contexts()?;
+    Ok((
+        Some(SinkProtect::new(protect)),
+        Some(SinkCheck {
+            keys,
+            srtp: Box::new(check),
+        }),
+    ))
 }
 
 /// What a set-up call keeps: its outbound side, its inbound counters, and what answers or sends
@@ -800,11 +820,13 @@ async fn set_up(
         sink: cfg.sink_payloads,
     };
     let (to_sink, from_sink) = transcoders(cfg.sink_audio)?;
+    let (sink_protect, sink_check) = sink_srtp(cfg.sink_keys)?;
     let route = Box::new(InboundRoute {
         srtp: inbound,
         to_sink,
         app: app.clone(),
         sink: cfg.sink,
+        sink_protect,
         payloads,
         counters: counters.clone(),
         local_ssrc: ssrc,
@@ -824,6 +846,8 @@ async fn set_up(
         payloads,
         speak_first: cfg.speak_first,
         sink_timeout: cfg.sink_timeout,
+        sink_check,
+        sink_latch: cfg.sink_latch,
         from_sink,
         first_seq: draws.first_seq,
         first_ts: draws.first_ts,

@@ -142,6 +142,15 @@ pub struct CallArgs {
     /// --pbx-password-file). Never toward Meta.
     #[arg(long)]
     pub pbx_register: bool,
+    /// Media toward the PBX: none (plain RTP/AVP, the default) or sdes (RTP/SAVP with SDES keys,
+    /// RFC 4568; the PBX's offer must be SAVP too). Over UDP or TCP the keys cross the network in
+    /// clear SIP: use sdes with transport=tls.
+    #[arg(long)]
+    pub pbx_srtp: Option<String>,
+    /// Send the PBX's audio only to the address its SDP names, and take RTP only from there (by
+    /// default the source of its first valid packet wins: symmetric RTP for a PBX behind NAT).
+    #[arg(long)]
+    pub pbx_no_symmetric_rtp: bool,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -197,6 +206,9 @@ struct FilePbx {
     register: Option<bool>,
     /// Offered to the PBX in this order: opus, pcmu, pcma, g722 (telephone-event is always added).
     codecs: Option<Vec<String>>,
+    /// none or sdes.
+    srtp: Option<String>,
+    symmetric_rtp: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -353,6 +365,10 @@ pub struct PbxTarget {
     pub challenge: bool,
     /// We REGISTER at it as a trunk.
     pub register: bool,
+    /// Plain RTP or SDES-SRTP on its leg.
+    pub security: watrunk_sdp::Security,
+    /// Its RTP is sent back to where it comes from (symmetric RTP), not only to its SDP's address.
+    pub symmetric_rtp: bool,
     /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
     /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
@@ -411,6 +427,8 @@ impl PbxTarget {
             asserted_identity: false,
             challenge: false,
             register: false,
+            security: watrunk_sdp::Security::Plain,
+            symmetric_rtp: true,
             sources: Vec::new(),
         })
     }
@@ -665,6 +683,17 @@ fn resolve_calls(
         .and_then(|f| f.codecs.as_deref())
         .map(parse_pbx_codecs)
         .transpose()?;
+    let pbx_security = match (&args.pbx_srtp, file_pbx.and_then(|f| f.srtp.as_ref())) {
+        (Some(v), _) => Some((v.as_str(), "--pbx-srtp")),
+        (None, Some(v)) => Some((v.as_str(), "pbx.srtp")),
+        (None, None) => None,
+    }
+    .map(|(value, key)| match value {
+        "none" | "rtp" => Ok(watrunk_sdp::Security::Plain),
+        "sdes" => Ok(watrunk_sdp::Security::Sdes),
+        other => bail!("{key}: {other:?} is neither none nor sdes (DTLS-SRTP is for Meta's leg)"),
+    })
+    .transpose()?;
     let pbx = target
         .map(|(t, key)| PbxTarget::parse(t, key))
         .transpose()?
@@ -691,6 +720,9 @@ fn resolve_calls(
                 Some(s) => Some(Duration::from_secs(s)),
             },
             codecs: codecs.unwrap_or(pbx.codecs.clone()),
+            security: pbx_security.unwrap_or(pbx.security),
+            symmetric_rtp: !args.pbx_no_symmetric_rtp
+                && file_pbx.and_then(|f| f.symmetric_rtp).unwrap_or(true),
             ..pbx
         });
     if pbx

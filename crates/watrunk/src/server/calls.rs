@@ -266,8 +266,8 @@ impl Core {
                 entry.timings.secure = Some(elapsed);
                 self.events.emit(json!({
                     "event": "media.up", "call": entry.id, "local_rtp": entry.local_rtp.map(|a| a.to_string()),
-                    "sink": entry.sink.to_string(), "sink_codec": sink_codec_name(entry.sink_audio),
-                    "ssrc": entry.ssrc, "srtp": profile, "ms": ms(Some(elapsed)),
+                    "sink": entry.sink.addr.to_string(), "sink_codec": sink_codec_name(entry.sink.audio),
+                    "sink_srtp": entry.sink.keys.map(|k| k.suite.name()), "ssrc": entry.ssrc, "srtp": profile, "ms": ms(Some(elapsed)),
                 }));
             }
             MediaEvent::FirstRtpOut { elapsed } => entry.timings.first_rtp_out = Some(elapsed),
@@ -497,7 +497,7 @@ impl Core {
                 entry.answered = true;
                 self.events.emit(json!({
                 "event": "call.answered", "call": entry.id, "direction": direction_name(entry.leg.leg(LegId::WhatsApp).direction()),
-                "local_rtp": entry.local_rtp.map(|a| a.to_string()), "sink": entry.sink.to_string(),
+                "local_rtp": entry.local_rtp.map(|a| a.to_string()), "sink": entry.sink.addr.to_string(),
                 "ssrc": entry.ssrc, "ms": ms(entry.timings.final_response),
                 }))
             }

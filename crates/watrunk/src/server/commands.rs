@@ -61,7 +61,7 @@ impl Core {
                     }
                     Some(e) => {
                         if let Some(sink) = sink {
-                            e.sink = sink;
+                            e.sink.addr = sink;
                         }
                         e.leg.whatsapp().answer().map_err(|e| e.to_string())
                     }
@@ -108,7 +108,7 @@ impl Core {
                     .map(|e| {
                         json!({
                             "call": e.id, "direction": direction_name(e.leg.leg(watrunk_call::LegId::WhatsApp).direction()), "state": e.leg.leg(watrunk_call::LegId::WhatsApp).state_name(),
-                            "number": e.number, "remote": e.remote, "sink": e.sink.to_string(),
+                            "number": e.number, "remote": e.remote, "sink": e.sink.addr.to_string(),
                             "local_rtp": e.local_rtp.map(|a| a.to_string()),
                             "age_ms": ms(e.timings.start.map(|s| s.elapsed())),
                         })

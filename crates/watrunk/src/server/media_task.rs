@@ -11,8 +11,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc;
 use watrunk_call::{Fault, MediaFailure};
 use watrunk_media::{
-    IceRole, Identity, MediaConfig, MediaError, MediaSession, MediaSocket, Prepared, SinkAudio,
-    SinkPayloads,
+    IceRole, Identity, MediaConfig, MediaError, MediaSession, MediaSocket, Prepared, Sink,
 };
 use watrunk_sdp::{self as sdp, Capabilities, LocalMedia, Security};
 
@@ -33,17 +32,9 @@ pub(super) enum MediaCmd {
         ssrc: u32,
     },
     Dtmf(String),
-    /// The PBX moved its media or changed codec (bridged calls).
-    Retarget(Box<SinkChange>),
+    /// The PBX moved its media, or changed codec or keys (bridged calls).
+    Retarget(Box<Sink>),
     Stop,
-}
-
-/// Where a bridged call's media meets the PBX now, and in what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct SinkChange {
-    pub(super) sink: SocketAddr,
-    pub(super) audio: SinkAudio,
-    pub(super) payloads: SinkPayloads,
 }
 
 /// The media every call shares: one UDP socket, one DTLS identity.
@@ -79,15 +70,17 @@ impl Core {
         }
         let mut cfg = MediaConfig::new(
             media.ip,
-            SocketAddr::new(entry.sink.ip(), 0),
-            entry.sink,
+            SocketAddr::new(entry.sink.addr.ip(), 0),
+            entry.sink.addr,
             self.rng.next_u64(),
         );
         cfg.media_ip6 = media.ip6;
-        cfg.sink_audio = entry.sink_audio;
-        cfg.sink_payloads = entry.sink_payloads;
-        if let Session::Bridged(_) = entry.leg {
-            cfg.sink_timeout = self.cfg.calls.pbx.as_ref().and_then(|p| p.rtp_timeout);
+        cfg.sink_audio = entry.sink.audio;
+        cfg.sink_payloads = entry.sink.payloads;
+        cfg.sink_keys = entry.sink.keys;
+        if let (Session::Bridged(_), Some(pbx)) = (&entry.leg, &self.cfg.calls.pbx) {
+            cfg.sink_timeout = pbx.rtp_timeout;
+            cfg.sink_latch = pbx.symmetric_rtp;
         }
         cfg.app_socket = entry.plain_socket.clone();
         cfg.public_ip = media.public_ip;
@@ -223,8 +216,8 @@ async fn set_up_media(
     Some((session, commands))
 }
 
-fn retarget(key: CallKey, session: &MediaSession, c: &SinkChange) {
-    if let Err(e) = session.retarget(c.sink, c.audio, c.payloads) {
-        tracing::info!("call {key}: media to {}: {e}", c.sink);
+fn retarget(key: CallKey, session: &MediaSession, sink: &Sink) {
+    if let Err(e) = session.retarget(*sink) {
+        tracing::info!("call {key}: media to {}: {e}", sink.addr);
     }
 }

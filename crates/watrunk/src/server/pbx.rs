@@ -11,25 +11,26 @@ use watrunk_call::{
     Bridge, CallEvent, Leg, LegId, LegPolicy, LegSetup, Local, MediaIntent, MetaHeaders,
     OutboundCall, Registration, RegistrationEvent, RegistrationSetup,
 };
-use watrunk_media::{Law, SinkAudio, SinkPayloads};
-use watrunk_sdp::{Capabilities, Codec, LocalMedia, MediaPlan, Security};
+use watrunk_media::{Law, Sink, SinkAudio, SinkKeys, SinkPayloads};
+use watrunk_sdp::{Capabilities, Codec, Keying, LocalMedia, MediaPlan};
 use watrunk_sip::transaction::{Peer, TransactionId, Transport};
 use watrunk_sip::{Request, Response};
 
-use super::media_task::{MediaCmd, SinkChange};
+use super::media_task::MediaCmd;
 use super::registry::{CallKey, Entry, Parties, Session};
 use super::{reply, Core, SERVER};
 use crate::config::PbxTarget;
 
 /// The PBX answered, offered or re-negotiated: the call's media talks to its RTP address in the
-/// codec and payload types agreed with it; a running relay follows a move (`direct_media`) or a
-/// codec change. A hold or resume changes neither (the relay keeps sending both ways, so that
-/// neither side's RTP timeout fires), nor does an unspecified address (an RFC 2543 hold).
+/// codec, payload types and SDES keys agreed with it; a running relay follows a move
+/// (`direct_media`), a codec change or new keys. A hold or resume changes none of it (the relay
+/// keeps sending both ways, so that neither side's RTP timeout fires), nor does an unspecified
+/// address (an RFC 2543 hold).
 pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
-    let sink = plan
+    let addr = plan
         .remote_rtp
         .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
-        .unwrap_or(entry.sink);
+        .unwrap_or(entry.sink.addr);
     let audio = match plan.codec {
         Codec::Pcmu => SinkAudio::G711(Law::Mu),
         Codec::Pcma => SinkAudio::G711(Law::A),
@@ -40,25 +41,32 @@ pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
         audio: plan.audio_pt,
         dtmf: plan.dtmf_pt.unwrap_or(SinkPayloads::default().dtmf),
     };
-    let change = SinkChange {
-        sink,
+    let keys = match &plan.keying {
+        Keying::Sdes {
+            suite,
+            local_key,
+            remote_key,
+            ..
+        } => SinkKeys::sdes(*suite, local_key, remote_key),
+        _ => None,
+    };
+    let change = Sink {
+        addr,
         audio,
         payloads,
+        keys,
     };
-    let now = SinkChange {
-        sink: entry.sink,
-        audio: entry.sink_audio,
-        payloads: entry.sink_payloads,
-    };
-    if change == now {
+    if change == entry.sink {
         return;
     }
     if let Some(media) = &entry.media {
         tracing::info!(
-            "call {}: the PBX's media is now {sink} ({audio:?}, PT {}/{})",
+            "call {}: the PBX's media is now {addr} ({audio:?}, PT {}/{}{})",
             entry.id,
             payloads.audio,
-            payloads.dtmf
+            payloads.dtmf,
+            keys.map(|k| format!(", SRTP {}", k.suite.name()))
+                .unwrap_or_default()
         );
         if media
             .try_send(MediaCmd::Retarget(Box::new(change)))
@@ -67,9 +75,7 @@ pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
             tracing::warn!("call {}: the media task took no new target", entry.id);
         }
     }
-    entry.sink = sink;
-    entry.sink_audio = audio;
-    entry.sink_payloads = payloads;
+    entry.sink = change;
 }
 
 impl Core {
@@ -84,7 +90,7 @@ impl Core {
                 user_agent: SERVER.to_string(),
                 warning_host: self.cfg.hostname.clone(),
             },
-            capabilities: Capabilities::pbx(Security::Plain, pbx.codecs.clone()),
+            capabilities: Capabilities::pbx(pbx.security, pbx.codecs.clone()),
             policy: LegPolicy::generic(),
         }
     }
@@ -243,7 +249,7 @@ impl Core {
         let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
             return Err("no media address (--media-ip) or PBX".into());
         };
-        let caps = Capabilities::pbx(Security::Plain, pbx.codecs.clone());
+        let caps = Capabilities::pbx(pbx.security, pbx.codecs.clone());
         let (addr, socket) = std::net::UdpSocket::bind(SocketAddr::new(media.ip, 0))
             .and_then(|s| Ok((s.local_addr()?, s)))
             .map_err(|e| format!("no local RTP port for the PBX: {e}"))?;
@@ -463,7 +469,7 @@ impl Core {
         let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
             return;
         };
-        let caps = Capabilities::pbx(Security::Plain, pbx.codecs.clone());
+        let caps = Capabilities::pbx(pbx.security, pbx.codecs.clone());
         let public_ip = media.public_ip;
         let Some(entry) = self.calls.get_mut(key) else {
             return;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use watrunk_call::{Bridge, BridgeOutput, Ending, Leg, LegId, MetaHeaders};
-use watrunk_media::{SinkAudio, SinkPayloads, Stats};
+use watrunk_media::{Sink, SinkAudio, SinkPayloads, Stats};
 use watrunk_sip::transaction::{Peer, TransactionId};
 
 use super::media_task::MediaCmd;
@@ -92,10 +92,9 @@ pub(super) struct Entry {
     pub(super) id: String,
     pub(super) number: String,
     pub(super) remote: String,
-    pub(super) sink: SocketAddr,
-    pub(super) sink_audio: SinkAudio,
-    /// The sink's payload types (a PBX's, as its SDP agreed; else WhatsApp's own).
-    pub(super) sink_payloads: SinkPayloads,
+    /// Where the call's media meets its sink (the agent's, or a PBX's as its SDP agreed: its
+    /// address, codec, payload types and SDES keys).
+    pub(super) sink: Sink,
     pub(super) meta: MetaHeaders,
     pub(super) media: Option<mpsc::Sender<MediaCmd>>,
     /// The peer the INVITE came from (inbound): its connection is tried first for our requests.
@@ -144,9 +143,12 @@ impl Entry {
             id,
             number: parties.number,
             remote: parties.remote,
-            sink: parties.sink,
-            sink_audio: parties.sink_audio,
-            sink_payloads: SinkPayloads::default(),
+            sink: Sink {
+                addr: parties.sink,
+                audio: parties.sink_audio,
+                payloads: SinkPayloads::default(),
+                keys: None,
+            },
             meta: parties.meta,
             media: None,
             origin: parties.origin,
