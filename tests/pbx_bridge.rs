@@ -1414,3 +1414,85 @@ fn watrunk_registers_at_the_pbx_and_refreshes_its_binding() {
         server.log()
     );
 }
+
+/// Runs the test `name` of this binary again inside a private network namespace (`unshare -n`,
+/// loopback up), where it may change the firewall; true when this is that run.
+fn in_private_namespace(name: &str) -> bool {
+    if std::env::var_os("WATRUNK_TEST_NETNS").is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
+        return true;
+    }
+    assert!(tool_exists("unshare") && tool_exists("iptables"));
+    let (ok, out) = run(
+        Command::new("unshare")
+            .args(["-n", "env", "WATRUNK_TEST_NETNS=1"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"]),
+        Duration::from_secs(120),
+    );
+    assert!(ok && out.contains("1 passed"), "{out}");
+    false
+}
+
+fn iptables(rule: &str) {
+    let ok = Command::new("iptables")
+        .args(rule.split_whitespace())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "iptables {rule}");
+}
+
+/// A PBX behind NAT (Asterisk's `rtp_symmetric=no` peers, phones on a LAN): its SDP names its own
+/// RTP port, but its RTP reaches us from another (an SNAT rule rewrites baresip's source ports),
+/// and a packet sent straight to the SDP's port is dropped as a NAT drops what it has no mapping
+/// for. With symmetric RTP (the default) the user's tone reaches baresip through the NAT's mapping
+/// and baresip's tone the user; without it, nothing would reach baresip.
+#[test]
+fn a_pbx_behind_nat_gets_its_audio_where_its_rtp_comes_from() {
+    if !in_private_namespace("a_pbx_behind_nat_gets_its_audio_where_its_rtp_comes_from") {
+        return;
+    }
+    let dir = TempDir::new("pbx-nat");
+    let phone_port = free_port();
+    let phone = baresip_phone(dir.path(), phone_port, "PCMU/8000/1");
+    let config = std::fs::read_to_string(dir.path().join("baresip/config")).unwrap();
+    let ports = config
+        .lines()
+        .find_map(|l| l.strip_prefix("rtp_ports"))
+        .map(|p| p.trim().replace('-', ":"))
+        .expect("baresip's rtp_ports");
+    let mapped = free_port();
+    iptables(&format!(
+        "-t nat -A POSTROUTING -p udp --sport {ports} -j SNAT --to-source 127.0.0.1:{mapped}-{}",
+        mapped + 9
+    ));
+    iptables(&format!(
+        "-A OUTPUT -p udp --dport {ports} -m conntrack --ctstate NEW -j DROP"
+    ));
+    let (server, ok, out) = call_through_the_bridge(
+        dir.path(),
+        phone_port,
+        &["--hangup-after", "4", "--expect-hz", "880"],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let logs = format!(
+        "--- sim call\n{out}\n--- serve\n{}\n--- baresip\n{}",
+        server.log(),
+        phone.log()
+    );
+    let call = sim_call_report(&out, &logs);
+    assert!(ok, "{logs}");
+    assert_eq!(call["status"], 200, "{call}");
+    let latched = server.wait_event("media.latched", |_| true, Duration::from_secs(5));
+    let source: std::net::SocketAddr = latched["source"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (mapped..mapped + 10).contains(&source.port()),
+        "the PBX's RTP came through the NAT's ports {mapped}-: {latched}\n{logs}"
+    );
+    drop(phone);
+    let sim_heard = call["media"]["heard_rms"].as_f64().unwrap();
+    assert_baresip_and_the_user_heard_each_other(dir.path(), sim_heard, &logs);
+}

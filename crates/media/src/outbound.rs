@@ -149,6 +149,7 @@ pub(crate) async fn write_loop(
                     }
                     learning = false;
                     if from != sink {
+                        let _ = events.try_send(MediaEvent::SinkLatched { announced: sink, source: from });
                         sink = from;
                         out.socket.latch_route(out.remote, from).await;
                     }

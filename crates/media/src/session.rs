@@ -158,6 +158,12 @@ pub enum MediaEvent {
     Stats(Box<Stats>),
     /// The sink has sent nothing for `MediaConfig::sink_timeout` (again, each time it passes).
     SinkQuiet(Duration),
+    /// Symmetric RTP: the sink's RTP comes from `source`, not the `announced` address, and its
+    /// audio now goes there.
+    SinkLatched {
+        announced: SocketAddr,
+        source: SocketAddr,
+    },
     /// Boxed like the other large events; says whose fault it is.
     Failed(Box<MediaError>),
 }

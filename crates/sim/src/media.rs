@@ -303,7 +303,7 @@ impl Report {
             MediaEvent::FirstRtpOut { elapsed } => self.first_rtp_out_ms = Some(ms(*elapsed)),
             MediaEvent::Stats(s) => self.stats = (**s).clone(),
             // The sim's sink timeout is not set: its own RTP timeout is on the far side's stream.
-            MediaEvent::SinkQuiet(_) => {}
+            MediaEvent::SinkQuiet(_) | MediaEvent::SinkLatched { .. } => {}
             MediaEvent::Failed(e) => {
                 let reason = e.to_string();
                 self.failure = Some(reason.clone());

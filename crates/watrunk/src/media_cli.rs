@@ -90,6 +90,10 @@ fn event_json(e: &MediaEvent) -> String {
         MediaEvent::SinkQuiet(quiet) => {
             format!(r#"{{"event":"sink.quiet","ms":{:.1}}}"#, ms(quiet))
         }
+        MediaEvent::SinkLatched { announced, source } => serde_json::json!({
+            "event": "sink.latched", "announced": announced.to_string(), "source": source.to_string(),
+        })
+        .to_string(),
         MediaEvent::Failed(reason) => {
             serde_json::json!({"event": "failed", "reason": reason.to_string()}).to_string()
         }

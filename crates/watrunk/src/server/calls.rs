@@ -285,6 +285,16 @@ impl Core {
                     }
                 }
             }
+            MediaEvent::SinkLatched { announced, source } => {
+                tracing::info!(
+                    "call {}: the sink's RTP comes from {source}, not {announced}: sent there",
+                    entry.id
+                );
+                self.events.emit(json!({
+                    "event": "media.latched", "call": entry.id,
+                    "announced": announced.to_string(), "source": source.to_string(),
+                }));
+            }
             MediaEvent::Failed(e) => {
                 tracing::info!("call {}: media failed: {e}", entry.id);
                 entry.leg.whatsapp().media_failed(media_failure(&e));
