@@ -1496,3 +1496,93 @@ fn a_pbx_behind_nat_gets_its_audio_where_its_rtp_comes_from() {
     let sim_heard = call["media"]["heard_rms"].as_f64().unwrap();
     assert_baresip_and_the_user_heard_each_other(dir.path(), sim_heard, &logs);
 }
+
+/// An attended transfer completed at the PBX (RFC 3891): the phone the agent consulted sends an
+/// INVITE with Replaces naming the PBX leg's dialog (SIPp, from the dialog the first SIPp wrote
+/// out). It is answered, the user hears the new phone's 1000 Hz on the same stream (one SSRC, no
+/// sequence jump, no gap over 60 ms), the replaced leg gets a BYE with a Reason, and Meta sees
+/// nothing until the user hangs up.
+#[test]
+fn an_invite_with_replaces_from_the_pbx_moves_the_user_to_the_new_phone_on_one_stream() {
+    let side = TempDir::new("pbx-replacing-phone");
+    let phone_port = free_port();
+    let phone = g711_phone(side.path(), phone_port, "pcmu", 1000, 20, 9);
+    let dialog_file = side.path().join("dialog.csv");
+    let (dir, file) = (side.path().to_path_buf(), dialog_file.clone());
+    let replacing = std::thread::spawn(move || {
+        for _ in 0..200 {
+            if file.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let us = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split(';').nth(3))
+            .unwrap_or_else(|| panic!("the PBX wrote no dialog: {text:?}"))
+            .to_string();
+        let mut sipp = Background::spawn(
+            "sipp replaces",
+            Command::new(tool("sipp"))
+                .current_dir(&dir)
+                .arg(&us)
+                .arg("-sf")
+                .arg(peers_dir().join("sipp/pbx_uac_replaces.xml"))
+                .arg("-inf")
+                .arg(&file)
+                .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
+                .args(["-mp", &free_port().to_string(), "-t", "u1"])
+                .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"])
+                .args(["-set", "newport", &phone_port.to_string()]),
+            dir.join("sipp-replaces.log"),
+        );
+        let ok = sipp.child.wait().unwrap().success();
+        (ok, sipp.log())
+    });
+    let mut run = SippRun::with_sipp_args(
+        "pbx-replaced",
+        "pbx_uas_replaced.xml",
+        &["-set", "dialog_file", dialog_file.to_str().unwrap()],
+        &[],
+        &["--hangup-after", "6"],
+    );
+    let (replaced_ok, replacing_log) = replacing.join().unwrap();
+    let (call, logs) = (run.call.clone(), run.logs.clone());
+    let logs = format!("{logs}\n--- sipp replacing\n{replacing_log}");
+    assert!(run.ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    let media = &call["media"];
+    let hz = media["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 1000.0).abs() <= 1000.0 * 0.02,
+        "the user heard {hz} Hz, not the replacing phone\n{logs}"
+    );
+    assert_eq!(
+        media["business_ssrcs"].as_array().map(Vec::len),
+        Some(1),
+        "one SSRC throughout: {call}"
+    );
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(
+        run.sipp_completed(),
+        "the replaced leg got our BYE with Q.850 cause 16 and 'replaced'\n{logs}"
+    );
+    assert!(
+        replaced_ok,
+        "the replacing INVITE got 200, and our BYE when the user hung up\n{logs}"
+    );
+    let replaced = run
+        .server
+        .wait_event("pbx.replaced", |_| true, Duration::from_secs(1));
+    assert!(replaced["replaced"].is_string(), "{replaced}");
+    let stream = g711_report(&phone, &logs);
+    let hz = stream["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 440.0).abs() <= 440.0 * 0.02,
+        "the phone heard {hz} Hz: {stream}"
+    );
+}

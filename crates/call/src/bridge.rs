@@ -35,7 +35,8 @@ use crate::leg::{
 pub enum LegId {
     WhatsApp,
     Pbx,
-    /// The PBX leg a REFER asked for (a blind transfer): once it answers, it is the PBX side.
+    /// The PBX leg a REFER asked for (a blind transfer), or the PBX's INVITE with Replaces (an
+    /// attended one): once it answers, it is the PBX side.
     Transfer,
 }
 
@@ -62,6 +63,8 @@ pub struct Bridge {
     /// The new PBX leg of a transfer; `transferred` once it answered and replaced `pbx`.
     transfer: Option<Leg>,
     transferred: bool,
+    /// The transfer is the PBX's REFER, which hears how it went in NOTIFYs.
+    referred: bool,
     /// Outbound: the PBX leg's 180, kept until Meta rings.
     ringing: Option<CallOutput>,
     /// Outbound: Meta has rung.
@@ -105,6 +108,7 @@ impl Bridge {
             pbx,
             transfer: None,
             transferred: false,
+            referred: false,
             ringing: None,
             rang: false,
             pbx_plan,
@@ -216,6 +220,23 @@ impl Bridge {
     /// The new PBX leg toward the target of the PBX's REFER (`BridgeOutput::Transfer`): it asks for
     /// its local description next (the call's plain side, as it is).
     pub fn start_transfer(&mut self, leg: Leg) {
+        self.transfer = Some(leg);
+    }
+
+    /// The PBX side's dialog, if an INVITE with Replaces (RFC 3891) naming `dialog` may take its
+    /// place: the call is up on both legs and no transfer ran before.
+    pub fn replaceable(&self, dialog: &watrunk_sip::dialog::DialogId) -> bool {
+        self.transfer.is_none()
+            && self.whatsapp.is_answered()
+            && self.pbx.dialog_id() == Some(dialog)
+    }
+
+    /// The PBX's INVITE with Replaces naming the PBX leg's dialog (see [`Bridge::replaceable`]):
+    /// `leg`, made from that INVITE, is answered at once (it asks for its local description, the
+    /// call's plain side as it is) and becomes the PBX side; the replaced leg gets a BYE. The
+    /// WhatsApp leg hears nothing of it.
+    pub fn replace_pbx_side(&mut self, mut leg: Leg) {
+        let _ = leg.answer();
         self.transfer = Some(leg);
     }
 
@@ -342,6 +363,7 @@ impl Bridge {
                 .notify_refer(603, "Decline (the call is not up yet)", true);
         } else {
             self.pbx.notify_refer(100, "Trying", false);
+            self.referred = true;
             self.out.push_back(BridgeOutput::Transfer(Box::new(target)));
         }
     }
@@ -356,8 +378,12 @@ impl Bridge {
                 self.out.push_back(BridgeOutput::Connect(plan));
                 if !self.transferred {
                     self.transferred = true;
-                    self.pbx.notify_refer(200, "OK", true);
-                    self.pbx.hang_up("transferred", 16);
+                    if self.referred {
+                        self.pbx.notify_refer(200, "OK", true);
+                        self.pbx.hang_up("transferred", 16);
+                    } else {
+                        self.pbx.hang_up("replaced", 16);
+                    }
                 }
             }
             CallOutput::Media(MediaIntent::Stop)
@@ -377,7 +403,7 @@ impl Bridge {
             CallOutput::Event(CallEvent::Ended(ending)) => {
                 if self.transferred {
                     self.pbx_ended(&ending);
-                } else {
+                } else if self.referred {
                     let (status, phrase) = match ending.status {
                         Some(s) if s >= 300 => (s, reason_phrase(s)),
                         _ => (503, "Service Unavailable"),

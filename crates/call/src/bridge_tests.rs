@@ -1070,3 +1070,72 @@ fn the_pbx_invite_asserts_the_caller_when_configured() {
         "not by default"
     );
 }
+
+#[test]
+fn an_invite_with_replaces_from_the_pbx_takes_the_pbx_legs_place_and_meta_hears_nothing() {
+    let (mut bridge, invite, _layer, tx, pbx_invite) = ringing_at_the_pbx();
+    let (_, _ok) = up_on_both_legs(&mut bridge, &invite, tx, &pbx_invite);
+    let our_tag = pbx_invite
+        .from()
+        .and_then(|f| f.tag().map(str::to_string))
+        .unwrap();
+    let dialog = |local_tag: &str, remote_tag: &str| watrunk_sip::dialog::DialogId {
+        call_id: pbx_invite.call_id().unwrap().to_string(),
+        local_tag: local_tag.into(),
+        remote_tag: remote_tag.into(),
+    };
+    // RFC 3891 §3: to-tag is ours, from-tag the PBX's; tags the other way round match nothing.
+    assert!(bridge.replaceable(&dialog(&our_tag, "pbx1")));
+    assert!(!bridge.replaceable(&dialog("pbx1", &our_tag)));
+
+    // The phone the agent consulted (202) takes the call over: its INVITE, with its own media.
+    let replaces = format!(
+        "{};to-tag={our_tag};from-tag=pbx1",
+        pbx_invite.call_id().unwrap()
+    );
+    let mut new_invite = pbx_invite_to_whatsapp("replacing-1", &[("Replaces", &replaces)]);
+    new_invite.body = String::from_utf8(asterisk_answer())
+        .unwrap()
+        .replace("m=audio 10000", "m=audio 12000")
+        .into_bytes();
+    let new_tx = server_transaction(&new_invite);
+    let leg = Leg::incoming(new_invite.clone(), new_tx, pbx_setup(), &mut rng()).unwrap();
+    bridge.replace_pbx_side(leg);
+    let out = drain(&mut bridge);
+    assert!(of(&out, LegId::Transfer)
+        .iter()
+        .any(|c| matches!(c, CallOutput::Media(MediaIntent::Prepare { .. }))));
+    assert!(
+        !bridge.replaceable(&dialog(&our_tag, "pbx1")),
+        "one at a time"
+    );
+    bridge.leg_mut(LegId::Transfer).media_ready(pbx_local());
+    let mut out = drain(&mut bridge);
+    let answered = responded(&out, LegId::Transfer);
+    assert_eq!(answered.last().map(|r| r.status), Some(200), "{out:?}");
+    if !out.iter().any(|o| matches!(o, BridgeOutput::Connect(_))) {
+        bridge
+            .leg_mut(LegId::Transfer)
+            .handle_ack(&ack_for(&new_invite));
+        out = drain(&mut bridge);
+    }
+    let plan = out
+        .iter()
+        .find_map(|o| match o {
+            BridgeOutput::Connect(p) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("the media moves to the replacing phone");
+    assert_eq!(plan.remote_rtp, Some("198.18.0.20:12000".parse().unwrap()));
+    let to_old = sent(&out, LegId::Pbx);
+    assert_eq!(
+        to_old
+            .iter()
+            .map(|r| r.method.to_string())
+            .collect::<Vec<_>>(),
+        ["BYE"],
+        "the replaced leg gets a BYE and no NOTIFY: there was no REFER"
+    );
+    assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
+    assert!(bridge.leg(LegId::WhatsApp).is_answered());
+}

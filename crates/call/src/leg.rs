@@ -644,6 +644,14 @@ impl Leg {
         }
     }
 
+    /// The dialog of an answered leg (what an INVITE with Replaces names, RFC 3891 §3).
+    pub fn dialog_id(&self) -> Option<&watrunk_sip::dialog::DialogId> {
+        match &self.state {
+            State::Accepted(up) | State::Up(up) => Some(up.dialog.id()),
+            _ => None,
+        }
+    }
+
     /// The plan media runs now, once negotiated.
     pub fn plan(&self) -> Option<&MediaPlan> {
         match &self.state {

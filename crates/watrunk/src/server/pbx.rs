@@ -291,15 +291,84 @@ impl Core {
 
 impl Core {
     /// A new INVITE from the PBX's address over the PBX's transport, to someone other than our
-    /// business numbers: the PBX calls a WhatsApp user (the source address is how the PBX
-    /// authenticates to us; an INVITE to a business number is Meta's, whatever its source).
+    /// business numbers (the PBX calls a WhatsApp user), or with Replaces (it takes over its
+    /// own leg of a call). The source address is how the PBX authenticates to us; any other
+    /// INVITE to a business number is Meta's, whatever its source.
     pub(super) fn is_from_pbx(&self, req: &Request, from: &Peer) -> bool {
         let called = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
         self.cfg.calls.pbx.as_ref().is_some_and(|pbx| {
             from.transport == pbx.transport
                 && pbx.sources.contains(&from.addr.ip().to_canonical())
-                && !self.cfg.calls.numbers.contains_key(called)
+                && (!self.cfg.calls.numbers.contains_key(called)
+                    || req.headers.get("Replaces").is_some())
         })
+    }
+
+    /// The PBX's INVITE with Replaces (RFC 3891): a phone at the PBX takes over the PBX leg of
+    /// one of our calls (an attended transfer completed at the PBX). It is answered at once, the
+    /// call's media moves to it and the replaced leg gets a BYE; Meta hears nothing. A dialog we
+    /// do not have, or not up on both legs, is 481; `early-only` against an answered call 486.
+    fn pbx_replaces(
+        &mut self,
+        id: TransactionId,
+        req: &Request,
+        to_tag: &str,
+        replaces: &str,
+        pbx: &PbxTarget,
+    ) -> Option<Response> {
+        let Some((dialog, early_only)) = replaces_dialog(replaces) else {
+            return Some(reply(
+                req,
+                400,
+                "Bad Request (Replaces names no dialog: call-id;to-tag=..;from-tag=..)",
+                to_tag,
+            ));
+        };
+        let key = self
+            .calls
+            .leg_of_call_id(&dialog.call_id)
+            .map(|(key, _)| key)
+            .filter(|&key| {
+                matches!(self.calls.get(key).map(|e| &e.leg),
+                    Some(Session::Bridged(bridge)) if bridge.replaceable(&dialog))
+            });
+        let Some(key) = key else {
+            return Some(reply(
+                req,
+                481,
+                "Call/Transaction Does Not Exist (Replaces names no call of ours up on both legs)",
+                to_tag,
+            ));
+        };
+        if early_only {
+            return Some(reply(
+                req,
+                486,
+                "Busy Here (early-only, and the call is answered)",
+                to_tag,
+            ));
+        }
+        let number = self.calls.get(key).map(|e| e.number.clone())?;
+        let leg = match Leg::incoming(req.clone(), id, self.pbx_setup(pbx, &number), &mut self.rng)
+        {
+            Ok(leg) => leg,
+            Err(refusal) => return Some(refusal),
+        };
+        let entry = self.calls.get_mut(key)?;
+        let Session::Bridged(bridge) = &mut entry.leg else {
+            return Some(reply(req, 481, "Call/Transaction Does Not Exist", to_tag));
+        };
+        bridge.replace_pbx_side(leg);
+        let name = entry.id.clone();
+        self.calls
+            .index_call_id(req.call_id().unwrap_or_default(), key, LegId::Transfer);
+        self.calls.index_leg_transaction(id, key, LegId::Transfer);
+        tracing::info!("call {name}: the PBX replaces its leg ({})", dialog.call_id);
+        self.events.emit(json!({
+            "event": "pbx.replaced", "call": name, "replaced": dialog.call_id,
+        }));
+        self.pump(key);
+        None
     }
 
     /// The PBX calls the WhatsApp user in the Request-URI: a business-initiated call from the
@@ -316,6 +385,9 @@ impl Core {
         };
         if let Some(refusal) = self.cannot_take(req, to_tag) {
             return Some(refusal);
+        }
+        if let Some(replaces) = req.headers.get("Replaces").map(str::to_string) {
+            return self.pbx_replaces(id, req, to_tag, &replaces, &pbx);
         }
         let user = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
         let Some(to) = whatsapp_user(user) else {
@@ -428,6 +500,28 @@ impl Core {
         self.pump(key);
         None
     }
+}
+
+/// A Replaces header (RFC 3891 §6.1): the dialog it names as we know it (its to-tag is ours, its
+/// from-tag the sender's), and whether only an early dialog may be replaced.
+fn replaces_dialog(value: &str) -> Option<(watrunk_sip::dialog::DialogId, bool)> {
+    let mut parts = value.split(';').map(str::trim);
+    let call_id = parts.next().filter(|c| !c.is_empty())?.to_string();
+    let (mut local_tag, mut remote_tag, mut early_only) = (None, None, false);
+    for part in parts {
+        match part.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+            Some((k, v)) if k.eq_ignore_ascii_case("to-tag") => local_tag = Some(v.to_string()),
+            Some((k, v)) if k.eq_ignore_ascii_case("from-tag") => remote_tag = Some(v.to_string()),
+            None if part.eq_ignore_ascii_case("early-only") => early_only = true,
+            _ => {}
+        }
+    }
+    let dialog = watrunk_sip::dialog::DialogId {
+        call_id,
+        local_tag: local_tag?,
+        remote_tag: remote_tag?,
+    };
+    Some((dialog, early_only))
 }
 
 /// A header embedded in a SIP URI (`sip:202@pbx?Replaces=...`, RFC 3261 §19.1.1), unescaped.
