@@ -14,6 +14,7 @@ mod dtls_endpoint;
 pub mod dtmf;
 mod ice;
 mod identity;
+pub mod jitter;
 mod keys;
 mod lite;
 mod mux;

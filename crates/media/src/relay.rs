@@ -39,6 +39,11 @@ pub(crate) struct InboundCounters {
     pub rtt_us: AtomicU64,
     /// The far side's SSRC with bit 32 set, once a packet came (0: none yet).
     pub remote_ssrc: AtomicU64,
+    /// For a transcoded sink, the reorder buffer's count: packets held behind a hole, the longest
+    /// hold (µs), and packets that came after their place had gone.
+    pub reordered: AtomicU64,
+    pub reorder_max_us: AtomicU64,
+    pub reorder_late: AtomicU64,
 }
 
 impl InboundCounters {
@@ -161,18 +166,17 @@ impl InboundRoute {
             ..
         } = self;
         match to_sink {
-            Some(to_sink) if rtp[1] & 0x7f == sink_pts.audio => {
-                to_sink.forward(rtp, |g711| {
-                    send_to_sink(app, *sink, sink_protect, counters, g711);
+            // The far side's audio and telephone-events, in order, on the G.711 sink's clock;
+            // nothing else of its reaches a G.711 sink.
+            Some(to_sink) => {
+                to_sink.forward(now, rtp, sink_pts.audio, sink_pts.dtmf, |packet| {
+                    send_to_sink(app, *sink, sink_protect, counters, packet);
                 });
+                let jitter = to_sink.jitter();
+                counters.reordered.store(jitter.held, Relaxed);
+                counters.reorder_max_us.store(jitter.held_max_us, Relaxed);
+                counters.reorder_late.store(jitter.late, Relaxed);
             }
-            // The far side's telephone-events, on the G.711 sink's clock; nothing else of its
-            // reaches a G.711 sink.
-            Some(to_sink) if rtp[1] & 0x7f == sink_pts.dtmf => {
-                to_sink.stamp_event(rtp);
-                send_to_sink(app, *sink, sink_protect, counters, rtp);
-            }
-            Some(_) => {}
             None => send_to_sink(app, *sink, sink_protect, counters, rtp),
         }
         if let Some(events) = self.first_rtp.take() {

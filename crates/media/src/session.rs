@@ -193,6 +193,11 @@ pub struct Stats {
     pub strangers: u64,
     /// SRTP packets from a sink that speaks SRTP that failed authentication or replay checks.
     pub sink_rejected: u64,
+    /// Toward a transcoded sink: packets the reorder buffer held behind a hole, the longest hold,
+    /// and packets that came after their place had gone (dropped).
+    pub reordered: u64,
+    pub reorder_max_us: u64,
+    pub reorder_late: u64,
     /// Inbound packets the far side sent that never arrived (RFC 3550 A.3).
     pub lost: i64,
     /// Inbound interarrival jitter (RFC 3550 A.8), in µs.
@@ -207,6 +212,9 @@ impl Stats {
         self.packets_in = counters.packets.load(Relaxed);
         self.bytes_in = counters.bytes.load(Relaxed);
         self.srtp_rejected = counters.rejected.load(Relaxed);
+        self.reordered = counters.reordered.load(Relaxed);
+        self.reorder_max_us = counters.reorder_max_us.load(Relaxed);
+        self.reorder_late = counters.reorder_late.load(Relaxed);
         self.lost = counters.lost();
         self.jitter_us = counters.jitter.load(Relaxed) * 1_000_000 / 48_000;
         self.rtt_us = Some(counters.rtt_us.load(Relaxed)).filter(|&r| r > 0);

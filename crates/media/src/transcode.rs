@@ -13,6 +13,10 @@ use audio_codec::g722::{G722Decoder, G722Encoder};
 use audio_codec::{Decoder as _, Encoder as _};
 use audio_codec_algorithms::{decode_alaw, decode_ulaw, encode_alaw, encode_ulaw};
 
+use std::time::Instant;
+
+use crate::jitter::{JitterBuffer, JitterStats};
+
 /// G.711's sample rate, and the RTP clock of G.711 and G.722.
 pub const NARROWBAND_HZ: u32 = 8_000;
 /// Wire bytes (and RTP clock ticks) in the 20 ms frames the WhatsApp leg carries.
@@ -361,8 +365,16 @@ const CLOCK_RATIO: u32 = 6;
 const MAX_FILLED: u16 = 3;
 
 /// The far side's Opus RTP toward a G.711 sink: the same SSRC, sequence numbers and marker, the
-/// 8 kHz clock, and a lost packet filled from the next one's FEC or concealed.
+/// 8 kHz clock, packets put back in order by a small reorder buffer (jitter.rs), and a lost packet
+/// filled from the next one's FEC or concealed. Its telephone-events take the same way, so that
+/// they keep their place among the audio.
 pub struct ToSink {
+    jitter: JitterBuffer,
+    decode: Decode,
+}
+
+/// What decodes the packets the reorder buffer lets out.
+struct Decode {
     decoder: OpusToPbx,
     payload_type: u8,
     /// The next sequence number due, once a packet came.
@@ -372,30 +384,68 @@ pub struct ToSink {
     clock_base: Option<u32>,
     out: Box<[u8; 12 + MAX_PACKET_BYTES]>,
     /// Packets that did not decode (the far side's fault; dropped).
-    pub undecodable: u64,
+    undecodable: u64,
 }
 
 impl ToSink {
     pub fn new(codec: PbxCodec) -> Result<Self, TranscodeError> {
         Ok(ToSink {
-            decoder: OpusToPbx::new(codec)?,
-            payload_type: codec.payload_type(),
-            expected: None,
-            clock_base: None,
-            out: Box::new([0; 12 + MAX_PACKET_BYTES]),
-            undecodable: 0,
+            jitter: JitterBuffer::new(),
+            decode: Decode {
+                decoder: OpusToPbx::new(codec)?,
+                payload_type: codec.payload_type(),
+                expected: None,
+                clock_base: None,
+                out: Box::new([0; 12 + MAX_PACKET_BYTES]),
+                undecodable: 0,
+            },
         })
     }
 
     /// Packets recovered from FEC, and concealed.
     pub fn filled(&self) -> (u64, u64) {
-        (self.decoder.recovered, self.decoder.concealed)
+        (self.decode.decoder.recovered, self.decode.decoder.concealed)
     }
 
-    /// Takes one plain Opus RTP packet of the far side; `send` gets each G.711 packet for the sink
-    /// (more than one when packets before it were lost and are filled in). A late or repeated
-    /// packet is dropped: its time has passed.
-    pub fn forward(&mut self, rtp: &[u8], mut send: impl FnMut(&[u8])) {
+    /// Packets that did not decode.
+    pub fn undecodable(&self) -> u64 {
+        self.decode.undecodable
+    }
+
+    /// What the reorder buffer has seen.
+    pub fn jitter(&self) -> JitterStats {
+        self.jitter.stats
+    }
+
+    /// Takes one plain RTP packet of the far side's that arrived at `now`: Opus audio (payload
+    /// type `audio_pt`) or telephone-events (`dtmf_pt`); anything else only holds its place. `send`
+    /// gets each packet for the sink as it may go: G.711 or G.722 audio (more than one packet
+    /// when packets before it were lost and are filled in), and the events on the sink's clock.
+    /// A packet that comes after its place has gone is dropped.
+    pub fn forward(
+        &mut self,
+        now: Instant,
+        rtp: &[u8],
+        audio_pt: u8,
+        dtmf_pt: u8,
+        mut send: impl FnMut(&[u8]),
+    ) {
+        let ToSink { jitter, decode } = self;
+        jitter.push(now, rtp, |packet, fresh| {
+            if fresh {
+                decode.expected = None;
+            }
+            match packet[1] & 0x7f {
+                pt if pt == audio_pt => decode.audio(packet, &mut send),
+                pt if pt == dtmf_pt => decode.event(packet, &mut send),
+                _ => decode.hold_place(packet),
+            }
+        });
+    }
+}
+
+impl Decode {
+    fn audio(&mut self, rtp: &[u8], send: &mut impl FnMut(&[u8])) {
         let Some(range) = payload_range(rtp) else {
             return;
         };
@@ -436,16 +486,21 @@ impl ToSink {
 
     /// A telephone-event packet of the far side's toward the sink: its timestamp put on the sink's
     /// 8 kHz clock as the audio's is (its payload's durations are 8 kHz units already).
-    pub fn stamp_event(&mut self, rtp: &mut [u8]) {
-        if rtp.len() < 12 {
-            return;
-        }
-        let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
+    fn event(&mut self, rtp: &[u8], send: &mut impl FnMut(&[u8])) {
+        let n = rtp.len().min(self.out.len());
+        self.out[..n].copy_from_slice(&rtp[..n]);
         let ts = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
         let base = *self.clock_base.get_or_insert(ts);
         let narrow_ts = base / CLOCK_RATIO + ts.wrapping_sub(base) / CLOCK_RATIO;
-        rtp[4..8].copy_from_slice(&narrow_ts.to_be_bytes());
-        // The event holds its sequence number: the audio after it is not a loss to fill in.
+        self.out[4..8].copy_from_slice(&narrow_ts.to_be_bytes());
+        self.hold_place(rtp);
+        send(&self.out[..n]);
+    }
+
+    /// A packet that is not audio holds its sequence number: the audio after it is not a loss to
+    /// fill in.
+    fn hold_place(&mut self, rtp: &[u8]) {
+        let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
         if self
             .expected
             .is_none_or(|expected| seq.wrapping_sub(expected) < 0x8000)
@@ -512,5 +567,95 @@ impl FromSink {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// 20 ms Opus RTP packets of a 440 Hz tone, sequence numbers from 1.
+    fn opus_stream(count: usize) -> Vec<Vec<u8>> {
+        let mut encoder =
+            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        (0..count)
+            .map(|i| {
+                let pcm: Vec<i16> = (0..960)
+                    .map(|n| {
+                        let t = (i * 960 + n) as f64 / 48_000.0;
+                        (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+                    })
+                    .collect();
+                let mut rtp = vec![0x80, 111];
+                rtp.extend_from_slice(&(i as u16 + 1).to_be_bytes());
+                rtp.extend_from_slice(&(i as u32 * 960).to_be_bytes());
+                rtp.extend_from_slice(&0x1234u32.to_be_bytes());
+                let mut payload = [0u8; 400];
+                let n = encoder.encode(&pcm, &mut payload).unwrap();
+                rtp.extend_from_slice(&payload[..n]);
+                rtp
+            })
+            .collect()
+    }
+
+    fn seq(p: &[u8]) -> u16 {
+        u16::from_be_bytes([p[2], p[3]])
+    }
+
+    #[test]
+    fn swapped_packets_are_decoded_in_order_and_nothing_is_concealed() {
+        let stream = opus_stream(6);
+        let mut to_sink = ToSink::new(PbxCodec::G711(Law::Mu)).unwrap();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for (ms, i) in [(0, 0), (20, 1), (40, 3), (45, 2), (80, 4), (100, 5)] {
+            let now = start + Duration::from_millis(ms);
+            to_sink.forward(now, &stream[i], 111, 101, |p| {
+                assert_eq!(p[1] & 0x7f, 0, "PCMU");
+                assert_eq!(p.len(), 12 + 160);
+                out.push(seq(p));
+            });
+        }
+        assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(to_sink.filled(), (0, 0), "nothing concealed");
+        assert_eq!(to_sink.jitter().held, 1);
+    }
+
+    #[test]
+    fn a_lost_packet_is_filled_at_its_place_and_an_event_keeps_its_own() {
+        let stream = opus_stream(6);
+        let mut to_sink = ToSink::new(PbxCodec::G711(Law::Mu)).unwrap();
+        let start = Instant::now();
+        let mut event = stream[4][..12].to_vec();
+        event[1] = 101;
+        event.extend_from_slice(&[5, 0x0a, 0x00, 0xa0]);
+        let mut out = Vec::new();
+        // 3 (index 2) never comes; index 4's place is taken by a telephone-event.
+        for (ms, packet) in [
+            (0, &stream[0]),
+            (20, &stream[1]),
+            (60, &stream[3]),
+            (80, &event),
+            (100, &stream[5]),
+        ] {
+            to_sink.forward(start + Duration::from_millis(ms), packet, 111, 101, |p| {
+                out.push((
+                    seq(p),
+                    p[1] & 0x7f,
+                    u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+                ));
+            });
+        }
+        let seqs: Vec<u16> = out.iter().map(|o| o.0).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "3 filled in before 4");
+        assert_eq!(out[4].1, 101, "the event in its place");
+        assert_eq!(out[4].2, 4 * 160, "on the 8 kHz clock");
+        let (recovered, concealed) = to_sink.filled();
+        assert_eq!(
+            recovered + concealed,
+            1,
+            "only 3 filled; 6 follows the event as no loss"
+        );
     }
 }

@@ -564,6 +564,7 @@ impl Core {
                 "packets_out": s.packets_out, "packets_in": s.packets_in, "bytes_out": s.bytes_out,
                 "bytes_in": s.bytes_in, "silence_out": s.silence_out, "dtmf_out": s.dtmf_out,
                 "srtp_rejected": s.srtp_rejected, "lost": s.lost, "jitter_us": s.jitter_us, "rtt_us": s.rtt_us,
+                "reordered": s.reordered, "reorder_max_us": s.reorder_max_us, "reorder_late": s.reorder_late,
             })
         });
         let inbound = direction == CallDirection::Inbound;
