@@ -1283,8 +1283,19 @@ struct PbxCalls {
 
 impl PbxCalls {
     fn run(tag: &str, scenario: &str, sipp_args: &[&str]) -> PbxCalls {
+        PbxCalls::run_with(tag, scenario, sipp_args, &[])
+    }
+
+    /// The same with `sim_args` for Meta's side (`sim serve`).
+    fn run_with(tag: &str, scenario: &str, sipp_args: &[&str], sim_args: &[&str]) -> PbxCalls {
         let dir = TempDir::new(tag);
-        let sim = sim_serve(dir.path(), "dtls", "localhost", "per-number-secret");
+        let sim = sim_serve_with(
+            dir.path(),
+            "dtls",
+            "localhost",
+            "per-number-secret",
+            sim_args,
+        );
         let pbx_port = free_port();
         let server = serve_between(dir.path(), &sim, pbx_port, &[]);
         let mut pbx = Background::spawn(
@@ -1301,6 +1312,12 @@ impl PbxCalls {
             dir.path().join("sipp.log"),
         );
         let sipp_completed = pbx.child.wait().unwrap().success();
+        assert!(
+            sipp_completed || server.events().iter().any(|e| e["event"] == "call.ended"),
+            "SIPp failed and the call goes on\n--- sipp\n{}\n--- serve\n{}",
+            pbx.log(),
+            server.log()
+        );
         server.wait_event("call.ended", |_| true, Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(500));
         let logs = format!(
@@ -1317,6 +1334,34 @@ impl PbxCalls {
             sipp_completed,
         }
     }
+}
+
+/// A PBX that makes us the session timer's refresher (`refresher=uas` in its INVITE): our 200 keeps
+/// it, and we refresh by UPDATE within the interval, on the PBX leg only (SIPp checks both).
+#[test]
+fn a_pbx_call_that_makes_us_the_refresher_is_refreshed_by_us() {
+    let run = PbxCalls::run_with(
+        "pbx-uac-refresher",
+        "pbx_uac_timer_refresher.xml",
+        &[],
+        &["--hangup-after", "30"],
+    );
+    assert!(
+        run.sipp_completed,
+        "our 200 kept refresher=uas and our UPDATE refreshed the session in time\n{}",
+        run.logs
+    );
+    assert_eq!(
+        run.call["violations"],
+        serde_json::json!([]),
+        "{}",
+        run.call
+    );
+    assert_eq!(
+        run.call["ended_by"], "business",
+        "the PBX's BYE crossed: {}",
+        run.call
+    );
 }
 
 /// `--pbx-challenge`: the PBX's INVITE is challenged with our digest (407, as for Meta's) besides

@@ -514,7 +514,7 @@ pub fn sim_serve(dir: &Path, srtp: &str, business_host: &str, password: &str) ->
     sim_serve_with(dir, srtp, business_host, password, &[])
 }
 
-/// The same with `extra` flags for `sim serve` (`--dtmf`, ...).
+/// The same with `extra` flags for `sim serve` (`--dtmf`, `--hangup-after`, ...).
 pub fn sim_serve_with(
     dir: &Path,
     srtp: &str,
@@ -536,14 +536,12 @@ pub fn sim_serve_with(
                 "--tls-name",
                 "127.0.0.1",
             ])
-            .args([
-                "--business-host",
-                business_host,
-                "--hangup-after",
-                "4",
-                "--srtp",
-                srtp,
-            ])
+            .args(["--business-host", business_host, "--srtp", srtp])
+            // The user hangs up after 4 s unless told otherwise.
+            .args(match extra.contains(&"--hangup-after") {
+                true => &[][..],
+                false => &["--hangup-after", "4"][..],
+            })
             .arg("--password-file")
             .arg(dir.join("meta-pw"))
             .arg("--state-dir")

@@ -196,7 +196,9 @@ fn up_on_both_legs(
         .leg_mut(LegId::WhatsApp)
         .media_ready(local_media(Security::Dtls));
     let our_200 = responded(&drain(bridge), LegId::WhatsApp)[0].clone();
-    bridge.leg_mut(LegId::WhatsApp).handle_ack(&ack_for(invite));
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .handle_ack(Instant::now(), &ack_for(invite));
     drain(bridge);
     (our_200, ok)
 }
@@ -323,7 +325,7 @@ fn the_pbx_answer_connects_the_media_and_then_meta_gets_its_200() {
         .any(|c| matches!(c, CallOutput::Media(MediaIntent::Start { .. }))));
     bridge
         .leg_mut(LegId::WhatsApp)
-        .handle_ack(&ack_for(&invite));
+        .handle_ack(Instant::now(), &ack_for(&invite));
     drain(&mut bridge);
     assert!(bridge.leg(LegId::WhatsApp).is_answered());
     assert!(bridge.leg(LegId::Pbx).is_answered());
@@ -876,12 +878,14 @@ fn a_stray_ack_leaves_our_offer_waiting_for_the_right_one() {
     assert!(!our_offer.body.is_empty());
     // An ACK of another INVITE (a 491's, sent with a new branch): not the answer.
     let stray = from_the_pbx(Method::ACK, 119, &ok, &pbx_invite, None);
-    bridge.leg_mut(LegId::Pbx).handle_ack(&stray);
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_ack(Instant::now(), &stray);
     let out = drain(&mut bridge);
     assert!(sent(&out, LegId::Pbx).is_empty(), "no BYE: {out:?}");
     // The right ACK carries the answer.
     let ack = from_the_pbx(Method::ACK, 120, &ok, &pbx_invite, Some(asterisk_answer()));
-    bridge.leg_mut(LegId::Pbx).handle_ack(&ack);
+    bridge.leg_mut(LegId::Pbx).handle_ack(Instant::now(), &ack);
     let out = drain(&mut bridge);
     assert!(sent(&out, LegId::Pbx).is_empty(), "no BYE: {out:?}");
     assert!(bridge.leg(LegId::Pbx).is_answered());
@@ -1116,7 +1120,7 @@ fn an_invite_with_replaces_from_the_pbx_takes_the_pbx_legs_place_and_meta_hears_
     if !out.iter().any(|o| matches!(o, BridgeOutput::Connect(_))) {
         bridge
             .leg_mut(LegId::Transfer)
-            .handle_ack(&ack_for(&new_invite));
+            .handle_ack(Instant::now(), &ack_for(&new_invite));
         out = drain(&mut bridge);
     }
     let plan = out
@@ -1138,4 +1142,64 @@ fn an_invite_with_replaces_from_the_pbx_takes_the_pbx_legs_place_and_meta_hears_
     );
     assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
     assert!(bridge.leg(LegId::WhatsApp).is_answered());
+}
+
+#[test]
+fn a_pbx_that_makes_us_the_refresher_gets_a_refresh_every_half_interval() {
+    let mut invite = pbx_invite_to_whatsapp(
+        "pbx-timer-uas",
+        &[
+            ("Supported", "timer"),
+            ("Session-Expires", "90;refresher=uas"),
+            ("Allow", "INVITE, ACK, BYE, CANCEL, UPDATE"),
+        ],
+    );
+    invite.headers.push("Min-SE", "90");
+    let mut leg = Leg::incoming(
+        invite.clone(),
+        server_transaction(&invite),
+        pbx_setup(),
+        &mut rng(),
+    )
+    .unwrap();
+    leg.media_ready(pbx_local());
+    leg.answer().unwrap();
+    let ok = std::iter::from_fn(|| leg.poll_output())
+        .find_map(|o| match o {
+            CallOutput::Respond { response, .. } if response.status == 200 => Some(response),
+            _ => None,
+        })
+        .expect("our 200");
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uas"));
+    assert_eq!(leg.poll_timeout(), None, "the timer starts with the dialog");
+    let t0 = Instant::now();
+    leg.handle_ack(t0, &ack_for(&invite));
+    let due = leg.poll_timeout().expect("a refresh is due");
+    assert_eq!(due, t0 + std::time::Duration::from_secs(45));
+    let sent_now = |leg: &mut Leg| -> Vec<Request> {
+        std::iter::from_fn(|| leg.poll_output())
+            .filter_map(|o| match o {
+                CallOutput::Send(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    };
+    leg.handle_timeout(due - std::time::Duration::from_secs(1));
+    assert!(sent_now(&mut leg).is_empty(), "not before it is due");
+    leg.handle_timeout(due);
+    let refresh = sent_now(&mut leg);
+    assert_eq!(refresh.len(), 1);
+    assert_eq!(refresh[0].method, Method::UPDATE, "the PBX allows UPDATE");
+    assert_eq!(
+        refresh[0].headers.get("Session-Expires"),
+        Some("90;refresher=uac"),
+        "we refresh, and stay the refresher"
+    );
+    assert_eq!(refresh[0].headers.get("Supported"), Some("timer"));
+    assert!(String::from_utf8_lossy(&refresh[0].body).contains("a=sendrecv"));
+    assert_eq!(
+        leg.poll_timeout(),
+        Some(due + std::time::Duration::from_secs(45)),
+        "the next one half an interval on"
+    );
 }

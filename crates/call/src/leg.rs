@@ -270,9 +270,9 @@ enum Prack {
 }
 
 /// A generic peer's INVITE that asks for a session timer (RFC 4028: `Session-Expires`, with
-/// `timer` supported or required): the Session-Expires of our 2xx. The refresher is the one the
-/// INVITE named, else the caller (`uac`): it refreshes with re-INVITE or UPDATE, which we answer.
-fn session_timer(invite: &Request) -> Option<String> {
+/// `timer` supported or required): the session interval in seconds, and whether we refresh it
+/// (`refresher=uas`; else the caller does, with re-INVITE or UPDATE, which we answer).
+fn session_timer(invite: &Request) -> Option<(u32, bool)> {
     let value = invite.headers.get("Session-Expires")?;
     let timer = invite
         .headers
@@ -287,10 +287,25 @@ fn session_timer(invite: &Request) -> Option<String> {
     let refresher = parts
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("refresher"))
-        .map(|(_, v)| v.trim().to_ascii_lowercase())
-        .filter(|v| v == "uas")
-        .unwrap_or_else(|| "uac".into());
-    Some(format!("{delta};refresher={refresher}"))
+        .is_some_and(|(_, v)| v.trim().eq_ignore_ascii_case("uas"));
+    Some((delta, refresher))
+}
+
+/// Our duty as a session timer's refresher (RFC 4028 §10): a refresh every half interval.
+#[derive(Debug, Clone, Copy)]
+struct Refresh {
+    /// The session interval, in seconds.
+    interval: u32,
+    /// The next refresh is due; None until the dialog is confirmed (its ACK).
+    at: Option<Instant>,
+    /// The peer allows UPDATE (its INVITE's Allow): refreshes go by UPDATE, else re-INVITE.
+    by_update: bool,
+}
+
+impl Refresh {
+    fn half(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.interval) * 500)
+    }
 }
 
 /// The sequence number of a request's CSeq (0 when unreadable).
@@ -333,6 +348,8 @@ struct Up {
     /// Our description and the running plan, kept only by a leg that renegotiates (the WhatsApp
     /// leg drops them once media starts: it never sends or answers a re-offer).
     sdp: Option<Box<Sdp>>,
+    /// We refresh the session timer (the peer's INVITE said `refresher=uas`).
+    refresh: Option<Refresh>,
 }
 
 /// What a renegotiating leg keeps of its offer/answer.
@@ -358,6 +375,7 @@ impl Up {
             dialog,
             dtmf: plan.as_ref().is_some_and(|p| p.dtmf_pt.is_some()),
             sdp: keep.then(|| Box::new(Sdp { local, plan, reneg })),
+            refresh: None,
         }
     }
 
@@ -667,10 +685,14 @@ impl Leg {
     /// When [`Leg::handle_timeout`] wants to run (a re-offer waiting after a 491).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Up(up) => match up.reneg() {
-                Some(Reneg::Retry { at, .. }) => Some(*at),
-                _ => None,
-            },
+            State::Up(up) => {
+                let retry = match up.reneg() {
+                    Some(Reneg::Retry { at, .. }) => Some(*at),
+                    _ => None,
+                };
+                let refresh = up.refresh.and_then(|r| r.at);
+                retry.into_iter().chain(refresh).min()
+            }
             _ => None,
         }
     }
@@ -680,8 +702,29 @@ impl Leg {
         self.step(|state, cx| match state {
             State::Up(mut up) => {
                 let Up {
-                    dialog, sdp: kept, ..
+                    dialog,
+                    sdp: kept,
+                    refresh,
+                    ..
                 } = &mut *up;
+                if let (Some(r), Some(kept)) = (refresh.as_mut(), kept.as_deref_mut()) {
+                    if r.at.is_some_and(|at| at <= now) {
+                        let how = if r.by_update {
+                            Reoffer::Update
+                        } else {
+                            Reoffer::Invite
+                        };
+                        let direction = kept.local.direction;
+                        // An offer/answer under way: the refresh goes a little later.
+                        r.at = Some(match cx.send_reoffer(dialog, kept, how, direction) {
+                            Ok(()) => {
+                                cx.refresh_headers(r.interval);
+                                now + r.half()
+                            }
+                            Err(_) => now + std::time::Duration::from_secs(2),
+                        });
+                    }
+                }
                 if let Some(kept) = kept.as_deref_mut() {
                     if let Reneg::Retry {
                         at,
@@ -972,10 +1015,13 @@ impl Leg {
     }
 
     /// The ACK for our 200 (it carries the answer when our 200 carried the offer).
-    pub fn handle_ack(&mut self, ack: &Request) {
+    pub fn handle_ack(&mut self, now: Instant, ack: &Request) {
         self.step(|state, cx| match state {
             State::Accepted(mut up) => {
                 cx.out.push_back(CallOutput::Event(CallEvent::Confirmed));
+                if let Some(r) = up.refresh.as_mut() {
+                    r.at = Some(now + r.half());
+                }
                 match cx.take_answer_from_ack(&mut up, ack) {
                     Ok(()) => (State::Up(up), ()),
                     Err(reason) => (cx.hang_up(State::Up(up), &reason, 65), ()),
@@ -1280,10 +1326,24 @@ impl Ctx {
         ok.headers.push("Allow", self.setup.policy.allow());
         ok.headers
             .push("Server", self.setup.local.user_agent.clone());
+        let mut refresh = None;
         if self.setup.policy.answers_reoffers {
-            if let Some(timer) = session_timer(&invite) {
-                ok.headers.push("Session-Expires", timer);
+            if let Some((interval, ours)) = session_timer(&invite) {
+                let refresher = if ours { "uas" } else { "uac" };
+                ok.headers.push(
+                    "Session-Expires",
+                    format!("{interval};refresher={refresher}"),
+                );
                 ok.headers.push("Require", "timer");
+                let by_update = invite
+                    .headers
+                    .values("Allow")
+                    .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"));
+                refresh = ours.then_some(Refresh {
+                    interval,
+                    at: None,
+                    by_update: by_update && self.setup.policy.may_update,
+                });
             }
         }
         ok.headers.push("Content-Type", "application/sdp");
@@ -1315,13 +1375,9 @@ impl Ctx {
                 ssrc: local.ssrc,
             }));
         }
-        State::Accepted(Box::new(Up::new(
-            dialog,
-            local,
-            plan,
-            reneg,
-            &self.setup.policy,
-        )))
+        let mut up = Box::new(Up::new(dialog, local, plan, reneg, &self.setup.policy));
+        up.refresh = refresh.filter(|_| up.sdp.is_some());
+        State::Accepted(up)
     }
 
     /// Preparing → our offer in the INVITE.
@@ -1492,6 +1548,7 @@ impl Ctx {
                     dialog,
                     dtmf: false,
                     sdp: None,
+                    refresh: None,
                 });
                 // Q.850 cause 65: bearer capability not implemented.
                 self.hang_up(State::Up(up), &reason, 65)
@@ -1550,6 +1607,16 @@ impl Ctx {
     }
 
     /// Our re-INVITE or UPDATE with a new offer (`up.reneg` must be idle).
+    /// The re-offer just queued refreshes the session timer: it says so (RFC 4028 §7.4), and that
+    /// we stay the refresher.
+    fn refresh_headers(&mut self, interval: u32) {
+        if let Some(CallOutput::Send(req)) = self.out.back_mut() {
+            req.headers
+                .push("Session-Expires", format!("{interval};refresher=uac"));
+            req.headers.push("Supported", "timer");
+        }
+    }
+
     fn send_reoffer(
         &mut self,
         dialog: &mut Dialog,

@@ -193,7 +193,7 @@ fn inbound_200_copies_record_route_exactly_and_in_order() {
 fn inbound_ack_then_bye_from_meta_ends_with_its_duration() {
     let (mut call, invite) = answered_inbound();
     let ok = responses(&drain(&mut call))[0].clone();
-    call.handle_ack(&ack_for(&invite));
+    call.handle_ack(Instant::now(), &ack_for(&invite));
     assert_eq!(
         drain(&mut call),
         vec![CallOutput::Event(CallEvent::Confirmed)]
@@ -549,7 +549,7 @@ fn an_offer_breaking_the_profile_makes_no_leg_and_gets_488_with_the_rule() {
 fn the_whatsapp_leg_refuses_reinvite_and_never_sends_one() {
     let (mut call, invite) = answered_inbound();
     let ok = responses(&drain(&mut call))[0].clone();
-    call.handle_ack(&ack_for(&invite));
+    call.handle_ack(Instant::now(), &ack_for(&invite));
     drain(&mut call);
     let mut reinvite = Request::new(
         Method::INVITE,

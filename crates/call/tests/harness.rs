@@ -318,7 +318,7 @@ impl Pair {
             Event::Ack { request, .. } => {
                 e.received.push(request.clone());
                 if let Some(leg) = e.leg.as_mut() {
-                    leg.handle_ack(&request);
+                    leg.handle_ack(now, &request);
                 }
             }
             Event::Cancelled { request, .. } => {

@@ -322,7 +322,7 @@ impl Core {
             return;
         };
         if let Some(e) = self.calls.get_mut(key) {
-            e.leg.leg_mut(leg).handle_ack(req);
+            e.leg.leg_mut(leg).handle_ack(Instant::now(), req);
         }
         self.pump(key);
     }
