@@ -1336,6 +1336,31 @@ impl PbxCalls {
     }
 }
 
+/// Asterisk's `100rel=required` on a call from the PBX to a WhatsApp user: its INVITE requiring
+/// reliable provisionals is taken (not 420); our 180, sent when Meta rings, asks for a PRACK, which
+/// is answered on the PBX leg; the call is answered and the PBX hangs up (SIPp checks the 180's
+/// Require and RSeq and that the PRACK got 200).
+#[test]
+fn a_pbx_call_requiring_100rel_gets_a_reliable_180_and_its_prack_answered() {
+    let run = PbxCalls::run("pbx-uac-100rel", "pbx_uac_100rel.xml", &[]);
+    assert!(
+        run.sipp_completed,
+        "the 180 asked for a PRACK, which got 200; the INVITE got 200\n{}",
+        run.logs
+    );
+    assert_eq!(
+        run.call["violations"],
+        serde_json::json!([]),
+        "{}",
+        run.call
+    );
+    assert_eq!(
+        run.call["ended_by"], "business",
+        "the PBX's BYE crossed: {}",
+        run.call
+    );
+}
+
 /// A PBX that makes us the session timer's refresher (`refresher=uas` in its INVITE): our 200 keeps
 /// it, and we refresh by UPDATE within the interval, on the PBX leg only (SIPp checks both).
 #[test]

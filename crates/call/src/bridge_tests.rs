@@ -578,7 +578,7 @@ fn pbx_invite_to_whatsapp(call_id: &str, extra: &[(&str, &str)]) -> Request {
 fn pbx_calls_whatsapp() -> (Bridge, Request, TransactionLayer) {
     let invite = pbx_invite_to_whatsapp("pbx-call-1", &[]);
     let tx = server_transaction(&invite);
-    let pbx = Leg::incoming(invite.clone(), tx, pbx_setup(), &mut rng()).unwrap();
+    let pbx = Leg::incoming(Instant::now(), invite.clone(), tx, pbx_setup(), &mut rng()).unwrap();
     let meta = OutboundCall {
         from_number: "+15550001111".into(),
         hostname: "sip.example.com".into(),
@@ -1034,6 +1034,7 @@ fn a_pbx_invite_requiring_session_timers_gets_them_in_our_200() {
         ],
     );
     let mut leg = Leg::incoming(
+        Instant::now(),
         invite.clone(),
         server_transaction(&invite),
         pbx_setup(),
@@ -1103,7 +1104,14 @@ fn an_invite_with_replaces_from_the_pbx_takes_the_pbx_legs_place_and_meta_hears_
         .replace("m=audio 10000", "m=audio 12000")
         .into_bytes();
     let new_tx = server_transaction(&new_invite);
-    let leg = Leg::incoming(new_invite.clone(), new_tx, pbx_setup(), &mut rng()).unwrap();
+    let leg = Leg::incoming(
+        Instant::now(),
+        new_invite.clone(),
+        new_tx,
+        pbx_setup(),
+        &mut rng(),
+    )
+    .unwrap();
     bridge.replace_pbx_side(leg);
     let out = drain(&mut bridge);
     assert!(of(&out, LegId::Transfer)
@@ -1156,6 +1164,7 @@ fn a_pbx_that_makes_us_the_refresher_gets_a_refresh_every_half_interval() {
     );
     invite.headers.push("Min-SE", "90");
     let mut leg = Leg::incoming(
+        Instant::now(),
         invite.clone(),
         server_transaction(&invite),
         pbx_setup(),
@@ -1202,4 +1211,140 @@ fn a_pbx_that_makes_us_the_refresher_gets_a_refresh_every_half_interval() {
         Some(due + std::time::Duration::from_secs(45)),
         "the next one half an interval on"
     );
+}
+
+#[test]
+fn a_pbx_invite_requiring_100rel_gets_a_reliable_180_until_its_prack() {
+    // Asterisk with 100rel=required.
+    let invite = pbx_invite_to_whatsapp("pbx-100rel", &[("Require", "100rel")]);
+    let t0 = Instant::now();
+    let mut leg = Leg::incoming(
+        t0,
+        invite.clone(),
+        server_transaction(&invite),
+        pbx_setup(),
+        &mut rng(),
+    )
+    .unwrap();
+    let responses = |leg: &mut Leg| -> Vec<Response> {
+        std::iter::from_fn(|| leg.poll_output())
+            .filter_map(|o| match o {
+                CallOutput::Respond { response, .. } => Some(response),
+                _ => None,
+            })
+            .collect()
+    };
+    let ringing = responses(&mut leg).remove(0);
+    assert_eq!(ringing.status, 180);
+    assert_eq!(ringing.headers.get("Require"), Some("100rel"));
+    let rseq: u32 = ringing.headers.get("RSeq").unwrap().parse().unwrap();
+    assert!((1..=0x7fff_ffff).contains(&rseq));
+    let ms = std::time::Duration::from_millis;
+    assert_eq!(leg.poll_timeout(), Some(t0 + ms(500)));
+    leg.handle_timeout(t0 + ms(500));
+    assert_eq!(
+        responses(&mut leg)[0].headers.get("RSeq"),
+        Some(&*rseq.to_string())
+    );
+    assert_eq!(leg.poll_timeout(), Some(t0 + ms(1500)), "T1, doubling");
+
+    let to_tag = ringing
+        .to()
+        .and_then(|t| t.tag().map(str::to_string))
+        .unwrap();
+    let prack = |rack: String| {
+        let mut prack = Request::new(
+            Method::PRACK,
+            Uri::parse("sip:+15550001111@198.18.0.1").unwrap(),
+        );
+        prack
+            .headers
+            .push("Via", "SIP/2.0/UDP 198.18.0.20:5060;branch=z9hG4bKprack");
+        prack
+            .headers
+            .push("From", invite.headers.get("From").unwrap());
+        prack
+            .headers
+            .push("To", format!("<sip:+12195550714@198.18.0.1>;tag={to_tag}"));
+        prack.headers.push("Call-ID", invite.call_id().unwrap());
+        prack.headers.push("CSeq", "103 PRACK");
+        prack.headers.push("RAck", rack);
+        prack
+    };
+    let wrong = prack(format!("{} 102 INVITE", rseq.wrapping_add(1)));
+    leg.handle_request(server_transaction(&wrong), &wrong);
+    assert_eq!(responses(&mut leg)[0].status, 481);
+    let right = prack(format!("{rseq} 102 INVITE"));
+    leg.handle_request(server_transaction(&right), &right);
+    assert_eq!(responses(&mut leg)[0].status, 200);
+    assert_eq!(leg.poll_timeout(), None, "no more retransmissions");
+    assert!(leg.is_ringing());
+
+    // A PRACK that crosses our 200 (Meta answered at once) is still the 180's: 200, once.
+    let mut leg = Leg::incoming(
+        t0,
+        invite.clone(),
+        server_transaction(&invite),
+        pbx_setup(),
+        &mut rng(),
+    )
+    .unwrap();
+    let ringing = responses(&mut leg).remove(0);
+    let rseq = ringing.headers.get("RSeq").unwrap().to_string();
+    let to_tag = ringing
+        .to()
+        .and_then(|t| t.tag().map(str::to_string))
+        .unwrap();
+    leg.media_ready(pbx_local());
+    leg.answer().unwrap();
+    assert_eq!(responses(&mut leg).last().map(|r| r.status), Some(200));
+    let mut crossing = prack(format!("{rseq} 102 INVITE"));
+    crossing
+        .headers
+        .set("To", format!("<sip:+12195550714@198.18.0.1>;tag={to_tag}"));
+    leg.handle_request(server_transaction(&crossing), &crossing);
+    assert_eq!(responses(&mut leg)[0].status, 200);
+    leg.handle_request(server_transaction(&crossing), &crossing);
+    assert_eq!(
+        responses(&mut leg)[0].status,
+        481,
+        "a second time it names nothing"
+    );
+}
+
+#[test]
+fn a_reliable_180_never_pracked_refuses_the_invite_and_meta_never_gets_one() {
+    let invite = pbx_invite_to_whatsapp("pbx-100rel-lost", &[("Require", "100rel")]);
+    let t0 = Instant::now();
+    let mut leg = Leg::incoming(
+        t0,
+        invite.clone(),
+        server_transaction(&invite),
+        pbx_setup(),
+        &mut rng(),
+    )
+    .unwrap();
+    leg.handle_timeout(t0 + std::time::Duration::from_secs(32));
+    let last = std::iter::from_fn(|| leg.poll_output())
+        .filter_map(|o| match o {
+            CallOutput::Respond { response, .. } => Some(response.status),
+            _ => None,
+        })
+        .last();
+    assert_eq!(last, Some(500));
+    assert!(leg.is_ended());
+
+    // The WhatsApp leg takes no reliable provisionals (Meta's INVITEs never ask).
+    let mut meta = meta_invite("meta-invite-user-initiated-digest-01.sip");
+    meta.headers.push("Require", "100rel");
+    let refusal = Leg::incoming(
+        t0,
+        meta.clone(),
+        server_transaction(&meta),
+        crate::tests::setup(Security::Dtls),
+        &mut rng(),
+    )
+    .unwrap_err();
+    assert_eq!(refusal.status, 420);
+    assert_eq!(refusal.headers.get("Unsupported"), Some("100rel"));
 }

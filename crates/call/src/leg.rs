@@ -216,6 +216,28 @@ struct Ringing {
     /// `answer()` was called: the 200 goes out once our local description exists.
     answering: bool,
     local: Option<LocalMedia>,
+    /// Our 180 asks for a PRACK (RFC 3262): until it comes.
+    reliable: Option<Box<ReliableRinging>>,
+}
+
+/// RFC 3262 §3: a reliable provisional is retransmitted from T1, doubling, until its PRACK; after
+/// 64·T1 without one the INVITE is refused with a 5xx.
+const RELIABLE_T1: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Our reliable 180, waiting for its PRACK.
+struct ReliableRinging {
+    rseq: u32,
+    response: Response,
+    interval: std::time::Duration,
+    retransmit_at: Instant,
+    give_up_at: Instant,
+}
+
+/// The request requires the option tag `tag` (`Require`).
+fn option_required(req: &Request, tag: &str) -> bool {
+    req.headers
+        .values("Require")
+        .any(|v| v.trim().eq_ignore_ascii_case(tag))
 }
 
 struct Preparing {
@@ -267,6 +289,36 @@ enum Prack {
     Retransmission,
     /// No usable RSeq or early dialog: taken as an ordinary provisional.
     NotReliable,
+}
+
+/// A PRACK for our reliable 180 (RFC 3262 §3): its RAck must name that 180's RSeq and the INVITE's
+/// CSeq; it stops the retransmissions.
+fn prack_received(r: &mut Ringing, prack: &Request) -> Response {
+    let matches = match (r.reliable.as_deref(), rack_of(prack)) {
+        (Some(rel), Some(rack)) => rack == (rel.rseq, cseq_number(&r.invite)),
+        _ => false,
+    };
+    if !matches {
+        return Response::to_request(
+            prack,
+            481,
+            "Call/Transaction Does Not Exist (no reliable provisional with that RAck)",
+            None,
+        );
+    }
+    r.reliable = None;
+    Response::to_request(prack, 200, "OK", None)
+}
+
+/// A PRACK's RAck for an INVITE's provisional: (RSeq, the INVITE's CSeq number).
+fn rack_of(prack: &Request) -> Option<(u32, u32)> {
+    let mut parts = prack.headers.get("RAck")?.split_whitespace();
+    let rseq = parts.next()?.parse().ok()?;
+    let cseq = parts.next()?.parse().ok()?;
+    parts
+        .next()
+        .filter(|m| m.eq_ignore_ascii_case("INVITE"))
+        .map(|_| (rseq, cseq))
 }
 
 /// A generic peer's INVITE that asks for a session timer (RFC 4028: `Session-Expires`, with
@@ -459,6 +511,9 @@ struct Ctx {
     /// Media was asked for: it gets a Stop when the leg ends.
     media_asked: bool,
     media_failure: Option<MediaFailure>,
+    /// Our reliable 180 was not PRACKed before we answered: its RAck (RSeq, the INVITE's CSeq),
+    /// for a PRACK that crosses our 200.
+    unpracked: Option<(u32, u32)>,
 }
 
 /// One call leg. See the module documentation for its state table.
@@ -478,10 +533,13 @@ impl fmt::Debug for Leg {
 }
 
 impl Leg {
-    /// An INVITE we received (authenticated by the binary's admission policy). Its offer is parsed
-    /// and agreed here, once: a refused offer gives back the final response (488 with the rule and
-    /// a Warning, or 500 for our configuration) and no leg. Otherwise 180 Ringing goes out.
+    /// An INVITE we received at `now` (authenticated by the binary's admission policy). Its offer
+    /// is parsed and agreed here, once: a refused offer gives back the final response (488 with
+    /// the rule and a Warning, or 500 for our configuration) and no leg. Otherwise 180 Ringing
+    /// goes out: reliably (RFC 3262: RSeq, retransmitted until its PRACK) when the INVITE
+    /// requires `100rel` of a leg whose policy allows it, else 420.
     pub fn incoming(
+        now: Instant,
         invite: Request,
         transaction: TransactionId,
         setup: LegSetup,
@@ -512,6 +570,30 @@ impl Leg {
         ringing
             .headers
             .push("Server", setup.local.user_agent.clone());
+        let reliable = if option_required(&invite, "100rel") {
+            if !setup.policy.reliable_provisionals {
+                let mut refusal = Response::to_request(
+                    &invite,
+                    420,
+                    "Bad Extension (no reliable provisional responses on this leg)",
+                    Some(&to_tag),
+                );
+                refusal.headers.push("Unsupported", "100rel");
+                return Err(refusal);
+            }
+            let rseq = rng.gen_range(1..=0x7fff_ffffu32);
+            ringing.headers.push("Require", "100rel");
+            ringing.headers.push("RSeq", rseq.to_string());
+            Some(Box::new(ReliableRinging {
+                rseq,
+                response: ringing.clone(),
+                interval: RELIABLE_T1,
+                retransmit_at: now + RELIABLE_T1,
+                give_up_at: now + RELIABLE_T1 * 64,
+            }))
+        } else {
+            None
+        };
         let mut leg = Leg {
             cx: Ctx {
                 direction: CallDirection::Inbound,
@@ -525,6 +607,7 @@ impl Leg {
                 bye: None,
                 media_asked: false,
                 media_failure: None,
+                unpracked: None,
             },
             state: State::Ringing(Box::new(Ringing {
                 invite,
@@ -533,6 +616,7 @@ impl Leg {
                 offer,
                 answering: false,
                 local: None,
+                reliable,
             })),
         };
         leg.cx.out.push_back(CallOutput::Respond {
@@ -601,6 +685,7 @@ impl Leg {
                 bye: None,
                 media_asked: false,
                 media_failure: None,
+                unpracked: None,
             },
             state: State::Preparing(Box::new(Preparing {
                 invite,
@@ -693,6 +778,10 @@ impl Leg {
                 let refresh = up.refresh.and_then(|r| r.at);
                 retry.into_iter().chain(refresh).min()
             }
+            State::Ringing(r) => r
+                .reliable
+                .as_ref()
+                .map(|rel| rel.retransmit_at.min(rel.give_up_at)),
             _ => None,
         }
     }
@@ -700,6 +789,33 @@ impl Leg {
     /// Runs what [`Leg::poll_timeout`] asked for.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.step(|state, cx| match state {
+            State::Ringing(mut r) => match r.reliable.as_deref_mut() {
+                Some(rel) if now >= rel.give_up_at => {
+                    let response =
+                        Response::new(500, "Server Internal Error (no PRACK for our reliable 180)");
+                    let response = with_request_headers(response, &r.invite, &r.to_tag);
+                    cx.out.push_back(CallOutput::Respond {
+                        transaction: r.transaction,
+                        response,
+                    });
+                    let ending = Ending::new(
+                        Side::Remote,
+                        Some(500),
+                        "no PRACK for our reliable 180 within 32 s (RFC 3262)",
+                    );
+                    (cx.end(ending), ())
+                }
+                Some(rel) if now >= rel.retransmit_at => {
+                    cx.out.push_back(CallOutput::Respond {
+                        transaction: r.transaction,
+                        response: rel.response.clone(),
+                    });
+                    rel.interval *= 2;
+                    rel.retransmit_at = now + rel.interval;
+                    (State::Ringing(r), ())
+                }
+                _ => (State::Ringing(r), ()),
+            },
             State::Up(mut up) => {
                 let Up {
                     dialog,
@@ -1272,6 +1388,9 @@ impl Ctx {
 
     /// Ringing → the 200 OK with our answer (or our offer), and Start when the plan is known.
     fn send_answer(&mut self, r: Box<Ringing>) -> State {
+        if let Some(rel) = &r.reliable {
+            self.unpracked = Some((rel.rseq, cseq_number(&r.invite)));
+        }
         let Ringing {
             invite,
             transaction,
@@ -1804,6 +1923,10 @@ impl Ctx {
         let (mut up, confirmed) = match state {
             State::Accepted(up) => (up, false),
             State::Up(up) => (up, true),
+            State::Ringing(mut r) if req.method == Method::PRACK => {
+                let resp = prack_received(&mut r, req);
+                return (State::Ringing(r), resp);
+            }
             // Both sides hung up at once: answer theirs; ours ends the call when it is answered.
             State::Ending(e) if req.method == Method::BYE => {
                 return (State::Ending(e), Response::to_request(req, 200, "OK", None))
@@ -1842,6 +1965,22 @@ impl Ctx {
             }
             Method::INVITE | Method::UPDATE => {
                 let (up, resp) = self.reoffer_received(up, req, confirmed);
+                (restore(up), resp)
+            }
+            // The PRACK of our reliable 180 that crossed our 200 (RFC 3262 §3).
+            Method::PRACK => {
+                let rack = rack_of(req);
+                let resp = if rack.is_some() && rack == self.unpracked {
+                    self.unpracked = None;
+                    Response::to_request(req, 200, "OK", None)
+                } else {
+                    Response::to_request(
+                        req,
+                        481,
+                        "Call/Transaction Does Not Exist (no reliable provisional with that RAck)",
+                        None,
+                    )
+                };
                 (restore(up), resp)
             }
             Method::OPTIONS => {

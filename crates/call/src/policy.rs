@@ -43,7 +43,7 @@ impl LegPolicy {
     /// The Allow header of this leg's INVITEs and responses.
     pub fn allow(&self) -> &'static str {
         if self.answers_reoffers {
-            "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REFER"
+            "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REFER, PRACK"
         } else {
             ALLOW_WHATSAPP
         }

@@ -85,7 +85,14 @@ pub(crate) fn ack_for(invite: &Request) -> Request {
 }
 
 pub(crate) fn incoming(invite: Request, tx: TransactionId) -> Leg {
-    Leg::incoming(invite, tx, setup(Security::Dtls), &mut rng()).expect("Meta's offer is agreed")
+    Leg::incoming(
+        Instant::now(),
+        invite,
+        tx,
+        setup(Security::Dtls),
+        &mut rng(),
+    )
+    .expect("Meta's offer is agreed")
 }
 
 /// A real transaction id: the layer hands one out for an incoming request.
@@ -535,7 +542,14 @@ fn an_offer_breaking_the_profile_makes_no_leg_and_gets_488_with_the_rule() {
     let text = String::from_utf8(invite.body.clone()).unwrap();
     invite.body = text.replace("opus/48000/2", "speex/16000").into_bytes();
     let tx = server_transaction(&invite);
-    let refusal = Leg::incoming(invite, tx, setup(Security::Dtls), &mut rng()).unwrap_err();
+    let refusal = Leg::incoming(
+        Instant::now(),
+        invite,
+        tx,
+        setup(Security::Dtls),
+        &mut rng(),
+    )
+    .unwrap_err();
     assert_eq!(refusal.status, 488);
     assert_eq!(refusal.reason, "Not Acceptable Here (no-opus)");
     assert_eq!(

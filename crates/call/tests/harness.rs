@@ -303,7 +303,7 @@ impl Pair {
                     let _ = e.layer.respond(now, id, refusal);
                     return;
                 }
-                match Leg::incoming(request, id, e.setup.clone(), &mut e.rng) {
+                match Leg::incoming(now, request, id, e.setup.clone(), &mut e.rng) {
                     Ok(mut leg) => {
                         if e.auto_answer {
                             leg.answer().expect("a new leg rings");

@@ -610,8 +610,11 @@ fn uas_policy(cfg: &ServeConfig) -> UasPolicy {
         policy.allowed.push(watrunk_sip::Method::UPDATE);
         policy.allowed.push(watrunk_sip::Method::INFO);
         policy.allowed.push(watrunk_sip::Method::REFER);
-        // A PBX's INVITE may require session timers (RFC 4028): its leg answers them.
+        policy.allowed.push(watrunk_sip::Method::PRACK);
+        // A PBX's INVITE may require session timers (RFC 4028) and reliable provisional
+        // responses (RFC 3262): its leg answers them.
         policy.supported.push("timer".into());
+        policy.supported.push("100rel".into());
         policy.content_types.extend([
             "application/dtmf-relay".to_string(),
             "application/dtmf".to_string(),

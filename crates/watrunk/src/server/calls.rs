@@ -117,7 +117,7 @@ impl Core {
         }
         // The offer is agreed before any port or task is taken; a refusal makes no call.
         let setup = self.leg_setup(&number.number, number.srtp);
-        let leg = match Leg::incoming(req.clone(), id, setup, &mut self.rng) {
+        let leg = match Leg::incoming(Instant::now(), req.clone(), id, setup, &mut self.rng) {
             Ok(leg) => leg,
             Err(refusal) => return Some(refusal),
         };

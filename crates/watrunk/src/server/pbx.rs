@@ -349,8 +349,13 @@ impl Core {
             ));
         }
         let number = self.calls.get(key).map(|e| e.number.clone())?;
-        let leg = match Leg::incoming(req.clone(), id, self.pbx_setup(pbx, &number), &mut self.rng)
-        {
+        let leg = match Leg::incoming(
+            Instant::now(),
+            req.clone(),
+            id,
+            self.pbx_setup(pbx, &number),
+            &mut self.rng,
+        ) {
             Ok(leg) => leg,
             Err(refusal) => return Some(refusal),
         };
@@ -420,6 +425,7 @@ impl Core {
             }
         };
         let pbx_leg = match Leg::incoming(
+            Instant::now(),
             req.clone(),
             id,
             self.pbx_setup(&pbx, &number.number),
