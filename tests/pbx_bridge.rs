@@ -1656,3 +1656,104 @@ fn an_invite_with_replaces_from_the_pbx_moves_the_user_to_the_new_phone_on_one_s
         "the phone heard {hz} Hz: {stream}"
     );
 }
+
+/// Two PBX trunks (`[[pbx]]` twice, each with its `numbers`; the second PBX on 127.0.0.2): each
+/// business number's WhatsApp call rings its own PBX and no other.
+#[test]
+fn two_pbx_trunks_each_take_their_own_numbers_calls() {
+    let dir = TempDir::new("pbx-two-trunks");
+    let (port_a, port_b) = (free_port(), free_port());
+    let pbx = |name: &'static str, ip: &str, port: u16| {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        Background::spawn(
+            name,
+            Command::new(tool("sipp"))
+                .current_dir(&home)
+                .arg("-sf")
+                .arg(peers_dir().join("sipp/pbx_uas_answer_then_bye.xml"))
+                .args(["-i", ip, "-p", &port.to_string(), "-t", "u1"])
+                .args(["-mp", &free_port().to_string()])
+                .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"]),
+            home.join("sipp.log"),
+        )
+    };
+    let mut a = pbx("pbx-a", "127.0.0.1", port_a);
+    let mut b = pbx("pbx-b", "127.0.0.2", port_b);
+    std::thread::sleep(Duration::from_millis(500));
+    let config = dir.path().join("watrunk.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[pbx]]\ntarget = \"sip:127.0.0.1:{port_a};transport=udp\"\nnumbers = [\"+15550001111\"]\n\
+             [[pbx]]\ntarget = \"sip:127.0.0.2:{port_b};transport=udp\"\nnumbers = [\"+15550002222\"]\n"
+        ),
+    )
+    .unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let server = Server::start(&[
+        "--number",
+        "+15550001111",
+        "--number",
+        "+15550002222",
+        "--sip-password-file",
+        pw.to_str().unwrap(),
+        "--media-ip",
+        "127.0.0.1",
+        "--config",
+        config.to_str().unwrap(),
+        "--events",
+        "-",
+    ]);
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let call = |to: &str| {
+        run(
+            Command::new(bin())
+                .args(["sim", "call", &server.tls.unwrap().to_string()])
+                .args([
+                    "--server-name",
+                    "localhost",
+                    "--to",
+                    to,
+                    "--hangup-after",
+                    "6",
+                ])
+                .arg("--password-file")
+                .arg(&pw)
+                .arg("--ca")
+                .arg(&ca),
+            Duration::from_secs(30),
+        )
+    };
+    let logs = |a: &Background, b: &Background, out: &str| {
+        format!(
+            "--- sim\n{out}\n--- serve\n{}\n--- pbx a\n{}\n--- pbx b\n{}",
+            server.log(),
+            a.log(),
+            b.log()
+        )
+    };
+    let (ok, out) = call("+15550002222");
+    assert!(ok, "{}", logs(&a, &b, &out));
+    let b_took_it = b.child.wait().unwrap().success();
+    assert!(
+        b_took_it,
+        "the second PBX took +15550002222's call\n{}",
+        logs(&a, &b, &out)
+    );
+    let a_waits = a.child.try_wait().unwrap().is_none();
+    assert!(
+        a_waits,
+        "the first PBX saw nothing of it (still waiting for its call)\n{}",
+        logs(&a, &b, &out)
+    );
+    let (ok, out) = call("+15550001111");
+    assert!(ok, "{}", logs(&a, &b, &out));
+    let a_took_it = a.child.wait().unwrap().success();
+    assert!(
+        a_took_it,
+        "the first PBX took +15550001111's call\n{}",
+        logs(&a, &b, &out)
+    );
+}

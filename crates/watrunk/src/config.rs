@@ -192,7 +192,7 @@ struct FileCalls {
     pbx: Vec<FilePbx>,
 }
 
-/// A `[[pbx]]` table: a PBX trunk, as the `--pbx*` flags give it (one for now).
+/// A `[[pbx]]` table: a PBX trunk, as the `--pbx*` flags give it (the flags speak for the first).
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FilePbx {
@@ -209,6 +209,8 @@ struct FilePbx {
     /// none or sdes.
     srtp: Option<String>,
     symmetric_rtp: Option<bool>,
+    /// The business numbers bridged to this PBX; none: every number no other `[[pbx]]` names.
+    numbers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -338,8 +340,8 @@ pub struct CallsConfig {
     pub tls_ca: Option<PathBuf>,
     pub auto_answer: bool,
     pub api: Option<SocketAddr>,
-    /// Where WhatsApp calls are bridged to, if anywhere.
-    pub pbx: Option<PbxTarget>,
+    /// Where WhatsApp calls are bridged to, if anywhere: the PBX trunks, each for its numbers.
+    pub pbxs: Vec<PbxTarget>,
 }
 
 /// A PBX that WhatsApp calls are bridged to: the business number is the Request-URI's user at it.
@@ -372,6 +374,8 @@ pub struct PbxTarget {
     /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
     /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
+    /// The business numbers whose calls go to this PBX (empty: every number no other PBX names).
+    pub numbers: Vec<String>,
 }
 
 impl PbxTarget {
@@ -430,6 +434,7 @@ impl PbxTarget {
             security: watrunk_sdp::Security::Plain,
             symmetric_rtp: true,
             sources: Vec::new(),
+            numbers: Vec::new(),
         })
     }
 }
@@ -534,14 +539,16 @@ impl ServeConfig {
             .or_else(|| Some("[::]:5061".parse().expect("valid default")));
         let udp = args.udp.or(file.listen.udp);
         let tcp = args.tcp.or(file.listen.tcp);
-        match calls.pbx.as_ref().map(|p| p.transport) {
-            Some(watrunk_sip::Transport::Udp) if udp.is_none() => {
-                bail!("--pbx over UDP needs a UDP listener the PBX answers to: pass --udp ADDR (config key listen.udp)");
+        for pbx in &calls.pbxs {
+            match pbx.transport {
+                watrunk_sip::Transport::Udp if udp.is_none() => {
+                    bail!("--pbx over UDP needs a UDP listener the PBX answers to: pass --udp ADDR (config key listen.udp)");
+                }
+                watrunk_sip::Transport::Tcp if tcp.is_none() => {
+                    bail!("--pbx over TCP needs a TCP listener the PBX answers to: pass --tcp ADDR (config key listen.tcp)");
+                }
+                _ => {}
             }
-            Some(watrunk_sip::Transport::Tcp) if tcp.is_none() => {
-                bail!("--pbx over TCP needs a TCP listener the PBX answers to: pass --tcp ADDR (config key listen.tcp)");
-            }
-            _ => {}
         }
         Ok(ServeConfig {
             tls,
@@ -596,6 +603,112 @@ fn check_number(number: &str, key: &str) -> Result<()> {
         bail!("{key}: {number:?} is not an E.164 number with '+' (e.g. +15550001111)");
     }
     Ok(())
+}
+
+/// The PBX trunks: each `[[pbx]]` table, the `--pbx*` flags over the first (or making it).
+fn resolve_pbxs(args: &CallArgs, tables: &[FilePbx]) -> Result<Vec<PbxTarget>> {
+    let mut pbxs = tables
+        .iter()
+        .enumerate()
+        .map(|(i, table)| file_pbx(table, &format!("pbx[{i}]")))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(target) = &args.pbx {
+        let flagged = PbxTarget::parse(target, "--pbx")?;
+        match pbxs.first_mut() {
+            Some(first) => {
+                first.hostport = flagged.hostport;
+                first.host = flagged.host;
+                first.port = flagged.port;
+                first.transport = flagged.transport;
+            }
+            None => pbxs.push(flagged),
+        }
+    }
+    if let Some(first) = pbxs.first_mut() {
+        if let Some(path) = &args.pbx_password_file {
+            first.password = Some(read_password(path, "--pbx-password-file")?);
+        }
+        if let Some(user) = &args.pbx_username {
+            first.username = Some(user.clone());
+        }
+        first.asserted_identity |= args.pbx_asserted_identity;
+        first.challenge |= args.pbx_challenge;
+        first.register |= args.pbx_register;
+        if let Some(secs) = args.pbx_ring_timeout_secs {
+            first.ring_timeout = Duration::from_secs(secs.max(1));
+        }
+        if let Some(secs) = args.pbx_rtp_timeout_secs {
+            first.rtp_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(srtp) = &args.pbx_srtp {
+            first.security = parse_pbx_srtp(srtp, "--pbx-srtp")?;
+        }
+        first.symmetric_rtp &= !args.pbx_no_symmetric_rtp;
+    }
+    let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut catch_all: Option<&str> = None;
+    for pbx in &pbxs {
+        if pbx.challenge && pbx.password.is_none() {
+            bail!("--pbx-challenge (pbx.challenge) needs the PBX's password: pass --pbx-password-file FILE (pbx.password_file)");
+        }
+        if pbx.numbers.is_empty() {
+            if let Some(other) = catch_all.replace(&pbx.hostport) {
+                bail!("[[pbx]]: {other} and {} both take every number: give one of them `numbers = [...]`", pbx.hostport);
+            }
+        }
+        for number in &pbx.numbers {
+            if let Some(other) = claimed.insert(number, &pbx.hostport) {
+                bail!(
+                    "[[pbx]]: {number} is bridged to both {other} and {}",
+                    pbx.hostport
+                );
+            }
+        }
+    }
+    Ok(pbxs)
+}
+
+/// One `[[pbx]]` table (`key` names it in errors).
+fn file_pbx(table: &FilePbx, key: &str) -> Result<PbxTarget> {
+    let pbx = PbxTarget::parse(&table.target, &format!("{key}.target"))?;
+    Ok(PbxTarget {
+        username: table.username.clone(),
+        password: table
+            .password_file
+            .as_deref()
+            .map(|p| read_password(p, &format!("{key}.password_file")))
+            .transpose()?,
+        asserted_identity: table.asserted_identity.unwrap_or(false),
+        challenge: table.challenge.unwrap_or(false),
+        register: table.register.unwrap_or(false),
+        ring_timeout: table
+            .ring_timeout_secs
+            .map_or(pbx.ring_timeout, |s| Duration::from_secs(s.max(1))),
+        rtp_timeout: match table.rtp_timeout_secs {
+            None => pbx.rtp_timeout,
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+        },
+        codecs: match &table.codecs {
+            Some(names) => parse_pbx_codecs(names)?,
+            None => pbx.codecs.clone(),
+        },
+        security: match &table.srtp {
+            Some(v) => parse_pbx_srtp(v, &format!("{key}.srtp"))?,
+            None => pbx.security,
+        },
+        symmetric_rtp: table.symmetric_rtp.unwrap_or(true),
+        numbers: table.numbers.clone().unwrap_or_default(),
+        ..pbx
+    })
+}
+
+fn parse_pbx_srtp(value: &str, key: &str) -> Result<watrunk_sdp::Security> {
+    match value {
+        "none" | "rtp" => Ok(watrunk_sdp::Security::Plain),
+        "sdes" => Ok(watrunk_sdp::Security::Sdes),
+        other => bail!("{key}: {other:?} is neither none nor sdes (DTLS-SRTP is for Meta's leg)"),
+    }
 }
 
 /// `pbx.codecs`: names in the order to offer them; telephone-event is always added.
@@ -657,82 +770,9 @@ fn resolve_calls(
     if (!args.numbers.is_empty() || !file.numbers.is_empty()) && media.is_none() {
         bail!("calls need a media address: pass --media-ip IP (config key media.ip)");
     }
-    if file.pbx.len() > 1 {
-        bail!(
-            "[[pbx]]: one PBX per server for now ({} given)",
-            file.pbx.len()
-        );
-    }
-    let file_pbx = file.pbx.first();
-    let pbx_password = args
-        .pbx_password_file
-        .as_deref()
-        .map(|p| read_password(p, "--pbx-password-file"))
-        .or_else(|| {
-            file_pbx
-                .and_then(|f| f.password_file.as_deref())
-                .map(|p| read_password(p, "pbx.password_file"))
-        })
-        .transpose()?;
-    let target = match (&args.pbx, file_pbx) {
-        (Some(t), _) => Some((t.as_str(), "--pbx")),
-        (None, Some(f)) => Some((f.target.as_str(), "pbx.target")),
-        (None, None) => None,
-    };
-    let codecs = file_pbx
-        .and_then(|f| f.codecs.as_deref())
-        .map(parse_pbx_codecs)
-        .transpose()?;
-    let pbx_security = match (&args.pbx_srtp, file_pbx.and_then(|f| f.srtp.as_ref())) {
-        (Some(v), _) => Some((v.as_str(), "--pbx-srtp")),
-        (None, Some(v)) => Some((v.as_str(), "pbx.srtp")),
-        (None, None) => None,
-    }
-    .map(|(value, key)| match value {
-        "none" | "rtp" => Ok(watrunk_sdp::Security::Plain),
-        "sdes" => Ok(watrunk_sdp::Security::Sdes),
-        other => bail!("{key}: {other:?} is neither none nor sdes (DTLS-SRTP is for Meta's leg)"),
-    })
-    .transpose()?;
-    let pbx = target
-        .map(|(t, key)| PbxTarget::parse(t, key))
-        .transpose()?
-        .map(|pbx| PbxTarget {
-            username: args
-                .pbx_username
-                .clone()
-                .or_else(|| file_pbx.and_then(|f| f.username.clone())),
-            password: pbx_password,
-            asserted_identity: args.pbx_asserted_identity
-                || file_pbx.and_then(|f| f.asserted_identity).unwrap_or(false),
-            challenge: args.pbx_challenge || file_pbx.and_then(|f| f.challenge).unwrap_or(false),
-            register: args.pbx_register || file_pbx.and_then(|f| f.register).unwrap_or(false),
-            ring_timeout: args
-                .pbx_ring_timeout_secs
-                .or(file_pbx.and_then(|f| f.ring_timeout_secs))
-                .map_or(pbx.ring_timeout, |s| Duration::from_secs(s.max(1))),
-            rtp_timeout: match args
-                .pbx_rtp_timeout_secs
-                .or(file_pbx.and_then(|f| f.rtp_timeout_secs))
-            {
-                None => pbx.rtp_timeout,
-                Some(0) => None,
-                Some(s) => Some(Duration::from_secs(s)),
-            },
-            codecs: codecs.unwrap_or(pbx.codecs.clone()),
-            security: pbx_security.unwrap_or(pbx.security),
-            symmetric_rtp: !args.pbx_no_symmetric_rtp
-                && file_pbx.and_then(|f| f.symmetric_rtp).unwrap_or(true),
-            ..pbx
-        });
-    if pbx
-        .as_ref()
-        .is_some_and(|p| p.challenge && p.password.is_none())
-    {
-        bail!("--pbx-challenge (pbx.challenge) needs the PBX's password: pass --pbx-password-file FILE (pbx.password_file)");
-    }
+    let pbxs = resolve_pbxs(args, &file.pbx)?;
     // Bridged calls' audio goes to the PBX's RTP address, which its answer names.
-    let bridged = pbx.is_some();
+    let bridged = !pbxs.is_empty();
     let need_sink = |number: &str, sink: Option<SocketAddr>| {
         if bridged {
             return Ok(sink.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
@@ -796,6 +836,14 @@ fn resolve_calls(
         .domain
         .clone()
         .unwrap_or_else(|| "wa.meta.vc".into());
+    for pbx in &pbxs {
+        if let Some(unknown) = pbx.numbers.iter().find(|n| !numbers.contains_key(*n)) {
+            bail!(
+                "[[pbx]] {}: {unknown} is not one of our numbers (--number, [[number]])",
+                pbx.hostport
+            );
+        }
+    }
     Ok(CallsConfig {
         numbers,
         media,
@@ -808,7 +856,7 @@ fn resolve_calls(
         meta_domain: domain,
         tls_ca: args.tls_ca.clone().or(file.meta.tls_ca.clone()),
         auto_answer: !args.no_auto_answer,
-        pbx,
+        pbxs,
         api: match args
             .api
             .as_deref()
@@ -952,7 +1000,7 @@ mod tests {
         assert!(e.contains("--udp"), "{e}");
         let cfg = ServeConfig::resolve(args(Some("127.0.0.1:5060".parse().unwrap())))
             .expect("a bridged number needs no sink");
-        assert!(cfg.calls.pbx.is_some());
+        assert_eq!(cfg.calls.pbxs.len(), 1);
     }
 
     #[test]
@@ -968,7 +1016,8 @@ mod tests {
         );
         let pbx = resolve_calls(&args, &calls, false, None)
             .unwrap()
-            .pbx
+            .pbxs
+            .pop()
             .expect("the file's PBX");
         assert_eq!(pbx.hostport, "pbx.example.com:5070");
         assert_eq!(pbx.username.as_deref(), Some("trunk"));
@@ -989,7 +1038,8 @@ mod tests {
         };
         let pbx = resolve_calls(&flags, &calls, false, None)
             .unwrap()
-            .pbx
+            .pbxs
+            .pop()
             .unwrap();
         assert_eq!(
             (pbx.hostport.as_str(), pbx.ring_timeout),
@@ -999,7 +1049,11 @@ mod tests {
         for (text, words) in [
             (
                 "[[pbx]]\ntarget = \"sip:a\"\n[[pbx]]\ntarget = \"sip:b\"\n",
-                ["one PBX", "2 given"],
+                ["a:5060 and b:5060 both take every number", "numbers"],
+            ),
+            (
+                "[[pbx]]\ntarget = \"sip:a\"\nnumbers = [\"+15550009999\"]\n",
+                ["+15550009999 is not one of our numbers", "a:5060"],
             ),
             (
                 "[[pbx]]\ntarget = \"sip:a\"\ncodecs = [\"g729\"]\n",

@@ -81,7 +81,7 @@ pub async fn run_with(
         ));
         udp_sockets.push(sock);
     }
-    if let Some(pbx) = cfg.calls.pbx.as_mut() {
+    for pbx in cfg.calls.pbxs.iter_mut() {
         match tokio::net::lookup_host((pbx.host.as_str(), pbx.port)).await {
             Ok(addrs) => pbx.sources = addrs.map(|a| a.ip().to_canonical()).collect(),
             Err(e) => tracing::warn!(
@@ -195,8 +195,8 @@ pub struct Core {
     had_call: bool,
     /// Calls we placed that ended without an answer (`watrunk call` exits non-zero for them).
     unanswered: Vec<String>,
-    /// Our registration at the PBX as a trunk (`--pbx-register`).
-    registration: Option<watrunk_call::Registration>,
+    /// Our registrations at PBXs as a trunk (`--pbx-register`), with the trunk of each.
+    registrations: Vec<(usize, watrunk_call::Registration)>,
 }
 
 impl Core {
@@ -245,7 +245,7 @@ impl Core {
             one_shot: false,
             had_call: false,
             unanswered: Vec::new(),
-            registration: None,
+            registrations: Vec::new(),
             cfg,
         }
     }
@@ -255,14 +255,18 @@ impl Core {
         mut rx: mpsc::Receiver<Inbound>,
         mut call_rx: mpsc::Receiver<CallInput>,
     ) {
-        self.registration = self.pbx_registration();
+        self.registrations = self.pbx_registrations();
         loop {
             let deadline = self
                 .layer
                 .poll_timeout()
                 .into_iter()
                 .chain(self.call_timers.first().map(|(t, _)| *t))
-                .chain(self.registration.as_ref().and_then(|r| r.poll_timeout()))
+                .chain(
+                    self.registrations
+                        .iter()
+                        .filter_map(|(_, r)| r.poll_timeout()),
+                )
                 .min();
             let far = Instant::now() + std::time::Duration::from_secs(3600);
             tokio::select! {
@@ -278,10 +282,10 @@ impl Core {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
                     self.call_timeouts(now);
-                    if let Some(r) = self.registration.as_mut() {
+                    for (_, r) in &mut self.registrations {
                         r.handle_timeout(now);
-                        self.pump_registration();
                     }
+                    self.pump_registrations();
                 }
             }
             self.drain();
@@ -451,31 +455,31 @@ impl Core {
             }
             Event::Ack { request, .. } => self.on_ack(&request),
             Event::Cancelled { request, .. } => self.on_cancelled(&request),
-            Event::Response { id, response } => match self.registration.as_mut() {
-                Some(r) if r.owns(id) => {
+            Event::Response { id, response } => match self.registration_of(id) {
+                Some(r) => {
                     r.handle_response(now, id, &response);
-                    self.pump_registration();
+                    self.pump_registrations();
                 }
-                _ => self.on_response(id, &response),
+                None => self.on_response(id, &response),
             },
             Event::Timeout { id, reason } => {
                 tracing::info!("transaction {id} timed out: {reason:?}");
-                match self.registration.as_mut() {
-                    Some(r) if r.owns(id) => {
+                match self.registration_of(id) {
+                    Some(r) => {
                         r.handle_request_timeout(now, id);
-                        self.pump_registration();
+                        self.pump_registrations();
                     }
-                    _ => self.on_timeout(id, reason == TimeoutReason::NoAck),
+                    None => self.on_timeout(id, reason == TimeoutReason::NoAck),
                 }
             }
             Event::TransportError { id } => {
                 tracing::info!("transaction {id}: transport error");
-                match self.registration.as_mut() {
-                    Some(r) if r.owns(id) => {
+                match self.registration_of(id) {
+                    Some(r) => {
                         r.handle_request_timeout(now, id);
-                        self.pump_registration();
+                        self.pump_registrations();
                     }
-                    _ => self.on_timeout(id, false),
+                    None => self.on_timeout(id, false),
                 }
             }
             _ => {}
@@ -509,8 +513,8 @@ impl Core {
             r.headers.push("Accept", "application/sdp");
             return Some(r);
         }
-        if req.method == Method::INVITE && self.is_from_pbx(req, from) {
-            if let Some(pbx) = self.cfg.calls.pbx.as_ref().filter(|p| p.challenge) {
+        if let Some(trunk) = self.pbx_of(req, from) {
+            if let Some(pbx) = self.cfg.calls.pbxs.get(trunk).filter(|p| p.challenge) {
                 let now_secs = self.started.elapsed().as_secs() + 1;
                 let password = pbx.password.clone().unwrap_or_default();
                 let username = pbx.username.clone();
@@ -521,7 +525,7 @@ impl Core {
                     return Some(refusal);
                 }
             }
-            return self.pbx_invite(id, req, &to_tag);
+            return self.pbx_invite(id, req, &to_tag, trunk);
         }
         if req.method == Method::INVITE {
             let now_secs = self.started.elapsed().as_secs() + 1;
@@ -606,7 +610,7 @@ pub(crate) fn udp_hostport(hostname: &str, udp: std::net::SocketAddr) -> String 
 /// offer in the PBX's dialog), INFO with its DTMF bodies and REFER (a transfer) too; the WhatsApp leg refuses them on its own.
 fn uas_policy(cfg: &ServeConfig) -> UasPolicy {
     let mut policy = UasPolicy::default();
-    if cfg.calls.pbx.is_some() {
+    if !cfg.calls.pbxs.is_empty() {
         policy.allowed.push(watrunk_sip::Method::UPDATE);
         policy.allowed.push(watrunk_sip::Method::INFO);
         policy.allowed.push(watrunk_sip::Method::REFER);

@@ -122,7 +122,8 @@ impl Core {
             Err(refusal) => return Some(refusal),
         };
         let remote = req.from().and_then(|f| user_of(&f.uri)).unwrap_or_default();
-        let session = match self.cfg.calls.pbx.clone() {
+        let trunk = self.pbx_for(&number.number);
+        let session = match trunk.and_then(|t| self.cfg.calls.pbxs.get(t).cloned()) {
             None => Session::Single(leg),
             Some(pbx) => {
                 let call = self.pbx_call(&pbx, &remote, &number.number);
@@ -154,7 +155,7 @@ impl Core {
             Session::Bridged(b) => Some(b.leg(LegId::Pbx).call_id().to_string()),
             Session::Single(_) => None,
         };
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             session,
             name.clone(),
             Parties {
@@ -166,6 +167,7 @@ impl Core {
                 origin: Some(from.clone()),
             },
         );
+        entry.pbx = trunk.unwrap_or(0);
         self.calls
             .insert(key, req.call_id().unwrap_or_default(), entry);
         self.calls.index_transaction(id, key);

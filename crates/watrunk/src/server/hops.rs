@@ -31,10 +31,9 @@ impl Core {
         let outbound_initial =
             req.method == Method::INVITE && req.to().is_some_and(|t| t.tag().is_none());
         let pbx = self
-            .cfg
             .calls
-            .pbx
-            .as_ref()
+            .get(key)
+            .and_then(|e| self.cfg.calls.pbxs.get(e.pbx))
             .filter(|_| leg != LegId::WhatsApp);
         let default_port = if pbx.is_some() { 5060 } else { 5061 };
         // A transfer's new leg goes where the REFER named (checked to be the PBX).
@@ -111,10 +110,9 @@ impl Core {
         let peer = match leg {
             LegId::Pbx | LegId::Transfer => Peer {
                 transport: self
-                    .cfg
                     .calls
-                    .pbx
-                    .as_ref()
+                    .get(key)
+                    .and_then(|e| self.cfg.calls.pbxs.get(e.pbx))
                     .map_or(Transport::Udp, |p| p.transport),
                 addr,
                 conn: None,

@@ -78,7 +78,7 @@ impl Core {
         cfg.sink_audio = entry.sink.audio;
         cfg.sink_payloads = entry.sink.payloads;
         cfg.sink_keys = entry.sink.keys;
-        if let (Session::Bridged(_), Some(pbx)) = (&entry.leg, &self.cfg.calls.pbx) {
+        if let (Session::Bridged(_), Some(pbx)) = (&entry.leg, self.cfg.calls.pbxs.get(entry.pbx)) {
             cfg.sink_timeout = pbx.rtp_timeout;
             cfg.sink_latch = pbx.symmetric_rtp;
         }

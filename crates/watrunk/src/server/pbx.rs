@@ -112,43 +112,77 @@ impl Core {
         }
     }
 
-    /// watrunk's registration at the PBX as a trunk (`--pbx-register`), when asked for.
-    pub(super) fn pbx_registration(&mut self) -> Option<Registration> {
-        let pbx = self.cfg.calls.pbx.clone().filter(|p| p.register)?;
-        let user = pbx.username.clone().unwrap_or_else(|| {
-            self.cfg
-                .calls
-                .numbers
-                .keys()
-                .next()
-                .map(|n| n.trim_start_matches('+').to_string())
-                .unwrap_or_else(|| "watrunk".into())
-        });
-        let us = self.reached_by_pbx_at(&pbx);
-        let transport = transport_param(pbx.transport);
-        let setup = RegistrationSetup {
-            registrar: pbx.hostport.clone(),
-            transport: transport.into(),
-            contact: format!("<sip:{user}@{us};transport={transport}>"),
-            user,
-            expires: 300,
-            password: pbx.password.clone(),
-            user_agent: SERVER.to_string(),
-        };
-        Some(Registration::new(setup, Instant::now(), &mut self.rng))
+    /// The PBX trunk a business number's calls are bridged to: the one that names it, else the
+    /// one that names no number (None: its calls go to its sink, not bridged).
+    pub(super) fn pbx_for(&self, number: &str) -> Option<usize> {
+        let pbxs = &self.cfg.calls.pbxs;
+        pbxs.iter()
+            .position(|p| p.numbers.iter().any(|n| n == number))
+            .or_else(|| pbxs.iter().position(|p| p.numbers.is_empty()))
     }
 
-    /// Sends what the registration asks and reports what became of it.
-    pub(super) fn pump_registration(&mut self) {
-        let Some(pbx) = self.cfg.calls.pbx.clone() else {
+    /// watrunk's registrations at the PBXs as a trunk (`--pbx-register`, `register = true`),
+    /// with the trunk of each.
+    pub(super) fn pbx_registrations(&mut self) -> Vec<(usize, Registration)> {
+        let first_number = self
+            .cfg
+            .calls
+            .numbers
+            .keys()
+            .next()
+            .map(|n| n.trim_start_matches('+').to_string())
+            .unwrap_or_else(|| "watrunk".into());
+        let pbxs = self.cfg.calls.pbxs.clone();
+        pbxs.iter()
+            .enumerate()
+            .filter(|(_, pbx)| pbx.register)
+            .map(|(trunk, pbx)| {
+                let user = pbx.username.clone().unwrap_or_else(|| first_number.clone());
+                let us = self.reached_by_pbx_at(pbx);
+                let transport = transport_param(pbx.transport);
+                let setup = RegistrationSetup {
+                    registrar: pbx.hostport.clone(),
+                    transport: transport.into(),
+                    contact: format!("<sip:{user}@{us};transport={transport}>"),
+                    user,
+                    expires: 300,
+                    password: pbx.password.clone(),
+                    user_agent: SERVER.to_string(),
+                };
+                (
+                    trunk,
+                    Registration::new(setup, Instant::now(), &mut self.rng),
+                )
+            })
+            .collect()
+    }
+
+    /// The registration whose transaction `id` is.
+    pub(super) fn registration_of(&mut self, id: TransactionId) -> Option<&mut Registration> {
+        self.registrations
+            .iter_mut()
+            .map(|(_, r)| r)
+            .find(|r| r.owns(id))
+    }
+
+    /// Sends what the registrations ask and reports what became of them.
+    pub(super) fn pump_registrations(&mut self) {
+        for i in 0..self.registrations.len() {
+            self.pump_registration(i);
+        }
+    }
+
+    fn pump_registration(&mut self, i: usize) {
+        let Some(pbx) = self
+            .registrations
+            .get(i)
+            .and_then(|(trunk, _)| self.cfg.calls.pbxs.get(*trunk))
+            .cloned()
+        else {
             return;
         };
         let now = Instant::now();
-        while let Some(req) = self
-            .registration
-            .as_mut()
-            .and_then(Registration::poll_request)
-        {
+        while let Some(req) = self.registrations[i].1.poll_request() {
             let Some(ip) = pbx.sources.first() else {
                 tracing::warn!("REGISTER: the PBX {} has no address", pbx.host);
                 break;
@@ -161,19 +195,11 @@ impl Core {
                 conn: None,
             };
             match self.layer.send_request(now, req, peer) {
-                Ok(id) => {
-                    if let Some(r) = self.registration.as_mut() {
-                        r.request_sent(id);
-                    }
-                }
+                Ok(id) => self.registrations[i].1.request_sent(id),
                 Err(e) => tracing::warn!("REGISTER: {e}"),
             }
         }
-        while let Some(event) = self
-            .registration
-            .as_mut()
-            .and_then(Registration::poll_event)
-        {
+        while let Some(event) = self.registrations[i].1.poll_event() {
             match event {
                 RegistrationEvent::Registered(granted) => {
                     tracing::info!(
@@ -215,7 +241,8 @@ impl Core {
             self.transfer_media(key);
             return;
         }
-        let bound = self.bind_plain_side();
+        let trunk = self.calls.get(key).map_or(0, |e| e.pbx);
+        let bound = self.bind_plain_side(trunk);
         let Some(entry) = self.calls.get_mut(key) else {
             return;
         };
@@ -245,8 +272,8 @@ impl Core {
 
     /// Binds a call's local RTP port toward the PBX (the WhatsApp leg's media uses it as its
     /// plain side), and the PBX leg's local description announcing it.
-    fn bind_plain_side(&mut self) -> Result<PlainSide, String> {
-        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
+    fn bind_plain_side(&mut self, trunk: usize) -> Result<PlainSide, String> {
+        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbxs.get(trunk)) else {
             return Err("no media address (--media-ip) or PBX".into());
         };
         let caps = Capabilities::pbx(pbx.security, pbx.codecs.clone());
@@ -294,13 +321,18 @@ impl Core {
     /// business numbers (the PBX calls a WhatsApp user), or with Replaces (it takes over its
     /// own leg of a call). The source address is how the PBX authenticates to us; any other
     /// INVITE to a business number is Meta's, whatever its source.
-    pub(super) fn is_from_pbx(&self, req: &Request, from: &Peer) -> bool {
+    /// The trunk of the PBX it came from.
+    pub(super) fn pbx_of(&self, req: &Request, from: &Peer) -> Option<usize> {
+        if req.method != watrunk_sip::Method::INVITE {
+            return None;
+        }
         let called = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
-        self.cfg.calls.pbx.as_ref().is_some_and(|pbx| {
-            from.transport == pbx.transport
-                && pbx.sources.contains(&from.addr.ip().to_canonical())
-                && (!self.cfg.calls.numbers.contains_key(called)
-                    || req.headers.get("Replaces").is_some())
+        let ours = self.cfg.calls.numbers.contains_key(called);
+        if ours && req.headers.get("Replaces").is_none() {
+            return None;
+        }
+        self.cfg.calls.pbxs.iter().position(|pbx| {
+            from.transport == pbx.transport && pbx.sources.contains(&from.addr.ip().to_canonical())
         })
     }
 
@@ -314,8 +346,9 @@ impl Core {
         req: &Request,
         to_tag: &str,
         replaces: &str,
-        pbx: &PbxTarget,
+        trunk: usize,
     ) -> Option<Response> {
+        let pbx = self.cfg.calls.pbxs.get(trunk)?.clone();
         let Some((dialog, early_only)) = replaces_dialog(replaces) else {
             return Some(reply(
                 req,
@@ -329,8 +362,10 @@ impl Core {
             .leg_of_call_id(&dialog.call_id)
             .map(|(key, _)| key)
             .filter(|&key| {
-                matches!(self.calls.get(key).map(|e| &e.leg),
-                    Some(Session::Bridged(bridge)) if bridge.replaceable(&dialog))
+                self.calls.get(key).is_some_and(|e| {
+                    e.pbx == trunk
+                        && matches!(&e.leg, Session::Bridged(bridge) if bridge.replaceable(&dialog))
+                })
             });
         let Some(key) = key else {
             return Some(reply(
@@ -353,7 +388,7 @@ impl Core {
             Instant::now(),
             req.clone(),
             id,
-            self.pbx_setup(pbx, &number),
+            self.pbx_setup(&pbx, &number),
             &mut self.rng,
         ) {
             Ok(leg) => leg,
@@ -384,15 +419,16 @@ impl Core {
         id: TransactionId,
         req: &Request,
         to_tag: &str,
+        trunk: usize,
     ) -> Option<Response> {
-        let Some(pbx) = self.cfg.calls.pbx.clone() else {
+        let Some(pbx) = self.cfg.calls.pbxs.get(trunk).cloned() else {
             return Some(reply(req, 403, "Forbidden", to_tag));
         };
         if let Some(refusal) = self.cannot_take(req, to_tag) {
             return Some(refusal);
         }
         if let Some(replaces) = req.headers.get("Replaces").map(str::to_string) {
-            return self.pbx_replaces(id, req, to_tag, &replaces, &pbx);
+            return self.pbx_replaces(id, req, to_tag, &replaces, trunk);
         }
         let user = req.uri.as_sip().and_then(|u| u.user_base()).unwrap_or("");
         let Some(to) = whatsapp_user(user) else {
@@ -440,7 +476,7 @@ impl Core {
             local,
             addr,
             socket,
-        } = match self.bind_plain_side() {
+        } = match self.bind_plain_side(trunk) {
             Ok(bound) => bound,
             Err(e) => {
                 tracing::warn!("a call from the PBX: {e}");
@@ -495,6 +531,7 @@ impl Core {
         );
         entry.local_rtp = Some(addr);
         entry.plain_socket = Some(socket);
+        entry.pbx = trunk;
         self.calls.insert(key, &whatsapp_call_id, entry);
         self.calls
             .index_call_id(req.call_id().unwrap_or_default(), key, LegId::Pbx);
@@ -566,7 +603,8 @@ impl Core {
     /// A transfer's leg asks for its local description: the call's plain side as it is (the
     /// WhatsApp leg's media keeps its port; only the PBX's end of it moves).
     fn transfer_media(&mut self, key: CallKey) {
-        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbx.as_ref()) else {
+        let trunk = self.calls.get(key).map_or(0, |e| e.pbx);
+        let (Some(media), Some(pbx)) = (self.media.as_ref(), self.cfg.calls.pbxs.get(trunk)) else {
             return;
         };
         let caps = Capabilities::pbx(pbx.security, pbx.codecs.clone());
@@ -586,7 +624,8 @@ impl Core {
     /// The PBX's REFER asks for `target`: a new PBX leg toward it, from the WhatsApp party, if
     /// `target` is the PBX (a REFER elsewhere is refused: no toll fraud through us).
     pub(super) fn transfer(&mut self, key: CallKey, target: &watrunk_sip::Uri) {
-        let Some(pbx) = self.cfg.calls.pbx.clone() else {
+        let trunk = self.calls.get(key).map_or(0, |e| e.pbx);
+        let Some(pbx) = self.cfg.calls.pbxs.get(trunk).cloned() else {
             return;
         };
         let sip = target.as_sip();

@@ -110,6 +110,8 @@ pub(super) struct Entry {
     pub(super) local_rtp: Option<SocketAddr>,
     pub(super) ssrc: u32,
     pub(super) answered: bool,
+    /// A bridged call's PBX trunk (its index in the configuration).
+    pub(super) pbx: usize,
 }
 
 #[derive(Default)]
@@ -160,6 +162,7 @@ impl Entry {
             ended: None,
             local_rtp: None,
             ssrc: 0,
+            pbx: 0,
             answered: false,
         }
     }
