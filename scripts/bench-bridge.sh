@@ -5,11 +5,13 @@
 #   bare      `watrunk sim bare-relay` (plain UDP, the reference)
 #   agent     `watrunk serve --sink` (the relay alone, SRTP <-> RTP)
 #   opus      `watrunk serve --pbx` with SIPp as the PBX answering opus/48000/2: passthrough
+#   pcmu      the same with SIPp answering PCMU/8000: transcoded both ways
 # SIPp's answer points the PBX leg's media at the sim's agent side, so every variant carries the
-# same packets. Reported: the relay's CPU µs per relayed packet over the window and its ratios.
-# (A transcoded variant cannot be measured this way: sim load's probes ride inside the Opus
-# payloads, which transcoding rewrites; `cargo bench -p watrunk-media --bench transcode` measures
-# transcoding.) Runs in a private network namespace, as root.
+# same packets. Reported: the relay's CPU µs per relayed packet over the window, its ratios, and
+# calls per relay core. The transcoded variant's PCMU carries no probe (transcoding rewrites the
+# payloads they ride in): the agent sends it back as it is (`--echo-unstamped`), so the traffic
+# keeps its rate both ways, but its loss and latency cannot be read this way (`cargo bench -p
+# watrunk-media --bench transcode` measures those). Runs in a private network namespace, as root.
 #
 #   scripts/bench-bridge.sh                   # CALLS="100 250" WINDOW=8
 set -euo pipefail
@@ -36,9 +38,10 @@ echo secret > "$out/pw"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
+LOAD_EXTRA=()
 load() { # variant, through, extra args...
   local variant=$1 through=$2; shift 2
-  timeout 300 "$W" sim load --through "$through" --media-ip $IP --sink $IP:4100 --window "$WINDOW" "$@" \
+  timeout 300 "$W" sim load --through "$through" --media-ip $IP --sink $IP:4100 --window "$WINDOW" "${LOAD_EXTRA[@]}" "$@" \
     > "$out/last.json" 2>> "$out/load.err" || echo "load $variant failed (see $out/load.err)" >&2
   tail -n 1 "$out/last.json" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["variant"]=sys.argv[1]; print(json.dumps(d))' "$variant" >> "$results"
   tail -n 1 "$results" | cut -c1-160 >&2
@@ -79,6 +82,11 @@ for n in $CALLS; do
   pbx 111 opus/48000/2
   through_serve opus "$n" --pbx "sip:$IP:5070;transport=udp"
   pkill -x sipp || true; sleep 0.5
+  pbx 0 PCMU/8000
+  LOAD_EXTRA=(--echo-unstamped)
+  through_serve pcmu "$n" --pbx "sip:$IP:5070;transport=udp"
+  LOAD_EXTRA=()
+  pkill -x sipp || true; sleep 0.5
 done
 
 python3 - "$results" <<'PY'
@@ -90,13 +98,14 @@ for r in rows:
 def us(r):
     w = r.get("window") or {}
     return w.get("relay_us_per_packet")
-print("| calls | bare µs/pkt | relay to an agent µs/pkt | bridged, Opus passthrough µs/pkt | passthrough / bare | passthrough / relay to an agent | loss % in/out (bare, agent, passthrough) |")
-print("|---|---|---|---|---|---|---|")
+print("| calls | bare µs/pkt | relay to an agent µs/pkt | bridged, Opus passthrough µs/pkt | bridged, PCMU transcoded µs/pkt | passthrough / bare | passthrough / relay to an agent | transcoded / passthrough | calls per relay core (agent, passthrough, transcoded) | loss % in/out (bare, agent, passthrough) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for n, v in sorted(by.items()):
-    b, a, o = (us(v.get(k, {})) for k in ("bare", "agent", "opus"))
+    b, a, o, t = (us(v.get(k, {})) for k in ("bare", "agent", "opus", "pcmu"))
+    per_core = ", ".join(str((v.get(k, {}).get("window") or {}).get("calls_per_relay_core")) for k in ("agent", "opus", "pcmu"))
     loss = ", ".join(
         "{}/{}".format(v.get(k, {}).get("loss_pct", {}).get("to_agent"), v.get(k, {}).get("loss_pct", {}).get("to_meta"))
         for k in ("bare", "agent", "opus"))
     ratio = lambda x, y: f"{x / y:.2f}" if x and y else "-"
-    print(f"| {n} | {b} | {a} | {o} | {ratio(o, b)} | {ratio(o, a)} | {loss} |")
+    print(f"| {n} | {b} | {a} | {o} | {t} | {ratio(o, b)} | {ratio(o, a)} | {ratio(t, o)} | {per_core} | {loss} |")
 PY

@@ -127,10 +127,17 @@ pub struct LoadArgs {
     /// kernel's UDP drop counters of that interval); 0: none.
     #[arg(long, default_value_t = 60.0)]
     pub report_every: f64,
+    /// The agent side also sends back packets that carry no stamp, as they are (a relay that
+    /// transcodes toward the agent rewrites the payloads the stamps ride in): the traffic keeps
+    /// its rate both ways, but loss and latency can no longer be read.
+    #[arg(long)]
+    pub echo_unstamped: bool,
 }
 
 const PT: u8 = 111;
-const MAGIC: [u8; 4] = *b"WTLD";
+/// Starts with an Opus TOC byte (CELT fullband, 20 ms, one frame) so that the payload also decodes
+/// as Opus: a relay that transcodes it carries it on.
+const MAGIC: [u8; 4] = [0xf8, b'W', b'T', b'L'];
 /// The payload's stamp: magic, call, sequence, sent (ns), echoed (ns).
 const STAMP: usize = 28;
 const SLOTS: u64 = 20;
@@ -249,6 +256,9 @@ struct Counters {
     lost_to_meta: AtomicI64,
     /// Calls whose echo has come back at least once, and are still up.
     flowing: AtomicUsize,
+    /// `--echo-unstamped`: packets without a stamp count as received too (and the agent sends
+    /// them back).
+    unstamped: AtomicBool,
 }
 
 /// The shared clock of both ends and the switch that opens the latency window.
@@ -344,7 +354,12 @@ async fn meta_side(
                     break;
                 }
                 while let Ok((n, _)) = socket.try_recv_from(&mut buf) {
-                    let Some((_, s)) = read_stamp(&buf[..n]) else { continue };
+                    let Some((_, s)) = read_stamp(&buf[..n]) else {
+                        if counters.unstamped.load(Relaxed) {
+                            counters.meta_received.fetch_add(1, Relaxed);
+                        }
+                        continue;
+                    };
                     let Some(flow) = flows.get_mut(s.call as usize) else { continue };
                     let now = clock.now_ns();
                     let lost = flow.record(s.seq, s.echoed_ns, now);
@@ -382,6 +397,7 @@ async fn agent_side(
     total: usize,
     clock: Arc<Clock>,
     counters: Arc<Counters>,
+    echo_unstamped: bool,
 ) -> AgentSide {
     let mut flows = vec![Flow::default(); total];
     let mut latency = histogram();
@@ -394,7 +410,15 @@ async fn agent_side(
                     break;
                 }
                 while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
-                    let Some((at, s)) = read_stamp(&buf[..n]) else { continue };
+                    let Some((at, s)) = read_stamp(&buf[..n]) else {
+                        if echo_unstamped {
+                            counters.agent_received.fetch_add(1, Relaxed);
+                            if socket.try_send_to(&buf[..n], from).is_err() {
+                                counters.send_failed.fetch_add(1, Relaxed);
+                            }
+                        }
+                        continue;
+                    };
                     let Some(flow) = flows.get_mut(s.call as usize) else { continue };
                     let now = clock.now_ns();
                     let lost = flow.record(s.seq, s.sent_ns, now);
@@ -1121,6 +1145,7 @@ pub async fn run(args: LoadArgs, mut draws: Draws) -> Result<bool> {
         measuring: AtomicBool::new(false),
     });
     let counters = Arc::new(Counters::default());
+    counters.unstamped.store(args.echo_unstamped, Relaxed);
     let kernel_at_start = KernelDrops::read();
     let meta_socket = roomy_socket(SocketAddr::new(args.media_ip, 0))?;
     let meta_addr = meta_socket.local_addr()?;
@@ -1141,6 +1166,7 @@ pub async fn run(args: LoadArgs, mut draws: Draws) -> Result<bool> {
         total,
         clock.clone(),
         counters.clone(),
+        args.echo_unstamped,
     ));
     let password = args.access.password()?;
     let (target, placing) = match (args.through, args.direction) {
