@@ -1051,24 +1051,13 @@ fn the_pbx_transfers(scenario: &str, target_scenario: &str) {
     let phone_port = free_port();
     let phone = g711_phone(side.path(), phone_port, "pcmu", 1000, 20, 9);
     let target_port = free_port();
-    let mut target = Background::spawn(
-        "sipp 202",
-        Command::new(tool("sipp"))
-            .current_dir(side.path())
-            .arg("-sf")
-            .arg(peers_dir().join("sipp").join(target_scenario))
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &target_port.to_string(),
-                "-t",
-                "u1",
-            ])
-            .args(["-mp", &free_port().to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"])
-            .args(["-set", "newport", &phone_port.to_string()]),
-        side.path().join("sipp-202.log"),
+    let mut target = sipp_extension(
+        side.path(),
+        "sipp-202",
+        target_scenario,
+        target_port,
+        phone_port,
+        &[],
     );
     let target_port = target_port.to_string();
     let mut run = SippRun::with_sipp_args(
@@ -1755,5 +1744,116 @@ fn two_pbx_trunks_each_take_their_own_numbers_calls() {
         a_took_it,
         "the first PBX took +15550001111's call\n{}",
         logs(&a, &b, &out)
+    );
+}
+
+/// SIPp as a target extension of a transfer (`scenario`, `-p port`) whose answer points at a phone
+/// on `phone_port`, with `extra` SIPp arguments.
+fn sipp_extension(
+    dir: &std::path::Path,
+    name: &'static str,
+    scenario: &str,
+    port: u16,
+    phone_port: u16,
+    extra: &[&str],
+) -> Background {
+    Background::spawn(
+        name,
+        Command::new(tool("sipp"))
+            .current_dir(dir)
+            .arg("-sf")
+            .arg(peers_dir().join("sipp").join(scenario))
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1"])
+            .args(["-mp", &free_port().to_string()])
+            .args(["-m", "1", "-nostdin", "-timeout", "30", "-trace_err"])
+            .args(["-set", "newport", &phone_port.to_string()])
+            .args(extra),
+        dir.join(format!("{name}.log")),
+    )
+}
+
+/// Two transfers in one call: the PBX transfers the user to 202 (REFER), and 202, once it is the
+/// PBX leg, transfers the user on to 203 (a REFER of its own). The user hears 203's 1500 Hz at the
+/// end, on one SSRC with no sequence jump and no gap over 60 ms, and Meta sees nothing until the
+/// user hangs up; each SIPp runs its scenario to the end (202 and the first leg got their NOTIFYs
+/// and BYEs).
+#[test]
+fn a_transferred_call_can_be_transferred_again_by_its_new_pbx_leg() {
+    let side = TempDir::new("pbx-second-transfer");
+    let (phone_202, phone_203) = (free_port(), free_port());
+    let _p202 = g711_phone(side.path(), phone_202, "pcmu", 1000, 20, 10);
+    let p203 = g711_phone(side.path(), phone_203, "pcmu", 1500, 20, 10);
+    let (port_202, port_203) = (free_port(), free_port());
+    let mut ext_203 = sipp_extension(
+        side.path(),
+        "sipp-203",
+        "pbx_uas_transfer_target.xml",
+        port_203,
+        phone_203,
+        &[],
+    );
+    let mut ext_202 = sipp_extension(
+        side.path(),
+        "sipp-202",
+        "pbx_uas_transfer_target_refers.xml",
+        port_202,
+        phone_202,
+        &["-set", "target_port", &port_203.to_string()],
+    );
+    let mut run = SippRun::with_sipp_args(
+        "pbx-refer-twice",
+        "pbx_uas_refer.xml",
+        &["-set", "target_port", &port_202.to_string()],
+        &[],
+        &["--hangup-after", "7"],
+    );
+    let (call, logs) = (run.call.clone(), run.logs.clone());
+    let logs = format!(
+        "{logs}\n--- sipp 202\n{}\n--- sipp 203\n{}",
+        ext_202.log(),
+        ext_203.log()
+    );
+    assert!(run.ok, "{logs}");
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    let media = &call["media"];
+    let hz = media["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 1500.0).abs() <= 1500.0 * 0.02,
+        "the user heard {hz} Hz, not 203\n{logs}"
+    );
+    assert_eq!(
+        media["business_ssrcs"].as_array().map(Vec::len),
+        Some(1),
+        "one SSRC throughout: {call}"
+    );
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert!(
+        run.sipp_completed(),
+        "the first PBX leg: 202, NOTIFYs, BYE\n{logs}"
+    );
+    assert!(
+        ext_202.child.wait().unwrap().success(),
+        "202: answered, its REFER got 202 and NOTIFYs, then our BYE\n{logs}"
+    );
+    assert!(
+        ext_203.child.wait().unwrap().success(),
+        "203: answered, and our BYE when the user hung up\n{logs}"
+    );
+    let transfers: Vec<String> = run
+        .server
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "pbx.transfer")
+        .map(|e| e["target"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(transfers.len(), 2, "{transfers:?}");
+    assert!(transfers[1].starts_with("sip:203@"), "{transfers:?}");
+    let stream = g711_report(&p203, &logs);
+    let hz = stream["heard_hz"].as_f64().unwrap();
+    assert!(
+        (hz - 440.0).abs() <= 440.0 * 0.02,
+        "203's phone heard {hz} Hz: {stream}"
     );
 }

@@ -52,6 +52,9 @@ pub enum BridgeOutput {
     /// The PBX transfers the call (its REFER): the owner makes the new PBX leg toward this target
     /// and gives it with [`Bridge::start_transfer`].
     Transfer(Box<Uri>),
+    /// A transfer is over (the replaced leg has ended): the leg with this Call-ID, until now
+    /// [`LegId::Transfer`], is [`LegId::Pbx`] from now on, and another transfer may follow.
+    Promoted(String),
 }
 
 /// A WhatsApp call and its PBX leg.
@@ -347,6 +350,7 @@ impl Bridge {
                     LegId::Pbx,
                     CallOutput::Event(CallEvent::Ended(ending)),
                 ));
+                self.promote();
             }
             other => self.out.push_back(BridgeOutput::Leg(LegId::Pbx, other)),
         }
@@ -366,6 +370,27 @@ impl Bridge {
             self.referred = true;
             self.out.push_back(BridgeOutput::Transfer(Box::new(target)));
         }
+    }
+
+    /// Once a transfer's leg is the PBX side and the leg it replaced has ended, it takes that leg's
+    /// place, so that a later transfer (a REFER of its own, an INVITE with Replaces naming it) is
+    /// one like the first.
+    fn promote(&mut self) {
+        if !self.transferred || !self.pbx.is_ended() {
+            return;
+        }
+        let Some(transfer) = self.transfer.take() else {
+            return;
+        };
+        if transfer.is_ended() {
+            self.transfer = Some(transfer);
+            return;
+        }
+        let call_id = transfer.call_id().to_string();
+        self.pbx = transfer;
+        self.transferred = false;
+        self.referred = false;
+        self.out.push_back(BridgeOutput::Promoted(call_id));
     }
 
     /// The transfer's leg: its answer makes it the PBX side (the media moves to it, the old PBX

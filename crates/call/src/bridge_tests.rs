@@ -970,15 +970,40 @@ fn a_refer_moves_the_pbx_side_to_the_new_leg_and_meta_hears_nothing() {
         .starts_with("terminated"));
     assert!(of(&out, LegId::WhatsApp).is_empty(), "{out:?}");
 
-    // The old leg's BYE answered: the call goes on. Meta's BYE ends the new leg.
+    // The old leg's BYE answered: the call goes on, and the new leg takes the PBX leg's place.
     let (bye_tx, old_bye) = send_on(&mut bridge, LegId::Pbx, &mut layer, to_old[1].clone());
     bridge.leg_mut(LegId::Pbx).handle_response(
         Instant::now(),
         bye_tx,
         &response_to(&old_bye, 200, "pbx1"),
     );
-    drain(&mut bridge);
+    let out = drain(&mut bridge);
+    let promoted = out.iter().find_map(|o| match o {
+        BridgeOutput::Promoted(call_id) => Some(call_id.clone()),
+        _ => None,
+    });
+    assert_eq!(promoted.as_deref(), Some(new_invite.call_id().unwrap()));
     assert!(bridge.leg(LegId::WhatsApp).is_answered());
+    assert!(
+        bridge.leg(LegId::Pbx).is_answered(),
+        "202's leg is the PBX leg now"
+    );
+
+    // 202 transfers the user on (a second REFER, in its own dialog): a transfer like the first.
+    let mut again = from_the_pbx(Method::REFER, 140, &answer, &new_invite, None);
+    again.headers.push("Refer-To", "<sip:203@198.18.0.20:5060>");
+    bridge
+        .leg_mut(LegId::Pbx)
+        .handle_request(server_transaction(&again), &again);
+    let out = drain(&mut bridge);
+    assert_eq!(responded(&out, LegId::Pbx)[0].status, 202);
+    assert_eq!(
+        String::from_utf8_lossy(&sent(&out, LegId::Pbx)[0].body),
+        "SIP/2.0 100 Trying\r\n"
+    );
+    assert!(out.iter().any(
+        |o| matches!(o, BridgeOutput::Transfer(t) if t.to_string() == "sip:203@198.18.0.20:5060")
+    ));
     let mut bye = Request::new(
         Method::BYE,
         Uri::parse("sip:+15550001111@sip.example.com").unwrap(),
@@ -993,7 +1018,7 @@ fn a_refer_moves_the_pbx_side_to_the_new_leg_and_meta_hears_nothing() {
         .leg_mut(LegId::WhatsApp)
         .handle_request(server_transaction(&bye), &bye);
     let out = drain(&mut bridge);
-    let to_new = sent(&out, LegId::Transfer);
+    let to_new = sent(&out, LegId::Pbx);
     assert_eq!(to_new.len(), 1, "{out:?}");
     assert_eq!(to_new[0].method, Method::BYE);
 }

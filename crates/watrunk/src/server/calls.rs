@@ -433,6 +433,10 @@ impl Core {
                     self.transfer(key, &target);
                     continue;
                 }
+                BridgeOutput::Promoted(call_id) => {
+                    self.calls.promote(&call_id, key);
+                    continue;
+                }
             };
             match out {
                 CallOutput::Respond {

@@ -198,6 +198,17 @@ impl Calls {
             .insert(sip_call_id.to_string(), (key, leg));
     }
 
+    /// A call's transfer leg became its PBX leg (`BridgeOutput::Promoted`): its Call-ID and its
+    /// transactions are the PBX leg's from now on.
+    pub(super) fn promote(&mut self, sip_call_id: &str, key: CallKey) {
+        self.index_call_id(sip_call_id, key, LegId::Pbx);
+        for (k, leg) in self.by_transaction.values_mut() {
+            if *k == key && *leg == LegId::Transfer {
+                *leg = LegId::Pbx;
+            }
+        }
+    }
+
     pub(super) fn get(&self, key: CallKey) -> Option<&Entry> {
         self.entries.get(&key).map(|e| &**e)
     }
