@@ -211,6 +211,9 @@ struct FilePbx {
     symmetric_rtp: Option<bool>,
     /// The business numbers bridged to this PBX; none: every number no other `[[pbx]]` names.
     numbers: Option<Vec<String>>,
+    /// More addresses the PBX's calls may come from, beside its target host's (a cluster, a
+    /// proxy in front of it).
+    sources: Option<Vec<IpAddr>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -371,8 +374,9 @@ pub struct PbxTarget {
     pub security: watrunk_sdp::Security,
     /// Its RTP is sent back to where it comes from (symmetric RTP), not only to its SDP's address.
     pub symmetric_rtp: bool,
-    /// The addresses the PBX's calls come from (its host's, looked up at start): an INVITE from
-    /// one of them over the PBX's transport is the PBX calling a WhatsApp user.
+    /// The addresses the PBX's calls come from (its host's, looked up at start, and those
+    /// configured): an INVITE from one of them over the PBX's transport is the PBX calling a
+    /// WhatsApp user.
     pub sources: Vec<std::net::IpAddr>,
     /// The business numbers whose calls go to this PBX (empty: every number no other PBX names).
     pub numbers: Vec<String>,
@@ -699,6 +703,12 @@ fn file_pbx(table: &FilePbx, key: &str) -> Result<PbxTarget> {
         },
         symmetric_rtp: table.symmetric_rtp.unwrap_or(true),
         numbers: table.numbers.clone().unwrap_or_default(),
+        sources: table
+            .sources
+            .iter()
+            .flatten()
+            .map(|ip| ip.to_canonical())
+            .collect(),
         ..pbx
     })
 }
@@ -1031,6 +1041,28 @@ mod tests {
                 watrunk_sdp::Codec::TelephoneEvent
             ]
         );
+        let two = file_calls(
+            "[[pbx]]\ntarget = \"sip:pbx-a.example.com\"\n\
+             [[pbx]]\ntarget = \"sip:pbx-b.example.com;transport=tcp\"\nnumbers = [\"+15550001111\"]\n\
+             sources = [\"10.0.0.7\", \"::ffff:10.0.0.8\"]\nsrtp = \"sdes\"\nsymmetric_rtp = false\n",
+        );
+        let pbxs = resolve_calls(&args, &two, false, None).unwrap().pbxs;
+        assert_eq!(pbxs.len(), 2);
+        assert!(
+            pbxs[0].numbers.is_empty(),
+            "the first takes every other number"
+        );
+        assert_eq!(pbxs[1].numbers, ["+15550001111"]);
+        assert_eq!(
+            pbxs[1].sources,
+            [
+                "10.0.0.7".parse::<IpAddr>().unwrap(),
+                "10.0.0.8".parse().unwrap()
+            ],
+            "the allow-list, IPv4-mapped addresses as IPv4"
+        );
+        assert_eq!(pbxs[1].security, watrunk_sdp::Security::Sdes);
+        assert!(!pbxs[1].symmetric_rtp && pbxs[0].symmetric_rtp);
         let flags = CallArgs {
             pbx: Some("sip:10.0.0.5".into()),
             pbx_ring_timeout_secs: Some(5),

@@ -83,7 +83,12 @@ pub async fn run_with(
     }
     for pbx in cfg.calls.pbxs.iter_mut() {
         match tokio::net::lookup_host((pbx.host.as_str(), pbx.port)).await {
-            Ok(addrs) => pbx.sources = addrs.map(|a| a.ip().to_canonical()).collect(),
+            Ok(addrs) => {
+                // The target's own addresses first: REGISTER goes to the first.
+                let mut sources: Vec<_> = addrs.map(|a| a.ip().to_canonical()).collect();
+                sources.append(&mut pbx.sources);
+                pbx.sources = sources;
+            }
             Err(e) => tracing::warn!(
                 "cannot look up the PBX {}: {e}; calls from it are not recognised",
                 pbx.host
