@@ -1070,21 +1070,7 @@ fn the_pbx_transfers(scenario: &str, target_scenario: &str) {
     let (ok, call, logs) = (run.ok, run.call.clone(), run.logs.clone());
     let logs = format!("{logs}\n--- sipp 202\n{}", target.log());
     assert!(ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    let media = &call["media"];
-    let hz = media["heard_hz"].as_f64().unwrap();
-    assert!(
-        (hz - 1000.0).abs() <= 1000.0 * 0.02,
-        "the user heard {hz} Hz, not the transfer target\n{logs}"
-    );
-    assert_eq!(
-        media["business_ssrcs"].as_array().map(Vec::len),
-        Some(1),
-        "one SSRC throughout: {call}"
-    );
-    assert_eq!(media["seq_jumps"], 0, "{call}");
-    let gap = media["max_gap_ms"].as_f64().unwrap();
-    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert_the_user_heard_on_one_stream(&call, 1000.0, "the transfer target", &logs);
     assert!(
         run.sipp_completed(),
         "the PBX got 202, NOTIFY 100 and 200, and our BYE\n{logs}"
@@ -1272,11 +1258,17 @@ struct PbxCalls {
 
 impl PbxCalls {
     fn run(tag: &str, scenario: &str, sipp_args: &[&str]) -> PbxCalls {
-        PbxCalls::run_with(tag, scenario, sipp_args, &[])
+        PbxCalls::run_with(tag, scenario, sipp_args, &[], &[])
     }
 
-    /// The same with `sim_args` for Meta's side (`sim serve`).
-    fn run_with(tag: &str, scenario: &str, sipp_args: &[&str], sim_args: &[&str]) -> PbxCalls {
+    /// The same with `sim_args` for Meta's side (`sim serve`) and `serve_args` for watrunk.
+    fn run_with(
+        tag: &str,
+        scenario: &str,
+        sipp_args: &[&str],
+        sim_args: &[&str],
+        serve_args: &[&str],
+    ) -> PbxCalls {
         let dir = TempDir::new(tag);
         let sim = sim_serve_with(
             dir.path(),
@@ -1286,7 +1278,7 @@ impl PbxCalls {
             sim_args,
         );
         let pbx_port = free_port();
-        let server = serve_between(dir.path(), &sim, pbx_port, &[]);
+        let server = serve_between(dir.path(), &sim, pbx_port, serve_args);
         let mut pbx = Background::spawn(
             "sipp uac",
             Command::new(tool("sipp"))
@@ -1359,6 +1351,7 @@ fn a_pbx_call_that_makes_us_the_refresher_is_refreshed_by_us() {
         "pbx_uac_timer_refresher.xml",
         &[],
         &["--hangup-after", "30"],
+        &[],
     );
     assert!(
         run.sipp_completed,
@@ -1611,21 +1604,7 @@ fn an_invite_with_replaces_from_the_pbx_moves_the_user_to_the_new_phone_on_one_s
     let (call, logs) = (run.call.clone(), run.logs.clone());
     let logs = format!("{logs}\n--- sipp replacing\n{replacing_log}");
     assert!(run.ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    let media = &call["media"];
-    let hz = media["heard_hz"].as_f64().unwrap();
-    assert!(
-        (hz - 1000.0).abs() <= 1000.0 * 0.02,
-        "the user heard {hz} Hz, not the replacing phone\n{logs}"
-    );
-    assert_eq!(
-        media["business_ssrcs"].as_array().map(Vec::len),
-        Some(1),
-        "one SSRC throughout: {call}"
-    );
-    assert_eq!(media["seq_jumps"], 0, "{call}");
-    let gap = media["max_gap_ms"].as_f64().unwrap();
-    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert_the_user_heard_on_one_stream(&call, 1000.0, "the replacing phone", &logs);
     assert!(
         run.sipp_completed(),
         "the replaced leg got our BYE with Q.850 cause 16 and 'replaced'\n{logs}"
@@ -1747,6 +1726,26 @@ fn two_pbx_trunks_each_take_their_own_numbers_calls() {
     );
 }
 
+/// What the user (the sim) heard: `hz` within 2 % (`who` sent it), on one SSRC with no sequence
+/// jump and no gap over 60 ms, and no rule of Meta's broken.
+fn assert_the_user_heard_on_one_stream(call: &serde_json::Value, hz: f64, who: &str, logs: &str) {
+    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
+    let media = &call["media"];
+    let heard = media["heard_hz"].as_f64().unwrap();
+    assert!(
+        (heard - hz).abs() <= hz * 0.02,
+        "the user heard {heard} Hz, not {who}\n{logs}"
+    );
+    assert_eq!(
+        media["business_ssrcs"].as_array().map(Vec::len),
+        Some(1),
+        "one SSRC throughout: {call}"
+    );
+    assert_eq!(media["seq_jumps"], 0, "{call}");
+    let gap = media["max_gap_ms"].as_f64().unwrap();
+    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+}
+
 /// SIPp as a target extension of a transfer (`scenario`, `-p port`) whose answer points at a phone
 /// on `phone_port`, with `extra` SIPp arguments.
 fn sipp_extension(
@@ -1814,21 +1813,7 @@ fn a_transferred_call_can_be_transferred_again_by_its_new_pbx_leg() {
         ext_203.log()
     );
     assert!(run.ok, "{logs}");
-    assert_eq!(call["violations"], serde_json::json!([]), "{call}");
-    let media = &call["media"];
-    let hz = media["heard_hz"].as_f64().unwrap();
-    assert!(
-        (hz - 1500.0).abs() <= 1500.0 * 0.02,
-        "the user heard {hz} Hz, not 203\n{logs}"
-    );
-    assert_eq!(
-        media["business_ssrcs"].as_array().map(Vec::len),
-        Some(1),
-        "one SSRC throughout: {call}"
-    );
-    assert_eq!(media["seq_jumps"], 0, "{call}");
-    let gap = media["max_gap_ms"].as_f64().unwrap();
-    assert!(gap <= 60.0, "a {gap} ms gap toward Meta: {call}");
+    assert_the_user_heard_on_one_stream(&call, 1500.0, "203", &logs);
     assert!(
         run.sipp_completed(),
         "the first PBX leg: 202, NOTIFYs, BYE\n{logs}"
@@ -1855,5 +1840,48 @@ fn a_transferred_call_can_be_transferred_again_by_its_new_pbx_leg() {
     assert!(
         (hz - 440.0).abs() <= 440.0 * 0.02,
         "203's phone heard {hz} Hz: {stream}"
+    );
+}
+
+/// Local ringback (`--pbx-ringback eu`): the PBX calls a WhatsApp user who lets it ring 3 s; the
+/// PBX gets 183 with our answer at once and its phone hears our 425 Hz ring tone in its first
+/// second, then the user's 1000 Hz once the user answers (SIPp checks the 183's SDP).
+#[test]
+fn a_pbx_caller_hears_our_ringback_while_the_user_rings_then_the_user() {
+    let side = TempDir::new("pbx-ringback-phone");
+    let phone_port = free_port();
+    let phone = g711_phone(side.path(), phone_port, "pcmu", 880, 20, 9);
+    let run = PbxCalls::run_with(
+        "pbx-uac-ringback",
+        "pbx_uac_ringback.xml",
+        &["-set", "phoneport", &phone_port.to_string()],
+        &[
+            "--answer-after",
+            "3",
+            "--tone-hz",
+            "1000",
+            "--hangup-after",
+            "30",
+        ],
+        &["--pbx-ringback", "eu"],
+    );
+    assert!(run.sipp_completed, "183 with SDP, then 200\n{}", run.logs);
+    assert_eq!(
+        run.call["violations"],
+        serde_json::json!([]),
+        "{}",
+        run.call
+    );
+    let stream = g711_report(&phone, &run.logs);
+    let early = stream["early_hz"].as_f64().unwrap_or_default();
+    assert!(
+        (early - 425.0).abs() <= 425.0 * 0.02,
+        "the phone's first second: {early} Hz, not our ringback: {stream}\n{}",
+        run.logs
+    );
+    let heard = stream["heard_hz"].as_f64().unwrap_or_default();
+    assert!(
+        (heard - 1000.0).abs() <= 1000.0 * 0.02,
+        "then the user's 1000 Hz: {stream}"
     );
 }

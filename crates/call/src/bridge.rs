@@ -52,6 +52,10 @@ pub enum BridgeOutput {
     /// The PBX transfers the call (its REFER): the owner makes the new PBX leg toward this target
     /// and gives it with [`Bridge::start_transfer`].
     Transfer(Box<Uri>),
+    /// Outbound, when Meta rings and local ringback is on: the PBX got 183 with our answer, and
+    /// the owner plays a ring tone toward it as this plan says until the WhatsApp leg's media
+    /// starts.
+    Ringback(Box<MediaPlan>),
     /// A transfer is over (the replaced leg has ended): the leg with this Call-ID, until now
     /// [`LegId::Transfer`], is [`LegId::Pbx`] from now on, and another transfer may follow.
     Promoted(String),
@@ -72,6 +76,9 @@ pub struct Bridge {
     ringing: Option<CallOutput>,
     /// Outbound: Meta has rung.
     rang: bool,
+    /// Outbound: the PBX hears a ring tone of ours while Meta rings (183 with early media) instead
+    /// of a bare 180.
+    local_ringback: bool,
     /// The PBX's media as last agreed.
     pbx_plan: Option<MediaPlan>,
     /// When an unanswered PBX leg is given up (CANCEL, 480 to Meta).
@@ -114,6 +121,7 @@ impl Bridge {
             referred: false,
             ringing: None,
             rang: false,
+            local_ringback: false,
             pbx_plan,
             ring_deadline: None,
             out,
@@ -247,6 +255,14 @@ impl Bridge {
     /// the PBX hears it in a final NOTIFY.
     pub fn refuse_transfer(&mut self, status: u16, phrase: &str) {
         self.pbx.notify_refer(status, phrase, true);
+    }
+
+    /// Outbound: when Meta rings, the PBX gets 183 with our answer and `BridgeOutput::Ringback`
+    /// (early media) instead of 180; an INVITE without an offer, or requiring 100rel, still gets
+    /// 180.
+    pub fn with_local_ringback(mut self) -> Bridge {
+        self.local_ringback = true;
+        self
     }
 
     /// Both legs have ended.
@@ -451,7 +467,12 @@ impl Bridge {
             CallOutput::Event(CallEvent::Ringing) => {
                 self.rang = true;
                 if let Some(ringing) = self.ringing.take() {
-                    self.out.push_back(BridgeOutput::Leg(LegId::Pbx, ringing));
+                    match self.local_ringback.then(|| self.pbx.early_answer()) {
+                        Some(Ok(plan)) => {
+                            self.out.push_back(BridgeOutput::Ringback(Box::new(plan)));
+                        }
+                        _ => self.out.push_back(BridgeOutput::Leg(LegId::Pbx, ringing)),
+                    }
                 }
             }
             // Outbound: Meta answered, so the PBX's call is (its 200 carries the local

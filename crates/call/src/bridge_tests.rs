@@ -1048,20 +1048,12 @@ fn a_refer_elsewhere_or_before_the_answer_is_declined_in_a_notify() {
     assert_eq!(responded(&drain(&mut bridge), LegId::Pbx)[0].status, 400);
 }
 
-#[test]
-fn a_pbx_invite_requiring_session_timers_gets_them_in_our_200() {
-    // FreeSWITCH with sip_require_timer.
-    let invite = pbx_invite_to_whatsapp(
-        "pbx-timer",
-        &[
-            ("Require", "timer"),
-            ("Session-Expires", "90;refresher=uac"),
-        ],
-    );
+/// The PBX's `invite` to a WhatsApp user taken by a PBX leg and answered: the leg, and our 200.
+fn answered_pbx_invite(invite: &Request) -> (Leg, Response) {
     let mut leg = Leg::incoming(
         Instant::now(),
         invite.clone(),
-        server_transaction(&invite),
+        server_transaction(invite),
         pbx_setup(),
         &mut rng(),
     )
@@ -1074,6 +1066,20 @@ fn a_pbx_invite_requiring_session_timers_gets_them_in_our_200() {
             _ => None,
         })
         .expect("our 200");
+    (leg, ok)
+}
+
+#[test]
+fn a_pbx_invite_requiring_session_timers_gets_them_in_our_200() {
+    // FreeSWITCH with sip_require_timer.
+    let invite = pbx_invite_to_whatsapp(
+        "pbx-timer",
+        &[
+            ("Require", "timer"),
+            ("Session-Expires", "90;refresher=uac"),
+        ],
+    );
+    let (_, ok) = answered_pbx_invite(&invite);
     assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
     assert_eq!(ok.headers.get("Require"), Some("timer"));
 }
@@ -1188,22 +1194,7 @@ fn a_pbx_that_makes_us_the_refresher_gets_a_refresh_every_half_interval() {
         ],
     );
     invite.headers.push("Min-SE", "90");
-    let mut leg = Leg::incoming(
-        Instant::now(),
-        invite.clone(),
-        server_transaction(&invite),
-        pbx_setup(),
-        &mut rng(),
-    )
-    .unwrap();
-    leg.media_ready(pbx_local());
-    leg.answer().unwrap();
-    let ok = std::iter::from_fn(|| leg.poll_output())
-        .find_map(|o| match o {
-            CallOutput::Respond { response, .. } if response.status == 200 => Some(response),
-            _ => None,
-        })
-        .expect("our 200");
+    let (mut leg, ok) = answered_pbx_invite(&invite);
     assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uas"));
     assert_eq!(leg.poll_timeout(), None, "the timer starts with the dialog");
     let t0 = Instant::now();
@@ -1372,4 +1363,54 @@ fn a_reliable_180_never_pracked_refuses_the_invite_and_meta_never_gets_one() {
     .unwrap_err();
     assert_eq!(refusal.status, 420);
     assert_eq!(refusal.headers.get("Unsupported"), Some("100rel"));
+}
+
+#[test]
+fn with_local_ringback_the_pbx_gets_183_with_our_answer_when_meta_rings_and_the_same_in_the_200() {
+    let (bridge, _invite, mut layer) = pbx_calls_whatsapp();
+    let mut bridge = bridge.with_local_ringback();
+    drain(&mut bridge);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .media_ready(local_media(Security::Sdes));
+    let invite = sent(&drain(&mut bridge), LegId::WhatsApp).remove(0);
+    let (tx, sent_invite) = send_on(&mut bridge, LegId::WhatsApp, &mut layer, invite);
+    bridge.leg_mut(LegId::WhatsApp).handle_response(
+        Instant::now(),
+        tx,
+        &response_to(&sent_invite, 180, "m1"),
+    );
+    let out = drain(&mut bridge);
+    let plan = out
+        .iter()
+        .find_map(|o| match o {
+            BridgeOutput::Ringback(p) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a ring tone toward the PBX");
+    assert_eq!(plan.remote_rtp, Some(PBX_RTP.parse().unwrap()));
+    assert_eq!((plan.codec, plan.audio_pt), (Codec::Pcmu, 0));
+    let to_pbx = responded(&out, LegId::Pbx);
+    assert_eq!(
+        to_pbx.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [183],
+        "183 instead of 180"
+    );
+    let early = String::from_utf8(to_pbx[0].body.clone()).unwrap();
+    assert!(early.contains("m=audio 30000 RTP/AVP 0 101\r\n"), "{early}");
+
+    let mut ok = response_to(&sent_invite, 200, "m1");
+    ok.headers
+        .push("Contact", "<sip:+12195550714@wa.meta.vc;transport=tls>");
+    ok.body = crate::tests::meta_sdes_answer(&sent_invite);
+    bridge
+        .leg_mut(LegId::WhatsApp)
+        .handle_response(Instant::now(), tx, &ok);
+    let to_pbx = responded(&drain(&mut bridge), LegId::Pbx);
+    assert_eq!(to_pbx[0].status, 200);
+    assert_eq!(
+        String::from_utf8(to_pbx[0].body.clone()).unwrap(),
+        early,
+        "the 200 repeats the 183's answer (RFC 3261 §13.2.1)"
+    );
 }

@@ -944,6 +944,45 @@ impl Leg {
         })
     }
 
+    /// Inbound, before the answer, for an INVITE with an offer and our local description at hand:
+    /// 183 Session Progress with our answer, for early media (RFC 3261 §13.2.1: the 200 carries the
+    /// same answer). The plan it agreed. Refused without an offer (ours would need a reliable
+    /// provisional) and for an INVITE that requires reliable provisionals.
+    pub fn early_answer(&mut self) -> Result<MediaPlan, CallError> {
+        let State::Ringing(r) = &self.state else {
+            return Err(CallError::WrongState {
+                what: "early media",
+                state: self.state.name(),
+            });
+        };
+        let (Some(agreed), Some(local), None) = (&r.offer, &r.local, &r.reliable) else {
+            return Err(CallError::Forbidden(
+                "early media without an offer, our description, or with 100rel required",
+            ));
+        };
+        let (answer, plan) = agreed
+            .answer(local)
+            .map_err(|_| CallError::Forbidden("an answer to this offer"))?;
+        let mut progress =
+            Response::to_request(&r.invite, 183, "Session Progress", Some(&r.to_tag));
+        progress
+            .headers
+            .copy_from(&r.invite.headers, "Record-Route");
+        progress
+            .headers
+            .push("Contact", self.cx.setup.local.contact.clone());
+        progress
+            .headers
+            .push("Server", self.cx.setup.local.user_agent.clone());
+        progress.headers.push("Content-Type", "application/sdp");
+        progress.body = sdp::print(&answer).into_bytes();
+        self.cx.out.push_back(CallOutput::Respond {
+            transaction: r.transaction,
+            response: progress,
+        });
+        Ok(plan)
+    }
+
     /// Inbound, before answering: a final error response (404, 486, 488 with its Warning ...).
     /// `response` needs only status, reason and extra headers: the rest is copied from the INVITE.
     pub fn reject(&mut self, response: Response, reason: String) -> Result<(), CallError> {

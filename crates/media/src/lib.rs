@@ -22,6 +22,7 @@ mod outbound;
 mod quiet;
 mod relay;
 pub mod restamp;
+pub mod ringback;
 mod role;
 mod session;
 pub mod srtp;

@@ -72,7 +72,7 @@ pub enum Law {
 }
 
 impl Law {
-    fn encode(self, sample: i16) -> u8 {
+    pub(crate) fn encode(self, sample: i16) -> u8 {
         match self {
             Law::Mu => encode_ulaw(sample),
             Law::A => encode_alaw(sample),

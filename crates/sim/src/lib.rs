@@ -130,6 +130,9 @@ pub struct SimServeArgs {
     /// Exit after this many calls (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub calls: u32,
+    /// The user lets it ring this many seconds (after our 180) before answering.
+    #[arg(long, default_value_t = 0.0)]
+    pub answer_after: f64,
     #[arg(long)]
     pub sip_trace: bool,
     #[command(flatten)]

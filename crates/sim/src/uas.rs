@@ -60,6 +60,7 @@ pub async fn run(args: SimServeArgs, mut draws: Draws) -> Result<bool> {
             &mut draws,
         ),
         hold: Duration::from_secs_f64(args.media.hangup_after),
+        ring: Duration::from_secs_f64(args.answer_after),
         options,
         relay,
     });
@@ -98,6 +99,8 @@ pub async fn run(args: SimServeArgs, mut draws: Draws) -> Result<bool> {
 struct Shared {
     gate: Gate,
     hold: Duration,
+    /// How long the user lets it ring before answering.
+    ring: Duration,
     options: MediaOptions,
     relay: Arc<Relay>,
 }
@@ -269,6 +272,7 @@ async fn call(
         }
     };
     report["digest"] = algorithm.to_string().into();
+    tokio::time::sleep(shared.ring).await;
     link.respond(&ok).await;
     report["status"] = 200.into();
     report["answered_ms"] = (started.elapsed().as_secs_f64() * 1000.0).round().into();

@@ -151,6 +151,11 @@ pub struct CallArgs {
     /// default the source of its first valid packet wins: symmetric RTP for a PBX behind NAT).
     #[arg(long)]
     pub pbx_no_symmetric_rtp: bool,
+    /// When the PBX calls a WhatsApp user, play it a ring tone of ours while the user's phone
+    /// rings (183 with early media) instead of a bare 180: eu (425 Hz, 1 s on, 4 s off), us
+    /// (440+480 Hz, 2 s on, 4 s off) or off (the default; the PBX plays its own on 180).
+    #[arg(long)]
+    pub pbx_ringback: Option<String>,
 }
 
 /// Where the control API listens unless told otherwise.
@@ -214,6 +219,8 @@ struct FilePbx {
     /// More addresses the PBX's calls may come from, beside its target host's (a cluster, a
     /// proxy in front of it).
     sources: Option<Vec<IpAddr>>,
+    /// eu, us or off.
+    ringback: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -380,6 +387,8 @@ pub struct PbxTarget {
     pub sources: Vec<std::net::IpAddr>,
     /// The business numbers whose calls go to this PBX (empty: every number no other PBX names).
     pub numbers: Vec<String>,
+    /// A ring tone of ours toward it while a WhatsApp user's phone rings for its call.
+    pub ringback: Option<watrunk_media::ringback::RingTone>,
 }
 
 impl PbxTarget {
@@ -439,6 +448,7 @@ impl PbxTarget {
             symmetric_rtp: true,
             sources: Vec::new(),
             numbers: Vec::new(),
+            ringback: None,
         })
     }
 }
@@ -648,10 +658,19 @@ fn resolve_pbxs(args: &CallArgs, tables: &[FilePbx]) -> Result<Vec<PbxTarget>> {
             first.security = parse_pbx_srtp(srtp, "--pbx-srtp")?;
         }
         first.symmetric_rtp &= !args.pbx_no_symmetric_rtp;
+        if let Some(tone) = &args.pbx_ringback {
+            first.ringback = parse_ringback(tone, "--pbx-ringback")?;
+        }
     }
     let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
     let mut catch_all: Option<&str> = None;
     for pbx in &pbxs {
+        if pbx.ringback.is_some() && pbx.security == watrunk_sdp::Security::Sdes {
+            bail!(
+                "[[pbx]] {}: ringback is plain RTP; it cannot go with srtp = \"sdes\"",
+                pbx.hostport
+            );
+        }
         if pbx.challenge && pbx.password.is_none() {
             bail!("--pbx-challenge (pbx.challenge) needs the PBX's password: pass --pbx-password-file FILE (pbx.password_file)");
         }
@@ -703,6 +722,10 @@ fn file_pbx(table: &FilePbx, key: &str) -> Result<PbxTarget> {
         },
         symmetric_rtp: table.symmetric_rtp.unwrap_or(true),
         numbers: table.numbers.clone().unwrap_or_default(),
+        ringback: match &table.ringback {
+            Some(v) => parse_ringback(v, &format!("{key}.ringback"))?,
+            None => None,
+        },
         sources: table
             .sources
             .iter()
@@ -711,6 +734,16 @@ fn file_pbx(table: &FilePbx, key: &str) -> Result<PbxTarget> {
             .collect(),
         ..pbx
     })
+}
+
+fn parse_ringback(value: &str, key: &str) -> Result<Option<watrunk_media::ringback::RingTone>> {
+    use watrunk_media::ringback::RingTone;
+    match value {
+        "off" | "none" => Ok(None),
+        "eu" => Ok(Some(RingTone::Europe)),
+        "us" => Ok(Some(RingTone::NorthAmerica)),
+        other => bail!("{key}: {other:?} is none of eu, us, off"),
+    }
 }
 
 fn parse_pbx_srtp(value: &str, key: &str) -> Result<watrunk_sdp::Security> {
@@ -1090,6 +1123,14 @@ mod tests {
             (
                 "[[pbx]]\ntarget = \"sip:a\"\ncodecs = [\"g729\"]\n",
                 ["pbx.codecs", "g729"],
+            ),
+            (
+                "[[pbx]]\ntarget = \"sip:a\"\nsrtp = \"sdes\"\nringback = \"eu\"\n",
+                ["ringback is plain RTP", "sdes"],
+            ),
+            (
+                "[[pbx]]\ntarget = \"sip:a\"\nringback = \"uk\"\n",
+                ["pbx[0].ringback", "\"uk\""],
             ),
         ] {
             let e = resolve_calls(&args, &file_calls(text), false, None)

@@ -87,8 +87,15 @@ class Stream:
             freqs = numpy.fft.rfftfreq(len(samples), 1 / RATE)
             heard_hz = round(float(freqs[int(numpy.argmax(spectrum))]), 1)
             heard_rms = round(float(numpy.sqrt(numpy.mean(samples ** 2)) / 32767), 3)
+        # The first second on its own: what was heard before the call was answered (ringback).
+        early_hz = None
+        first = numpy.frombuffer(bytes(self.pcm), dtype="<i2").astype(float)[:RATE]
+        if len(first) == RATE and numpy.any(first):
+            spectrum = numpy.abs(numpy.fft.rfft(first * numpy.hanning(len(first))))
+            early_hz = round(float(numpy.fft.rfftfreq(len(first), 1 / RATE)[int(numpy.argmax(spectrum))]), 1)
         return {
             "event": "g711.stream",
+            "early_hz": early_hz,
             "from": f"{source[0]}:{source[1]}",
             "packets": self.packets,
             "payload_types": sorted(self.payload_types),

@@ -433,6 +433,10 @@ impl Core {
                     self.transfer(key, &target);
                     continue;
                 }
+                BridgeOutput::Ringback(plan) => {
+                    super::pbx::play_ringback(entry, &plan, &self.cfg.calls.pbxs, &mut self.rng);
+                    continue;
+                }
                 BridgeOutput::Promoted(call_id) => {
                     self.calls.promote(&call_id, key);
                     continue;
@@ -481,7 +485,11 @@ impl Core {
                 self.start_media(key, ice_role, security);
                 return;
             }
-            MediaIntent::Start { plan, ssrc } => MediaCmd::Start { plan, ssrc },
+            MediaIntent::Start { plan, ssrc } => {
+                // The call's own audio takes over from our ring tone.
+                entry.ringback = None;
+                MediaCmd::Start { plan, ssrc }
+            }
             MediaIntent::SendDtmf { keys } => MediaCmd::Dtmf(keys),
             MediaIntent::Stop => MediaCmd::Stop,
             // The WhatsApp leg never renegotiates (its policy refuses re-offers), so the relay

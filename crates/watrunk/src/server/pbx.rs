@@ -31,12 +31,7 @@ pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
         .remote_rtp
         .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
         .unwrap_or(entry.sink.addr);
-    let audio = match plan.codec {
-        Codec::Pcmu => SinkAudio::G711(Law::Mu),
-        Codec::Pcma => SinkAudio::G711(Law::A),
-        Codec::G722 => SinkAudio::G722,
-        Codec::Opus | Codec::TelephoneEvent => SinkAudio::Opus,
-    };
+    let audio = sink_audio(plan.codec);
     let payloads = SinkPayloads {
         audio: plan.audio_pt,
         dtmf: plan.dtmf_pt.unwrap_or(SinkPayloads::default().dtmf),
@@ -76,6 +71,42 @@ pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
         }
     }
     entry.sink = change;
+}
+
+/// What the relay speaks toward a PBX that agreed `codec`.
+fn sink_audio(codec: Codec) -> SinkAudio {
+    match codec {
+        Codec::Pcmu => SinkAudio::G711(Law::Mu),
+        Codec::Pcma => SinkAudio::G711(Law::A),
+        Codec::G722 => SinkAudio::G722,
+        Codec::Opus | Codec::TelephoneEvent => SinkAudio::Opus,
+    }
+}
+
+/// Meta rings for the PBX's call and its trunk wants our ring tone (`ringback`): it plays from the
+/// call's local RTP port to the PBX's, in the codec our 183 agreed, until the call's media starts.
+pub(super) fn play_ringback(
+    entry: &mut Entry,
+    plan: &MediaPlan,
+    pbxs: &[PbxTarget],
+    rng: &mut impl rand::RngCore,
+) {
+    let (Some(tone), Some(socket), Some(to)) = (
+        pbxs.get(entry.pbx).and_then(|p| p.ringback),
+        entry.plain_socket.as_ref(),
+        plan.remote_rtp.filter(|a| !a.ip().is_unspecified()),
+    ) else {
+        return;
+    };
+    let audio = sink_audio(plan.codec);
+    match watrunk_media::ringback::ringback(socket, to, audio, plan.audio_pt, tone, rng.next_u64())
+    {
+        Ok(ringback) => {
+            tracing::info!("call {}: ringback toward the PBX at {to}", entry.id);
+            entry.ringback = Some(ringback);
+        }
+        Err(e) => tracing::warn!("call {}: {e}", entry.id),
+    }
 }
 
 impl Core {
@@ -500,6 +531,7 @@ impl Core {
         };
         let setup = self.leg_setup(&number.number, number.srtp);
         let bridge = match Bridge::outbound(pbx_leg, local, call, setup, &mut self.rng) {
+            Ok(bridge) if pbx.ringback.is_some() => bridge.with_local_ringback(),
             Ok(bridge) => bridge,
             Err(e) => {
                 tracing::warn!("a call from the PBX: the WhatsApp leg cannot start: {e}");

@@ -112,6 +112,8 @@ pub(super) struct Entry {
     pub(super) answered: bool,
     /// A bridged call's PBX trunk (its index in the configuration).
     pub(super) pbx: usize,
+    /// Our ring tone toward the PBX while Meta rings (dropping it stops it).
+    pub(super) ringback: Option<watrunk_media::ringback::Ringback>,
 }
 
 #[derive(Default)]
@@ -163,6 +165,7 @@ impl Entry {
             local_rtp: None,
             ssrc: 0,
             pbx: 0,
+            ringback: None,
             answered: false,
         }
     }
