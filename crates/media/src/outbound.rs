@@ -156,7 +156,7 @@ pub(crate) async fn write_loop(
                 }
                 let now = Instant::now();
                 if let Some(f) = from_sink.as_mut().filter(|_| dtmf.is_none()) {
-                    if f.take(&buf[..n]) {
+                    if f.take(now, &buf[..n], payloads.sink.dtmf) {
                         // Encoded by the branch above, 20 ms at a time (a key being sent
                         // replaces it, as below).
                         last_from_sink = Some(now);

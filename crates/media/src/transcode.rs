@@ -522,6 +522,8 @@ impl Decode {
 /// A G.711 sink's RTP toward the far side's Opus: its audio, whatever its ptime, comes out as
 /// 20 ms Opus payloads for the restamper to put on the call's one stream.
 pub struct FromSink {
+    /// The sink's packets back in order (its telephone-events hold their places in it).
+    jitter: JitterBuffer,
     encoder: PbxToOpus,
     payload_type: u8,
     frame: Box<[u8; 1275]>,
@@ -533,6 +535,7 @@ impl FromSink {
     /// `loss_percent`: the loss toward the far side the encoder's FEC is sized for.
     pub fn new(codec: PbxCodec, loss_percent: u8) -> Result<Self, TranscodeError> {
         Ok(FromSink {
+            jitter: JitterBuffer::new(),
             encoder: PbxToOpus::new(codec, loss_percent)?,
             payload_type: codec.payload_type(),
             frame: Box::new([0; 1275]),
@@ -540,16 +543,37 @@ impl FromSink {
         })
     }
 
-    /// Takes a packet from the sink; false when it is not the sink's audio (DTMF, say), which
-    /// goes its own way.
-    pub fn take(&mut self, rtp: &[u8]) -> bool {
-        if rtp.len() < 12 || rtp[1] & 0x7f != self.payload_type {
+    /// Takes a packet from the sink that arrived at `now`: its audio goes to the encoder in
+    /// sequence order (through the reorder buffer). False when it is not the sink's audio: a
+    /// telephone-event (payload type `dtmf_pt`) only holds its place in the order and goes its own
+    /// way, as does anything else.
+    pub fn take(&mut self, now: Instant, rtp: &[u8], dtmf_pt: u8) -> bool {
+        if rtp.len() < 12 {
             return false;
         }
-        if let Some(range) = payload_range(rtp) {
-            self.encoder.push(&rtp[range]);
+        let pt = rtp[1] & 0x7f;
+        if pt != self.payload_type && pt != dtmf_pt {
+            return false;
         }
-        true
+        let FromSink {
+            jitter,
+            encoder,
+            payload_type,
+            ..
+        } = self;
+        jitter.push(now, rtp, |packet, _| {
+            if packet[1] & 0x7f == *payload_type {
+                if let Some(range) = payload_range(packet) {
+                    encoder.push(&packet[range]);
+                }
+            }
+        });
+        pt == self.payload_type
+    }
+
+    /// What the reorder buffer has seen.
+    pub fn jitter(&self) -> JitterStats {
+        self.jitter.stats
     }
 
     /// Whether 20 ms of the sink's audio wait to be sent.
@@ -657,5 +681,43 @@ mod tests {
             1,
             "only 3 filled; 6 follows the event as no loss"
         );
+    }
+
+    /// A PCMU packet of the sink's: `seq`, 20 ms of `value`.
+    fn pcmu(seq: u16, value: u8) -> Vec<u8> {
+        let mut rtp = vec![0x80, 0];
+        rtp.extend_from_slice(&seq.to_be_bytes());
+        rtp.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        rtp.extend_from_slice(&0x7777u32.to_be_bytes());
+        rtp.extend(std::iter::repeat_n(value, 160));
+        rtp
+    }
+
+    #[test]
+    fn the_sinks_swapped_packets_reach_the_encoder_in_order_and_its_events_hold_their_place() {
+        let mut from_sink = FromSink::new(PbxCodec::G711(Law::Mu), 10).unwrap();
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(from_sink.take(at(0), &pcmu(1, 0xff), 101));
+        assert!(from_sink.ready());
+        assert!(from_sink.next_frame().is_some());
+        // 3 before 2: held until 2 comes, then both are encoded, in order.
+        assert!(from_sink.take(at(40), &pcmu(3, 0xff), 101));
+        assert!(!from_sink.ready(), "3 waits for 2");
+        assert!(from_sink.take(at(45), &pcmu(2, 0xff), 101));
+        assert_eq!(from_sink.jitter().held, 1);
+        let frames = std::iter::from_fn(|| from_sink.next_frame().map(|_| ())).count();
+        assert_eq!(frames, 2);
+        // A telephone-event takes sequence number 4: not audio, but 5 after it waits for nothing.
+        let mut event = pcmu(4, 0);
+        event[1] = 101;
+        event.truncate(16);
+        assert!(
+            !from_sink.take(at(60), &event, 101),
+            "the event goes its own way"
+        );
+        assert!(from_sink.take(at(80), &pcmu(5, 0xff), 101));
+        assert!(from_sink.ready(), "5 goes straight through");
+        assert_eq!(from_sink.jitter().skipped, 0);
     }
 }
