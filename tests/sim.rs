@@ -175,7 +175,12 @@ fn user_calls_business(srtp: &str) {
     let sink_port = free_port();
     let sink = sink(dir.path(), sink_port, 30);
     let pw = dir.path().join("pw");
-    let server = business_server(&pw, srtp, &format!("127.0.0.1:{sink_port}"), &[]);
+    let server = business_server(
+        &pw,
+        srtp,
+        &format!("127.0.0.1:{sink_port}"),
+        &["--sip-trace"],
+    );
     let (ok, out) = sim_call(&server, &pw, srtp);
     std::thread::sleep(Duration::from_millis(1500));
     let logs = format!("--- sim call\n{out}\n--- serve\n{}", server.log());
@@ -205,6 +210,46 @@ fn user_calls_business(srtp: &str) {
     );
     assert_server_idle(&ended);
     assert_agent_heard_the_user(&sink, call);
+    assert_the_trace_masks_every_secret(&server.log(), srtp);
+    assert!(
+        server.log().contains("(--sip-password-file): ")
+            && server
+                .log()
+                .contains("can be read by others (mode 644): chmod 600 it"),
+        "the test's password file is 0644: a warning\n{}",
+        server.log()
+    );
+}
+
+/// `--sip-trace` shows the whole exchange but no digest response, ICE password or SDES key: each
+/// is `[masked]` wherever it appears (and appears, so that the check is not empty).
+fn assert_the_trace_masks_every_secret(log: &str, srtp: &str) {
+    assert!(
+        log.contains("<<< Tls") && log.contains("Proxy-Authorization: Digest"),
+        "the trace shows the messages:\n{log}"
+    );
+    let (secret_field, at_least) = match srtp {
+        "dtls" => ("a=ice-pwd:", 2),
+        _ => ("inline:", 2),
+    };
+    assert!(
+        log.matches(secret_field).count() >= at_least,
+        "no {secret_field} traced:\n{log}"
+    );
+    for (field, mask) in [
+        ("response=", "\"[masked]\""),
+        ("a=ice-pwd:", "[masked]"),
+        ("inline:", "[masked]"),
+    ] {
+        for (at, _) in log.match_indices(field) {
+            let shown = &log[at + field.len()..];
+            assert!(
+                shown.starts_with(mask),
+                "{field} shown in the trace: {}",
+                &shown[..shown.len().min(40)]
+            );
+        }
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub mod message;
 pub mod method;
 pub mod routing;
 pub mod samples;
+pub mod trace;
 pub mod transaction;
 pub mod uri;
 pub mod validate;

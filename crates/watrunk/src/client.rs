@@ -203,7 +203,7 @@ pub async fn probe(args: ProbeArgs) -> Result<()> {
                 Output::Transmit { message, .. } => {
                     let bytes = message.to_bytes();
                     if args.sip_trace {
-                        eprintln!(">>> {remote}\n{}", String::from_utf8_lossy(&bytes));
+                        eprintln!(">>> {remote}\n{}", watrunk_sip::trace::masked(&bytes));
                     }
                     match (&udp, &conn_tx) {
                         (Some(sock), _) => {
@@ -277,11 +277,9 @@ fn receive(
     trace: bool,
 ) {
     if trace {
-        eprintln!(
-            "<<< {from}\n{}{}",
-            String::from_utf8_lossy(head),
-            body.map(String::from_utf8_lossy).unwrap_or_default()
-        );
+        let mut all = head.to_vec();
+        all.extend_from_slice(body.unwrap_or_default());
+        eprintln!("<<< {from}\n{}", watrunk_sip::trace::masked(&all));
     }
     let parsed = match body {
         None => Message::parse_datagram(head),

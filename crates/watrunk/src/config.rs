@@ -36,9 +36,14 @@ pub struct ServeArgs {
     /// Where a generated self-signed certificate is kept.
     #[arg(long, env = "WATRUNK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Log every SIP message received and sent.
+    /// Log every SIP message received and sent, with digest responses, SDES keys and ICE
+    /// passwords masked.
     #[arg(long)]
     pub sip_trace: bool,
+    /// The same, secrets and all (a traced digest response lets a weak password be found offline;
+    /// an SDES key decrypts the call).
+    #[arg(long)]
+    pub sip_trace_unmasked: bool,
     /// Challenge INVITEs with digest authentication (needs a SIP password).
     #[arg(long)]
     pub challenge: bool,
@@ -463,6 +468,8 @@ pub struct ServeConfig {
     pub key: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub sip_trace: bool,
+    /// The trace keeps its secrets (`--sip-trace-unmasked`).
+    pub sip_trace_unmasked: bool,
     /// Without numbers: every INVITE is challenged with this (then refused: no number to call).
     pub auth: Option<AuthConfig>,
     pub digest: DigestSettings,
@@ -574,7 +581,8 @@ impl ServeConfig {
                 .state_dir
                 .or(file.state_dir)
                 .unwrap_or_else(|| PathBuf::from(".watrunk")),
-            sip_trace: args.sip_trace || file.sip_trace.unwrap_or(false),
+            sip_trace: args.sip_trace || args.sip_trace_unmasked || file.sip_trace.unwrap_or(false),
+            sip_trace_unmasked: args.sip_trace_unmasked,
             auth,
             digest,
             max_message: args
@@ -783,6 +791,20 @@ fn read_password(path: &std::path::Path, key: &str) -> Result<String> {
         .to_string();
     if password.is_empty() {
         bail!("{key}: {} is empty", path.display());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "{key}: {} can be read by others (mode {:o}): chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
     }
     Ok(password)
 }

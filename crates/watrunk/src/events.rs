@@ -25,13 +25,16 @@ impl Events {
         let sink: Option<Box<dyn Write + Send>> = match target {
             None => None,
             Some("-") => Some(Box::new(std::io::stdout())),
-            Some(path) => Some(Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| anyhow::anyhow!("events: cannot open {path}: {e}"))?,
-            )),
+            Some(path) => {
+                let mut options = std::fs::OpenOptions::new();
+                options.create(true).append(true);
+                // Events name callers and calls: a new file is its owner's only.
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                Some(Box::new(options.open(path).map_err(|e| {
+                    anyhow::anyhow!("events: cannot open {path}: {e}")
+                })?))
+            }
         };
         Events::with_writer(sink)
     }
@@ -120,6 +123,21 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_events_file_is_its_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("watrunk-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let events = Events::open(Some(path.to_str().unwrap())).unwrap();
+        drop(events);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub async fn run_with(
             shared.clone(),
         ));
     }
+    if cfg.sip_trace_unmasked {
+        tracing::warn!("--sip-trace-unmasked: the trace shows digest responses, SDES keys and ICE passwords; keep its log private");
+    }
     let media = match &cfg.calls.media {
         None => None,
         Some(m) => {
@@ -557,7 +560,7 @@ impl Core {
                 "<<< {:?} {}\n{}",
                 peer.transport,
                 peer.addr,
-                String::from_utf8_lossy(bytes)
+                self.traced(bytes)
             );
         }
     }
@@ -568,8 +571,17 @@ impl Core {
                 ">>> {:?} {}\n{}",
                 peer.transport,
                 peer.addr,
-                String::from_utf8_lossy(bytes)
+                self.traced(bytes)
             );
+        }
+    }
+
+    /// A message as the trace shows it: its secrets masked unless `--sip-trace-unmasked`.
+    fn traced(&self, bytes: &[u8]) -> String {
+        if self.cfg.sip_trace_unmasked {
+            String::from_utf8_lossy(bytes).into_owned()
+        } else {
+            watrunk_sip::trace::masked(bytes)
         }
     }
 }

@@ -176,7 +176,7 @@ fn self_signed(
         let path = path.to_path_buf();
         move |source| TlsSetupError::Write { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(write_error(dir))?;
+    create_private_dir(dir).map_err(write_error(dir))?;
     std::fs::write(&cert_path, cert.pem()).map_err(write_error(&cert_path))?;
     write_private(&key_path, key_pair.serialize_pem().as_bytes())
         .map_err(write_error(&key_path))?;
@@ -186,6 +186,15 @@ fn self_signed(
         key,
         CertOrigin::SelfSignedNew(cert_path),
     ))
+}
+
+/// The state directory, made readable by its owner only (it holds a private key).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -198,4 +207,24 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     opts.mode(0o600);
     opts.open(path)?.write_all(data)?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_new_state_dir_and_its_key_are_their_owners_only() {
+        let root = std::env::temp_dir().join(format!("watrunk-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("state");
+        create_private_dir(&dir).unwrap();
+        let key = dir.join("k.key");
+        write_private(&key, b"secret").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let (dir_mode, key_mode) = (mode(&dir), mode(&key));
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!((dir_mode, key_mode), (0o700, 0o600));
+    }
 }
