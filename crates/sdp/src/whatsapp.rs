@@ -65,10 +65,14 @@ pub(crate) fn agree(offer: Session) -> Result<AgreedOffer, SdpError> {
     if let Some(pt) = dtmf_pt {
         formats.push((pt, Codec::TelephoneEvent));
     }
+    // RFC 3264 §6: the answer keeps the offer's profile, feedback (…F) or not.
+    let feedback = facts.proto_text.trim().to_ascii_uppercase().ends_with('F');
     let stream = Stream {
-        proto: match mode {
-            Mode::Dtls => "UDP/TLS/RTP/SAVPF",
-            Mode::Sdes => "RTP/SAVP",
+        proto: match (mode, feedback) {
+            (Mode::Dtls, true) => "UDP/TLS/RTP/SAVPF",
+            (Mode::Dtls, false) => "UDP/TLS/RTP/SAVP",
+            (Mode::Sdes, true) => "RTP/SAVPF",
+            (Mode::Sdes, false) => "RTP/SAVP",
         },
         formats,
         mid: facts.mid.clone(),

@@ -345,3 +345,32 @@ fn oversized_sdp_is_refused_before_parsing() {
         }
     );
 }
+
+/// RFC 3264 §6: the answer keeps the offer's profile. An offer of UDP/TLS/RTP/SAVP (no feedback)
+/// was answered UDP/TLS/RTP/SAVPF; an SDES offer of RTP/SAVPF was answered RTP/SAVP.
+#[test]
+fn the_answer_keeps_the_offers_profile() {
+    for (offer, profile, security, want) in [
+        (meta(), "UDP/TLS/RTP/SAVPF", Security::Dtls, "UDP/TLS/RTP/SAVPF"),
+        (
+            meta().replace("UDP/TLS/RTP/SAVPF", "UDP/TLS/RTP/SAVP"),
+            "UDP/TLS/RTP/SAVP",
+            Security::Dtls,
+            "UDP/TLS/RTP/SAVP",
+        ),
+        (meta_sdes(), "RTP/SAVP", Security::Sdes, "RTP/SAVP"),
+        (
+            meta_sdes().replace("RTP/SAVP ", "RTP/SAVPF "),
+            "RTP/SAVPF",
+            Security::Sdes,
+            "RTP/SAVPF",
+        ),
+    ] {
+        assert!(offer.contains(&format!(" {profile} ")), "{offer}");
+        let offer = sdp::parse(offer.as_bytes()).unwrap();
+        let (answer, _) = sdp::answer(&offer, &local(Profile::WhatsApp, security)).unwrap();
+        let text = sdp::print(&answer);
+        let m = text.lines().find(|l| l.starts_with("m=audio")).unwrap();
+        assert_eq!(m.split_whitespace().nth(2), Some(want), "{profile}: {m}");
+    }
+}
