@@ -57,7 +57,7 @@ load() { # through, extra args...
 serve() { # srtp
   "$W" serve --hostname localhost --tls $IP:5061 --state-dir "$out/state" \
     --number +15550001111 --sip-password-file "$out/pw" --challenge --digest-algorithm both \
-    --srtp "$1" --media-ip $IP --sink $IP:4100 --api $IP:8061 --meta-server $IP:5062 \
+    --srtp "$1" --media-ip $IP --sink $IP:4100 --api 127.0.0.1:8061 --meta-server $IP:5062 \
     --tls-ca "$out/meta.crt" > "$out/serve.out" 2>> "$out/serve.err" &
   SERVE=$!; pids+=("$SERVE")
   for _ in $(seq 50); do [ -f "$out/state/localhost.selfsigned.crt" ] && break; sleep 0.1; done
@@ -75,7 +75,7 @@ through_watrunk() { # srtp, calls, extra...
 business_calls() { # srtp, calls, extra...
   local srtp=$1 n=$2; shift 2
   serve "$srtp"
-  load watrunk --direction to-user --api $IP:8061 --listen $IP:5062 --cert "$out/meta.crt" \
+  load watrunk --direction to-user --api 127.0.0.1:8061 --listen $IP:5062 --cert "$out/meta.crt" \
     --key "$out/meta.key" --password-file "$out/pw" --srtp "$srtp" --calls "$n" --pid "$SERVE" "$@"
   kill "$SERVE"; wait "$SERVE" 2>/dev/null || true
 }

@@ -621,3 +621,81 @@ fn after_the_tls_connection_drops_our_bye_goes_over_a_new_connection_through_the
     assert_idle(&ended);
     server.assert_alive();
 }
+
+/// One HTTP/1.1 request written as it is (so that Host and Origin are exactly the test's); the
+/// status of the answer.
+fn http_status(addr: std::net::SocketAddr, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = [0u8; 512];
+    let n = stream.read(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// A web page the user opens must not reach the control API: a foreign Origin on the events
+/// WebSocket and on a POST gets 403, as does a foreign Host (DNS rebinding); the API's own
+/// address gets through. With --api-token-file, a request without the bearer token gets 401.
+#[test]
+fn the_control_api_refuses_web_pages_and_foreign_hosts() {
+    let dir = TempDir::new("api-guard");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken-for-the-test\n").unwrap();
+    let (server, _sink) = serve(dir.path(), &["--api-token-file", token.to_str().unwrap()]);
+    let api = server.api.expect("the control API");
+    let us = format!("Host: {api}\r\nAuthorization: Bearer t0ken-for-the-test\r\n");
+    let ws = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    assert_eq!(
+        http_status(api, &format!("GET /calls HTTP/1.1\r\n{us}\r\n")),
+        200
+    );
+    assert_eq!(
+        http_status(api, &format!("GET /events HTTP/1.1\r\n{us}{ws}\r\n")),
+        101,
+        "our own WebSocket"
+    );
+    assert_eq!(
+        http_status(
+            api,
+            &format!("GET /events HTTP/1.1\r\n{us}{ws}Origin: http://evil.example\r\n\r\n")
+        ),
+        403,
+        "a web page's WebSocket"
+    );
+    assert_eq!(
+        http_status(
+            api,
+            &format!(
+                "POST /calls/c1/hangup HTTP/1.1\r\n{us}Origin: http://evil.example\r\n\
+                 Content-Length: 0\r\n\r\n"
+            )
+        ),
+        403,
+        "a web page's POST"
+    );
+    assert_eq!(
+        http_status(
+            api,
+            &format!(
+                "GET /calls HTTP/1.1\r\nHost: evil.example:{}\r\n\
+                 Authorization: Bearer t0ken-for-the-test\r\n\r\n",
+                api.port()
+            )
+        ),
+        403,
+        "a rebound name"
+    );
+    assert_eq!(
+        http_status(api, &format!("GET /calls HTTP/1.1\r\nHost: {api}\r\n\r\n")),
+        401,
+        "no token"
+    );
+}

@@ -351,7 +351,12 @@ fn oversized_sdp_is_refused_before_parsing() {
 #[test]
 fn the_answer_keeps_the_offers_profile() {
     for (offer, profile, security, want) in [
-        (meta(), "UDP/TLS/RTP/SAVPF", Security::Dtls, "UDP/TLS/RTP/SAVPF"),
+        (
+            meta(),
+            "UDP/TLS/RTP/SAVPF",
+            Security::Dtls,
+            "UDP/TLS/RTP/SAVPF",
+        ),
         (
             meta().replace("UDP/TLS/RTP/SAVPF", "UDP/TLS/RTP/SAVP"),
             "UDP/TLS/RTP/SAVP",

@@ -10,12 +10,19 @@
 //! | POST   | /calls/{call}/hangup      |                              | 204                       |
 //! | POST   | /calls/{call}/dtmf        | `{"keys": "12#"}`            | 204                       |
 //! | GET    | /events                   | WebSocket                    | one text message per event |
+//!
+//! Every request passes [`guard`] first: a web page a local user opens must not reach it. A
+//! `Host` that names anything but this API's own address (an IP literal, or `localhost`) is a DNS
+//! rebinding and gets 403; so does an `Origin` (browsers send it with every WebSocket and
+//! cross-site POST) that is not such an address; with `--api-token-file`, a request without
+//! `Authorization: Bearer TOKEN` gets 401.
 
 use std::net::SocketAddr;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -48,9 +55,98 @@ struct Dtmf {
     keys: String,
 }
 
+/// Who may use the API: its own address, and the token if one is set.
+#[derive(Clone)]
+struct Guard {
+    bound: SocketAddr,
+    token: Option<std::sync::Arc<str>>,
+}
+
+impl Guard {
+    /// `host` (`HOST[:PORT]`, as in Host or an Origin's authority) names this API: an IP literal
+    /// it is bound to (any, when bound to every address), or `localhost` and loopback addresses
+    /// when bound to loopback. Names other than `localhost` never do: they are what a DNS
+    /// rebinding points at us.
+    fn is_us(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            }),
+        };
+        let bound = self.bound.ip();
+        if name.eq_ignore_ascii_case("localhost") {
+            return bound.is_loopback() || bound.is_unspecified();
+        }
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                bound.is_unspecified() || ip == bound || (bound.is_loopback() && ip.is_loopback())
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Why a request is refused, if it is: its status and reason.
+    fn check(&self, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+        if let Some(host) = headers.get(header::HOST) {
+            let host = host.to_str().unwrap_or_default();
+            if !self.is_us(host) {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("Host {host:?} is not this API's address (DNS rebinding?)"),
+                ));
+            }
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default();
+            let authority = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .unwrap_or_default();
+            if authority.is_empty() || !self.is_us(authority) {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("requests from the web page at {origin:?} are not taken"),
+                ));
+            }
+        }
+        if let Some(token) = &self.token {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if !same(given.as_bytes(), token.as_bytes()) {
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "Authorization: Bearer TOKEN (--api-token-file) is needed".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares in time that does not depend on where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(State(guard): State<Guard>, req: Request, next: Next) -> Response {
+    match guard.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err((status, why)) => error(status, why),
+    }
+}
+
 /// Binds the API; the server runs until the process ends.
 pub async fn serve(
     addr: SocketAddr,
+    token: Option<String>,
     core: mpsc::Sender<CallInput>,
     events: broadcast::Sender<String>,
 ) -> anyhow::Result<SocketAddr> {
@@ -64,7 +160,14 @@ pub async fn serve(
         .route("/calls/{call}/hangup", post(hang_up))
         .route("/calls/{call}/dtmf", post(dtmf))
         .route("/events", get(events_ws))
-        .with_state(Api { core, events });
+        .with_state(Api { core, events })
+        .layer(middleware::from_fn_with_state(
+            Guard {
+                bound: local,
+                token: token.map(Into::into),
+            },
+            guard,
+        ));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("control API stopped: {e}");
@@ -172,6 +275,78 @@ async fn stream_events(mut socket: WebSocket, mut rx: broadcast::Receiver<String
         };
         if socket.send(WsMessage::Text(text.into())).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(name.clone(), value.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_our_own_address_and_the_token_get_through() {
+        let loopback = Guard {
+            bound: "127.0.0.1:8061".parse().unwrap(),
+            token: None,
+        };
+        for host in [
+            "127.0.0.1:8061",
+            "localhost:8061",
+            "[::1]:8061",
+            "127.0.0.1",
+        ] {
+            assert!(
+                loopback.check(&headers(&[(header::HOST, host)])).is_ok(),
+                "{host}"
+            );
+        }
+        for host in [
+            "evil.example:8061",
+            "10.0.0.5:8061",
+            "127.0.0.1.nip.io:8061",
+        ] {
+            assert!(
+                loopback.check(&headers(&[(header::HOST, host)])).is_err(),
+                "{host}"
+            );
+        }
+        let ours = [(header::HOST, "127.0.0.1:8061")];
+        for origin in ["http://127.0.0.1:8061", "http://localhost:8061"] {
+            let h = headers(&[ours[0].clone(), (header::ORIGIN, origin)]);
+            assert!(loopback.check(&h).is_ok(), "{origin}");
+        }
+        for origin in [
+            "http://evil.example",
+            "null",
+            "https://evil.example:8061",
+            "file://",
+        ] {
+            let h = headers(&[ours[0].clone(), (header::ORIGIN, origin)]);
+            let (status, _) = loopback.check(&h).unwrap_err();
+            assert_eq!(status, StatusCode::FORBIDDEN, "{origin}");
+        }
+        let everywhere = Guard {
+            bound: "0.0.0.0:8061".parse().unwrap(),
+            token: Some("s3cret".into()),
+        };
+        let with = |auth: &str| {
+            headers(&[
+                (header::HOST, "203.0.113.7:8061"),
+                (header::AUTHORIZATION, auth),
+            ])
+        };
+        assert!(everywhere.check(&with("Bearer s3cret")).is_ok());
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", ""] {
+            let (status, _) = everywhere.check(&with(wrong)).unwrap_err();
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}");
         }
     }
 }

@@ -116,6 +116,10 @@ pub struct CallArgs {
     /// The control API's address (HTTP + JSON, WebSocket events), or `off`.
     #[arg(long, env = "WATRUNK_API")]
     pub api: Option<String>,
+    /// A file holding the bearer token every control API request must carry
+    /// (`Authorization: Bearer TOKEN`); needed when --api is not a loopback address.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
     /// Bridge WhatsApp calls into this PBX, as an ordinary SIP trunk peer:
     /// `sip:pbx.example.com[:PORT][;transport=udp|tcp|tls]` (UDP needs --udp and TCP --tcp, where
     /// the PBX reaches us; TLS uses --tls and verifies the PBX's certificate as for Meta).
@@ -355,6 +359,8 @@ pub struct CallsConfig {
     pub tls_ca: Option<PathBuf>,
     pub auto_answer: bool,
     pub api: Option<SocketAddr>,
+    /// The bearer token the control API asks for, if any.
+    pub api_token: Option<String>,
     /// Where WhatsApp calls are bridged to, if anywhere: the PBX trunks, each for its numbers.
     pub pbxs: Vec<PbxTarget>,
 }
@@ -922,6 +928,11 @@ fn resolve_calls(
         tls_ca: args.tls_ca.clone().or(file.meta.tls_ca.clone()),
         auto_answer: !args.no_auto_answer,
         pbxs,
+        api_token: args
+            .api_token_file
+            .as_deref()
+            .map(|p| read_password(p, "--api-token-file"))
+            .transpose()?,
         api: match args
             .api
             .as_deref()
@@ -935,6 +946,12 @@ fn resolve_calls(
                 )
             })?),
         },
+    })
+    .and_then(|calls| match (calls.api, &calls.api_token) {
+        (Some(addr), None) if !addr.ip().is_loopback() => bail!(
+            "--api {addr} is reachable beyond this host: give it a token with --api-token-file FILE (or bind it to 127.0.0.1)"
+        ),
+        _ => Ok(calls),
     })
 }
 
@@ -1066,6 +1083,26 @@ mod tests {
         let cfg = ServeConfig::resolve(args(Some("127.0.0.1:5060".parse().unwrap())))
             .expect("a bridged number needs no sink");
         assert_eq!(cfg.calls.pbxs.len(), 1);
+    }
+
+    #[test]
+    fn an_api_beyond_loopback_needs_a_token() {
+        let args = CallArgs {
+            numbers: vec!["+15550001111".into()],
+            media_ip: Some("127.0.0.1".parse().unwrap()),
+            sink: Some("127.0.0.1:4000".parse().unwrap()),
+            api: Some("0.0.0.0:8061".into()),
+            ..CallArgs::default()
+        };
+        let e = resolve_calls(&args, &file_calls(""), false, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--api-token-file"), "{e}");
+        let local = CallArgs {
+            api: Some("127.0.0.1:8061".into()),
+            ..args
+        };
+        assert!(resolve_calls(&local, &file_calls(""), false, None).is_ok());
     }
 
     #[test]

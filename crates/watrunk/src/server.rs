@@ -162,7 +162,8 @@ pub async fn run_with(
         tokio_rustls::TlsConnector::from(tls::client_config(cfg.calls.tls_ca.as_deref())?);
     let events = Events::open(cfg.calls.events.as_deref())?;
     if let Some(addr) = cfg.calls.api {
-        let local = crate::api::serve(addr, call_tx.clone(), events.sender()).await?;
+        let token = cfg.calls.api_token.clone();
+        let local = crate::api::serve(addr, token, call_tx.clone(), events.sender()).await?;
         tracing::info!("control API on http://{local}");
     }
     for n in cfg.calls.numbers.values() {
