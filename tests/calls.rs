@@ -699,3 +699,44 @@ fn the_control_api_refuses_web_pages_and_foreign_hosts() {
         "no token"
     );
 }
+
+/// Meta's offer with telephone-event only at 48000 Hz: the call is taken, our answer names no
+/// telephone-event, and a key asked of the control API is refused with the reason (409), not
+/// accepted and dropped.
+#[test]
+fn dtmf_on_a_call_without_telephone_event_8000_is_refused_with_the_reason() {
+    let dir = TempDir::new("calls-dtmf-48k");
+    let (server, _sink) = serve(dir.path(), &[]);
+    let mut tls = server.tls_connect();
+    let mut buf = Vec::new();
+    let mut invite = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), "dtmf-48k");
+    let body = String::from_utf8(invite.body.clone()).unwrap();
+    assert!(body.contains("telephone-event/8000"), "{body}");
+    invite.body = body
+        .replace("telephone-event/8000", "telephone-event/48000")
+        .into_bytes();
+    invite
+        .headers
+        .set("Content-Length", invite.body.len().to_string());
+    send(&mut tls, &invite.to_bytes());
+    let ok = final_response(&mut tls, &mut buf);
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", server.log());
+    let answer = String::from_utf8_lossy(&ok.body);
+    assert!(!answer.contains("telephone-event"), "{answer}");
+    send(&mut tls, &ack_for(&invite, &ok));
+    let call = server.wait_event("call.confirmed", |_| true, Duration::from_secs(5))["call"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api = format!("http://{}", server.api.unwrap());
+    let refused =
+        ureq::post(&format!("{api}/calls/{call}/dtmf")).send_json(serde_json::json!({"keys": "1"}));
+    match refused {
+        Err(ureq::Error::Status(409, r)) => {
+            let text = r.into_string().unwrap();
+            assert!(text.contains("telephone-event"), "{text}");
+        }
+        other => panic!("the key was not refused with a reason: {other:?}"),
+    }
+    let _ = ureq::post(&format!("{api}/calls/{call}/hangup")).call();
+}

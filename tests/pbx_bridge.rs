@@ -1141,7 +1141,7 @@ fn a_whatsapp_call_reaches_a_phone_over_tls_with(sdes: bool) {
     let pem = dir.path().join("phone.pem");
     let both = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
     std::fs::write(&pem, both).unwrap();
-    let phone_port = free_port();
+    let phone_port = free_port_pair();
     let account = if sdes { ";mediaenc=srtp-mand" } else { "" };
     let (phone, _) = baresip_phone_tls(
         dir.path(),

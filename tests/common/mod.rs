@@ -419,6 +419,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A port free for UDP and TCP whose next one is free too (a peer that listens on both, as
+/// baresip's SIP over UDP on PORT and TLS on PORT + 1).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        let next = port.wrapping_add(1);
+        let free = next > port
+            && std::net::TcpListener::bind(("127.0.0.1", next)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", next)).is_ok();
+        if free {
+            return port;
+        }
+    }
+}
+
 /// A background process killed on drop with every process it forked (Kamailio forks its workers):
 /// it runs in a process group of its own, and the whole group is killed.
 pub struct Background {
