@@ -16,6 +16,7 @@ mod registry;
 pub use calls::CallInput;
 pub use commands::Command;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -195,6 +196,9 @@ pub struct Core {
     events: Events,
     call_tx: mpsc::Sender<CallInput>,
     pump_later: Vec<registry::CallKey>,
+    /// Why a transaction's connection could not be made, until its transport error is handled:
+    /// its method and the reason (a call then says what happened, not "no answer").
+    connect_failures: HashMap<TransactionId, (Method, String)>,
     /// Bridged calls' own timers (the PBX's ring timeout), soonest first.
     call_timers: std::collections::BTreeSet<(Instant, registry::CallKey)>,
     call_done: Option<(String, tokio::sync::oneshot::Sender<()>)>,
@@ -248,6 +252,7 @@ impl Core {
             events,
             call_tx,
             pump_later: Vec::new(),
+            connect_failures: HashMap::new(),
             call_timers: std::collections::BTreeSet::new(),
             call_done: None,
             rng,
@@ -404,6 +409,10 @@ impl Core {
             Inbound::ConnectFailed { conn, reason } => {
                 tracing::warn!("{reason}");
                 for id in self.connections.connect_failed(conn) {
+                    if let Some(req) = self.layer.request(id) {
+                        self.connect_failures
+                            .insert(id, (req.method.clone(), reason.clone()));
+                    }
                     self.layer.handle_transport_error(id);
                 }
             }
@@ -483,12 +492,14 @@ impl Core {
             }
             Event::TransportError { id } => {
                 tracing::info!("transaction {id}: transport error");
-                match self.registration_of(id) {
-                    Some(r) => {
+                let failure = self.connect_failures.remove(&id);
+                match (self.registration_of(id), failure) {
+                    (Some(r), _) => {
                         r.handle_request_timeout(now, id);
                         self.pump_registrations();
                     }
-                    None => self.on_timeout(id, false),
+                    (None, Some((method, reason))) => self.on_send_failure(id, &method, &reason),
+                    (None, None) => self.on_timeout(id, false),
                 }
             }
             _ => {}

@@ -16,7 +16,7 @@ use watrunk_call::{
 use watrunk_media::{IceConnected, MediaError, MediaEvent};
 use watrunk_sdp::{Capabilities, Security};
 use watrunk_sip::transaction::{Peer, TransactionId};
-use watrunk_sip::{Message, Request, Response, Uri};
+use watrunk_sip::{Message, Method, Request, Response, Uri};
 
 use super::commands::Command;
 use super::media_task::{media_failure, MediaCmd, Ready};
@@ -370,6 +370,17 @@ impl Core {
             } else {
                 leg.handle_request_timeout(id);
             }
+        }
+        self.pump(key);
+    }
+
+    /// A request of a call could not be sent at all (its connection failed): the leg hears why.
+    pub(super) fn on_send_failure(&mut self, id: TransactionId, method: &Method, reason: &str) {
+        let Some((key, leg)) = self.calls.leg_of_transaction(id) else {
+            return;
+        };
+        if let Some(e) = self.calls.get_mut(key) {
+            e.leg.leg_mut(leg).handle_send_failure(method, reason);
         }
         self.pump(key);
     }
