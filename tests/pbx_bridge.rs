@@ -1516,7 +1516,13 @@ fn a_pbx_behind_nat_gets_its_audio_where_its_rtp_comes_from() {
         .find_map(|l| l.strip_prefix("rtp_ports"))
         .map(|p| p.trim().replace('-', ":"))
         .expect("baresip's rtp_ports");
-    let mapped = free_port();
+    // The NAT's ports well away from the phone's own, so that no mapping can keep a port as it is.
+    let first: u16 = ports.split(':').next().unwrap().parse().unwrap();
+    let mapped = if first > 30_000 {
+        first - 5_000
+    } else {
+        first + 5_000
+    };
     iptables(&format!(
         "-t nat -A POSTROUTING -p udp --sport {ports} -j SNAT --to-source 127.0.0.1:{mapped}-{}",
         mapped + 9
@@ -1538,7 +1544,19 @@ fn a_pbx_behind_nat_gets_its_audio_where_its_rtp_comes_from() {
     let call = sim_call_report(&out, &logs);
     assert!(ok, "{logs}");
     assert_eq!(call["status"], 200, "{call}");
-    let latched = server.wait_event("media.latched", |_| true, Duration::from_secs(5));
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-L", "-v", "-n"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let logs = format!("{logs}\n--- iptables -t nat\n{nat}");
+    let Some(latched) = server
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "media.latched")
+    else {
+        panic!("no media.latched event\n{logs}");
+    };
     let source: std::net::SocketAddr = latched["source"].as_str().unwrap().parse().unwrap();
     assert!(
         (mapped..mapped + 10).contains(&source.port()),
@@ -1884,4 +1902,31 @@ fn a_pbx_caller_hears_our_ringback_while_the_user_rings_then_the_user() {
         (heard - 1000.0).abs() <= 1000.0 * 0.02,
         "then the user's 1000 Hz: {stream}"
     );
+}
+
+/// A PBX that cannot be reached at all (nothing listens on its TCP port): Meta's call is refused
+/// at once with 503 and a Reason that says what happened (the connection was refused), not after
+/// Timer B as "no answer (timeout)".
+#[test]
+fn an_unreachable_pbx_is_a_503_to_meta_saying_why_at_once() {
+    let dir = TempDir::new("pbx-refused");
+    let closed = free_port();
+    let started = std::time::Instant::now();
+    let (server, ok, out) = call_through_the_bridge_with(
+        dir.path(),
+        &format!("sip:127.0.0.1:{closed};transport=tcp"),
+        &[],
+        &["--hangup-after", "3"],
+    );
+    let took = started.elapsed();
+    let logs = format!("--- sim call\n{out}\n--- serve\n{}", server.log());
+    let call = sim_call_report(&out, &logs);
+    assert!(!ok, "{logs}");
+    assert_eq!(call["status"], 503, "{call}");
+    let reason = call["sip_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("could not be sent") && reason.contains("refused"),
+        "{call}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}: {call}");
 }

@@ -149,7 +149,8 @@ pub(crate) async fn write_loop(
                     }
                     learning = false;
                     if from != sink {
-                        let _ = events.try_send(MediaEvent::SinkLatched { announced: sink, source: from });
+                        // Once per (re-)offer: waited for, so that a full queue does not lose it.
+                        let _ = events.send(MediaEvent::SinkLatched { announced: sink, source: from }).await;
                         sink = from;
                         out.socket.latch_route(out.remote, from).await;
                     }
