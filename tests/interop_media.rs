@@ -294,7 +294,7 @@ fn stat(media_log: &str, name: &str) -> Option<u64> {
 }
 
 /// Consent freshness (RFC 7675) after set-up, from the capture: aiortc checked consent every 0.5 s
-/// and we answered each check; we checked every 1-2 s (half our 2-4 s timeout) and aiortc answered
+/// and we answered each check; we checked every 1-2 s (half our 4 s timeout) and aiortc answered
 /// ours. Neither side let consent expire.
 fn assert_consent_kept_both_ways(run: &AiortcRun) {
     let line = run

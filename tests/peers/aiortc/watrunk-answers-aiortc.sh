@@ -7,7 +7,7 @@
 # VANISH=1: aiortc goes away after SECS while watrunk keeps the call (consent timeout 6 s), which must
 # end it with "consent expired". A stranger also sends RTP to watrunk's local port: it must be ignored.
 # CONSENT=SECS: aiortc checks consent every SECS (peer.py --consent-interval) and watrunk's consent
-# timeout is 4 x SECS; the consent checks each way after set-up are counted from the capture.
+# timeout is 8 x SECS (4 missed checks would be too tight on a loaded 2-core machine); the consent checks each way after set-up are counted from the capture.
 #   unshare -n -- bash watrunk-answers-aiortc.sh WORKDIR   env: WATRUNK (binary), SECS (5), VANISH, CONSENT
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +24,7 @@ printf 'v=0\r\nc=IN IP4 %s\r\nm=audio 41002 RTP/AVP 111\r\n' "$ip" > sink-peer.s
 $helper plain --bind "$ip:41000" --peer-sdp sink-peer.sdp --freq 880 --seconds "$secs" --wav sink-rx.wav \
   --start immediate --ssrc 1234 > sink.log 2>&1 & spid=$!; pids+=($spid)
 media_secs=$((secs + 1)); [ "${VANISH:-0}" = 1 ] && media_secs=$((secs + 20))
-consent_timeout=6; [ -n "${CONSENT:-}" ] && consent_timeout=$(/usr/bin/python3 -c "print(4 * $CONSENT)")
+consent_timeout=6; [ -n "${CONSENT:-}" ] && consent_timeout=$(/usr/bin/python3 -c "print(8 * $CONSENT)")
 WATRUNK_LOG='warn,dtls=error,webrtc_ice=error' "$WATRUNK" media answer --offer offer.sdp --answer-out answer.sdp --media-ip "$ip" \
   --sink "$ip:41000" --local-rtp "$ip:41002" --seconds "$media_secs" --consent-timeout-secs "$consent_timeout" > media.log 2>&1 & mpid=$!; pids+=($mpid)
 # A stranger (not the sink) sends 20 RTP packets to watrunk's local port once the call is up.
