@@ -358,8 +358,24 @@ fn sipp_pbx(dir: &std::path::Path, scenario: &str, port: u16, extra: &[&str]) ->
             .args(extra),
         dir.join("sipp.log"),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait_bound(port, extra.windows(2).any(|w| w == ["-t", "t1"]));
     phone
+}
+
+/// Waits (up to 10 s) until something listens on 127.0.0.1:`port` (UDP, or TCP when `tcp`): a
+/// peer that is slow to start on a loaded machine must not miss our first INVITE.
+fn wait_bound(port: u16, tcp: bool) {
+    for _ in 0..200 {
+        let taken = if tcp {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+        } else {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+        };
+        if taken {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `watrunk serve` bridging +15550001111 to the PBX on UDP `pbx_port`, and the sim's call to it
@@ -1774,7 +1790,7 @@ fn sipp_extension(
     phone_port: u16,
     extra: &[&str],
 ) -> Background {
-    Background::spawn(
+    let extension = Background::spawn(
         name,
         Command::new(tool("sipp"))
             .current_dir(dir)
@@ -1786,7 +1802,9 @@ fn sipp_extension(
             .args(["-set", "newport", &phone_port.to_string()])
             .args(extra),
         dir.join(format!("{name}.log")),
-    )
+    );
+    wait_bound(port, false);
+    extension
 }
 
 /// Two transfers in one call: the PBX transfers the user to 202 (REFER), and 202, once it is the
