@@ -1222,15 +1222,8 @@ fn a_whatsapp_call_reaches_a_phone_over_tls_with(sdes: bool) {
 #[test]
 fn a_pbx_call_requiring_session_timers_reaches_whatsapp_and_its_refresh_stays_on_its_leg() {
     let run = PbxCalls::run("pbx-uac-timer", "pbx_uac_timer.xml", &[]);
-    assert!(
-        run.sipp_completed,
-        "SIPp's INVITE got a 200 naming the timer, its UPDATE a 200\n{}",
-        run.logs
-    );
-    assert_eq!(
-        run.call["ended_by"], "business",
-        "the PBX's BYE crossed: {}",
-        run.call
+    run.assert_sipp_done_and_the_pbx_hung_up(
+        "SIPp's INVITE got a 200 naming the timer, its UPDATE a 200",
     );
 }
 
@@ -1273,6 +1266,23 @@ struct PbxCalls {
 }
 
 impl PbxCalls {
+    /// SIPp ran its scenario to the end (`sipp_checked`: what it checks), Meta saw no rule broken,
+    /// and the PBX's BYE ended the call.
+    fn assert_sipp_done_and_the_pbx_hung_up(&self, sipp_checked: &str) {
+        assert!(self.sipp_completed, "{sipp_checked}\n{}", self.logs);
+        assert_eq!(
+            self.call["violations"],
+            serde_json::json!([]),
+            "{}",
+            self.call
+        );
+        assert_eq!(
+            self.call["ended_by"], "business",
+            "the PBX's BYE crossed: {}",
+            self.call
+        );
+    }
+
     fn run(tag: &str, scenario: &str, sipp_args: &[&str]) -> PbxCalls {
         PbxCalls::run_with(tag, scenario, sipp_args, &[], &[])
     }
@@ -1340,21 +1350,8 @@ impl PbxCalls {
 #[test]
 fn a_pbx_call_requiring_100rel_gets_a_reliable_180_and_its_prack_answered() {
     let run = PbxCalls::run("pbx-uac-100rel", "pbx_uac_100rel.xml", &[]);
-    assert!(
-        run.sipp_completed,
-        "the 180 asked for a PRACK, which got 200; the INVITE got 200\n{}",
-        run.logs
-    );
-    assert_eq!(
-        run.call["violations"],
-        serde_json::json!([]),
-        "{}",
-        run.call
-    );
-    assert_eq!(
-        run.call["ended_by"], "business",
-        "the PBX's BYE crossed: {}",
-        run.call
+    run.assert_sipp_done_and_the_pbx_hung_up(
+        "the 180 asked for a PRACK, which got 200; the INVITE got 200",
     );
 }
 
@@ -1369,21 +1366,8 @@ fn a_pbx_call_that_makes_us_the_refresher_is_refreshed_by_us() {
         &["--hangup-after", "30"],
         &[],
     );
-    assert!(
-        run.sipp_completed,
-        "our 200 kept refresher=uas and our UPDATE refreshed the session in time\n{}",
-        run.logs
-    );
-    assert_eq!(
-        run.call["violations"],
-        serde_json::json!([]),
-        "{}",
-        run.call
-    );
-    assert_eq!(
-        run.call["ended_by"], "business",
-        "the PBX's BYE crossed: {}",
-        run.call
+    run.assert_sipp_done_and_the_pbx_hung_up(
+        "our 200 kept refresher=uas and our UPDATE refreshed the session in time",
     );
 }
 

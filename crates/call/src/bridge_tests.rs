@@ -1229,19 +1229,24 @@ fn a_pbx_that_makes_us_the_refresher_gets_a_refresh_every_half_interval() {
     );
 }
 
+/// A PBX leg made from the PBX's `invite`, taken at `t0`.
+fn pbx_leg(t0: Instant, invite: &Request) -> Leg {
+    Leg::incoming(
+        t0,
+        invite.clone(),
+        server_transaction(invite),
+        pbx_setup(),
+        &mut rng(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_pbx_invite_requiring_100rel_gets_a_reliable_180_until_its_prack() {
     // Asterisk with 100rel=required.
     let invite = pbx_invite_to_whatsapp("pbx-100rel", &[("Require", "100rel")]);
     let t0 = Instant::now();
-    let mut leg = Leg::incoming(
-        t0,
-        invite.clone(),
-        server_transaction(&invite),
-        pbx_setup(),
-        &mut rng(),
-    )
-    .unwrap();
+    let mut leg = pbx_leg(t0, &invite);
     let responses = |leg: &mut Leg| -> Vec<Response> {
         std::iter::from_fn(|| leg.poll_output())
             .filter_map(|o| match o {
@@ -1297,14 +1302,7 @@ fn a_pbx_invite_requiring_100rel_gets_a_reliable_180_until_its_prack() {
     assert!(leg.is_ringing());
 
     // A PRACK that crosses our 200 (Meta answered at once) is still the 180's: 200, once.
-    let mut leg = Leg::incoming(
-        t0,
-        invite.clone(),
-        server_transaction(&invite),
-        pbx_setup(),
-        &mut rng(),
-    )
-    .unwrap();
+    let mut leg = pbx_leg(t0, &invite);
     let ringing = responses(&mut leg).remove(0);
     let rseq = ringing.headers.get("RSeq").unwrap().to_string();
     let to_tag = ringing
@@ -1332,14 +1330,7 @@ fn a_pbx_invite_requiring_100rel_gets_a_reliable_180_until_its_prack() {
 fn a_reliable_180_never_pracked_refuses_the_invite_and_meta_never_gets_one() {
     let invite = pbx_invite_to_whatsapp("pbx-100rel-lost", &[("Require", "100rel")]);
     let t0 = Instant::now();
-    let mut leg = Leg::incoming(
-        t0,
-        invite.clone(),
-        server_transaction(&invite),
-        pbx_setup(),
-        &mut rng(),
-    )
-    .unwrap();
+    let mut leg = pbx_leg(t0, &invite);
     leg.handle_timeout(t0 + std::time::Duration::from_secs(32));
     let last = std::iter::from_fn(|| leg.poll_output())
         .filter_map(|o| match o {
