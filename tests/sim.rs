@@ -726,3 +726,106 @@ fn an_idle_connection_without_a_call_is_closed() {
         started.elapsed()
     );
 }
+
+/// A far side that vanishes without a BYE (its process frozen: no more RTP, its TLS connection still
+/// open) ends the call at the RTP timeout: our BYE carries a Reason saying so, `call.ended` says it,
+/// and the far side, thawed, finds that BYE waiting.
+#[test]
+fn an_sdes_call_whose_far_side_vanishes_ends_at_the_rtp_timeout_with_a_bye_saying_why() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-rtp-timeout");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let _sink = sink(dir.path(), sink_port, 40);
+    let server = business_server(
+        &pw,
+        "sdes",
+        &format!("127.0.0.1:{sink_port}"),
+        &["--rtp-timeout-secs", "3", "--sip-trace"],
+    );
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let sim = Background::spawn(
+        "sim call",
+        Command::new(bin())
+            .args(["sim", "call", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--to", "+15550001111"])
+            .args(["--hangup-after", "30", "--rtp-timeout-secs", "60"])
+            .args(["--srtp", "sdes"])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--ca")
+            .arg(&ca),
+        dir.path().join("sim.log"),
+    );
+    server.wait_event("media.up", |_| true, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = sim.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let frozen = std::time::Instant::now();
+    let sent_bye = |log: &str| {
+        log.split(">>> Tls")
+            .find(|m| m.contains("\nBYE sip:"))
+            .map(str::to_string)
+    };
+    let bye = loop {
+        if let Some(bye) = sent_bye(&server.log()) {
+            break bye;
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(20),
+            "no BYE in the trace\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after = frozen.elapsed();
+    // Thawed, the far side reads our BYE and answers it.
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    let logs = || format!("--- sim\n{}\n--- serve\n{}", sim.log(), server.log());
+    // The timeout is 3 s from the far side's last packet (a little before the freeze); the call
+    // looks at its far side on its own wake-ups (every RTCP interval, 5 s, while the sink speaks).
+    assert!(
+        after >= Duration::from_millis(2800) && after < Duration::from_secs(10),
+        "BYE {after:?} after the far side froze\n{}",
+        logs()
+    );
+    assert!(
+        bye.contains("Reason: Q.850;cause=41;text=\"media failed: ")
+            && bye.contains("no RTP from the far side for 3 s"),
+        "{bye}"
+    );
+    let ended = server.wait_event("call.ended", |_| true, Duration::from_secs(10));
+    assert_eq!(ended["by"], "local", "{ended}");
+    let reason = ended["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("no RTP from the far side for 3 s"),
+        "{ended}"
+    );
+    assert_eq!(ended["q850_cause"], 41, "{ended}");
+    // The far side reports the call ended by the business, saying why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let call = loop {
+        let out = sim.log();
+        if let Some(c) = json_lines(&out)
+            .into_iter()
+            .find(|v| v["event"] == "sim.call")
+        {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(call["ended_by"], "business", "{call}");
+    assert!(
+        call["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no RTP"),
+        "{call}"
+    );
+}

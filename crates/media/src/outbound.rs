@@ -44,6 +44,8 @@ pub(crate) struct Outbound {
     pub(crate) first_ts: u32,
     /// Report a sink quiet for this long (`MediaConfig::sink_timeout`).
     pub(crate) sink_timeout: Option<Duration>,
+    /// End the media when the far side has sent no RTP for this long (`MediaConfig::rtp_timeout`).
+    pub(crate) rtp_timeout: Option<Duration>,
     /// For a sink that speaks SRTP: what checks its packets.
     pub(crate) sink_check: Option<SinkCheck>,
     /// Symmetric RTP (`MediaConfig::sink_latch`).
@@ -91,6 +93,8 @@ pub(crate) async fn write_loop(
     let mut sink_event: Option<(u32, u32)> = None;
     // Since when the sink has been quiet, as far as its timeout is concerned.
     let mut quiet_since = Instant::now();
+    // The far side's RTP count when last looked at, and since when it has not moved.
+    let mut far = (u64::MAX, Instant::now());
     let mut first = true;
     let mut dtmf: Option<DtmfSender> = None;
     let mut dtmf_queue: std::collections::VecDeque<DtmfSender> =
@@ -241,6 +245,17 @@ pub(crate) async fn write_loop(
                         quiet_since = now;
                     }
                 }
+                if let Some(limit) = out.rtp_timeout {
+                    far = far_side_heard(inbound, far, now);
+                    if now.duration_since(far.1) >= limit {
+                        stats.take_inbound(inbound);
+                        let _ = events.try_send(MediaEvent::Stats(Box::new(stats.clone())));
+                        return Err(MediaError::Timeout(format!(
+                            "no RTP from the far side for {} s (RTP timeout)",
+                            now.duration_since(far.1).as_secs()
+                        )));
+                    }
+                }
                 if now >= next_report && may_speak(inbound) {
                     next_report = now + RTCP_INTERVAL;
                     let me = SenderInfo {
@@ -310,6 +325,17 @@ pub(crate) async fn write_loop(
                     .await;
             }
         }
+    }
+}
+
+/// The far side's RTP count now, and since when it has stood still (`last`: the count and time
+/// seen before). Looked at on the call's own wake-ups, never per packet.
+fn far_side_heard(inbound: &InboundCounters, last: (u64, Instant), now: Instant) -> (u64, Instant) {
+    let count = inbound.packets.load(std::sync::atomic::Ordering::Relaxed);
+    if count == last.0 {
+        last
+    } else {
+        (count, now)
     }
 }
 

@@ -107,6 +107,9 @@ pub struct MediaConfig {
     /// Report `SinkQuiet` each time the sink has sent nothing for this long (a PBX's RTP timeout);
     /// None: a quiet sink is no news.
     pub sink_timeout: Option<Duration>,
+    /// End the call's media (`MediaEvent::Failed` with a timeout) once the far side has sent no
+    /// RTP for this long after set-up: a far side that vanished without a BYE. None: never.
+    pub rtp_timeout: Option<Duration>,
     /// The sink speaks SRTP with these SDES keys (a PBX leg on RTP/SAVP); None: plain RTP.
     pub sink_keys: Option<SinkKeys>,
     /// Symmetric RTP (a PBX behind NAT): after the start and each retarget, the source of the
@@ -133,6 +136,7 @@ impl MediaConfig {
             sink_audio: SinkAudio::Opus,
             sink_payloads: SinkPayloads::default(),
             sink_timeout: None,
+            rtp_timeout: None,
             sink_keys: None,
             sink_latch: false,
             seed,
@@ -860,6 +864,7 @@ async fn set_up(
         payloads,
         speak_first: cfg.speak_first,
         sink_timeout: cfg.sink_timeout,
+        rtp_timeout: cfg.rtp_timeout,
         sink_check,
         sink_latch: cfg.sink_latch,
         from_sink,

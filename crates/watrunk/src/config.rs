@@ -95,6 +95,10 @@ pub struct CallArgs {
     /// or g722 (16 kHz), transcoded both ways.
     #[arg(long)]
     pub sink_codec: Option<String>,
+    /// End a call whose far side (Meta) has sent no RTP for this many seconds after set-up, with a
+    /// BYE saying so (20, Meta's own no-media limit; 0: never).
+    #[arg(long)]
+    pub rtp_timeout_secs: Option<u64>,
     /// Media keying for the calls we place: dtls (ICE + DTLS-SRTP, the default) or sdes.
     #[arg(long)]
     pub srtp: Option<String>,
@@ -242,6 +246,7 @@ struct FileMedia {
     sink: Option<SocketAddr>,
     sink_codec: Option<String>,
     srtp: Option<String>,
+    rtp_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -345,7 +350,12 @@ pub struct MediaSettings {
     pub ip6: Option<IpAddr>,
     pub port: u16,
     pub public_ip: Option<IpAddr>,
+    /// How long the far side may send no RTP before its call ends (None: never).
+    pub rtp_timeout: Option<Duration>,
 }
+
+/// Meta ends a call after 20 s without media; a far side silent that long is gone.
+pub const DEFAULT_RTP_TIMEOUT_SECS: u64 = 20;
 
 #[derive(Clone, Debug)]
 pub struct CallsConfig {
@@ -837,6 +847,14 @@ fn resolve_calls(
         ip6: args.media_ip6.or(file.media.ip6),
         port: args.media_port.or(file.media.port).unwrap_or(0),
         public_ip: args.public_ip.or(file.media.public_ip),
+        rtp_timeout: match args
+            .rtp_timeout_secs
+            .or(file.media.rtp_timeout_secs)
+            .unwrap_or(DEFAULT_RTP_TIMEOUT_SECS)
+        {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        },
     });
     if (!args.numbers.is_empty() || !file.numbers.is_empty()) && media.is_none() {
         bail!("calls need a media address: pass --media-ip IP (config key media.ip)");

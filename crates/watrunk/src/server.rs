@@ -156,6 +156,7 @@ pub async fn run_with(
                 ip: m.ip,
                 ip6: m.ip6,
                 public_ip: m.public_ip,
+                rtp_timeout: m.rtp_timeout,
             })
         }
     };

@@ -603,6 +603,7 @@ impl Core {
             "status": ending.status,
             "reason": ending.reason,
             "sip_reason": ending.sip_reason,
+            "q850_cause": ending.q850_cause,
             "media_failure": ending.media_failure.as_ref().map(|f| f.to_string()),
             "meta_call_id": entry.meta.call_id,
             "meta_call_duration_secs": ending.meta_duration_secs,

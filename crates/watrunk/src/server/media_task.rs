@@ -44,6 +44,7 @@ pub struct MediaShared {
     pub ip: IpAddr,
     pub ip6: Option<IpAddr>,
     pub public_ip: Option<IpAddr>,
+    pub rtp_timeout: Option<Duration>,
 }
 
 /// The media stack's failure as the leg takes it: whose fault, and what happened.
@@ -78,6 +79,7 @@ impl Core {
         cfg.sink_audio = entry.sink.audio;
         cfg.sink_payloads = entry.sink.payloads;
         cfg.sink_keys = entry.sink.keys;
+        cfg.rtp_timeout = media.rtp_timeout;
         if let (Session::Bridged(_), Some(pbx)) = (&entry.leg, self.cfg.calls.pbxs.get(entry.pbx)) {
             cfg.sink_timeout = pbx.rtp_timeout;
             cfg.sink_latch = pbx.symmetric_rtp;
