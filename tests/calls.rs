@@ -180,6 +180,17 @@ fn invite_with_digest(
     invite: &Request,
     password: &str,
 ) -> (Request, Response) {
+    let (_, retry, resp) = invite_with_digest_seen(tls, buf, invite, password);
+    (retry, resp)
+}
+
+/// The same, with the challenge it answered.
+fn invite_with_digest_seen(
+    tls: &mut Tls,
+    buf: &mut Vec<u8>,
+    invite: &Request,
+    password: &str,
+) -> (Response, Request, Response) {
     send(tls, &invite.to_bytes());
     let challenge = final_response(tls, buf);
     assert_eq!(challenge.status, 407, "{challenge:?}");
@@ -217,7 +228,34 @@ fn invite_with_digest(
     );
     send(tls, &retry.to_bytes());
     let resp = final_response(tls, buf);
-    (retry, resp)
+    (challenge, retry, resp)
+}
+
+/// A response as a prober compares two: the called number, `own` (the test's Call-ID), and every
+/// nonce, opaque, tag and branch made alike.
+fn alike(r: &Response, number: &str, own: &str) -> String {
+    let mut text = String::from_utf8(r.to_bytes())
+        .unwrap()
+        .replace(number, "NUMBER")
+        .replace(own, "OWN");
+    for (start, ends) in [
+        ("nonce=\"", &['"'][..]),
+        ("opaque=\"", &['"'][..]),
+        ("tag=", &[';', '>', '\r'][..]),
+        ("branch=", &[';', '\r'][..]),
+    ] {
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(start) {
+            out.push_str(&rest[..i + start.len()]);
+            rest = &rest[i + start.len()..];
+            rest = &rest[rest.find(ends).unwrap_or(rest.len())..];
+            out.push('*');
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
 }
 
 fn sdp_check(dir: &Path, sdp: &[u8]) -> (bool, String) {
@@ -352,23 +390,51 @@ fn metas_sample_invites_get_a_407_then_a_200_whose_answer_passes_sdp_check() {
 }
 
 #[test]
-fn refusals_say_why_unknown_number_404_wrong_password_403_bad_sdp_488() {
+fn refusals_unknown_number_and_wrong_password_alike_bad_sdp_488_naming_the_rule() {
     let dir = TempDir::new("calls-refusals");
     let (mut server, _sink) = serve(dir.path(), &["--challenge", "--digest-algorithm", "both"]);
     let mut tls = server.tls_connect();
     let mut buf = Vec::new();
 
-    // An INVITE to a number this server does not have.
-    let mut unknown = meta_invite("meta-invite-user-initiated-01.sip");
-    unknown.uri = watrunk_sip::Uri::parse("sip:+19990000000@localhost;transport=tls").unwrap();
-    send(&mut tls, &unknown.to_bytes());
-    let r = final_response(&mut tls, &mut buf);
-    assert_eq!(r.status, 404, "{r:?}");
-
-    // The right number, the wrong password: one 407, then 403.
-    let invite = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), "wrongpw");
-    let (_, r) = invite_with_digest(&mut tls, &mut buf, &invite, "not-the-password");
-    assert_eq!(r.status, 403, "{r:?}");
+    // A number this server does not have and one it has, each with a wrong password: the same
+    // 407, then the same 403 (apart from nonces, tags and the number itself), so no number can
+    // be found by probing.
+    let mut seen = Vec::new();
+    for (number, own) in [("+19990000000", "probe-one"), ("+17015558857", "probe-two")] {
+        let mut invite = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), own);
+        invite.uri =
+            watrunk_sip::Uri::parse(&format!("sip:{number}@localhost;transport=tls")).unwrap();
+        invite
+            .headers
+            .set("To", format!("<sip:{number}@meta-voip.example.com>"));
+        let (challenge, _, refusal) =
+            invite_with_digest_seen(&mut tls, &mut buf, &invite, "not-the-password");
+        assert_eq!(
+            (refusal.status, refusal.reason.as_str()),
+            (403, "Forbidden"),
+            "{refusal:?}"
+        );
+        seen.push((alike(&challenge, number, own), alike(&refusal, number, own)));
+    }
+    assert_eq!(seen[0], seen[1]);
+    // The operator is told what each was.
+    let failed = server.wait_event(
+        "auth.failed",
+        |e| e["number"] == "+17015558857",
+        Duration::from_secs(5),
+    );
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("wrong credentials"),
+        "{failed}"
+    );
+    server.wait_event(
+        "auth.failed",
+        |e| e["number"] == "unknown",
+        Duration::from_secs(5),
+    );
 
     // Good credentials, an offer without Opus: 488 naming the rule.
     let mut invite = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), "noopus");
@@ -473,7 +539,8 @@ fn cancel_before_answer_gets_487_and_frees_the_call() {
 #[test]
 fn a_lost_ack_ends_the_call_with_a_bye_after_timer_h() {
     let dir = TempDir::new("calls-noack");
-    let (mut server, _sink) = serve(dir.path(), &[]);
+    // No media flows here: the RTP timeout (20 s) would end the call before Timer H.
+    let (mut server, _sink) = serve(dir.path(), &["--rtp-timeout-secs", "0"]);
     let mut tls = server.tls_connect();
     let mut buf = Vec::new();
     let mut invite = meta_invite("meta-invite-user-initiated-digest-01.sip");
@@ -739,4 +806,117 @@ fn dtmf_on_a_call_without_telephone_event_8000_is_refused_with_the_reason() {
         other => panic!("the key was not refused with a reason: {other:?}"),
     }
     let _ = ureq::post(&format!("{api}/calls/{call}/hangup")).call();
+}
+
+/// A TLS connection to the server from `source` (an address of this host: 127.0.0.2 is one).
+fn tls_connect_from(server: &Server, source: &str) -> Tls {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket.connect(&server.tls.unwrap().into()).unwrap();
+    let tcp: std::net::TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = rustls::ClientConnection::new(server.tls_config(), "localhost".try_into().unwrap())
+        .unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).expect("TLS handshake");
+    }
+    s
+}
+
+/// A bounded brute force over TLS: 10,000 guesses at the password from one address. After
+/// --auth-max-failures (10) the address is banned: every later guess, and then the right
+/// password, gets the same 403; another address is not affected; the failures are events, the log
+/// says so without a line per guess. (That the ban ends is the admission unit tests' job: here it
+/// outlasts the guessing.)
+#[test]
+fn a_password_guesser_is_banned_and_another_address_is_not() {
+    let dir = TempDir::new("calls-brute-force");
+    let (server, _sink) = serve(
+        dir.path(),
+        &[
+            "--challenge",
+            "--digest-algorithm",
+            "both",
+            "--auth-max-failures",
+            "10",
+            "--auth-ban-secs",
+            "300",
+        ],
+    );
+    let mut guesser = tls_connect_from(&server, "127.0.0.1");
+    let mut buf = Vec::new();
+    let invite = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), "guesses");
+    send(&mut guesser, &invite.to_bytes());
+    let challenge = final_response(&mut guesser, &mut buf);
+    assert_eq!(challenge.status, 407);
+    let offered: Vec<&str> = challenge.headers.get_all("Proxy-Authenticate").collect();
+    let challenges = Challenge::parse_supported(offered.iter().copied());
+    let chosen = digest::choose_challenge(&challenges).unwrap().clone();
+    let guess = |n: u32, password: &str| {
+        let auth = digest::answer(
+            &chosen,
+            &Credentials::new("17015558857", password),
+            "INVITE",
+            &invite.uri.to_string(),
+            &invite.body,
+            n,
+            "0a4f113b",
+        );
+        let mut retry = as_new_call(invite.clone(), &format!("guess-{n}"));
+        retry.headers.set("CSeq", format!("{} INVITE", n + 1));
+        retry.headers.push("Proxy-Authorization", auth.to_string());
+        retry
+    };
+    // Sent 100 at a time, then their 100 answers read.
+    let started = std::time::Instant::now();
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    for batch in 0..100u32 {
+        let mut bytes = Vec::new();
+        for i in 0..100 {
+            bytes.extend(guess(batch * 100 + i + 1, &format!("guess-{batch}-{i}")).to_bytes());
+        }
+        send(&mut guesser, &bytes);
+        for _ in 0..100 {
+            *statuses
+                .entry(final_response(&mut guesser, &mut buf).status)
+                .or_default() += 1;
+        }
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        statuses,
+        [(403, 10_000)].into(),
+        "every guess refused alike"
+    );
+    // The right password from the banned address fails too.
+    send(&mut guesser, &guess(10_001, PASSWORD).to_bytes());
+    let banned = final_response(&mut guesser, &mut buf);
+    assert_eq!((banned.status, banned.reason.as_str()), (403, "Forbidden"));
+    // Another address, the right password: the call is taken.
+    let mut caller = tls_connect_from(&server, "127.0.0.2");
+    let call = as_new_call(meta_invite("meta-invite-user-initiated-01.sip"), "honest");
+    let (_, ok) = invite_with_digest(&mut caller, &mut buf, &call, PASSWORD);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // The operator was told: ten failures as events, one ban, and a log that did not grow
+    // with the guesses.
+    let events = server.events();
+    let failed = events
+        .iter()
+        .filter(|e| e["event"] == "auth.failed")
+        .count();
+    assert_eq!(failed, 10, "only checked answers are failures: {events:#?}");
+    let ban = server.wait_event("auth.banned", |_| true, Duration::from_secs(5));
+    assert_eq!(ban["source"], "127.0.0.1", "{ban}");
+    assert_eq!(ban["failures"], 10, "{ban}");
+    let log = server.log();
+    let lines = log.matches("authentication failed from 127.0.0.1").count();
+    assert!((1..=10).contains(&lines), "{lines} lines\n{log}");
+    assert!(
+        log.contains("127.0.0.1 banned for 300 s after 10 failed authentications"),
+        "{log}"
+    );
+    eprintln!("10,000 guesses over TLS in {took:?}");
 }

@@ -829,3 +829,205 @@ fn an_sdes_call_whose_far_side_vanishes_ends_at_the_rtp_timeout_with_a_bye_sayin
         "{call}"
     );
 }
+
+/// `watrunk sim call` to the business's number in the background, ending after `secs` unless the
+/// business ends it first; its `sim.call` report goes to its log.
+fn sim_call_in_background(
+    server: &Server,
+    dir: &std::path::Path,
+    name: &str,
+    pw: &std::path::Path,
+    ca: &std::path::Path,
+    secs: u32,
+) -> Background {
+    Background::spawn(
+        "sim call",
+        Command::new(bin())
+            .args(["sim", "call", &server.tls.unwrap().to_string()])
+            .args(["--server-name", "localhost", "--to", "+15550001111"])
+            .args(["--hangup-after", &secs.to_string(), "--srtp", "sdes"])
+            .args(["--expect-hz", "880"])
+            .arg("--password-file")
+            .arg(pw)
+            .arg("--ca")
+            .arg(ca),
+        dir.join(format!("{name}.log")),
+    )
+}
+
+/// The `sim.call` report of a background sim, once it has one.
+fn sim_report(sim: &Background, limit: Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(c) = json_lines(&sim.log())
+            .into_iter()
+            .find(|v| v["event"] == "sim.call")
+        {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sim.call report\n{}",
+            sim.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM with ten live calls: a new call gets 503 with Retry-After, the live calls keep their
+/// audio until the drain timeout, then each far side gets a BYE saying why, every call.ended is
+/// emitted, and the server exits 0.
+#[test]
+fn sigterm_drains_ten_live_calls_then_exits_zero() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-drain");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let _sink = sink(dir.path(), sink_port, 60);
+    let mut server = business_server(
+        &pw,
+        "sdes",
+        &format!("127.0.0.1:{sink_port}"),
+        &["--drain-timeout-secs", "5"],
+    );
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let sims: Vec<Background> = (0..10)
+        .map(|n| sim_call_in_background(&server, dir.path(), &format!("sim{n}"), &pw, &ca, 60))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "media.up")
+        .count()
+        < 10
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.signal("TERM");
+    let signalled = std::time::Instant::now();
+    // A new call while draining: 503 with Retry-After (the sim reports the status).
+    let late = sim_call_in_background(&server, dir.path(), "late", &pw, &ca, 5);
+    let refused = sim_report(&late, Duration::from_secs(10));
+    assert_eq!(refused["status"], 503, "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shutting down"),
+        "{refused}"
+    );
+    let status = server.wait_exit(Duration::from_secs(20));
+    let took = signalled.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}\n{}",
+        server.log()
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(12),
+        "exited {took:?} after SIGTERM (drain timeout 5 s)"
+    );
+    let ended: Vec<serde_json::Value> = server
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "call.ended")
+        .collect();
+    assert_eq!(ended.len(), 10, "{ended:?}");
+    for e in &ended {
+        assert_eq!(e["reason"], "the server is shutting down", "{e}");
+        assert_eq!(e["q850_cause"], 41, "{e}");
+    }
+    for sim in &sims {
+        let call = sim_report(sim, Duration::from_secs(10));
+        assert_eq!(call["ended_by"], "business", "{call}");
+        assert!(
+            call["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("the server is shutting down"),
+            "{call}"
+        );
+        // Audio until the end: the agent's tone heard, over more than the drain timeout.
+        assert!(near(&call["media"]["heard_hz"], 880.0), "{call}");
+        assert!(call["duration_secs"].as_u64().unwrap() >= 5, "{call}");
+    }
+}
+
+/// SIGHUP with a new password file and a new certificate: a new call needs both (the old password
+/// is refused, the new CA's certificate is served), while the call that was up keeps its audio to
+/// its end.
+#[test]
+fn sighup_reloads_the_password_and_the_certificate_without_touching_a_live_call() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-reload");
+    let (first_ca, first_cert, first_key) = dev_pki(&dir.path().join("first"));
+    let (second_ca, second_cert, second_key) = dev_pki(&dir.path().join("second"));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(&first_cert, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+    let pw = dir.path().join("pw");
+    let old_pw = dir.path().join("old-pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    std::fs::write(&old_pw, "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let _sink = sink(dir.path(), sink_port, 60);
+    let server = business_server(
+        &pw,
+        "sdes",
+        &format!("127.0.0.1:{sink_port}"),
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let live = sim_call_in_background(&server, dir.path(), "live", &pw, &first_ca, 10);
+    server.wait_event("media.up", |_| true, Duration::from_secs(15));
+    std::fs::write(&pw, "a-new-secret\n").unwrap();
+    std::fs::copy(&second_cert, &cert).unwrap();
+    std::fs::copy(&second_key, &key).unwrap();
+    server.signal("HUP");
+    let reloaded = server.wait_event("server.reloaded", |_| true, Duration::from_secs(5));
+    assert_eq!(
+        reloaded["certificate"],
+        cert.display().to_string(),
+        "{reloaded}"
+    );
+    // The new password and the new certificate's CA: the call is taken, with audio.
+    let new = sim_call_in_background(&server, dir.path(), "new", &pw, &second_ca, 3);
+    let call = sim_report(&new, Duration::from_secs(20));
+    assert_eq!(call["status"], 200, "{call}\n{}", server.log());
+    assert!(near(&call["media"]["heard_hz"], 880.0), "{call}");
+    // The old password is refused now.
+    let old = sim_call_in_background(&server, dir.path(), "old", &old_pw, &second_ca, 3);
+    let refused = sim_report(&old, Duration::from_secs(20));
+    assert_eq!(refused["status"], 403, "{refused}");
+    // The old CA no longer vouches for what the server presents.
+    let stale = sim_call_in_background(&server, dir.path(), "stale", &pw, &first_ca, 3);
+    let (ok, _) = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut stale = stale;
+        loop {
+            if let Ok(Some(status)) = stale.child.try_wait() {
+                break (status.success(), stale.log());
+            }
+            assert!(std::time::Instant::now() < deadline, "{}", stale.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(
+        !ok,
+        "a client trusting only the old CA must fail after the reload"
+    );
+    // The call that was up went on to its own end, with audio.
+    let call = sim_report(&live, Duration::from_secs(20));
+    assert_eq!(call["status"], 200, "{call}");
+    assert_eq!(call["ended_by"], "sim", "{call}");
+    assert!(call["duration_secs"].as_u64().unwrap() >= 10, "{call}");
+    assert!(near(&call["media"]["heard_hz"], 880.0), "{call}");
+    assert_eq!(call["bye_status"], 200, "{call}");
+}

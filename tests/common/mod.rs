@@ -92,6 +92,29 @@ impl Server {
         self.child.id()
     }
 
+    /// Sends the server a signal (`TERM`, `HUP` ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {}", self.pid());
+    }
+
+    /// Waits up to `limit` for the server to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts `watrunk serve --hostname localhost` with UDP, TCP and TLS on ephemeral loopback ports plus
     /// `extra` flags, and waits until every listener is up.
     pub fn start(extra: &[&str]) -> Server {

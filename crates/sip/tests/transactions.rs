@@ -1020,11 +1020,91 @@ fn transactions_beyond_the_limit_get_503() {
     let r = response(message);
     assert_eq!(r.status, 503);
     assert!(r.reason.contains("too many transactions"), "{}", r.reason);
+    assert_eq!(r.headers.get("Retry-After"), Some("5"));
     assert_eq!(l.len(), 2);
     assert_eq!(
         l.send_request(t0, uac_options(), peer(Transport::Udp)),
         Err(SendError::TooManyTransactions { limit: 2 })
     );
+}
+
+/// A full layer still takes the requests of dialogs that are up: a call's BYE is never refused
+/// for overload.
+#[test]
+fn in_dialog_requests_pass_a_full_layer() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(Config {
+        max_transactions: 1,
+        ..Config::default()
+    });
+    let from = peer(Transport::Udp);
+    receive_new(&mut l, t0, uas_options(), from.clone());
+    let mut bye = uas_options();
+    bye.method = Method::BYE;
+    bye.headers.set("CSeq", "2 BYE");
+    bye.headers
+        .set("Via", "SIP/2.0/UDP 192.0.2.10:5061;branch=z9hG4bKbye1");
+    let mut stranger = bye.clone();
+    let to = bye.headers.get("To").unwrap().to_string();
+    bye.headers.set("To", format!("{to};tag=ours"));
+    let id = receive_new(&mut l, t0, bye, from.clone());
+    assert_eq!(l.len(), 2, "the BYE has its transaction ({id:?})");
+    // Out of dialog, the same request is refused.
+    stranger
+        .headers
+        .set("Via", "SIP/2.0/UDP 192.0.2.10:5061;branch=z9hG4bKbye2");
+    l.handle_incoming(t0, Message::Request(stranger), from)
+        .unwrap();
+    let outs = drain(&mut l);
+    assert_eq!(response(sent(&outs)[0]).status, 503, "{outs:?}");
+}
+
+/// One address may hold only so many server transactions; another is not affected, and a slot
+/// freed is a slot taken again.
+#[test]
+fn one_source_cannot_take_every_transaction() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(Config {
+        max_transactions_per_source: 2,
+        ..Config::default()
+    });
+    let flood = peer(Transport::Udp);
+    let mut other = peer(Transport::Udp);
+    other.addr = "192.0.2.99:5060".parse().unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let mut opt = uas_options();
+        opt.headers.set(
+            "Via",
+            format!("SIP/2.0/UDP 192.0.2.10:5061;branch=z9hG4bKflood{n}"),
+        );
+        l.handle_incoming(t0, Message::Request(opt), flood.clone())
+            .unwrap();
+        let outs = drain(&mut l);
+        match n {
+            2 => {
+                let r = response(sent(&outs)[0]);
+                assert_eq!(r.status, 503, "{outs:?}");
+                assert!(r.reason.contains("from this address"), "{}", r.reason);
+            }
+            _ => ids.extend(events(&outs).iter().filter_map(|e| match e {
+                Event::Request { id, .. } => Some(*id),
+                _ => None,
+            })),
+        }
+    }
+    let mut opt = uas_options();
+    opt.headers
+        .set("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKother");
+    receive_new(&mut l, t0, opt, other);
+    // The flood's first transaction ends (over UDP, Timer J keeps it 32 s after its answer).
+    l.respond(t0, ids[0], reply(&uas_options(), 200, None))
+        .unwrap();
+    let _ = run_until(&mut l, t0, t0 + secs(33));
+    let mut opt = uas_options();
+    opt.headers
+        .set("Via", "SIP/2.0/UDP 192.0.2.10:5061;branch=z9hG4bKflood9");
+    receive_new(&mut l, t0 + secs(33), opt, flood);
 }
 
 #[test]

@@ -87,7 +87,7 @@ pub async fn run(mut args: PlaceCallArgs) -> Result<()> {
     }
     let cfg = ServeConfig::resolve(args.serve)?;
     let (tx, rx) = mpsc::channel(4096);
-    let server = tokio::spawn(server::run_with(cfg, tx.clone(), rx, true));
+    let server = tokio::spawn(server::run_with(cfg, None, tx.clone(), rx, true));
     let (reply, answer) = oneshot::channel();
     tx.send(CallInput::Command(Command::Originate {
         from: args.from.clone(),

@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 use watrunk_media::{Law, SinkAudio};
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 pub struct ServeArgs {
     /// The SIP hostname configured on the WhatsApp number (certificate name, Contact, digest realm).
     #[arg(long, env = "WATRUNK_HOSTNAME")]
@@ -59,12 +59,21 @@ pub struct ServeArgs {
     /// Digest algorithms offered: md5, sha-256, or both (SHA-256 first).
     #[arg(long)]
     pub digest_algorithm: Option<String>,
+    /// Failed digest answers a source may give before it is banned (10; 0: never banned).
+    #[arg(long)]
+    pub auth_max_failures: Option<u32>,
+    /// How long a ban lasts, and how long a source's failures are remembered (300 s).
+    #[arg(long)]
+    pub auth_ban_secs: Option<u64>,
     /// Largest SIP message accepted, in octets.
     #[arg(long)]
     pub max_message_size: Option<usize>,
     /// Close a stream connection idle for this many seconds.
     #[arg(long)]
     pub idle_timeout_secs: Option<u64>,
+    /// On SIGTERM or SIGINT, how long live calls may go on before each gets a BYE (60 s).
+    #[arg(long)]
+    pub drain_timeout_secs: Option<u64>,
     #[command(flatten)]
     pub calls: CallArgs,
 }
@@ -292,6 +301,8 @@ struct FileAuth {
     username: Option<String>,
     status: Option<u16>,
     algorithm: Option<String>,
+    max_failures: Option<u32>,
+    ban_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -300,6 +311,11 @@ struct FileLimits {
     max_message_size: Option<usize>,
     idle_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    first_message_secs: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    max_transactions: Option<usize>,
+    max_transactions_per_source: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,6 +332,23 @@ pub struct DigestSettings {
     pub realm: String,
     pub status: u16,
     pub offer: DigestOffer,
+}
+
+/// When a source that keeps failing digest authentication is banned, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanPolicy {
+    /// Failures before the ban (0: never).
+    pub max_failures: u32,
+    pub ban_secs: u64,
+}
+
+impl Default for BanPolicy {
+    fn default() -> Self {
+        BanPolicy {
+            max_failures: 10,
+            ban_secs: 300,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -489,9 +522,17 @@ pub struct ServeConfig {
     /// Without numbers: every INVITE is challenged with this (then refused: no number to call).
     pub auth: Option<AuthConfig>,
     pub digest: DigestSettings,
+    pub bans: BanPolicy,
     pub max_message: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// An accepted connection must send a complete SIP message within this.
+    pub first_message_timeout: Duration,
+    pub max_transactions: usize,
+    pub max_transactions_per_source: usize,
+    /// How long live calls may go on once the server is told to stop.
+    pub drain_timeout: Duration,
     pub calls: CallsConfig,
 }
 
@@ -556,6 +597,16 @@ impl ServeConfig {
             Some("both") => DigestOffer::Both,
             Some(other) => bail!("auth.algorithm: {other:?} is not md5, sha-256 or both"),
         };
+        let bans = BanPolicy {
+            max_failures: args
+                .auth_max_failures
+                .or(file.auth.max_failures)
+                .unwrap_or(BanPolicy::default().max_failures),
+            ban_secs: args
+                .auth_ban_secs
+                .or(file.auth.ban_secs)
+                .unwrap_or(BanPolicy::default().ban_secs),
+        };
         let digest = DigestSettings {
             username: args.sip_username.or(file.auth.username),
             realm: hostname.clone(),
@@ -601,6 +652,7 @@ impl ServeConfig {
             sip_trace_unmasked: args.sip_trace_unmasked,
             auth,
             digest,
+            bans,
             max_message: args
                 .max_message_size
                 .or(file.limits.max_message_size)
@@ -611,6 +663,17 @@ impl ServeConfig {
                     .unwrap_or(900),
             ),
             max_connections: file.limits.max_connections.unwrap_or(10_000),
+            max_connections_per_source: file.limits.max_connections_per_source.unwrap_or(128),
+            first_message_timeout: Duration::from_secs(
+                file.limits.first_message_secs.unwrap_or(30),
+            ),
+            max_transactions: file.limits.max_transactions.unwrap_or(8192),
+            max_transactions_per_source: file.limits.max_transactions_per_source.unwrap_or(1024),
+            drain_timeout: Duration::from_secs(
+                args.drain_timeout_secs
+                    .or(file.limits.drain_timeout_secs)
+                    .unwrap_or(60),
+            ),
             calls,
             hostname,
         })

@@ -77,13 +77,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         let done: anyhow::Result<()> = match cli.command {
-            Command::Serve(args) => {
-                let cfg = config::ServeConfig::resolve(*args)?;
-                tokio::select! {
-                    r = server::run(cfg) => r,
-                    _ = tokio::signal::ctrl_c() => Ok(()),
-                }
-            }
+            Command::Serve(args) => server::run(*args).await,
             Command::Call(args) => call_cli::run(*args).await,
             Command::Probe(args) => client::probe(args).await,
             Command::Media { command } => media_cli::run(command).await,

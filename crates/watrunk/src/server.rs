@@ -9,6 +9,7 @@ mod calls;
 mod commands;
 mod connections;
 mod hops;
+mod lifecycle;
 mod media_task;
 mod pbx;
 mod registry;
@@ -38,29 +39,38 @@ use crate::config::ServeConfig;
 use crate::events::Events;
 use admission::{Admission, Verdict};
 use connections::Connections;
+use watrunk_sip::io::throttle::LogThrottle;
 use watrunk_sip::io::tls::{self, CertOrigin};
 use watrunk_sip::io::transport::{self, Inbound, Limits, Shared};
 
 pub const SERVER: &str = concat!("watrunk/", env!("CARGO_PKG_VERSION"));
 
-pub async fn run(cfg: ServeConfig) -> Result<()> {
+/// `watrunk serve`: runs until SIGTERM or SIGINT has drained it; SIGHUP reloads `args`.
+pub async fn run(args: crate::config::ServeArgs) -> Result<()> {
+    let cfg = ServeConfig::resolve(args.clone())?;
     let (call_tx, call_rx) = mpsc::channel(4096);
-    run_with(cfg, call_tx, call_rx, false).await
+    run_with(cfg, Some(args), call_tx, call_rx, false).await
 }
 
 /// The server with its call channel given: the control API and `watrunk call` send commands on it.
-/// `one_shot`: return once a call has been made and none is left.
+/// `reload`: the flags SIGHUP reads the configuration from again. `one_shot`: return once a call
+/// has been made and none is left.
 pub async fn run_with(
     mut cfg: ServeConfig,
+    reload: Option<crate::config::ServeArgs>,
     call_tx: mpsc::Sender<CallInput>,
     call_rx: mpsc::Receiver<CallInput>,
     one_shot: bool,
 ) -> Result<()> {
+    let loaded = cfg.clone();
+    let signals = lifecycle::Signals::install().context("cannot install signal handlers")?;
     let (core_tx, core_rx) = mpsc::channel(8192);
     let limits = Limits {
         max_message: cfg.max_message,
-        max_connections: cfg.max_connections,
+        max_connections: connections_within_open_files(cfg.max_connections),
         idle_timeout: cfg.idle_timeout,
+        max_connections_per_source: cfg.max_connections_per_source,
+        first_message_timeout: cfg.first_message_timeout,
         ..Limits::default()
     };
     let shared = Shared::new(core_tx, limits);
@@ -105,14 +115,15 @@ pub async fn run_with(
         cfg.tcp = Some(l.local_addr()?);
         tokio::spawn(transport::run_stream_listener(l, None, shared.clone()));
     }
+    let mut certificate = None;
     if let Some(addr) = cfg.tls {
-        let (server_cfg, origin) = tls::server_config(&tls::CertSource {
+        let (server_cfg, origin, reloadable) = tls::reloadable_server_config(&tls::CertSource {
             cert: cfg.cert.clone(),
             key: cfg.key.clone(),
             hostname: cfg.hostname.clone(),
             state_dir: cfg.state_dir.clone(),
         })?;
-        match origin {
+        match &origin {
             CertOrigin::Configured(p) => tracing::info!("TLS certificate {}", p.display()),
             CertOrigin::SelfSignedNew(p) => tracing::warn!(
                 "no --cert given: made a self-signed certificate for {} at {} (fine for tests and `watrunk sim`; Meta needs a certificate from a public CA)",
@@ -125,6 +136,7 @@ pub async fn run_with(
                 p.display()
             ),
         }
+        certificate = Some(reloadable);
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot bind TLS {addr} (listen.tls)"))?;
@@ -178,7 +190,14 @@ pub async fn run_with(
     }
     let mut core = Core::new(cfg, udp_sockets, shared, media, tls_client, events, call_tx);
     core.one_shot = one_shot;
-    core.run(core_rx, call_rx).await;
+    core.reload_args = reload;
+    core.loaded = Some(Box::new(loaded));
+    core.certificate = certificate;
+    core.run(core_rx, call_rx, signals).await;
+    // The last ACK or BYE is written before the process goes.
+    core.connections
+        .flush(std::time::Duration::from_secs(1))
+        .await;
     match core.unanswered.first() {
         Some(failed) if one_shot => anyhow::bail!("the call was not answered: {failed}"),
         _ => Ok(()),
@@ -211,6 +230,18 @@ pub struct Core {
     unanswered: Vec<String>,
     /// Our registrations at PBXs as a trunk (`--pbx-register`), with the trunk of each.
     registrations: Vec<(usize, watrunk_call::Registration)>,
+    /// Failed authentications logged at most so often (each is an event all the same).
+    auth_log: LogThrottle,
+    /// A new INVITE admitted before its transaction existed, by (Call-ID, branch): its call
+    /// takes the verdict when the transaction layer hands the INVITE on.
+    admitted: Option<((String, String), crate::config::NumberConfig)>,
+    /// Set once SIGTERM or SIGINT came.
+    draining: Option<lifecycle::Drain>,
+    /// The flags SIGHUP reloads from, and the configuration they gave last.
+    reload_args: Option<crate::config::ServeArgs>,
+    loaded: Option<Box<ServeConfig>>,
+    /// The TLS certificate SIGHUP may replace.
+    certificate: Option<Arc<tls::ReloadableCert>>,
 }
 
 impl Core {
@@ -236,6 +267,8 @@ impl Core {
                 sent_by: Some(sent_by),
                 udp_sent_by: cfg.udp.map(|a| udp_hostport(&cfg.hostname, a)),
                 seed: rng.next_u64(),
+                max_transactions: cfg.max_transactions,
+                max_transactions_per_source: cfg.max_transactions_per_source,
                 ..Default::default()
             }),
             policy: uas_policy(&cfg),
@@ -245,6 +278,7 @@ impl Core {
                 cfg.digest.clone(),
                 cfg.calls.numbers.clone(),
                 cfg.auth.clone(),
+                cfg.bans,
                 SERVER,
             ),
             started: Instant::now(),
@@ -261,6 +295,12 @@ impl Core {
             had_call: false,
             unanswered: Vec::new(),
             registrations: Vec::new(),
+            auth_log: LogThrottle::new(std::time::Duration::from_secs(10), 10),
+            admitted: None,
+            draining: None,
+            reload_args: None,
+            loaded: None,
+            certificate: None,
             cfg,
         }
     }
@@ -269,6 +309,7 @@ impl Core {
         &mut self,
         mut rx: mpsc::Receiver<Inbound>,
         mut call_rx: mpsc::Receiver<CallInput>,
+        mut signals: lifecycle::Signals,
     ) {
         self.registrations = self.pbx_registrations();
         loop {
@@ -282,6 +323,7 @@ impl Core {
                         .iter()
                         .filter_map(|(_, r)| r.poll_timeout()),
                 )
+                .chain(self.drain_timeout())
                 .min();
             let far = Instant::now() + std::time::Duration::from_secs(3600);
             tokio::select! {
@@ -293,6 +335,7 @@ impl Core {
                     let Some(input) = c else { return };
                     self.on_call_input(input);
                 }
+                asked = signals.next() => self.on_signal(asked, Instant::now()),
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far).into()) => {
                     let now = Instant::now();
                     self.layer.handle_timeout(now);
@@ -301,9 +344,14 @@ impl Core {
                         r.handle_timeout(now);
                     }
                     self.pump_registrations();
+                    self.drain_timers(now);
                 }
             }
             self.drain();
+            if self.drained(Instant::now()) {
+                tracing::info!("drained: stopping");
+                return;
+            }
             if !self.calls.is_empty() {
                 self.had_call = true;
             } else if self.one_shot && self.had_call {
@@ -433,9 +481,50 @@ impl Core {
     fn receive(&mut self, now: Instant, mut msg: Message, peer: Peer) {
         if let Message::Request(r) = &mut msg {
             stamp_received(r, peer.addr);
+            if let Some(refusal) = self.refused_statelessly(r, &peer) {
+                self.send_bytes(&peer, refusal.to_bytes());
+                return;
+            }
         }
         if let Err(e) = self.layer.handle_incoming(now, msg, peer) {
             tracing::debug!("{e}");
+        }
+    }
+
+    /// A new INVITE to a business number is admitted or refused before any transaction exists:
+    /// a challenge, a 403 or a 404 costs no state and is not retransmitted (a retransmitted
+    /// INVITE gets another), so that a flood of unauthenticated INVITEs holds nothing. An
+    /// admitted INVITE's verdict waits for its transaction. Requests that fail validation, PBX
+    /// INVITEs and retransmissions go the usual way.
+    fn refused_statelessly(&mut self, req: &Request, from: &Peer) -> Option<Response> {
+        if req.method == Method::INVITE
+            && req.to().is_none_or(|t| t.tag().is_none())
+            && !self.layer.is_retransmission(req)
+        {
+            if let Some(refusal) = self.drain_refusal(req) {
+                return Some(refusal);
+            }
+        }
+        if req.method != Method::INVITE
+            || req.to().is_some_and(|t| t.tag().is_some())
+            || self.layer.is_retransmission(req)
+            || check_request(req, &self.policy).is_err()
+            || self.pbx_of(req, from).is_some()
+        {
+            return None;
+        }
+        let to_tag = local_tag(req);
+        let now_secs = self.started.elapsed().as_secs() + 1;
+        let verdict = self
+            .admission
+            .admit(req, from.addr.ip().to_canonical(), &to_tag, now_secs);
+        self.auth_reports();
+        match verdict {
+            Verdict::Refuse(r) => Some(r),
+            Verdict::Admit(number) => {
+                self.admitted = Some((invite_key(req), number));
+                None
+            }
         }
     }
 
@@ -460,6 +549,7 @@ impl Core {
             }
             self.pump_pending();
         }
+        self.admitted = None;
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -539,10 +629,16 @@ impl Core {
                 let now_secs = self.started.elapsed().as_secs() + 1;
                 let password = pbx.password.clone().unwrap_or_default();
                 let username = pbx.username.clone();
-                if let Some(refusal) =
-                    self.admission
-                        .admit_pbx(req, &to_tag, username.as_deref(), &password, now_secs)
-                {
+                let refusal = self.admission.admit_pbx(
+                    req,
+                    from.addr.ip().to_canonical(),
+                    &to_tag,
+                    username.as_deref(),
+                    &password,
+                    now_secs,
+                );
+                self.auth_reports();
+                if let Some(refusal) = refusal {
                     return Some(refusal);
                 }
             }
@@ -550,12 +646,61 @@ impl Core {
         }
         if req.method == Method::INVITE {
             let now_secs = self.started.elapsed().as_secs() + 1;
-            return match self.admission.admit(req, &to_tag, now_secs) {
+            let verdict = match self.admitted.take() {
+                Some((key, number)) if key == invite_key(req) => Verdict::Admit(number),
+                _ => {
+                    let v =
+                        self.admission
+                            .admit(req, from.addr.ip().to_canonical(), &to_tag, now_secs);
+                    self.auth_reports();
+                    v
+                }
+            };
+            return match verdict {
                 Verdict::Admit(number) => self.incoming_invite(id, req, from, &number, &to_tag),
                 Verdict::Refuse(r) => Some(r),
             };
         }
         Some(reply(req, 501, "Not Implemented", &to_tag))
+    }
+
+    /// What admission has to say: each failed authentication (logged, throttled) and each ban,
+    /// as events.
+    fn auth_reports(&mut self) {
+        while let Some(report) = self.admission.poll_report() {
+            match report {
+                admission::AuthReport::Failed {
+                    source,
+                    number,
+                    detail,
+                    source_failures,
+                    number_failures,
+                } => {
+                    if let Some(held_back) = self.auth_log.allow(Instant::now()) {
+                        tracing::warn!(
+                            "authentication failed from {source} for {number}: {detail} ({source_failures} from this source, {number_failures} for this number{})",
+                            if held_back > 0 { format!("; {held_back} more failures not logged") } else { String::new() }
+                        );
+                    }
+                    self.events.emit(serde_json::json!({
+                        "event": "auth.failed", "source": source.to_string(), "number": number,
+                        "detail": detail, "source_failures": source_failures,
+                        "number_failures": number_failures,
+                    }));
+                }
+                admission::AuthReport::Banned {
+                    source,
+                    secs,
+                    failures,
+                } => {
+                    tracing::warn!("{source} banned for {secs} s after {failures} failed authentications: everything it sends gets 403");
+                    self.events.emit(serde_json::json!({
+                        "event": "auth.banned", "source": source.to_string(), "secs": secs,
+                        "failures": failures,
+                    }));
+                }
+            }
+        }
     }
 
     fn send_bytes(&mut self, to: &Peer, bytes: Vec<u8>) {
@@ -612,6 +757,26 @@ fn bad_request_from(req: &Request, detail: &str) -> ParseError {
     ParseError::bad_request(detail, &req.headers)
 }
 
+/// The certificate's origin, as the reload log and event say it.
+fn cert_origin_name(origin: &CertOrigin) -> String {
+    match origin {
+        CertOrigin::Configured(p) => p.display().to_string(),
+        CertOrigin::SelfSignedNew(p) | CertOrigin::SelfSignedExisting(p) => {
+            format!("{} (self-signed)", p.display())
+        }
+    }
+}
+
+/// What tells one new INVITE from another until its transaction exists: Call-ID and branch.
+fn invite_key(req: &Request) -> (String, String) {
+    (
+        req.call_id().unwrap_or_default().to_string(),
+        req.top_via()
+            .and_then(|v| v.branch().map(str::to_string))
+            .unwrap_or_default(),
+    )
+}
+
 /// A To tag that is the same for retransmissions of one request (so a stateless answer repeats).
 fn local_tag(req: &Request) -> String {
     use std::hash::{Hash, Hasher};
@@ -624,6 +789,41 @@ fn local_tag(req: &Request) -> String {
         .and_then(|v| v.branch().map(str::to_string))
         .hash(&mut h);
     format!("wt{:016x}", h.finish())
+}
+
+/// Descriptors kept back from SIP connections: the media socket, each call's sink socket, files.
+const DESCRIPTORS_KEPT: u64 = 256;
+
+/// Raises the soft open-files limit to the hard one and returns how many connections fit in it
+/// beside what calls need: at most `wanted`. Connections beyond are refused at accept, before the
+/// process runs out of descriptors.
+fn connections_within_open_files(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return wanted;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    let fits = limit.rlim_cur.saturating_sub(DESCRIPTORS_KEPT).max(64);
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX);
+    if fits < wanted {
+        tracing::warn!(
+            "open-files limit {}: at most {fits} SIP connections (limits.max_connections is {wanted}); raise it with `ulimit -n` or LimitNOFILE=",
+            limit.rlim_cur
+        );
+    }
+    wanted.min(fits)
 }
 
 /// How requests over UDP name us (Via, Contact): the UDP listener's address, or our hostname at

@@ -2,5 +2,6 @@
 //! connection (read → framer → the owner's queue; the owner's queue → write), and TLS set-up for
 //! both directions. Protocol decisions stay with whoever reads the queue.
 
+pub mod throttle;
 pub mod tls;
 pub mod transport;

@@ -71,15 +71,75 @@ pub enum CertOrigin {
     SelfSignedExisting(PathBuf),
 }
 
-pub fn server_config(src: &CertSource) -> Result<(Arc<rustls::ServerConfig>, CertOrigin)> {
-    let (chain, key, origin) = match (&src.cert, &src.key) {
+/// The certificate chain and key `src` names (or the self-signed pair, made if need be).
+fn certificate(
+    src: &CertSource,
+) -> Result<(
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    CertOrigin,
+)> {
+    match (&src.cert, &src.key) {
         (Some(c), Some(k)) => {
             let (chain, key) = load_pair(c, k)?;
-            (chain, key, CertOrigin::Configured(c.clone()))
+            Ok((chain, key, CertOrigin::Configured(c.clone())))
         }
-        (None, None) => self_signed(&src.hostname, &src.state_dir)?,
-        _ => return Err(TlsSetupError::HalfPair),
-    };
+        (None, None) => self_signed(&src.hostname, &src.state_dir),
+        _ => Err(TlsSetupError::HalfPair),
+    }
+}
+
+/// The server's certificate, replaceable while it serves (SIGHUP): handshakes after a
+/// [`reload`](Self::reload) use the new one; connections already up keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ReloadableCert {
+    fn load(src: &CertSource) -> Result<(ReloadableCert, CertOrigin)> {
+        let (chain, key, origin) = certificate(src)?;
+        let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider())
+            .map_err(TlsSetupError::Unusable)?;
+        Ok((
+            ReloadableCert(std::sync::RwLock::new(Arc::new(certified))),
+            origin,
+        ))
+    }
+
+    /// Reads `src` again; on any error the certificate in use stays.
+    pub fn reload(&self, src: &CertSource) -> Result<CertOrigin> {
+        let (fresh, origin) = ReloadableCert::load(src)?;
+        let fresh = fresh.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(origin)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// The server side with a certificate that [`ReloadableCert::reload`] can replace.
+pub fn reloadable_server_config(
+    src: &CertSource,
+) -> Result<(Arc<rustls::ServerConfig>, CertOrigin, Arc<ReloadableCert>)> {
+    let (cert, origin) = ReloadableCert::load(src)?;
+    let cert = Arc::new(cert);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Unusable)?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    cfg.alpn_protocols.clear();
+    Ok((Arc::new(cfg), origin, cert))
+}
+
+pub fn server_config(src: &CertSource) -> Result<(Arc<rustls::ServerConfig>, CertOrigin)> {
+    let (chain, key, origin) = certificate(src)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsSetupError::Unusable)?

@@ -1,13 +1,16 @@
 //! Sockets for SIP: UDP, TCP and TLS listeners, one task per stream connection (read → framer → core,
 //! core → bounded queue → write), and outbound connections opened on demand. Everything protocol-level
 //! happens in the task that owns the queue (the server's core, a sim call); this file only moves bytes
-//! and enforces limits (message size, connection count, idle and handshake time).
+//! and enforces limits (message size, connection count in all and per source address, idle,
+//! handshake and first-message time), backing off when the process is out of descriptors.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use super::throttle::LogThrottle;
 use crate::framing::{Frame, FramingError, StreamFramer};
 use crate::transaction::Transport;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -62,6 +65,8 @@ pub enum Inbound {
 #[derive(Debug)]
 pub enum ConnCommand {
     Send(Vec<u8>),
+    /// Answered once everything queued before it has been written.
+    Flush(tokio::sync::oneshot::Sender<()>),
     Close,
 }
 
@@ -73,6 +78,11 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Messages queued toward one connection before the core treats it as stuck.
     pub conn_queue: usize,
+    /// Accepted connections one source address may hold at once.
+    pub max_connections_per_source: usize,
+    /// An accepted connection that has sent no complete SIP message this long after it opened
+    /// is closed.
+    pub first_message_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +93,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(900),
             handshake_timeout: Duration::from_secs(10),
             conn_queue: 256,
+            max_connections_per_source: 128,
+            first_message_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -98,6 +110,10 @@ pub struct Shared {
     pub core: mpsc::Sender<Inbound>,
     pub limits: Limits,
     pub slots: Arc<Semaphore>,
+    /// Accepted connections per source address.
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// What the listeners say about refused connections, at most so often.
+    refusals: Arc<Mutex<LogThrottle>>,
 }
 
 impl Shared {
@@ -107,6 +123,56 @@ impl Shared {
             core,
             limits,
             slots,
+            per_source: Arc::default(),
+            refusals: Arc::new(Mutex::new(LogThrottle::new(Duration::from_secs(10), 5))),
+        }
+    }
+
+    /// A slot for one more connection from `source`, if it has fewer than its limit.
+    fn source_slot(&self, source: IpAddr) -> Option<SourceSlot> {
+        let mut map = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(source).or_default();
+        if *n >= self.limits.max_connections_per_source {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            source,
+            map: self.per_source.clone(),
+        })
+    }
+
+    /// Says why a connection was refused, a few times in ten seconds at most.
+    fn refused(&self, why: std::fmt::Arguments<'_>) {
+        let allowed = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(Instant::now());
+        if let Some(held_back) = allowed {
+            if held_back > 0 {
+                tracing::warn!("{why} ({held_back} more refusals not logged)");
+            } else {
+                tracing::warn!("{why}");
+            }
+        }
+    }
+}
+
+/// One accepted connection counted against its source; given back on drop.
+struct SourceSlot {
+    source: IpAddr,
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
         }
     }
 }
@@ -138,15 +204,38 @@ pub async fn run_udp(socket: Arc<UdpSocket>, index: usize, shared: Shared) {
 /// Accepts TCP connections (with `tls`: TLS over them, within the handshake time limit) and serves each
 /// in its own task, refusing connections beyond the configured limit.
 pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    let mut pause = FIRST_PAUSE;
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => {
+                pause = FIRST_PAUSE;
+                accepted
+            }
+            // Out of descriptors (EMFILE, ENFILE) or memory: trying again at once only burns
+            // the CPU live calls need; pause, longer each time, until an accept succeeds.
+            Err(e) => {
+                shared.refused(format_args!(
+                    "cannot accept connections: {e}; pausing accepts for {pause:?} (the open-files limit or limits.max_connections is too high for this host)"
+                ));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let source = remote.ip().to_canonical();
+        let Some(source_slot) = shared.source_slot(source) else {
+            shared.refused(format_args!(
+                "{source} already has {} connections: refusing another (limits.max_connections_per_source)",
+                shared.limits.max_connections_per_source
+            ));
             continue;
         };
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            tracing::warn!(
+            shared.refused(format_args!(
                 "connection limit {} reached: refusing {remote}",
                 shared.limits.max_connections
-            );
+            ));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -155,8 +244,9 @@ pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>
         let local = stream.local_addr().unwrap_or(remote);
         tokio::spawn(async move {
             let conn = next_conn_id();
+            let first = Some(shared.limits.first_message_timeout);
             match tls {
-                None => serve_stream(stream, remote, local, Transport::Tcp, conn, shared).await,
+                None => serve(stream, remote, local, Transport::Tcp, conn, shared, first).await,
                 Some(acceptor) => {
                     // The handshake's state and the TLS stream are boxed: held inline they would
                     // size the connection's task, one after the other, for its whole life.
@@ -167,14 +257,15 @@ pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>
                     match handshake.await {
                         Ok(Ok(tls)) => {
                             let tls = Box::new(tls);
-                            serve_stream(tls, remote, local, Transport::Tls, conn, shared).await
+                            serve(tls, remote, local, Transport::Tls, conn, shared, first).await
                         }
-                        Ok(Err(e)) => tracing::info!("TLS handshake with {remote} failed: {e}"),
-                        Err(_) => tracing::info!("TLS handshake with {remote} timed out"),
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {remote} failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {remote} timed out"),
                     }
                 }
             }
             drop(permit);
+            drop(source_slot);
         });
     }
 }
@@ -287,6 +378,23 @@ pub async fn serve_stream<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve(stream, remote, local, transport, conn, shared, None).await
+}
+
+/// `serve_stream`, closing the connection when no complete message came within `first_message`
+/// of its start (accepted connections: a peer that connects and says nothing holds a slot).
+async fn serve<S>(
+    stream: S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+    conn: ConnId,
+    shared: Shared,
+    first_message: Option<Duration>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut silent_until = first_message.map(|d| tokio::time::Instant::now() + d);
     let (tx, mut rx) = mpsc::channel::<ConnCommand>(shared.limits.conn_queue);
     if shared
         .core
@@ -311,6 +419,10 @@ pub async fn serve_stream<S>(
                         break;
                     }
                 }
+                ConnCommand::Flush(done) => {
+                    let _ = writer.flush().await;
+                    let _ = done.send(());
+                }
                 ConnCommand::Close => break,
             }
         }
@@ -321,10 +433,20 @@ pub async fn serve_stream<S>(
     // for as long as the connection lives.
     let mut buf = vec![0u8; 4 * 1024];
     'read: loop {
+        let wait = match silent_until {
+            Some(at) => at
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(shared.limits.idle_timeout),
+            None => shared.limits.idle_timeout,
+        };
         let n = tokio::select! {
-            r = tokio::time::timeout(shared.limits.idle_timeout, reader.read(&mut buf)) => match r {
+            r = tokio::time::timeout(wait, reader.read(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break 'read,
                 Ok(Ok(n)) => n,
+                Err(_) if silent_until.is_some_and(|at| at <= tokio::time::Instant::now()) => {
+                    tracing::debug!("{transport:?} connection from {remote} sent no SIP message in {:?}: closing it", first_message.unwrap_or_default());
+                    break 'read;
+                }
                 Err(_) => {
                     if shared.core.send(Inbound::Idle { conn }).await.is_err() {
                         break 'read;
@@ -344,6 +466,7 @@ pub async fn serve_stream<S>(
                 }
                 Ok(Some(Frame::Pong)) => {}
                 Ok(Some(Frame::Message { head, body })) => {
+                    silent_until = None;
                     if shared
                         .core
                         .send(Inbound::Message {

@@ -16,7 +16,7 @@ mod server;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::distributions::Alphanumeric;
@@ -64,9 +64,16 @@ pub struct Config {
     /// When a server INVITE transaction sends 100 Trying itself if the TU has sent no provisional
     /// response yet (RFC 3261 §17.2.1: 200 ms). `None`: never; the TU sends its own.
     pub trying_delay: Option<Duration>,
-    /// Live transactions at most. A new request beyond it is answered 503 by the layer; a new
-    /// client transaction is refused with [`SendError::TooManyTransactions`].
+    /// Live transactions at most. A new request beyond it is answered 503 (with Retry-After) by
+    /// the layer, unless it belongs to a dialog (a To tag: BYE, re-INVITE, UPDATE ... of calls
+    /// that are up are never refused for overload); a new client transaction is refused with
+    /// [`SendError::TooManyTransactions`].
     pub max_transactions: usize,
+    /// Live server transactions one source address may hold at most (out of dialog; the same
+    /// 503 beyond it), so that one flooding host cannot take every slot.
+    pub max_transactions_per_source: usize,
+    /// The Retry-After of an overload 503, seconds.
+    pub overload_retry_after_secs: u32,
     /// `host[:port]` for the Via the layer adds to outgoing requests that carry none.
     pub sent_by: Option<String>,
     /// The same for requests over UDP (the UDP listener's address), when it differs.
@@ -91,6 +98,8 @@ impl Default for Config {
             timers: TimerConfig::default(),
             trying_delay: Some(Duration::from_millis(200)),
             max_transactions: 8192,
+            max_transactions_per_source: 1024,
+            overload_retry_after_secs: 5,
             sent_by: None,
             udp_sent_by: None,
             seed: 0,
@@ -442,6 +451,8 @@ struct Entry {
     scheduled: Option<Instant>,
     /// Whether the TU knows this id (the layer's own CANCEL server transactions are silent).
     visible: bool,
+    /// The source it counts against (`Config::max_transactions_per_source`), if any.
+    source: Option<IpAddr>,
 }
 
 /// All transactions of one endpoint.
@@ -458,6 +469,8 @@ pub struct TransactionLayer {
     server_keys: HashMap<ServerKey, TransactionId>,
     client_keys: HashMap<ClientKey, TransactionId>,
     ack_keys: HashMap<AckKey, TransactionId>,
+    /// Live out-of-dialog server transactions per source address.
+    per_source: HashMap<IpAddr, usize>,
     timers: BTreeSet<(Instant, TransactionId)>,
     out: VecDeque<Output>,
     rng: StdRng,
@@ -474,6 +487,7 @@ impl TransactionLayer {
             server_keys: HashMap::new(),
             client_keys: HashMap::new(),
             ack_keys: HashMap::new(),
+            per_source: HashMap::new(),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
         }
@@ -695,6 +709,7 @@ impl TransactionLayer {
                 ack_key: None,
                 scheduled: None,
                 visible,
+                source: None,
             },
         );
         self.settle(id);
@@ -737,6 +752,14 @@ impl TransactionLayer {
         if let Some(k) = entry.ack_key {
             if self.ack_keys.get(&k) == Some(&id) {
                 self.ack_keys.remove(&k);
+            }
+        }
+        if let Some(ip) = entry.source {
+            if let Some(n) = self.per_source.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&ip);
+                }
             }
         }
         if entry.visible {
@@ -864,9 +887,19 @@ impl TransactionLayer {
             self.incoming_cancel(now, req, from, key);
             return Ok(());
         }
-        if self.entries.len() >= self.config.max_transactions {
-            self.reject_overloaded(&req, from);
-            return Ok(());
+        let in_dialog = req.to().is_some_and(|t| t.tag().is_some());
+        let source = from.addr.ip().to_canonical();
+        if !in_dialog {
+            if self.entries.len() >= self.config.max_transactions {
+                self.reject_overloaded(&req, from, "too many transactions");
+                return Ok(());
+            }
+            if self.per_source.get(&source).copied().unwrap_or(0)
+                >= self.config.max_transactions_per_source
+            {
+                self.reject_overloaded(&req, from, "too many transactions from this address");
+                return Ok(());
+            }
         }
         let id = self.alloc_id();
         self.out.push_back(Output::Event(Event::Request {
@@ -897,7 +930,19 @@ impl TransactionLayer {
             Machine::ServerNonInvite(ServerNonInvite::start(now, req, &cx))
         };
         self.insert(id, from, machine, EntryKey::Server(key), true);
+        if !in_dialog {
+            if let Some(entry) = self.entries.get_mut(&id) {
+                entry.source = Some(source);
+                *self.per_source.entry(source).or_default() += 1;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a request is a retransmission of a live server transaction's (the layer answers
+    /// it itself).
+    pub fn is_retransmission(&self, req: &Request) -> bool {
+        ServerKey::of(req).is_some_and(|k| self.server_keys.contains_key(&k))
     }
 
     /// A CANCEL that is not a retransmission (RFC 3261 §9.2): 200 if it matches a live server
@@ -909,7 +954,7 @@ impl TransactionLayer {
             .get(&key.with_method(Method::INVITE))
             .copied();
         if invite.is_none() && self.entries.len() >= self.config.max_transactions {
-            self.reject_overloaded(&req, from);
+            self.reject_overloaded(&req, from, "too many transactions");
             return;
         }
         let to_tag = invite.and_then(|inv| match &mut self.entries.get_mut(&inv)?.machine {
@@ -961,9 +1006,13 @@ impl TransactionLayer {
         }
     }
 
-    fn reject_overloaded(&mut self, req: &Request, from: Peer) {
-        let reason = format!("{} (too many transactions)", reason_phrase(503));
-        let resp = Response::to_request(req, 503, reason, Some(&new_tag(&mut self.rng)));
+    fn reject_overloaded(&mut self, req: &Request, from: Peer, why: &str) {
+        let reason = format!("{} ({why})", reason_phrase(503));
+        let mut resp = Response::to_request(req, 503, reason, Some(&new_tag(&mut self.rng)));
+        resp.headers.push(
+            "Retry-After",
+            self.config.overload_retry_after_secs.to_string(),
+        );
         self.out.push_back(Output::Transmit {
             id: None,
             to: from,

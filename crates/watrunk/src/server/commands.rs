@@ -127,6 +127,9 @@ impl Core {
         to: &str,
         sink: Option<SocketAddr>,
     ) -> Result<String, String> {
+        if self.draining.is_some() {
+            return Err("the server is shutting down: no new calls".into());
+        }
         let Some(number) = self.cfg.calls.numbers.get(from).cloned() else {
             return Err(format!(
                 "{from} is not a configured business number (--number)"

@@ -56,6 +56,24 @@ impl Connections {
         }
     }
 
+    /// Waits (at most `limit`) until what is queued toward every connection has been written:
+    /// before the process exits, so that a last ACK or BYE is not lost.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let mut written = Vec::new();
+        for conn in self.conns.values() {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if conn.tx.try_send(ConnCommand::Flush(done)).is_ok() {
+                written.push(wait);
+            }
+        }
+        let _ = tokio::time::timeout(limit, async {
+            for wait in written {
+                let _ = wait.await;
+            }
+        })
+        .await;
+    }
+
     /// A connection is up (accepted, or opened by us): what waited for it goes out.
     pub fn opened(
         &mut self,

@@ -56,6 +56,14 @@ impl Session {
         self.leg_mut(LegId::WhatsApp)
     }
 
+    /// Ends the call: every leg that is up gets a BYE with this reason and Q.850 cause.
+    pub(super) fn hang_up(&mut self, reason: &str, q850_cause: u16) {
+        match self {
+            Session::Single(leg) => leg.hang_up(reason, q850_cause),
+            Session::Bridged(bridge) => bridge.hang_up(reason, q850_cause),
+        }
+    }
+
     pub(super) fn is_ended(&self) -> bool {
         match self {
             Session::Single(leg) => leg.is_ended(),
@@ -247,6 +255,10 @@ impl Calls {
 
     pub(super) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub(super) fn keys(&self) -> Vec<CallKey> {
+        self.entries.keys().copied().collect()
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Entry> {
