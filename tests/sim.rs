@@ -1031,3 +1031,158 @@ fn sighup_reloads_the_password_and_the_certificate_without_touching_a_live_call(
     assert!(near(&call["media"]["heard_hz"], 880.0), "{call}");
     assert_eq!(call["bye_status"], 200, "{call}");
 }
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A UDP INVITE flood from one address (at least 50,000 a second for 10 s, made here): a call
+/// placed over TLS during the flood is answered with two-way audio, a call that was up ends with
+/// its BYE answered 200, memory grows by at most 64 MB and comes back down, and the flooding
+/// address is answered again within a second of the flood's end.
+#[test]
+fn a_udp_invite_flood_costs_the_other_calls_nothing() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-flood");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    let sink_port = free_port();
+    let sink = sink(dir.path(), sink_port, 60);
+    let server = business_server(&pw, "sdes", &format!("127.0.0.1:{sink_port}"), &[]);
+    let ca = server.state.path().join("localhost.selfsigned.crt");
+    let before = rss_kib(server.pid());
+    let up = sim_call_in_background(&server, dir.path(), "up", &pw, &ca, 6);
+    server.wait_event("media.up", |_| true, Duration::from_secs(15));
+    let target = server.udp.unwrap();
+    let invite = "INVITE sip:+15550001111@localhost SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.3:5099;branch=z9hG4bKflood;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:+12195550714@wa.meta.vc>;tag=flood\r\n\
+         To: <sip:+15550001111@localhost>\r\n\
+         Call-ID: flood@127.0.0.3\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:flood@127.0.0.3:5099>\r\n\
+         Content-Length: 0\r\n\r\n";
+    let flood = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+    let flooder = {
+        let flood = flood.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            flood.connect(target).unwrap();
+            // 64 datagrams a system call (sendmmsg), so that the rate does not depend on how
+            // loaded the machine running the test is.
+            let mut iov = libc::iovec {
+                iov_base: invite.as_ptr() as *mut libc::c_void,
+                iov_len: invite.len(),
+            };
+            let mut batch: Vec<libc::mmsghdr> = (0..64)
+                .map(|_| {
+                    // SAFETY: all-zero is a valid mmsghdr; the header is pointed at one iovec.
+                    let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    m.msg_hdr.msg_iov = &mut iov;
+                    m.msg_hdr.msg_iovlen = 1;
+                    m
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            let mut sent = 0u64;
+            while started.elapsed() < Duration::from_secs(10) {
+                // SAFETY: `batch` holds 64 headers, each pointing at `iov`, alive for the call.
+                let n = unsafe { libc::sendmmsg(flood.as_raw_fd(), batch.as_mut_ptr(), 64, 0) };
+                if n > 0 {
+                    sent += n as u64;
+                }
+            }
+            (sent, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let during = sim_call_in_background(&server, dir.path(), "during", &pw, &ca, 4);
+    let mut peak = before;
+    while !flooder.is_finished() {
+        peak = peak.max(rss_kib(server.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (sent, took) = flooder.join().unwrap();
+    let rate = sent as f64 / took.as_secs_f64();
+    // The flooding address is served again within a second.
+    let ended = std::time::Instant::now();
+    flood
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while flood.recv_from(&mut buf).is_ok() {}
+    let options = options_request("UDP", "127.0.0.3:5099", "after-flood");
+    let mut answered = None;
+    while answered.is_none() && ended.elapsed() < Duration::from_secs(1) {
+        flood.send_to(&options, target).unwrap();
+        while let Ok((n, _)) = flood.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if text.starts_with("SIP/2.0 200") && text.contains("after-flood") {
+                answered = Some(ended.elapsed());
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(server.pid());
+    let logs = || format!("--- serve\n{}", server.log());
+    assert!(rate >= 50_000.0, "the flood ran at {rate:.0}/s only");
+    assert!(
+        answered.is_some(),
+        "no 200 to OPTIONS within 1 s of the flood's end\n{}",
+        logs()
+    );
+    assert!(
+        server
+            .log()
+            .contains("UDP from 127.0.0.3 above 500 datagrams a second: dropping"),
+        "{}",
+        logs()
+    );
+    // The call that was up ended by its own BYE, answered.
+    let call = sim_report(&up, Duration::from_secs(20));
+    assert_eq!(call["bye_status"], 200, "{call}");
+    assert!(near(&call["media"]["heard_hz"], 880.0), "{call}");
+    // The call placed during the flood: answered, the agent's tone heard by the user.
+    let call = sim_report(&during, Duration::from_secs(20));
+    assert_eq!(call["status"], 200, "{call}\n{}", logs());
+    assert!(near(&call["media"]["heard_hz"], 880.0), "{call}");
+    assert_eq!(call["bye_status"], 200, "{call}");
+    // ... and the user's tone by the agent, on both calls' streams.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let streams = loop {
+        let streams: Vec<_> = json_lines(&sink.log())
+            .into_iter()
+            .filter(|s| s["event"] == "sink.stream")
+            .collect();
+        if streams.len() >= 2 || std::time::Instant::now() > deadline {
+            break streams;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    assert!(
+        streams.iter().all(|s| near(&s["heard_hz"], 440.0)),
+        "{streams:?}"
+    );
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew <= 64 * 1024,
+        "RSS grew by {grew} KiB ({before} -> {peak})"
+    );
+    assert!(
+        after <= peak,
+        "RSS {after} KiB after the flood, {peak} KiB at its peak"
+    );
+    eprintln!(
+        "flood: {sent} INVITEs at {rate:.0}/s; RSS {before} KiB before, {peak} KiB peak, {after} KiB after; served again {:?} after",
+        answered.unwrap()
+    );
+}

@@ -314,6 +314,7 @@ struct FileLimits {
     max_connections_per_source: Option<usize>,
     first_message_secs: Option<u64>,
     drain_timeout_secs: Option<u64>,
+    udp_per_source_rate: Option<u32>,
     max_transactions: Option<usize>,
     max_transactions_per_source: Option<usize>,
 }
@@ -531,6 +532,8 @@ pub struct ServeConfig {
     pub first_message_timeout: Duration,
     pub max_transactions: usize,
     pub max_transactions_per_source: usize,
+    /// Datagrams a second one address may send over UDP.
+    pub udp_per_source_rate: u32,
     /// How long live calls may go on once the server is told to stop.
     pub drain_timeout: Duration,
     pub calls: CallsConfig,
@@ -669,6 +672,7 @@ impl ServeConfig {
             ),
             max_transactions: file.limits.max_transactions.unwrap_or(8192),
             max_transactions_per_source: file.limits.max_transactions_per_source.unwrap_or(1024),
+            udp_per_source_rate: file.limits.udp_per_source_rate.unwrap_or(500),
             drain_timeout: Duration::from_secs(
                 args.drain_timeout_secs
                     .or(file.limits.drain_timeout_secs)

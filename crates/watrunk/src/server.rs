@@ -71,6 +71,7 @@ pub async fn run_with(
         idle_timeout: cfg.idle_timeout,
         max_connections_per_source: cfg.max_connections_per_source,
         first_message_timeout: cfg.first_message_timeout,
+        udp_per_source_rate: cfg.udp_per_source_rate,
         ..Limits::default()
     };
     let shared = Shared::new(core_tx, limits);

@@ -83,6 +83,9 @@ pub struct Limits {
     /// An accepted connection that has sent no complete SIP message this long after it opened
     /// is closed.
     pub first_message_timeout: Duration,
+    /// Datagrams a second one source address may send (a burst of as many); beyond, they are
+    /// dropped before they cost the core anything. ACK, BYE and CANCEL have ten times as much.
+    pub udp_per_source_rate: u32,
 }
 
 impl Default for Limits {
@@ -95,6 +98,7 @@ impl Default for Limits {
             conn_queue: 256,
             max_connections_per_source: 128,
             first_message_timeout: Duration::from_secs(30),
+            udp_per_source_rate: 500,
         }
     }
 }
@@ -177,14 +181,71 @@ impl Drop for SourceSlot {
     }
 }
 
+/// Sources whose datagram rate is tracked at most; beyond, the idle ones are forgotten.
+const MAX_RATED_SOURCES: usize = 65_536;
+
+/// A token bucket per source address and kind of datagram: what `run_udp` lets through.
+struct SourceRates {
+    rate: f64,
+    buckets: HashMap<(IpAddr, bool), (f64, Instant)>,
+    dropped: u64,
+}
+
+impl SourceRates {
+    fn new(rate: u32) -> SourceRates {
+        SourceRates {
+            rate: f64::from(rate.max(1)),
+            buckets: HashMap::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more datagram from `source` may pass; `dialog`: an ACK, BYE or CANCEL, which
+    /// get ten times the rate (a call must be able to end while its peer's address floods).
+    fn admit(&mut self, source: IpAddr, dialog: bool, now: Instant) -> bool {
+        let rate = if dialog { self.rate * 10.0 } else { self.rate };
+        if self.buckets.len() >= MAX_RATED_SOURCES && !self.buckets.contains_key(&(source, dialog))
+        {
+            self.buckets
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(1));
+        }
+        let (tokens, at) = self.buckets.entry((source, dialog)).or_insert((rate, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+/// Whether a datagram is an ACK, BYE or CANCEL (looked at by its first bytes only).
+fn ends_or_acks(datagram: &[u8]) -> bool {
+    [&b"ACK "[..], b"BYE ", b"CANCEL "]
+        .iter()
+        .any(|m| datagram.starts_with(m))
+}
+
 /// Reads datagrams and hands them to the core. A full core queue drops the datagram (UDP semantics;
-/// the peer retransmits) instead of blocking the socket.
+/// the peer retransmits) instead of blocking the socket; so does a source over its rate.
 pub async fn run_udp(socket: Arc<UdpSocket>, index: usize, shared: Shared) {
     let mut buf = vec![0u8; 65_535];
+    let mut rates = SourceRates::new(shared.limits.udp_per_source_rate);
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
                 if n > shared.limits.max_message {
+                    continue;
+                }
+                let source = from.ip().to_canonical();
+                if !rates.admit(source, ends_or_acks(&buf[..n]), Instant::now()) {
+                    shared.refused(format_args!(
+                        "UDP from {source} above {} datagrams a second: dropping ({} dropped so far)",
+                        shared.limits.udp_per_source_rate, rates.dropped
+                    ));
                     continue;
                 }
                 let _ = shared.core.try_send(Inbound::Datagram {
@@ -502,4 +563,29 @@ async fn serve<S>(
     // Give the core's last words (a 400 or 513) a moment to leave, then close.
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_over_its_rate_is_cut_and_another_is_not() {
+        let t0 = Instant::now();
+        let mut rates = SourceRates::new(100);
+        let flood: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let passed = (0..1000).filter(|_| rates.admit(flood, false, t0)).count();
+        assert_eq!(passed, 100, "a burst of one second's worth");
+        assert!(rates.admit(other, false, t0));
+        // Its BYEs have a budget of their own.
+        assert!(rates.admit(flood, true, t0));
+        // Half a second later, half a second's worth again.
+        let later = t0 + Duration::from_millis(500);
+        let passed = (0..1000)
+            .filter(|_| rates.admit(flood, false, later))
+            .count();
+        assert_eq!(passed, 50);
+        assert!(ends_or_acks(b"BYE sip:x SIP/2.0") && !ends_or_acks(b"INVITE sip:x SIP/2.0"));
+    }
 }
