@@ -920,3 +920,119 @@ fn a_password_guesser_is_banned_and_another_address_is_not() {
     );
     eprintln!("10,000 guesses over TLS in {took:?}");
 }
+
+/// This process's CPU time so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_sec)
+}
+
+/// With an open-files limit of 1,024 and 1,100 TLS connections from one address that send
+/// nothing, the server neither spins nor runs out of descriptors: the address gets its 128,
+/// the rest are refused (and said so in the log), the server stays under 5 % of a CPU, and a
+/// call from another address is taken.
+#[test]
+fn idle_connections_from_one_address_neither_spin_nor_lock_others_out() {
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut own);
+        own.rlim_cur = own.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &own);
+    }
+    assert!(
+        own.rlim_cur >= 1300,
+        "this test needs 1,300 descriptors of its own"
+    );
+    let dir = TempDir::new("calls-idle-conns");
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap().to_string();
+    let server = Server::start_with_open_files(
+        &[
+            "--number",
+            NUMBERS,
+            "--sip-password-file",
+            pw.to_str().unwrap(),
+            "--challenge",
+            "--digest-algorithm",
+            "both",
+            "--media-ip",
+            "127.0.0.1",
+            "--sink",
+            &sink_addr,
+            "--events",
+            "-",
+        ],
+        Some(1024),
+    );
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1100 {
+        let tcp = std::net::TcpStream::connect(server.tls.unwrap()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn =
+            rustls::ClientConnection::new(server.tls_config(), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let mut up = true;
+        while s.conn.is_handshaking() {
+            if s.conn.complete_io(&mut s.sock).is_err() {
+                up = false;
+                break;
+            }
+        }
+        if up {
+            held.push(s);
+        } else {
+            refused += 1;
+        }
+    }
+    let cpu_before = cpu_time(server.pid());
+    let quiet = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let busy = (cpu_time(server.pid()) - cpu_before).as_secs_f64() / quiet.elapsed().as_secs_f64();
+    // Another address, while the 128 are held: a call is taken.
+    let mut caller = tls_connect_from(&server, "127.0.0.2");
+    let mut buf = Vec::new();
+    let call = as_new_call(
+        meta_invite("meta-invite-user-initiated-01.sip"),
+        "while-held",
+    );
+    let (_, ok) = invite_with_digest(&mut caller, &mut buf, &call, PASSWORD);
+    let log = server.log();
+    assert_eq!((held.len(), refused), (128, 972), "{log}");
+    assert!(
+        busy < 0.05,
+        "the server used {:.1} % of a CPU",
+        busy * 100.0
+    );
+    assert!(
+        log.contains("127.0.0.1 already has 128 connections: refusing another"),
+        "{log}"
+    );
+    assert!(
+        log.matches("refusing another").count() <= 10,
+        "refusals are logged a few times, not once each\n{log}"
+    );
+    assert_eq!(ok.status, 200, "{ok:?}\n{log}");
+    eprintln!(
+        "{} held, {refused} refused, {:.2} % CPU",
+        held.len(),
+        busy * 100.0
+    );
+}

@@ -118,8 +118,30 @@ impl Server {
     /// Starts `watrunk serve --hostname localhost` with UDP, TCP and TLS on ephemeral loopback ports plus
     /// `extra` flags, and waits until every listener is up.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_open_files(extra, None)
+    }
+
+    /// The same with the server's open-files limit (soft and hard) set to `open_files`.
+    pub fn start_with_open_files(extra: &[&str], open_files: Option<u64>) -> Server {
+        use std::os::unix::process::CommandExt;
         let state = TempDir::new("serve");
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        if let Some(n) = open_files {
+            // SAFETY: setrlimit is async-signal-safe; the struct lives on the child's stack.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args([
                 "serve",
                 "--hostname",
