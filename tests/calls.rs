@@ -263,7 +263,9 @@ fn sdp_check(dir: &Path, sdp: &[u8]) -> (bool, String) {
     std::fs::write(&f, sdp).unwrap();
     run(
         Command::new(bin())
-            .args(["sdp", "check", "--side", "business", "--as", "answer"])
+            .args([
+                "sdp", "check", "--strict", "--side", "business", "--as", "answer",
+            ])
             .arg(&f),
         Duration::from_secs(10),
     )

@@ -72,6 +72,51 @@ pub fn check(sdp: &Session, side: Side, kind: Option<Kind>) -> Vec<SdpError> {
     out
 }
 
+/// What a business SDP leaves out that Meta's own SDPs carry (WHATSAPP-SIP §6.1-§6.3, §6.6):
+/// not rules Meta is known to enforce (Chrome's answers, which lack some, are taken: host
+/// candidates in an answer are optional, §6.6), but what to add to be safe. Each is
+/// `(name, advice)`; empty for Meta's side and for an SDP that cannot be read.
+pub fn advise(sdp: &Session, side: Side) -> Vec<(&'static str, &'static str)> {
+    let Ok(facts) = inspect::audio(sdp) else {
+        return Vec::new();
+    };
+    if side == Side::Meta {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if facts.ptime != Some(20) {
+        out.push((
+            "ptime",
+            "no a=ptime:20: WhatsApp audio is 20 ms Opus frames (§6.1)",
+        ));
+    }
+    if facts.maxptime.is_none() {
+        out.push((
+            "maxptime",
+            "no a=maxptime: Meta's SDPs say a=maxptime:20 (§6.2)",
+        ));
+    }
+    if facts.ssrcs.is_empty() {
+        out.push((
+            "ssrc",
+            "no a=ssrc: the one stream's SSRC is not announced (§6.1, §6.2)",
+        ));
+    }
+    if facts.dtmf().is_none() {
+        out.push((
+            "telephone-event",
+            "no telephone-event/8000: no DTMF either way on this call (§6.1)",
+        ));
+    }
+    if facts.ice_ufrag.is_some() && facts.candidates.is_empty() {
+        out.push((
+            "candidates",
+            "ICE without a candidate: Meta learns our address from our checks alone (peer-reflexive, §6.6)",
+        ));
+    }
+    out
+}
+
 fn fingerprint_rules(facts: &inspect::AudioFacts) -> Vec<SdpError> {
     let lines = &facts.fingerprints;
     match lines.len() {

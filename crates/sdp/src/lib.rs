@@ -20,7 +20,7 @@ mod write;
 use base64::Engine;
 pub use sdp_types::Session;
 
-pub use check::{check, Kind, Side};
+pub use check::{advise, check, Kind, Side};
 pub use error::SdpError;
 pub use ice::IceRole;
 pub use local::{Capabilities, Codec, LocalMedia, Profile, Security};

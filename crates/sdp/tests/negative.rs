@@ -379,3 +379,36 @@ fn the_answer_keeps_the_offers_profile() {
         assert_eq!(m.split_whitespace().nth(2), Some(want), "{profile}: {m}");
     }
 }
+
+/// What Meta's own SDPs carry and a business answer may leave out is advice: our answer needs
+/// none; each line taken out of it is named (and fails `sdp check --strict`).
+#[test]
+fn advice_names_each_line_meta_has_and_an_answer_lacks() {
+    let offer = sdp::parse(meta().as_bytes()).unwrap();
+    let ours = sdp::print(&sdp::answer(&offer, &whatsapp()).unwrap().0);
+    let advice = |text: &str| -> Vec<&'static str> {
+        sdp::advise(&sdp::parse(text.as_bytes()).unwrap(), Side::Business)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    };
+    assert_eq!(advice(&ours), Vec::<&str>::new(), "{ours}");
+    let without = |prefix: &str| {
+        ours.lines()
+            .filter(|l| !l.starts_with(prefix))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>()
+    };
+    for (prefix, name) in [
+        ("a=ptime", "ptime"),
+        ("a=maxptime", "maxptime"),
+        ("a=ssrc", "ssrc"),
+        ("a=candidate", "candidates"),
+    ] {
+        assert_eq!(advice(&without(prefix)), [name], "without {prefix}");
+    }
+    let no_dtmf = without("a=rtpmap:126").replace(" 111 126", " 111");
+    assert_eq!(advice(&no_dtmf), ["telephone-event"], "{no_dtmf}");
+    // Meta's own SDPs are not advised on.
+    assert_eq!(sdp::advise(&offer, Side::Meta), Vec::<(&str, &str)>::new());
+}

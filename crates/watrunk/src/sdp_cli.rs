@@ -110,6 +110,10 @@ pub struct CheckArgs {
     /// Judge as an offer or an answer; inferred from a=setup and a=crypto when not given.
     #[arg(long = "as", value_enum)]
     kind: Option<KindArg>,
+    /// Also fail on what the SDP leaves out that Meta's own SDPs carry (a=ptime:20, a=maxptime,
+    /// a=ssrc, telephone-event/8000, ICE candidates); without it these are advice only.
+    #[arg(long)]
+    strict: bool,
 }
 
 pub fn run(command: SdpCommand) -> ExitCode {
@@ -287,24 +291,50 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
         KindArg::Offer => sdp::Kind::Offer,
         KindArg::Answer => sdp::Kind::Answer,
     });
-    let violations = match parse_file(&args.file)? {
-        Ok(session) => sdp::check(&session, side, kind),
-        Err(e) => vec![e],
+    let (violations, advice) = match parse_file(&args.file)? {
+        Ok(session) => (
+            sdp::check(&session, side, kind),
+            sdp::advise(&session, side),
+        ),
+        Err(e) => (vec![e], Vec::new()),
     };
     let whose = match side {
         sdp::Side::Business => "sent by the business",
         sdp::Side::Meta => "sent by Meta",
     };
+    let failed = !violations.is_empty() || (args.strict && !advice.is_empty());
     if violations.is_empty() {
         println!("ok: meets the WhatsApp profile (as an SDP {whose})");
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        println!(
+            "does not meet the WhatsApp profile (as an SDP {whose}): {} rule(s) broken",
+            violations.len()
+        );
+        for v in &violations {
+            println!("- {}: {v}", v.rule());
+        }
     }
-    println!(
-        "does not meet the WhatsApp profile (as an SDP {whose}): {} rule(s) broken",
-        violations.len()
-    );
-    for v in &violations {
-        println!("- {}: {v}", v.rule());
+    if !advice.is_empty() {
+        println!(
+            "{} (Meta's own SDPs have these{}):",
+            if args.strict {
+                "missing, with --strict"
+            } else {
+                "advice"
+            },
+            if args.strict {
+                ""
+            } else {
+                "; calls work without them"
+            }
+        );
+        for (name, text) in &advice {
+            println!("- {name}: {text}");
+        }
     }
-    Ok(ExitCode::from(2))
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
