@@ -429,11 +429,24 @@ fn call_through_the_bridge_with(
 }
 
 /// The call `watrunk sim serve` (Meta) took from us: answered, and no rule of Meta's broken.
+/// The sim writes its report once its side of the call has wound down: on a loaded machine that
+/// can be a while after watrunk's call.ended.
 fn meta_answered(sim: &SimServe, logs: &str) -> serde_json::Value {
-    let call = json_lines(&sim.process.log())
-        .into_iter()
-        .find(|e| e["event"] == "sim.call")
-        .unwrap_or_else(|| panic!("no sim.call\n{logs}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let call = loop {
+        if let Some(call) = json_lines(&sim.process.log())
+            .into_iter()
+            .find(|e| e["event"] == "sim.call")
+        {
+            break call;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sim.call\n{logs}\n--- sim serve now\n{}",
+            sim.process.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(call["status"], 200, "{call}\n{logs}");
     assert_eq!(call["violations"], serde_json::json!([]), "{call}");
     call

@@ -282,13 +282,16 @@ pub struct PayloadMap {
     pub sink: SinkPayloads,
 }
 
-/// The payload types the sink uses for Opus and telephone-event/8000. A sink without SDP (a voice
+/// The payload types the sink uses for Opus and telephone-event. A sink without SDP (a voice
 /// agent) uses WhatsApp's own numbers whatever the far side negotiated, 111 and 126; a PBX uses
 /// what its SDP agreed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkPayloads {
     pub audio: u8,
     pub dtmf: u8,
+    /// The sink's telephone-event clock: 8000 (WhatsApp's), or 48000 for a PBX that counts its
+    /// events' durations at the Opus clock: they are scaled on the way, both ways.
+    pub dtmf_clock: u32,
 }
 
 impl Default for SinkPayloads {
@@ -296,6 +299,7 @@ impl Default for SinkPayloads {
         SinkPayloads {
             audio: LOCAL_OPUS_PT,
             dtmf: LOCAL_DTMF_PT,
+            dtmf_clock: 8000,
         }
     }
 }
@@ -319,10 +323,16 @@ impl PayloadMap {
         if packet.len() < 12 {
             return false;
         }
-        Self::rewrite(packet, self.sink.audio, self.remote_audio)
-            || self
-                .remote_dtmf
-                .is_some_and(|d| Self::rewrite(packet, self.sink.dtmf, d))
+        if Self::rewrite(packet, self.sink.audio, self.remote_audio) {
+            return true;
+        }
+        let event = self
+            .remote_dtmf
+            .is_some_and(|d| Self::rewrite(packet, self.sink.dtmf, d));
+        if event && self.sink.dtmf_clock != 8000 {
+            scale_event_duration(packet, 8000, self.sink.dtmf_clock);
+        }
+        event
     }
 
     /// A packet from the far side, toward the sink: other PTs pass as they are.
@@ -332,10 +342,25 @@ impl PayloadMap {
         }
         if !Self::rewrite(packet, self.remote_audio, self.sink.audio) {
             if let Some(d) = self.remote_dtmf {
-                Self::rewrite(packet, d, self.sink.dtmf);
+                if Self::rewrite(packet, d, self.sink.dtmf) && self.sink.dtmf_clock != 8000 {
+                    scale_event_duration(packet, self.sink.dtmf_clock, 8000);
+                }
             }
         }
     }
+}
+
+/// An RFC 4733 event's duration (payload bytes 2-3) from one clock to another, in place.
+fn scale_event_duration(packet: &mut [u8], to_clock: u32, from_clock: u32) {
+    let Some(range) = crate::transcode::payload_range(packet) else {
+        return;
+    };
+    let Some(duration) = packet.get_mut(range.start + 2..range.start + 4) else {
+        return;
+    };
+    let d = u64::from(u16::from_be_bytes([duration[0], duration[1]]));
+    let scaled = (d * u64::from(to_clock) / u64::from(from_clock.max(1))).min(0xffff) as u16;
+    duration.copy_from_slice(&scaled.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -364,6 +389,34 @@ mod payload_map_tests {
         );
     }
 
+    /// A PBX whose telephone-event runs at the Opus clock: Meta's durations (8 kHz units) are six
+    /// times longer toward it, and its own six times shorter toward Meta.
+    #[test]
+    fn event_durations_follow_a_pbx_at_the_opus_clock() {
+        let map = PayloadMap {
+            remote_audio: 111,
+            remote_dtmf: Some(126),
+            sink: SinkPayloads {
+                audio: 111,
+                dtmf: 101,
+                dtmf_clock: 48000,
+            },
+        };
+        // Key 5, end bit clear, volume 10, duration 800 (100 ms at 8 kHz).
+        let mut from_meta = [0x80, 126, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 5, 10, 0x03, 0x20];
+        map.to_local(&mut from_meta);
+        assert_eq!(from_meta[1], 101);
+        assert_eq!(u16::from_be_bytes([from_meta[14], from_meta[15]]), 4800);
+        let mut from_pbx = [0x80, 101, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 5, 10, 0x12, 0xc0];
+        assert!(map.to_remote(&mut from_pbx));
+        assert_eq!(from_pbx[1], 126);
+        assert_eq!(u16::from_be_bytes([from_pbx[14], from_pbx[15]]), 800);
+        // Audio is left alone.
+        let mut opus = [0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x12, 0xc0];
+        map.to_local(&mut opus);
+        assert_eq!(&opus[12..], &[0x12, 0xc0]);
+    }
+
     #[test]
     fn a_pbx_sink_keeps_its_own_payload_types() {
         let map = PayloadMap {
@@ -372,6 +425,7 @@ mod payload_map_tests {
             sink: SinkPayloads {
                 audio: 107,
                 dtmf: 101,
+                dtmf_clock: 8000,
             },
         };
         let mut opus = [0x80, 107, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];

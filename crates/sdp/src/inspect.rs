@@ -129,6 +129,22 @@ impl AudioFacts {
             .find(|f| f.codec() == Some(Codec::TelephoneEvent))
     }
 
+    /// telephone-event for a stream of `codec`: at 8000, or (Opus only, a PBX's WebRTC-style
+    /// habit) at the Opus clock, 48000. The payload type and the clock.
+    pub(crate) fn dtmf_for(&self, codec: Codec) -> Option<(u8, u32)> {
+        if let Some(f) = self.dtmf() {
+            return Some((f.pt, 8000));
+        }
+        (codec == Codec::Opus)
+            .then(|| {
+                self.formats.iter().find(|f| {
+                    f.encoding.eq_ignore_ascii_case("telephone-event") && f.clock_rate == 48000
+                })
+            })
+            .flatten()
+            .map(|f| (f.pt, 48000))
+    }
+
     /// telephone-event offered only at clock rates other than 8000.
     pub(crate) fn dtmf_wrong_clock(&self) -> Option<u32> {
         if self.dtmf().is_some() {

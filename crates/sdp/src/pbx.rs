@@ -72,12 +72,12 @@ pub(crate) fn agree(offer: Session, caps: &Capabilities) -> Result<AgreedOffer, 
             accepted: describe(&caps.codecs),
         });
     };
-    let dtmf_pt = caps
+    let dtmf = caps
         .codecs
         .contains(&Codec::TelephoneEvent)
-        .then(|| facts.dtmf().map(|f| f.pt))
+        .then(|| facts.dtmf_for(codec))
         .flatten();
-    if let Some(pt) = dtmf_pt {
+    if let Some((pt, _)) = dtmf {
         formats.push((pt, Codec::TelephoneEvent));
     }
     let (keying, crypto) = match caps.security {
@@ -129,10 +129,9 @@ pub(crate) fn agree(offer: Session, caps: &Capabilities) -> Result<AgreedOffer, 
         rtcp_mux: facts.rtcp_mux,
         maxptime: false,
         direction,
+        dtmf_clock: dtmf.map_or(8000, |(_, clock)| clock),
     };
-    let plan = plan(
-        &facts, remote_rtp, keying, codec, audio_pt, dtmf_pt, direction,
-    );
+    let plan = plan(&facts, remote_rtp, keying, codec, audio_pt, dtmf, direction);
     Ok(AgreedOffer::new(offer, &facts, stream, plan, caps.security))
 }
 
@@ -142,7 +141,7 @@ fn plan(
     keying: Keying,
     codec: Codec,
     audio_pt: u8,
-    dtmf_pt: Option<u8>,
+    dtmf: Option<(u8, u32)>,
     direction: Direction,
 ) -> MediaPlan {
     MediaPlan {
@@ -152,7 +151,8 @@ fn plan(
         keying,
         codec,
         audio_pt,
-        dtmf_pt,
+        dtmf_pt: dtmf.map(|(pt, _)| pt),
+        dtmf_clock: dtmf.map_or(8000, |(_, clock)| clock),
         remote_ssrc: single_ssrc(facts),
         ptime: facts.ptime.unwrap_or(20),
         rtcp_mux: facts.rtcp_mux,
@@ -193,6 +193,7 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
         rtcp_mux: false,
         maxptime: false,
         direction: local.direction,
+        dtmf_clock: 8000,
     };
     Ok(OfferState::new(local, &stream))
 }
@@ -219,7 +220,8 @@ pub(crate) fn accept_answer(state: &OfferState, answer: &Session) -> Result<Medi
             offered: describe(&state.formats.iter().map(|(_, c)| *c).collect::<Vec<_>>()),
             accepted: facts.describe_formats(),
         })?;
-    let dtmf_pt = facts.dtmf().map(|f| f.pt);
+    // We offered telephone-event/8000 only.
+    let dtmf = facts.dtmf().map(|f| (f.pt, 8000));
     let keying = match state.local.security {
         Security::Sdes => rules::accepted_crypto(&facts, &state.crypto, &state.local.sdes_key)?,
         _ => Keying::Plain,
@@ -230,6 +232,6 @@ pub(crate) fn accept_answer(state: &OfferState, answer: &Session) -> Result<Medi
         return Err(SdpError::NoConnection);
     }
     Ok(plan(
-        &facts, remote_rtp, keying, codec, audio_pt, dtmf_pt, direction,
+        &facts, remote_rtp, keying, codec, audio_pt, dtmf, direction,
     ))
 }

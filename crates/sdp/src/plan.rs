@@ -21,6 +21,9 @@ pub struct MediaPlan {
     /// telephone-event/8000 payload type, when both sides agreed on one (never assumed: a peer that
     /// did not offer it would not expect it).
     pub dtmf_pt: Option<u8>,
+    /// The telephone-event clock: 8000, or 48000 for a PBX that speaks Opus and offered its
+    /// events at the Opus clock (their durations are counted in it).
+    pub dtmf_clock: u32,
     pub remote_ssrc: Option<u32>,
     pub ptime: u32,
     pub rtcp_mux: bool,

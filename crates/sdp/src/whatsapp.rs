@@ -83,6 +83,7 @@ pub(crate) fn agree(offer: Session) -> Result<AgreedOffer, SdpError> {
         rtcp_mux: true,
         maxptime: true,
         direction: facts.direction.answer(),
+        dtmf_clock: 8000,
     };
     let security = match mode {
         Mode::Dtls => Security::Dtls,
@@ -115,6 +116,7 @@ fn plan(
         codec: Codec::Opus,
         audio_pt,
         dtmf_pt,
+        dtmf_clock: 8000,
         remote_ssrc: single_ssrc(facts),
         ptime: 20,
         rtcp_mux: true,
@@ -170,6 +172,7 @@ pub(crate) fn offer(local: &LocalMedia) -> Result<OfferState, SdpError> {
         rtcp_mux: true,
         maxptime: true,
         direction: local.direction,
+        dtmf_clock: 8000,
     };
     Ok(OfferState::new(local, &stream))
 }

@@ -27,6 +27,8 @@ pub(crate) struct Stream {
     /// WhatsApp: `a=ptime:20` and `a=maxptime:20`; PBX: `a=ptime:20`.
     pub maxptime: bool,
     pub direction: Direction,
+    /// The clock our telephone-event's rtpmap names (8000, or 48000 for a PBX's Opus-clock events).
+    pub dtmf_clock: u32,
 }
 
 /// An answer: our stream in place of the offer's m-line `audio_index`, every other m-line rejected.
@@ -155,7 +157,15 @@ fn media(stream: &Stream, local: &LocalMedia, default: SocketAddr) -> Media {
         attr("rtcp-mux", None);
     }
     for (pt, codec) in &stream.formats {
-        attr("rtpmap", Some(codec.rtpmap(*pt)));
+        attr(
+            "rtpmap",
+            Some(match codec {
+                Codec::TelephoneEvent if stream.dtmf_clock != 8000 => {
+                    format!("{pt} telephone-event/{}", stream.dtmf_clock)
+                }
+                _ => codec.rtpmap(*pt),
+            }),
+        );
         match codec {
             Codec::Opus => attr("fmtp", Some(format!("{pt} minptime=20;useinbandfec=1"))),
             Codec::TelephoneEvent => attr("fmtp", Some(format!("{pt} 0-15"))),

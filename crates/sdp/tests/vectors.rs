@@ -545,3 +545,43 @@ fn lenient_reading_of_real_peer_quirks() {
     let s = sdp::parse(as_business.as_bytes()).unwrap();
     assert!(sdp::check(&s, Side::Business, None).contains(&sdp::SdpError::FingerprintCase));
 }
+
+/// A PBX that speaks Opus may count its telephone-events at the Opus clock (WebRTC's habit):
+/// the answer names telephone-event/48000 and the plan says so; with G.711 only the 8000 one is
+/// taken (events at 48 kHz beside 8 kHz audio make no sense), and none is answered then.
+#[test]
+fn a_pbx_with_telephone_event_at_the_opus_clock() {
+    let pbx = local(Profile::Pbx, Security::Plain);
+    let offer = |formats: &str, maps: &str| {
+        format!(
+            "v=0\r\no=pbx 1 1 IN IP4 192.0.2.40\r\ns=-\r\nc=IN IP4 192.0.2.40\r\nt=0 0\r\n\
+             m=audio 30000 RTP/AVP {formats}\r\n{maps}a=sendrecv\r\n"
+        )
+    };
+    let text = offer(
+        "111 110",
+        "a=rtpmap:111 opus/48000/2\r\na=rtpmap:110 telephone-event/48000\r\na=fmtp:110 0-15\r\n",
+    );
+    let (answer, plan) = sdp::answer(&sdp::parse(text.as_bytes()).unwrap(), &pbx).unwrap();
+    let printed = sdp::print(&answer);
+    assert!(
+        printed.contains("a=rtpmap:110 telephone-event/48000\r\n"),
+        "{printed}"
+    );
+    assert_eq!((plan.dtmf_pt, plan.dtmf_clock), (Some(110), 48000));
+    // Both offered: the 8000 one, WhatsApp's own, is taken.
+    let text = offer(
+        "111 110 101",
+        "a=rtpmap:111 opus/48000/2\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:101 telephone-event/8000\r\n",
+    );
+    let (_, plan) = sdp::answer(&sdp::parse(text.as_bytes()).unwrap(), &pbx).unwrap();
+    assert_eq!((plan.dtmf_pt, plan.dtmf_clock), (Some(101), 8000));
+    // G.711 with events at 48 kHz: no DTMF agreed.
+    let text = offer(
+        "0 110",
+        "a=rtpmap:0 PCMU/8000\r\na=rtpmap:110 telephone-event/48000\r\n",
+    );
+    let (answer, plan) = sdp::answer(&sdp::parse(text.as_bytes()).unwrap(), &pbx).unwrap();
+    assert_eq!(plan.dtmf_pt, None);
+    assert!(!sdp::print(&answer).contains("telephone-event"));
+}

@@ -28,6 +28,7 @@ pub fn sdes_plan(
         codec: Codec::Opus,
         audio_pt: 111,
         dtmf_pt: None,
+        dtmf_clock: 8000,
         remote_ssrc: None,
         ptime: 20,
         rtcp_mux: true,

@@ -35,6 +35,7 @@ pub(super) fn connect_to_pbx(entry: &mut Entry, plan: &MediaPlan) {
     let payloads = SinkPayloads {
         audio: plan.audio_pt,
         dtmf: plan.dtmf_pt.unwrap_or(SinkPayloads::default().dtmf),
+        dtmf_clock: plan.dtmf_clock,
     };
     let keys = match &plan.keying {
         Keying::Sdes {
