@@ -24,6 +24,15 @@ const NUMBERS: &str = "+17015558857,+12145551869";
 type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
 
 fn serve(dir: &Path, extra: &[&str]) -> (Server, UdpSocket) {
+    serve_with_open_files(dir, extra, None)
+}
+
+/// The same, with the server's open-files limit set.
+fn serve_with_open_files(
+    dir: &Path,
+    extra: &[&str],
+    open_files: Option<u64>,
+) -> (Server, UdpSocket) {
     let pw = dir.join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     // The sink: a UDP socket standing in for the voice agent.
@@ -42,7 +51,7 @@ fn serve(dir: &Path, extra: &[&str]) -> (Server, UdpSocket) {
         "-",
     ];
     args.extend_from_slice(extra);
-    (Server::start(&args), sink)
+    (Server::start_with_open_files(&args, open_files), sink)
 }
 
 /// One of Meta's samples as wire bytes, with Meta's own credentials (for Meta's realm) removed and
@@ -960,26 +969,9 @@ fn idle_connections_from_one_address_neither_spin_nor_lock_others_out() {
         "this test needs 1,300 descriptors of its own"
     );
     let dir = TempDir::new("calls-idle-conns");
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sink_addr = sink.local_addr().unwrap().to_string();
-    let server = Server::start_with_open_files(
-        &[
-            "--number",
-            NUMBERS,
-            "--sip-password-file",
-            pw.to_str().unwrap(),
-            "--challenge",
-            "--digest-algorithm",
-            "both",
-            "--media-ip",
-            "127.0.0.1",
-            "--sink",
-            &sink_addr,
-            "--events",
-            "-",
-        ],
+    let (server, _sink) = serve_with_open_files(
+        dir.path(),
+        &["--challenge", "--digest-algorithm", "both"],
         Some(1024),
     );
     let mut held = Vec::new();

@@ -14,12 +14,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// baresip listening for SIP on UDP `port`, answering calls to +15550001111 at once with
 /// `codec`, playing 880 Hz and recording what it hears under `dir/snd`.
 fn baresip_phone(dir: &std::path::Path, port: u16, codec: &str) -> Background {
@@ -432,21 +426,13 @@ fn call_through_the_bridge_with(
 /// The sim writes its report once its side of the call has wound down: on a loaded machine that
 /// can be a while after watrunk's call.ended.
 fn meta_answered(sim: &SimServe, logs: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let call = loop {
-        if let Some(call) = json_lines(&sim.process.log())
-            .into_iter()
-            .find(|e| e["event"] == "sim.call")
-        {
-            break call;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no sim.call\n{logs}\n--- sim serve now\n{}",
-            sim.process.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let call = wait_json_event(|| sim.process.log(), "sim.call", Duration::from_secs(5))
+        .unwrap_or_else(|| {
+            panic!(
+                "no sim.call\n{logs}\n--- sim serve now\n{}",
+                sim.process.log()
+            )
+        });
     assert_eq!(call["status"], 200, "{call}\n{logs}");
     assert_eq!(call["violations"], serde_json::json!([]), "{call}");
     call

@@ -22,12 +22,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn json_lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn find<'a>(events: &'a [serde_json::Value], name: &str, logs: &str) -> &'a serde_json::Value {
     events
         .iter()
@@ -745,18 +739,14 @@ fn an_sdes_call_whose_far_side_vanishes_ends_at_the_rtp_timeout_with_a_bye_sayin
         &["--rtp-timeout-secs", "3", "--sip-trace"],
     );
     let ca = server.state.path().join("localhost.selfsigned.crt");
-    let sim = Background::spawn(
-        "sim call",
-        Command::new(bin())
-            .args(["sim", "call", &server.tls.unwrap().to_string()])
-            .args(["--server-name", "localhost", "--to", "+15550001111"])
-            .args(["--hangup-after", "30", "--rtp-timeout-secs", "60"])
-            .args(["--srtp", "sdes"])
-            .arg("--password-file")
-            .arg(&pw)
-            .arg("--ca")
-            .arg(&ca),
-        dir.path().join("sim.log"),
+    let sim = sim_call_in_background(
+        &server,
+        dir.path(),
+        "sim",
+        &pw,
+        &ca,
+        30,
+        &["--rtp-timeout-secs", "60"],
     );
     server.wait_event("media.up", |_| true, Duration::from_secs(15));
     std::thread::sleep(Duration::from_secs(1));
@@ -808,18 +798,7 @@ fn an_sdes_call_whose_far_side_vanishes_ends_at_the_rtp_timeout_with_a_bye_sayin
     );
     assert_eq!(ended["q850_cause"], 41, "{ended}");
     // The far side reports the call ended by the business, saying why.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let call = loop {
-        let out = sim.log();
-        if let Some(c) = json_lines(&out)
-            .into_iter()
-            .find(|v| v["event"] == "sim.call")
-        {
-            break c;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", logs());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let call = sim_report(&sim, Duration::from_secs(15));
     assert_eq!(call["ended_by"], "business", "{call}");
     assert!(
         call["reason"]
@@ -839,6 +818,7 @@ fn sim_call_in_background(
     pw: &std::path::Path,
     ca: &std::path::Path,
     secs: u32,
+    extra: &[&str],
 ) -> Background {
     Background::spawn(
         "sim call",
@@ -847,6 +827,7 @@ fn sim_call_in_background(
             .args(["--server-name", "localhost", "--to", "+15550001111"])
             .args(["--hangup-after", &secs.to_string(), "--srtp", "sdes"])
             .args(["--expect-hz", "880"])
+            .args(extra)
             .arg("--password-file")
             .arg(pw)
             .arg("--ca")
@@ -857,21 +838,8 @@ fn sim_call_in_background(
 
 /// The `sim.call` report of a background sim, once it has one.
 fn sim_report(sim: &Background, limit: Duration) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(c) = json_lines(&sim.log())
-            .into_iter()
-            .find(|v| v["event"] == "sim.call")
-        {
-            return c;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no sim.call report\n{}",
-            sim.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_json_event(|| sim.log(), "sim.call", limit)
+        .unwrap_or_else(|| panic!("no sim.call report\n{}", sim.log()))
 }
 
 /// SIGTERM with ten live calls: a new call gets 503 with Retry-After, the live calls keep their
@@ -893,7 +861,7 @@ fn sigterm_drains_ten_live_calls_then_exits_zero() {
     );
     let ca = server.state.path().join("localhost.selfsigned.crt");
     let sims: Vec<Background> = (0..10)
-        .map(|n| sim_call_in_background(&server, dir.path(), &format!("sim{n}"), &pw, &ca, 60))
+        .map(|n| sim_call_in_background(&server, dir.path(), &format!("sim{n}"), &pw, &ca, 60, &[]))
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while server
@@ -909,7 +877,7 @@ fn sigterm_drains_ten_live_calls_then_exits_zero() {
     server.signal("TERM");
     let signalled = std::time::Instant::now();
     // A new call while draining: 503 with Retry-After (the sim reports the status).
-    let late = sim_call_in_background(&server, dir.path(), "late", &pw, &ca, 5);
+    let late = sim_call_in_background(&server, dir.path(), "late", &pw, &ca, 5, &[]);
     let refused = sim_report(&late, Duration::from_secs(10));
     assert_eq!(refused["status"], 503, "{refused}");
     assert!(
@@ -985,7 +953,7 @@ fn sighup_reloads_the_password_and_the_certificate_without_touching_a_live_call(
             key.to_str().unwrap(),
         ],
     );
-    let live = sim_call_in_background(&server, dir.path(), "live", &pw, &first_ca, 10);
+    let live = sim_call_in_background(&server, dir.path(), "live", &pw, &first_ca, 10, &[]);
     server.wait_event("media.up", |_| true, Duration::from_secs(15));
     std::fs::write(&pw, "a-new-secret\n").unwrap();
     std::fs::copy(&second_cert, &cert).unwrap();
@@ -998,16 +966,16 @@ fn sighup_reloads_the_password_and_the_certificate_without_touching_a_live_call(
         "{reloaded}"
     );
     // The new password and the new certificate's CA: the call is taken, with audio.
-    let new = sim_call_in_background(&server, dir.path(), "new", &pw, &second_ca, 3);
+    let new = sim_call_in_background(&server, dir.path(), "new", &pw, &second_ca, 3, &[]);
     let call = sim_report(&new, Duration::from_secs(20));
     assert_eq!(call["status"], 200, "{call}\n{}", server.log());
     assert!(near(&call["media"]["heard_hz"], 880.0), "{call}");
     // The old password is refused now.
-    let old = sim_call_in_background(&server, dir.path(), "old", &old_pw, &second_ca, 3);
+    let old = sim_call_in_background(&server, dir.path(), "old", &old_pw, &second_ca, 3, &[]);
     let refused = sim_report(&old, Duration::from_secs(20));
     assert_eq!(refused["status"], 403, "{refused}");
     // The old CA no longer vouches for what the server presents.
-    let stale = sim_call_in_background(&server, dir.path(), "stale", &pw, &first_ca, 3);
+    let stale = sim_call_in_background(&server, dir.path(), "stale", &pw, &first_ca, 3, &[]);
     let (ok, _) = {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let mut stale = stale;
@@ -1057,7 +1025,7 @@ fn a_udp_invite_flood_costs_the_other_calls_nothing() {
     let server = business_server(&pw, "sdes", &format!("127.0.0.1:{sink_port}"), &[]);
     let ca = server.state.path().join("localhost.selfsigned.crt");
     let before = rss_kib(server.pid());
-    let up = sim_call_in_background(&server, dir.path(), "up", &pw, &ca, 6);
+    let up = sim_call_in_background(&server, dir.path(), "up", &pw, &ca, 6, &[]);
     server.wait_event("media.up", |_| true, Duration::from_secs(15));
     let target = server.udp.unwrap();
     let invite = "INVITE sip:+15550001111@localhost SIP/2.0\r\n\
@@ -1103,7 +1071,7 @@ fn a_udp_invite_flood_costs_the_other_calls_nothing() {
         })
     };
     std::thread::sleep(Duration::from_secs(1));
-    let during = sim_call_in_background(&server, dir.path(), "during", &pw, &ca, 4);
+    let during = sim_call_in_background(&server, dir.path(), "during", &pw, &ca, 4, &[]);
     let mut peak = before;
     while !flooder.is_finished() {
         peak = peak.max(rss_kib(server.pid()));

@@ -322,6 +322,32 @@ impl Drop for Server {
     }
 }
 
+/// The JSON objects among `text`'s lines.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits up to `limit` for a JSON line whose `event` is `event` in what `log` returns (a process
+/// may write its report a while after the call it reports on ended).
+pub fn wait_json_event(
+    log: impl Fn() -> String,
+    event: &str,
+    limit: Duration,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = json_lines(&log()).into_iter().find(|e| e["event"] == event) {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Sends one datagram and waits up to `wait` for one answer.
 pub fn udp_exchange(to: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -47,6 +47,7 @@ impl Link {
             Transport::Tls,
             conn,
             shared,
+            None,
         ));
         let out = match from_conn.recv().await? {
             Inbound::Opened { tx, .. } => tx,

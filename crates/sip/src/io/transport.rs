@@ -307,7 +307,9 @@ pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>
             let conn = next_conn_id();
             let first = Some(shared.limits.first_message_timeout);
             match tls {
-                None => serve(stream, remote, local, Transport::Tcp, conn, shared, first).await,
+                None => {
+                    serve_stream(stream, remote, local, Transport::Tcp, conn, shared, first).await
+                }
                 Some(acceptor) => {
                     // The handshake's state and the TLS stream are boxed: held inline they would
                     // size the connection's task, one after the other, for its whole life.
@@ -318,7 +320,8 @@ pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>
                     match handshake.await {
                         Ok(Ok(tls)) => {
                             let tls = Box::new(tls);
-                            serve(tls, remote, local, Transport::Tls, conn, shared, first).await
+                            serve_stream(tls, remote, local, Transport::Tls, conn, shared, first)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!("TLS handshake with {remote} failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake with {remote} timed out"),
@@ -399,7 +402,7 @@ pub fn connect(
                 match handshake.await {
                     Ok(Ok(tls)) => {
                         let tls = Box::new(tls);
-                        serve_stream(tls, remote, local, Transport::Tls, conn, shared).await
+                        serve_stream(tls, remote, local, Transport::Tls, conn, shared, None).await
                     }
                     Ok(Err(e)) => {
                         let reason =
@@ -419,7 +422,7 @@ pub fn connect(
                     }
                 }
             }
-            _ => serve_stream(stream, remote, local, Transport::Tcp, conn, shared).await,
+            _ => serve_stream(stream, remote, local, Transport::Tcp, conn, shared, None).await,
         }
         drop(permit);
     });
@@ -428,23 +431,9 @@ pub fn connect(
 /// Serves one stream connection until it ends: reads and frames (answering CRLF keep-alives),
 /// hands each message to `shared.core`, and writes what the owner queues on the sender it gets in
 /// `Inbound::Opened`. The listeners and `connect` use it; so does a caller that opened the stream
-/// itself.
+/// itself. `first_message`: close the connection when no complete message came that long after
+/// its start (accepted connections: a peer that connects and says nothing holds a slot).
 pub async fn serve_stream<S>(
-    stream: S,
-    remote: SocketAddr,
-    local: SocketAddr,
-    transport: Transport,
-    conn: ConnId,
-    shared: Shared,
-) where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    serve(stream, remote, local, transport, conn, shared, None).await
-}
-
-/// `serve_stream`, closing the connection when no complete message came within `first_message`
-/// of its start (accepted connections: a peer that connects and says nothing holds a slot).
-async fn serve<S>(
     stream: S,
     remote: SocketAddr,
     local: SocketAddr,
