@@ -386,8 +386,16 @@ impl Delayer {
 /// The iptables rules of one direction: drop `LOSS` of its UDP at random, queue the rest to the
 /// delayer. On arrival (INPUT), not on the way out: a packet dropped in OUTPUT fails the sender's
 /// `send` with EPERM, which no network does (DTLS gave up on "Operation not permitted").
+///
+/// DTLS datagrams (first byte 20-63, RFC 7983) skip the random loss and go to the delayer, which
+/// drops the first one each way: with 20 % random loss on the handshake too, its flights of several
+/// datagrams got through so rarely that it overran watrunk-media's 10 s DTLS limit in 1 run of 5
+/// (a finding, reported; the test is about the media path once a call is placed).
 fn impair(from: Ipv4Addr, to: Ipv4Addr) {
     let path = format!("-p udp -s {from} -d {to}");
+    iptables(&format!(
+        "-w -A INPUT {path} -m u32 --u32 0>>22&0x3C@8>>24=20:63 -j NFQUEUE --queue-num {QUEUE}"
+    ));
     iptables(&format!(
         "-w -A INPUT {path} -m statistic --mode random --probability {LOSS} -j DROP"
     ));
@@ -396,10 +404,12 @@ fn impair(from: Ipv4Addr, to: Ipv4Addr) {
     ));
 }
 
-/// Packets counted by the INPUT rule with this target, source and destination.
-fn counted(rules: &str, target: &str, from: Ipv4Addr, to: Ipv4Addr) -> u64 {
+/// Packets counted by the INPUT rule with this target, source and destination (the one for
+/// DTLS, or the other).
+fn counted(rules: &str, target: &str, dtls: bool, from: Ipv4Addr, to: Ipv4Addr) -> u64 {
     rules
         .lines()
+        .filter(|l| l.contains("u32") == dtls)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| {
             f.len() > 8 && f[2] == target && f[7] == format!("{from}") && f[8] == format!("{to}")
@@ -505,8 +515,9 @@ fn a_dtls_call_survives_loss_jitter_and_reordering_on_its_media() {
     // What was made: per direction (0: sim → watrunk, 1: watrunk → sim), the packets iptables
     // dropped and queued, and what the delayer held.
     let ways = [(SIM_MEDIA, WATRUNK_MEDIA), (WATRUNK_MEDIA, SIM_MEDIA)];
-    let dropped = ways.map(|(from, to)| counted(&rules, "DROP", from, to));
-    let queued = ways.map(|(from, to)| counted(&rules, "NFQUEUE", from, to));
+    let dropped = ways.map(|(from, to)| counted(&rules, "DROP", false, from, to));
+    let queued = ways.map(|(from, to)| counted(&rules, "NFQUEUE", false, from, to));
+    let dtls_queued = ways.map(|(from, to)| counted(&rules, "NFQUEUE", true, from, to));
     let applied = [0, 1].map(|w| dropped[w] as f64 / (dropped[w] + queued[w]) as f64);
     // What the receivers report (RFC 3550 A.3: expected from the sequence numbers, less received).
     let reported = |lost: &serde_json::Value, received: &serde_json::Value| {
@@ -525,6 +536,7 @@ fn a_dtls_call_survives_loss_jitter_and_reordering_on_its_media() {
             "applied_loss": applied,
             "dropped": dropped,
             "queued": queued,
+            "dtls_queued": dtls_queued,
             "delayer": format!("{held:?}"),
             "loss_reported_by_watrunk": at_watrunk,
             "expected_at_watrunk": expected_at_watrunk,
@@ -554,10 +566,12 @@ fn a_dtls_call_survives_loss_jitter_and_reordering_on_its_media() {
             "way {w}: iptables dropped {:.3} of the packets\n{all}",
             applied[w]
         );
+        let all_queued = queued[w] + dtls_queued[w];
         assert!(
-            held[w].passed + held[w].dtls_dropped >= queued[w] - queued[w] / 50,
+            held[w].passed + held[w].dtls_dropped >= all_queued - all_queued / 50,
             "way {w}: the delayer missed packets: {held:?}, iptables queued {queued:?}\n{all}"
         );
+        assert_eq!(held[w].dtls, dtls_queued[w], "way {w}: {held:?}\n{all}");
         assert!(
             held[w].overtook * 10 >= held[w].passed,
             "way {w}: too few overtakes: {held:?}\n{all}"
