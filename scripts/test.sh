@@ -13,6 +13,9 @@ command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
 ls /usr/lib/*/kamailio/modules/tls.so >/dev/null 2>&1 || need+=(kamailio-tls-modules)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Tests in a private network namespace change its firewall: a NAT (tests/pbx_bridge.rs), loss and
+# an NFQUEUE for delay and reordering on the media path (tests/faults.rs).
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # Media interop: rtpengine as Meta's ICE-lite stand-in, tcpdump for who-sent-first, aiortc's libopus
 # binding and numpy for the tone source and the frequency checks.
 command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine-daemon)

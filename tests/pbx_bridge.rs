@@ -1466,36 +1466,6 @@ fn watrunk_registers_at_the_pbx_and_refreshes_its_binding() {
     );
 }
 
-/// Runs the test `name` of this binary again inside a private network namespace (`unshare -n`,
-/// loopback up), where it may change the firewall; true when this is that run.
-fn in_private_namespace(name: &str) -> bool {
-    if std::env::var_os("WATRUNK_TEST_NETNS").is_some() {
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status();
-        assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
-        return true;
-    }
-    assert!(tool_exists("unshare") && tool_exists("iptables"));
-    let (ok, out) = run(
-        Command::new("unshare")
-            .args(["-n", "env", "WATRUNK_TEST_NETNS=1"])
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads", "1"]),
-        Duration::from_secs(120),
-    );
-    assert!(ok && out.contains("1 passed"), "{out}");
-    false
-}
-
-fn iptables(rule: &str) {
-    let ok = Command::new("iptables")
-        .args(rule.split_whitespace())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "iptables {rule}");
-}
-
 /// A PBX behind NAT (Asterisk's `rtp_symmetric=no` peers, phones on a LAN): its SDP names its own
 /// RTP port, but its RTP reaches us from another (an SNAT rule rewrites baresip's source ports),
 /// and a packet sent straight to the SDP's port is dropped as a NAT drops what it has no mapping

@@ -683,3 +683,36 @@ pub fn g711_report(phone: &Background, logs: &str) -> serde_json::Value {
         .find(|e| e["event"] == "g711.stream")
         .unwrap_or_else(|| panic!("the G.711 phone reported nothing\n{log}\n{logs}"))
 }
+
+/// Runs the test `name` of this binary again inside a private network namespace (`unshare -n`,
+/// loopback up), where it may change addresses and the firewall; true when this is that run. The
+/// inner run's output is printed (seen with `--nocapture`).
+pub fn in_private_namespace(name: &str) -> bool {
+    if std::env::var_os("WATRUNK_TEST_NETNS").is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
+        return true;
+    }
+    let (unshare, _) = (tool("unshare"), tool("iptables"));
+    let (ok, out) = run(
+        Command::new(unshare)
+            .args(["-n", "env", "WATRUNK_TEST_NETNS=1"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"]),
+        Duration::from_secs(120),
+    );
+    println!("{out}");
+    assert!(ok && out.contains("1 passed"), "{out}");
+    false
+}
+
+/// One iptables command, which must succeed (in a private namespace: see `in_private_namespace`).
+pub fn iptables(rule: &str) {
+    let ok = Command::new("iptables")
+        .args(rule.split_whitespace())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "iptables {rule}");
+}

@@ -10,6 +10,12 @@ pub const RATE: u32 = 48_000;
 pub const FRAME_SAMPLES: usize = 960;
 /// The most a recorder keeps (seconds): a long call keeps its first minute.
 const MAX_RECORDED_SECS: usize = 60;
+/// Packets held to be decoded in sequence order, as a receiver's jitter buffer does (8: 160 ms).
+const REORDER_WINDOW: usize = 8;
+/// The longest hole concealed (Opus PLC) frame by frame; a longer jump is a new start.
+const MAX_CONCEALED: u64 = 5;
+/// A packet this far behind the next one to decode starts the stream again (a new source).
+const RESTART: u64 = 64;
 
 /// A sine tone as a stream of Opus RTP packets.
 pub struct Tone {
@@ -94,10 +100,16 @@ pub struct Recorder {
     /// Packets whose sequence number was not the one after the previous packet's (a hole or a
     /// jump; repeats not counted).
     pub seq_jumps: u64,
+    /// Packets that arrived after one with a higher sequence number (reordered on the way; repeats
+    /// not counted).
+    pub reordered: u64,
     /// The longest time between two packets of the stream, once it started.
     pub max_gap: std::time::Duration,
     last: Option<(u16, std::time::Instant)>,
     sequence: SeenSequence,
+    /// Audio packets not decoded yet, by extended sequence number, and the next one to decode.
+    pending: std::collections::BTreeMap<u64, Vec<u8>>,
+    next_decode: Option<u64>,
     /// The telephone-events among the packets.
     pub dtmf: Events,
 }
@@ -150,19 +162,28 @@ struct SeenSequence {
 impl SeenSequence {
     const WINDOW: usize = 1024;
 
-    /// Records `seq`; true when it was seen already.
-    fn repeated(&mut self, seq: u16) -> bool {
-        if let Some(last) = self.last {
-            if seq < last && last - seq > 0x8000 {
+    /// Records `seq`: whether it was seen already, or comes after a higher one; and its extended
+    /// sequence number.
+    fn arrive(&mut self, seq: u16) -> (Arrival, u64) {
+        // Newest: up to half the sequence space ahead of the highest so far.
+        let newest = self
+            .last
+            .is_none_or(|l| (1..0x8000).contains(&seq.wrapping_sub(l)));
+        let cycles = match self.last {
+            Some(l) if newest && seq < l => {
                 self.cycles += 1;
+                self.cycles
             }
-        }
-        let extended = (self.cycles << 16) | u64::from(seq);
-        if self.last.is_none_or(|l| seq > l || l - seq > 0x8000) {
+            // A late packet from before the highest one's wrap.
+            Some(l) if !newest && seq > l => self.cycles.saturating_sub(1),
+            _ => self.cycles,
+        };
+        let extended = (cycles << 16) | u64::from(seq);
+        if newest {
             self.last = Some(seq);
         }
         if !self.seen.insert(extended) {
-            return true;
+            return (Arrival::Repeated, extended);
         }
         self.order.push_back(extended);
         if self.order.len() > Self::WINDOW {
@@ -170,8 +191,20 @@ impl SeenSequence {
                 self.seen.remove(&old);
             }
         }
-        false
+        if newest {
+            (Arrival::Newest, extended)
+        } else {
+            (Arrival::Late, extended)
+        }
     }
+}
+
+#[derive(PartialEq)]
+enum Arrival {
+    Newest,
+    /// After a packet with a higher sequence number.
+    Late,
+    Repeated,
 }
 
 impl Recorder {
@@ -186,9 +219,12 @@ impl Recorder {
             ssrcs: Vec::new(),
             repeated_seqs: 0,
             seq_jumps: 0,
+            reordered: 0,
             max_gap: std::time::Duration::ZERO,
             last: None,
             sequence: SeenSequence::default(),
+            pending: std::collections::BTreeMap::new(),
+            next_decode: None,
             dtmf: Events::default(),
         })
     }
@@ -203,9 +239,13 @@ impl Recorder {
             self.ssrcs.push(ssrc);
         }
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
-        if self.sequence.repeated(seq) {
+        let (arrival, extended) = self.sequence.arrive(seq);
+        if arrival == Arrival::Repeated {
             self.repeated_seqs += 1;
         } else {
+            if arrival == Arrival::Late {
+                self.reordered += 1;
+            }
             let now = std::time::Instant::now();
             if let Some((last_seq, last_at)) = self.last {
                 if seq != last_seq.wrapping_add(1) {
@@ -224,19 +264,47 @@ impl Recorder {
             return;
         }
         self.packets += 1;
-        if self.samples.len() >= MAX_RECORDED_SECS * RATE as usize {
+        if arrival == Arrival::Repeated || self.samples.len() >= MAX_RECORDED_SECS * RATE as usize {
             return;
         }
+        self.pending.insert(extended, payload.to_vec());
+        while self.pending.len() > REORDER_WINDOW {
+            self.decode_next();
+        }
+    }
+
+    /// Decodes the lowest pending packet, after concealing a short hole before it; a packet whose
+    /// place was played already is dropped, as a jitter buffer drops it.
+    fn decode_next(&mut self) {
+        let Some((seq, payload)) = self.pending.pop_first() else {
+            return;
+        };
         let mut pcm = [0i16; 5760];
-        match self.decoder.decode(payload, &mut pcm, false) {
+        match self.next_decode {
+            // Late by a little: its place was played. Far behind: the stream started again.
+            Some(next) if seq < next && next - seq <= RESTART => return,
+            Some(next) if seq - next <= MAX_CONCEALED => {
+                for _ in next..seq {
+                    if let Ok(n) = self.decoder.decode(&[], &mut pcm[..FRAME_SAMPLES], false) {
+                        self.samples.extend_from_slice(&pcm[..n]);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.next_decode = Some(seq + 1);
+        match self.decoder.decode(&payload, &mut pcm, false) {
             Ok(n) => self.samples.extend_from_slice(&pcm[..n]),
             Err(_) => self.other += 1,
         }
     }
 
     /// The dominant frequency and RMS level (0..1) of the recording after `skip_secs`, over at most
-    /// one second; `None` for less than 0.2 s of audio.
-    pub fn analyse(&self, skip_secs: f64) -> Option<(f64, f64)> {
+    /// one second; `None` for less than 0.2 s of audio. Decodes what is still pending first.
+    pub fn analyse(&mut self, skip_secs: f64) -> Option<(f64, f64)> {
+        while !self.pending.is_empty() {
+            self.decode_next();
+        }
         let skip = ((skip_secs * f64::from(RATE)) as usize).min(self.samples.len() / 2);
         let window = &self.samples[skip..];
         let window = &window[..window.len().min(RATE as usize)];
@@ -303,6 +371,50 @@ mod tests {
         let (hz, rms) = recorder.analyse(0.2).unwrap();
         assert!(near(hz, 440.0), "{hz}");
         assert!(rms > 0.1, "{rms}");
+    }
+
+    #[test]
+    fn late_packets_are_counted_as_reordered_across_the_sequence_wrap() {
+        let mut recorder = Recorder::new(111).unwrap();
+        let packet = |seq: u16| {
+            let mut p = [0x80, 111, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xf8];
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p
+        };
+        for seq in [65_534, 0, 65_535, 1, 3, 2, 2, 4] {
+            recorder.push(&packet(seq));
+        }
+        assert_eq!(recorder.reordered, 2);
+        assert_eq!(recorder.repeated_seqs, 1);
+    }
+
+    #[test]
+    fn a_tone_arriving_out_of_order_with_holes_is_decoded_in_order() {
+        let mut tone = Tone::new(440.0, 111, &mut rand::rngs::mock::StepRng::new(7, 1)).unwrap();
+        let mut buf = [0u8; 1500];
+        let mut packets: Vec<Vec<u8>> = (0..100)
+            .map(|_| {
+                let n = tone.next_packet(&mut buf).unwrap();
+                buf[..n].to_vec()
+            })
+            .collect();
+        // Every fifth lost, each pair of the rest swapped.
+        packets = packets
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % 5 != 4)
+            .map(|(_, p)| p)
+            .collect();
+        for pair in packets.chunks_mut(2) {
+            pair.reverse();
+        }
+        let mut recorder = Recorder::new(111).unwrap();
+        for p in &packets {
+            recorder.push(p);
+        }
+        assert!(recorder.reordered >= 35, "{}", recorder.reordered);
+        let (hz, _) = recorder.analyse(0.2).unwrap();
+        assert!((hz - 440.0).abs() <= 440.0 * 0.01, "{hz}");
     }
 
     #[test]

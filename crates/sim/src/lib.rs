@@ -309,13 +309,13 @@ async fn sink(args: SinkArgs, mut draws: Draws) -> Result<()> {
                     .map(|(a, _)| *a)
                     .collect();
                 for from in ended {
-                    if let Some(s) = streams.remove(&from) {
-                        report_stream(from, &s);
+                    if let Some(mut s) = streams.remove(&from) {
+                        report_stream(from, &mut s);
                     }
                 }
                 if until.is_some_and(|u| now >= u) {
-                    for (from, s) in streams.drain() {
-                        report_stream(from, &s);
+                    for (from, mut s) in streams.drain() {
+                        report_stream(from, &mut s);
                     }
                     return Ok(());
                 }
@@ -324,7 +324,7 @@ async fn sink(args: SinkArgs, mut draws: Draws) -> Result<()> {
     }
 }
 
-fn report_stream(from: SocketAddr, s: &Stream) {
+fn report_stream(from: SocketAddr, s: &mut Stream) {
     let heard = s.recorder.analyse(1.0);
     emit(json!({
         "event": "sink.stream",
@@ -332,6 +332,7 @@ fn report_stream(from: SocketAddr, s: &Stream) {
         "packets": s.recorder.packets,
         "other_packets": s.recorder.other,
         "ssrcs": s.recorder.ssrcs,
+        "reordered": s.recorder.reordered,
         "secs": (s.last.duration_since(s.first).as_secs_f64() * 10.0).round() / 10.0,
         "heard_hz": heard.map(|h| (h.0 * 10.0).round() / 10.0),
         "heard_rms": heard.map(|h| (h.1 * 1000.0).round() / 1000.0),

@@ -223,6 +223,7 @@ impl Leg {
             report.business_ssrcs = recorder.ssrcs.clone();
             report.repeated_seqs = recorder.repeated_seqs;
             report.seq_jumps = recorder.seq_jumps;
+            report.reordered = recorder.reordered;
             report.max_gap_ms = recorder.max_gap.as_secs_f64() * 1000.0;
             report.heard_dtmf = recorder.dtmf.keys.clone();
             report.heard_dtmf_ms = recorder.dtmf.durations_ms.clone();
@@ -267,6 +268,8 @@ pub struct Report {
     pub business_ssrcs: Vec<u32>,
     pub repeated_seqs: u64,
     pub seq_jumps: u64,
+    /// Packets that came after one with a higher sequence number.
+    pub reordered: u64,
     pub max_gap_ms: f64,
     pub ice_ms: Option<f64>,
     pub secure_ms: Option<f64>,
@@ -346,6 +349,7 @@ impl Report {
             "business_ssrcs": self.business_ssrcs,
             "repeated_seqs": self.repeated_seqs,
             "seq_jumps": self.seq_jumps,
+            "reordered": self.reordered,
             "max_gap_ms": (self.max_gap_ms * 10.0).round() / 10.0,
             "dtmf_sent": self.dtmf_sent,
             "dtmf_failure": self.dtmf_failure,
@@ -354,6 +358,10 @@ impl Report {
             "packets_in": self.stats.packets_in,
             "packets_out": self.stats.packets_out,
             "srtp_rejected": self.stats.srtp_rejected,
+            // The business's stream as this side's RTCP reports it (RFC 3550 A.3, A.8).
+            "lost": self.stats.lost,
+            "jitter_us": self.stats.jitter_us,
+            "rtt_us": self.stats.rtt_us,
             "heard_packets": self.heard_packets,
             "heard_hz": self.heard.map(|h| (h.0 * 10.0).round() / 10.0),
             "heard_rms": self.heard.map(|h| (h.1 * 1000.0).round() / 1000.0),
