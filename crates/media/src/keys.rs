@@ -107,6 +107,13 @@ impl std::fmt::Debug for SinkKeys {
     }
 }
 
+/// How often an unanswered handshake flight is sent again. webrtc-dtls resends at a fixed
+/// interval (no backoff), 1 s by default: under 20 % loss a flight of several datagrams often
+/// needs a few resends, and at 1 s apart the set-up overran its 10 s limit in 1 call of 5
+/// (tests/faults.rs). A handshake is a few kilobytes; resending it four times a second for at
+/// most those 10 s costs nothing worth saving.
+const FLIGHT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub(crate) async fn dtls_keys(
     conn: Arc<dyn Conn + Send + Sync>,
     dtls_rx: mpsc::Receiver<Vec<u8>>,
@@ -138,6 +145,7 @@ pub(crate) async fn dtls_keys(
                 )))
             }
         })),
+        flight_interval: FLIGHT_INTERVAL,
         ..Default::default()
     };
     let endpoint: Arc<dyn Conn + Send + Sync> = Arc::new(DtlsEndpoint::new(conn, dtls_rx));
