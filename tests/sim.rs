@@ -1154,3 +1154,34 @@ fn a_udp_invite_flood_costs_the_other_calls_nothing() {
         answered.unwrap()
     );
 }
+
+/// A one-shot `watrunk call` that Meta refuses (a wrong password: 403 after the challenge) writes
+/// its ACK to the 403 before the process exits. It used to exit first in 2-3 runs of 30-40, leaving
+/// Meta's transaction to Timer H; the sim now reports whether each refusal was acknowledged.
+#[test]
+fn refused_one_shot_calls_acknowledge_the_403_before_exiting() {
+    let _serial = serial();
+    let dir = TempDir::new("sim-refused-ack");
+    let sim = sim_serve(dir.path(), "sdes", "localhost", "not-the-password");
+    const CALLS: usize = 20;
+    for _ in 0..CALLS {
+        let (ok, out) = business_call(dir.path(), &sim, "sdes", free_port());
+        assert!(!ok, "{out}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reports = loop {
+        let reports: Vec<serde_json::Value> = json_lines(&sim.process.log())
+            .into_iter()
+            .filter(|e| e["event"] == "sim.call")
+            .collect();
+        if reports.len() >= CALLS || std::time::Instant::now() > deadline {
+            break reports;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reports.len(), CALLS, "{}", sim.process.log());
+    for call in &reports {
+        assert_eq!(call["status"], 403, "{call}");
+        assert_eq!(call["refusal_acked"], true, "{call}");
+    }
+}

@@ -207,6 +207,20 @@ pub(super) fn users(req: &Request) -> (String, String) {
     (user(req.from()), user(req.to()))
 }
 
+/// Whether an ACK comes on the call's queue within `limit`.
+async fn ack_within(rx: &mut mpsc::Receiver<Message>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Some(message) = rx.recv().await {
+            if matches!(&message, Message::Request(r) if r.method == Method::ACK) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// One business-initiated call, from its first INVITE to its end; false when the business broke a
 /// rule the judge checks (or the call was refused).
 async fn call(
@@ -262,6 +276,9 @@ async fn call(
             if let Some(req) = &refusal.request {
                 let r = refused(req, refusal.status, &refusal.phrase, &refusal.why, &to_tag);
                 link.respond(&r).await;
+                // The business acknowledges a final refusal (RFC 3261 §17.1.1.3): over TLS
+                // nothing is resent, so an ACK that never left is a transaction left to Timer H.
+                report["refusal_acked"] = ack_within(&mut rx, Duration::from_secs(2)).await.into();
             }
             report["status"] = refusal.status.into();
             report["reason"] = refusal.why.into();

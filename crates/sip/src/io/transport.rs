@@ -118,6 +118,8 @@ pub struct Shared {
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// What the listeners say about refused connections, at most so often.
     refusals: Arc<Mutex<LogThrottle>>,
+    /// The same for failed TLS handshakes (a scanner makes many; Meta failing one is news).
+    handshakes: Arc<Mutex<LogThrottle>>,
 }
 
 impl Shared {
@@ -129,6 +131,7 @@ impl Shared {
             slots,
             per_source: Arc::default(),
             refusals: Arc::new(Mutex::new(LogThrottle::new(Duration::from_secs(10), 5))),
+            handshakes: Arc::new(Mutex::new(LogThrottle::new(Duration::from_secs(10), 5))),
         }
     }
 
@@ -148,12 +151,7 @@ impl Shared {
 
     /// Says why a connection was refused, a few times in ten seconds at most.
     fn refused(&self, why: std::fmt::Arguments<'_>) {
-        let allowed = self
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(Instant::now());
-        if let Some(held_back) = allowed {
+        if let Some(held_back) = allowed(&self.refusals) {
             if held_back > 0 {
                 tracing::warn!("{why} ({held_back} more refusals not logged)");
             } else {
@@ -161,6 +159,24 @@ impl Shared {
             }
         }
     }
+
+    /// Says that a TLS handshake failed, a few times in ten seconds at most.
+    fn handshake_failed(&self, what: std::fmt::Arguments<'_>) {
+        if let Some(held_back) = allowed(&self.handshakes) {
+            if held_back > 0 {
+                tracing::info!("{what} ({held_back} more failed handshakes not logged)");
+            } else {
+                tracing::info!("{what}");
+            }
+        }
+    }
+}
+
+fn allowed(throttle: &Mutex<LogThrottle>) -> Option<u64> {
+    throttle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .allow(Instant::now())
 }
 
 /// One accepted connection counted against its source; given back on drop.
@@ -323,8 +339,12 @@ pub async fn run_stream_listener(listener: TcpListener, tls: Option<TlsAcceptor>
                             serve_stream(tls, remote, local, Transport::Tls, conn, shared, first)
                                 .await
                         }
-                        Ok(Err(e)) => tracing::debug!("TLS handshake with {remote} failed: {e}"),
-                        Err(_) => tracing::debug!("TLS handshake with {remote} timed out"),
+                        Ok(Err(e)) => shared.handshake_failed(format_args!(
+                            "TLS handshake with {remote} failed: {e}"
+                        )),
+                        Err(_) => shared.handshake_failed(format_args!(
+                            "TLS handshake with {remote} timed out"
+                        )),
                     }
                 }
             }
