@@ -90,7 +90,10 @@ impl ParseError {
         };
         let mut r = Response::new(status, reason);
         for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-            r.headers.copy_from(headers, name);
+            // A value holding a bare CR or LF is not echoed: in our response it would start a header.
+            for h in headers.get_all(name).filter(|v| !v.contains(['\r', '\n'])) {
+                r.headers.push(name, h);
+            }
         }
         Some(r)
     }
@@ -620,6 +623,20 @@ mod tests {
         let again = Message::parse_datagram(&m.to_bytes()).unwrap();
         assert_eq!(m, again);
         assert_eq!(m.to_bytes(), OPTIONS);
+    }
+
+    /// Found by the sip_datagram fuzz target: a bare LF inside a header line of a request we
+    /// refuse was echoed into our 400, so the line after it (here a second Content-Length) became a
+    /// header of our response and a stream peer lost the framing.
+    #[test]
+    fn a_bare_lf_in_a_refused_request_is_not_echoed_into_the_400() {
+        let request = b"INVITE sip:user@example.com SIP/2.0\r\nTo: sip:j_user@example.com\r\nFrom: sip:caller@example.net;tag=234\r\nMax-Forwards: 5\r\nCall-ID: sdp01\r\nCSeq: 8 INVITE\nContent-Length: 150\r\n\r\n";
+        let e = Message::parse_datagram(request).unwrap_err();
+        let wire = e.response().expect("a 400").to_bytes();
+        let text = String::from_utf8(wire).unwrap();
+        assert!(text.starts_with("SIP/2.0 400 "));
+        assert_eq!(text.matches("Content-Length").count(), 1, "{text:?}");
+        assert!(!text.replace("\r\n", "").contains('\n'), "{text:?}");
     }
 
     #[test]
