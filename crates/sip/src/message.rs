@@ -359,6 +359,13 @@ fn parse_header_lines(block: &str) -> Result<Headers, String> {
         if line.is_empty() {
             break;
         }
+        // Lines end in CRLF (RFC 3261 §7.3.1): a bare CR or LF would end this header when we print it.
+        if line.contains(['\r', '\n']) {
+            return Err(format!(
+                "bare CR or LF in a header line: {}",
+                truncate(line)
+            ));
+        }
         if line.starts_with([' ', '\t']) {
             match current.as_mut() {
                 Some((_, v)) => {
@@ -635,8 +642,19 @@ mod tests {
         let wire = e.response().expect("a 400").to_bytes();
         let text = String::from_utf8(wire).unwrap();
         assert!(text.starts_with("SIP/2.0 400 "));
-        assert_eq!(text.matches("Content-Length").count(), 1, "{text:?}");
+        assert_eq!(text.matches("\r\nContent-Length:").count(), 1, "{text:?}");
         assert!(!text.replace("\r\n", "").contains('\n'), "{text:?}");
+    }
+
+    /// Found by the sip_datagram fuzz target: a bare LF inside a Contact value was accepted, and the
+    /// request printed again carried `L:0` as a header of its own next to its Content-Length.
+    #[test]
+    fn a_bare_lf_inside_a_header_line_is_refused() {
+        let request = b"REGISTER sip:example.com SIP/2.0\r\nTo: sip:user@example.com\r\nFrom: sip:user@example.com;tag=8\r\nMax-Forwards: 70\r\nCall-ID: r@192.0.2.1\r\nCSeq: 1 REGISTER\r\nVia: SIP/2.0/UDP host5.example.com;branch=z9hG4bKkdjuw\r\nM: <sip:user@example.com> :h\nL:0\r\nContent-Length: 4\r\n\r\nbody";
+        let e = Message::parse_datagram(request).unwrap_err();
+        assert_eq!(e.status(), Some(400));
+        let wire = e.response().expect("a 400").to_bytes();
+        assert!(Message::parse_datagram(&wire).is_ok());
     }
 
     #[test]
