@@ -38,3 +38,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# Fuzzing (docs/fuzzing.md): each cargo-fuzz target for a short time; installs cargo-fuzz if missing.
+scripts/fuzz.sh 15

@@ -12,6 +12,8 @@ mod consent;
 mod demux;
 mod dtls_endpoint;
 pub mod dtmf;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ice;
 mod identity;
 pub mod jitter;

@@ -408,7 +408,7 @@ impl Shared {
 }
 
 /// Our ufrag from the USERNAME (`ours:theirs`) of a STUN request.
-fn stun_username_ufrag(packet: &[u8]) -> Option<String> {
+pub(crate) fn stun_username_ufrag(packet: &[u8]) -> Option<String> {
     if !stun::message::is_message(packet) {
         return None;
     }

@@ -248,8 +248,9 @@ impl InboundRoute {
                 201 => Some(8),
                 _ => None,
             };
-            if let Some(at) = blocks_at {
-                for block in packet[at..].chunks_exact(24).take(count) {
+            // A report shorter than its fixed part has no blocks (its length word may say 4 octets).
+            if let Some(blocks) = blocks_at.and_then(|at| packet.get(at..)) {
+                for block in blocks.chunks_exact(24).take(count) {
                     let ssrc = u32::from_be_bytes([block[0], block[1], block[2], block[3]]);
                     let lsr = u32::from_be_bytes([block[16], block[17], block[18], block[19]]);
                     let dlsr = u32::from_be_bytes([block[20], block[21], block[22], block[23]]);
@@ -342,6 +343,45 @@ pub(crate) fn sender_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the media_demux fuzz target: a receiver report whose length word is 0 (4 octets,
+    /// shorter than its fixed 8) inside a compound packet made the reader slice past its end.
+    #[tokio::test]
+    async fn a_report_shorter_than_its_header_is_skipped() {
+        let app = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let sink = app.local_addr().unwrap();
+        let srtp = SrtpContext::new(
+            crate::srtp::SrtpProfile::AesCm128HmacSha1_80,
+            &[1; 16],
+            &[2; 14],
+        )
+        .unwrap();
+        let mut route = InboundRoute {
+            srtp,
+            to_sink: None,
+            app,
+            sink,
+            sink_protect: None,
+            payloads: PayloadMap {
+                remote_audio: 111,
+                remote_dtmf: None,
+                sink: Default::default(),
+            },
+            counters: Arc::new(InboundCounters::default()),
+            local_ssrc: 0x0102_0304,
+            epoch: Instant::now(),
+            first_rtp: None,
+            reception: Reception::default(),
+        };
+        let compound: [u8; 36] = [
+            0x81, 0xc9, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, 0xca, 0xfe, 0xba, 0xbe, 0x01, 0x02,
+            0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x12, 0x34, 0x00, 0x00, 0x00, 0x10,
+        ];
+        route.read_rtcp(&compound, Instant::now());
+        route.read_rtcp(&[0x80, 0xc8, 0x00, 0x00, 0, 0, 0, 0], Instant::now());
+        assert_eq!(route.counters.rtt_us.load(Relaxed), 0);
+    }
 
     #[test]
     fn report_block_says_what_arrived() {

@@ -90,7 +90,10 @@ impl ParseError {
         };
         let mut r = Response::new(status, reason);
         for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-            r.headers.copy_from(headers, name);
+            // A value holding a bare CR or LF is not echoed: in our response it would start a header.
+            for h in headers.get_all(name).filter(|v| !v.contains(['\r', '\n'])) {
+                r.headers.push(name, h);
+            }
         }
         Some(r)
     }
@@ -356,6 +359,13 @@ fn parse_header_lines(block: &str) -> Result<Headers, String> {
         if line.is_empty() {
             break;
         }
+        // Lines end in CRLF (RFC 3261 §7.3.1): a bare CR or LF would end this header when we print it.
+        if line.contains(['\r', '\n']) {
+            return Err(format!(
+                "bare CR or LF in a header line: {}",
+                truncate(line)
+            ));
+        }
         if line.starts_with([' ', '\t']) {
             match current.as_mut() {
                 Some((_, v)) => {
@@ -620,6 +630,31 @@ mod tests {
         let again = Message::parse_datagram(&m.to_bytes()).unwrap();
         assert_eq!(m, again);
         assert_eq!(m.to_bytes(), OPTIONS);
+    }
+
+    /// Found by the sip_datagram fuzz target: a bare LF inside a header line of a request we
+    /// refuse was echoed into our 400, so the line after it (here a second Content-Length) became a
+    /// header of our response and a stream peer lost the framing.
+    #[test]
+    fn a_bare_lf_in_a_refused_request_is_not_echoed_into_the_400() {
+        let request = b"INVITE sip:user@example.com SIP/2.0\r\nTo: sip:j_user@example.com\r\nFrom: sip:caller@example.net;tag=234\r\nMax-Forwards: 5\r\nCall-ID: sdp01\r\nCSeq: 8 INVITE\nContent-Length: 150\r\n\r\n";
+        let e = Message::parse_datagram(request).unwrap_err();
+        let wire = e.response().expect("a 400").to_bytes();
+        let text = String::from_utf8(wire).unwrap();
+        assert!(text.starts_with("SIP/2.0 400 "));
+        assert_eq!(text.matches("\r\nContent-Length:").count(), 1, "{text:?}");
+        assert!(!text.replace("\r\n", "").contains('\n'), "{text:?}");
+    }
+
+    /// Found by the sip_datagram fuzz target: a bare LF inside a Contact value was accepted, and the
+    /// request printed again carried `L:0` as a header of its own next to its Content-Length.
+    #[test]
+    fn a_bare_lf_inside_a_header_line_is_refused() {
+        let request = b"REGISTER sip:example.com SIP/2.0\r\nTo: sip:user@example.com\r\nFrom: sip:user@example.com;tag=8\r\nMax-Forwards: 70\r\nCall-ID: r@192.0.2.1\r\nCSeq: 1 REGISTER\r\nVia: SIP/2.0/UDP host5.example.com;branch=z9hG4bKkdjuw\r\nM: <sip:user@example.com> :h\nL:0\r\nContent-Length: 4\r\n\r\nbody";
+        let e = Message::parse_datagram(request).unwrap_err();
+        assert_eq!(e.status(), Some(400));
+        let wire = e.response().expect("a 400").to_bytes();
+        assert!(Message::parse_datagram(&wire).is_ok());
     }
 
     #[test]
