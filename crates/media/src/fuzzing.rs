@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::relay::{InboundCounters, InboundRoute, Reception};
-use crate::restamp::{PayloadMap, SinkPayloads};
+use crate::relay::InboundRoute;
 use crate::srtp::SrtpContext;
 
 /// Our ufrag from the USERNAME of a STUN request, as the media socket routes it.
@@ -39,23 +38,7 @@ impl Inbound {
         local_ssrc: u32,
     ) -> Inbound {
         Inbound {
-            route: InboundRoute {
-                srtp,
-                to_sink: None,
-                app,
-                sink,
-                sink_protect: None,
-                payloads: PayloadMap {
-                    remote_audio: 111,
-                    remote_dtmf: Some(126),
-                    sink: SinkPayloads::default(),
-                },
-                counters: Arc::new(InboundCounters::default()),
-                local_ssrc,
-                epoch: Instant::now(),
-                first_rtp: None,
-                reception: Reception::default(),
-            },
+            route: InboundRoute::bare(srtp, app, sink, local_ssrc),
         }
     }
 

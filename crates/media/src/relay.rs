@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::demux::is_rtcp;
-use crate::restamp::PayloadMap;
+use crate::restamp::{PayloadMap, SinkPayloads};
 use crate::session::{MediaEvent, MTU, TAG_ROOM};
 use crate::srtp::SrtpContext;
 use crate::transcode::ToSink;
@@ -128,6 +128,33 @@ pub(crate) struct InboundRoute {
 }
 
 impl InboundRoute {
+    /// A route to an Opus sink at `sink` with WhatsApp's payload types and nothing else set up
+    /// (the fuzz targets' and unit tests' route).
+    pub(crate) fn bare(
+        srtp: SrtpContext,
+        app: Arc<UdpSocket>,
+        sink: SocketAddr,
+        local_ssrc: u32,
+    ) -> InboundRoute {
+        InboundRoute {
+            srtp,
+            to_sink: None,
+            app,
+            sink,
+            sink_protect: None,
+            payloads: PayloadMap {
+                remote_audio: 111,
+                remote_dtmf: Some(126),
+                sink: SinkPayloads::default(),
+            },
+            counters: Arc::new(InboundCounters::default()),
+            local_ssrc,
+            epoch: Instant::now(),
+            first_rtp: None,
+            reception: Reception::default(),
+        }
+    }
+
     /// One packet (first byte 128-191) from the call's remote address.
     pub fn handle(&mut self, packet: &mut [u8], now: Instant) {
         if is_rtcp(packet) {
@@ -356,23 +383,7 @@ mod tests {
             &[2; 14],
         )
         .unwrap();
-        let mut route = InboundRoute {
-            srtp,
-            to_sink: None,
-            app,
-            sink,
-            sink_protect: None,
-            payloads: PayloadMap {
-                remote_audio: 111,
-                remote_dtmf: None,
-                sink: Default::default(),
-            },
-            counters: Arc::new(InboundCounters::default()),
-            local_ssrc: 0x0102_0304,
-            epoch: Instant::now(),
-            first_rtp: None,
-            reception: Reception::default(),
-        };
+        let mut route = InboundRoute::bare(srtp, app, sink, 0x0102_0304);
         let compound: [u8; 36] = [
             0x81, 0xc9, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, 0xca, 0xfe, 0xba, 0xbe, 0x01, 0x02,
             0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,

@@ -677,11 +677,12 @@ impl Core {
                     source_failures,
                     number_failures,
                 } => {
-                    if let Some(held_back) = self.auth_log.allow(Instant::now()) {
-                        tracing::warn!(
-                            "authentication failed from {source} for {number}: {detail} ({source_failures} from this source, {number_failures} for this number{})",
-                            if held_back > 0 { format!("; {held_back} more failures not logged") } else { String::new() }
-                        );
+                    if let Some(line) = self.auth_log.line(
+                        Instant::now(),
+                        format_args!("authentication failed from {source} for {number}: {detail} ({source_failures} from this source, {number_failures} for this number)"),
+                        "failures",
+                    ) {
+                        tracing::warn!("{line}");
                     }
                     self.events.emit(serde_json::json!({
                         "event": "auth.failed", "source": source.to_string(), "number": number,

@@ -37,6 +37,20 @@ impl LogThrottle {
             None
         }
     }
+
+    /// The line to log for `what`, if this one is let through: with how many `held` (a plural
+    /// noun: "refusals") were held back before it.
+    pub fn line(
+        &mut self,
+        now: Instant,
+        what: std::fmt::Arguments<'_>,
+        held: &str,
+    ) -> Option<String> {
+        match self.allow(now)? {
+            0 => Some(what.to_string()),
+            n => Some(format!("{what} ({n} more {held} not logged)")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +69,9 @@ mod tests {
         assert_eq!(t.allow(t0 + Duration::from_secs(10)), Some(2));
         assert_eq!(t.allow(t0 + Duration::from_secs(11)), Some(0));
         assert_eq!(t.allow(t0 + Duration::from_secs(12)), None);
+        assert_eq!(
+            t.line(t0 + Duration::from_secs(20), format_args!("x"), "refusals"),
+            Some("x (1 more refusals not logged)".into())
+        );
     }
 }

@@ -151,32 +151,28 @@ impl Shared {
 
     /// Says why a connection was refused, a few times in ten seconds at most.
     fn refused(&self, why: std::fmt::Arguments<'_>) {
-        if let Some(held_back) = allowed(&self.refusals) {
-            if held_back > 0 {
-                tracing::warn!("{why} ({held_back} more refusals not logged)");
-            } else {
-                tracing::warn!("{why}");
-            }
+        if let Some(line) = throttled(&self.refusals, why, "refusals") {
+            tracing::warn!("{line}");
         }
     }
 
     /// Says that a TLS handshake failed, a few times in ten seconds at most.
     fn handshake_failed(&self, what: std::fmt::Arguments<'_>) {
-        if let Some(held_back) = allowed(&self.handshakes) {
-            if held_back > 0 {
-                tracing::info!("{what} ({held_back} more failed handshakes not logged)");
-            } else {
-                tracing::info!("{what}");
-            }
+        if let Some(line) = throttled(&self.handshakes, what, "failed handshakes") {
+            tracing::info!("{line}");
         }
     }
 }
 
-fn allowed(throttle: &Mutex<LogThrottle>) -> Option<u64> {
+fn throttled(
+    throttle: &Mutex<LogThrottle>,
+    what: std::fmt::Arguments<'_>,
+    held: &str,
+) -> Option<String> {
     throttle
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .allow(Instant::now())
+        .line(Instant::now(), what, held)
 }
 
 /// One accepted connection counted against its source; given back on drop.
