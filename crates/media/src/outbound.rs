@@ -109,6 +109,9 @@ pub(crate) async fn write_loop(
     let mut sink_check = out.sink_check.take();
     // Symmetric RTP: still waiting for the sink's first valid packet to say where it is.
     let mut learning = out.sink_latch;
+    // The sink a re-target moved away from: a phone that goes on sending after its leg ended must
+    // not be latched on in place of the new one.
+    let mut retired: Option<SocketAddr> = None;
     loop {
         let frame_ready = dtmf.is_none() && from_sink.as_ref().is_some_and(|f| f.ready());
         let packet_len = tokio::select! {
@@ -145,7 +148,7 @@ pub(crate) async fn write_loop(
                     }
                 }
                 if learning {
-                    if !sink_rtp(&buf[..n], payloads.sink) {
+                    if Some(from) == retired || !sink_rtp(&buf[..n], payloads.sink) {
                         if from != sink {
                             stats.strangers += 1;
                         }
@@ -230,6 +233,7 @@ pub(crate) async fn write_loop(
                                     Box::new(SinkTarget { sink: moved_to, payloads: sink_payloads, to_sink, protect }),
                                 )
                                 .await;
+                            retired = (sink != moved_to).then_some(sink);
                             sink = moved_to;
                             learning = out.sink_latch;
                             quiet_since = Instant::now();
