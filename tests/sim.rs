@@ -1185,3 +1185,81 @@ fn refused_one_shot_calls_acknowledge_the_403_before_exiting() {
         assert_eq!(call["refusal_acked"], true, "{call}");
     }
 }
+
+/// The README's "A first call, on this machine", exactly as written (its three commands, with
+/// `scripts/serve.sh` as the `serve` it runs and the binary under test as `target/release/watrunk`),
+/// in a private network namespace with a fresh HOME: the call works, trusting the self-signed
+/// certificate serve made in its default state directory, and nothing lands in the working
+/// directory.
+#[test]
+fn the_readmes_first_call_works_as_written() {
+    if !in_private_namespace("the_readmes_first_call_works_as_written") {
+        return;
+    }
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme
+        .split("### A first call, on this machine")
+        .nth(1)
+        .expect("the README has its first-call section");
+    let commands: Vec<Vec<String>> = section
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("scripts/serve.sh ") || l.starts_with("target/release/watrunk "))
+        .take(3)
+        .map(|l| {
+            let l = l.replacen("scripts/serve.sh", "serve", 1);
+            let l = l.replacen("target/release/watrunk ", "", 1);
+            l.split_whitespace().map(String::from).collect()
+        })
+        .collect();
+    assert_eq!(
+        commands.len(),
+        3,
+        "serve, sim sink and sim call: {commands:?}"
+    );
+    let home = TempDir::new("readme-home");
+    let work = TempDir::new("readme-cwd");
+    let spawn = |name: &'static str, args: &[String]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .current_dir(work.path())
+            .env("HOME", home.path())
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("WATRUNK_STATE_DIR")
+            .env_remove("STATE_DIRECTORY");
+        (name, cmd)
+    };
+    let (name, mut cmd) = spawn("serve", &commands[0]);
+    let serve = Background::spawn(name, &mut cmd, home.path().join("serve.log"));
+    let (name, mut cmd) = spawn("sink", &commands[1]);
+    let _sink = Background::spawn(name, &mut cmd, home.path().join("sink.log"));
+    wait_tcp("127.0.0.1:5061".parse().unwrap(), Duration::from_secs(20));
+    let (_, mut call) = spawn("call", &commands[2]);
+    let (ok, out) = run(&mut call, Duration::from_secs(60));
+    let serve_log = serve.log();
+    assert!(ok, "{out}\n--- serve\n{serve_log}");
+    let result = json_lines(&out)
+        .into_iter()
+        .find(|e| e["event"] == "sim.call")
+        .unwrap_or_else(|| panic!("no sim.call line\n{out}"));
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["media"]["heard_hz"], 880.0, "{result}");
+    assert!(
+        out.contains("trusting the self-signed certificate"),
+        "{out}"
+    );
+    // Serve's start-up line gives the same command.
+    assert!(
+        serve_log.contains(&format!("watrunk {}", commands[2][..6].join(" "))),
+        "{serve_log}"
+    );
+    let cert = home
+        .path()
+        .join(".local/state/watrunk/localhost.selfsigned.crt");
+    assert!(cert.is_file(), "{}", cert.display());
+    let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert!(left.is_empty(), "the working directory got {left:?}");
+    // No colour codes in a log written to a file.
+    assert!(!serve_log.contains('\u{1b}'), "{serve_log}");
+}

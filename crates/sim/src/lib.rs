@@ -124,8 +124,9 @@ pub struct SimServeArgs {
     /// The name (or IP address) a self-signed certificate is made for when no --cert is given.
     #[arg(long, default_value = META_DOMAIN)]
     pub tls_name: String,
-    /// Where that self-signed certificate is kept.
-    #[arg(long, default_value = ".watrunk-sim")]
+    /// Where that self-signed certificate is kept (default: the `sim` folder of watrunk's state
+    /// directory, e.g. ~/.local/state/watrunk/sim).
+    #[arg(long, default_value_os_t = watrunk_sip::io::tls::default_state_dir().join("sim"))]
     pub state_dir: PathBuf,
     /// Exit after this many calls (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
@@ -145,7 +146,8 @@ pub struct BusinessAccess {
     /// Answer the business's digest challenge with this password (the number's SIP password).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
-    /// Trust this CA (PEM) besides the web PKI roots, e.g. a self-signed certificate of watrunk serve.
+    /// Trust this CA (PEM) besides the web PKI roots. Without it, the self-signed certificate a
+    /// local `watrunk serve` made for the target's name in its default state directory is trusted.
     #[arg(long)]
     pub ca: Option<PathBuf>,
     /// The TLS server name to verify (default: the target's host).

@@ -83,7 +83,7 @@ pub struct LoadArgs {
     pub cert: Option<PathBuf>,
     #[arg(long)]
     pub key: Option<PathBuf>,
-    #[arg(long, default_value = ".watrunk-sim")]
+    #[arg(long, default_value_os_t = watrunk_sip::io::tls::default_state_dir().join("sim"))]
     pub state_dir: PathBuf,
     #[command(flatten)]
     pub access: BusinessAccess,

@@ -49,7 +49,13 @@ impl Target {
             .next()
             .ok_or_else(|| anyhow!("{host} has no address"))?;
         let server_name = server_name.unwrap_or(&host).to_string();
-        let tls = watrunk_sip::io::tls::client_config(ca)?;
+        let (tls, local) = watrunk_sip::io::tls::client_config_for(&server_name, ca)?;
+        if let Some(local) = local {
+            eprintln!(
+                "sim: trusting the self-signed certificate watrunk serve made for {server_name} ({})",
+                local.display()
+            );
+        }
         let name = ServerName::try_from(server_name.clone())
             .map_err(|_| anyhow!("{server_name:?} is not a TLS server name"))?;
         Ok(Target {

@@ -119,9 +119,17 @@ pub async fn probe(args: ProbeArgs) -> Result<()> {
         }
         Transport::Tcp | Transport::Tls => {
             let tls = match transport {
-                Transport::Tls => Some(tokio_rustls::TlsConnector::from(
-                    watrunk_sip::io::tls::client_config(args.ca.as_deref())?,
-                )),
+                Transport::Tls => {
+                    let (tls, local) =
+                        watrunk_sip::io::tls::client_config_for(&server_name, args.ca.as_deref())?;
+                    if let Some(local) = local {
+                        eprintln!(
+                            "probe: trusting the self-signed certificate watrunk serve made ({})",
+                            local.display()
+                        );
+                    }
+                    Some(tokio_rustls::TlsConnector::from(tls))
+                }
                 _ => None,
             };
             transport::connect(

@@ -33,7 +33,8 @@ pub struct ServeArgs {
     /// TOML configuration file; flags override its values.
     #[arg(long, env = "WATRUNK_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Where a generated self-signed certificate is kept.
+    /// Where a generated self-signed certificate is kept (default: $STATE_DIRECTORY under
+    /// systemd, else $XDG_STATE_HOME/watrunk, else ~/.local/state/watrunk).
     #[arg(long, env = "WATRUNK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Log every SIP message received and sent, with digest responses, SDES keys and ICE
@@ -650,7 +651,7 @@ impl ServeConfig {
             state_dir: args
                 .state_dir
                 .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from(".watrunk")),
+                .unwrap_or_else(watrunk_sip::io::tls::default_state_dir),
             sip_trace: args.sip_trace || args.sip_trace_unmasked || file.sip_trace.unwrap_or(false),
             sip_trace_unmasked: args.sip_trace_unmasked,
             auth,

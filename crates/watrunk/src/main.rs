@@ -6,6 +6,7 @@ mod call_cli;
 mod client;
 mod config;
 mod events;
+mod logging;
 mod media_cli;
 mod sdp_cli;
 mod server;
@@ -19,6 +20,17 @@ use clap::{Parser, Subcommand};
     about = "SIP-over-TLS trunk endpoint for WhatsApp Business Calling"
 )]
 struct Cli {
+    /// How log lines are written to stderr: text, or json (one object a line, with the call's
+    /// span: its id and Meta's wacid). Which lines: WATRUNK_LOG, else RUST_LOG (e.g. debug,
+    /// watrunk=trace).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "WATRUNK_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,16 +67,7 @@ fn main() -> std::process::ExitCode {
     if let Command::Sdp { command } = cli.command {
         return sdp_cli::run(command);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // webrtc-ice warns on every normal call (a check tick before the far side's candidate
-            // is in, candidates closed after the agent); our own log says when ICE fails.
-            tracing_subscriber::EnvFilter::try_from_env("WATRUNK_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,dtls=error,webrtc_ice=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -18,6 +18,7 @@ pub use calls::CallInput;
 pub use commands::Command;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -117,6 +118,8 @@ pub async fn run_with(
         tokio::spawn(transport::run_stream_listener(l, None, shared.clone()));
     }
     let mut certificate = None;
+    // Where the self-signed certificate's listener is: a local `sim call` is told how to reach it.
+    let mut self_signed_tls = None;
     if let Some(addr) = cfg.tls {
         let (server_cfg, origin, reloadable) = tls::reloadable_server_config(&tls::CertSource {
             cert: cfg.cert.clone(),
@@ -142,6 +145,9 @@ pub async fn run_with(
             .await
             .with_context(|| format!("cannot bind TLS {addr} (listen.tls)"))?;
         tracing::info!("SIP over TLS on {} as {}", l.local_addr()?, cfg.hostname);
+        if !matches!(origin, CertOrigin::Configured(_)) {
+            self_signed_tls = Some(l.local_addr()?);
+        }
         tokio::spawn(transport::run_stream_listener(
             l,
             Some(TlsAcceptor::from(server_cfg)),
@@ -188,6 +194,9 @@ pub async fn run_with(
             if n.challenge { "" } else { "not " },
             n.sink
         );
+    }
+    if let Some(bound) = self_signed_tls {
+        tracing::info!("{}", local_sim_command(&cfg, bound));
     }
     let mut core = Core::new(cfg, udp_sockets, shared, media, tls_client, events, call_tx);
     core.one_shot = one_shot;
@@ -757,6 +766,34 @@ fn reply(req: &Request, status: u16, reason: &str, to_tag: &str) -> Response {
 
 fn bad_request_from(req: &Request, detail: &str) -> ParseError {
     ParseError::bad_request(detail, &req.headers)
+}
+
+/// The command that places a simulated WhatsApp call to this server from this host, trusting its
+/// self-signed certificate (found in the default state directory, else named with `--ca`).
+fn local_sim_command(cfg: &ServeConfig, bound: SocketAddr) -> String {
+    let ip = match bound.ip() {
+        ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        ip => ip,
+    };
+    let mut command = format!(
+        "try a call from this host: watrunk sim call {} --server-name {}",
+        SocketAddr::new(ip, bound.port()),
+        cfg.hostname
+    );
+    if cfg.state_dir != tls::default_state_dir() {
+        let cert = tls::self_signed_path(&cfg.hostname, &cfg.state_dir);
+        command += &format!(" --ca {}", cert.display());
+    }
+    match cfg.calls.numbers.values().next() {
+        Some(n) => {
+            command += &format!(" --to {}", n.number);
+            if n.challenge {
+                command += " --password-file <the number's SIP password file>";
+            }
+        }
+        None => command += " --to +NUMBER (after adding --number, --sink and --media-ip)",
+    }
+    command
 }
 
 /// The certificate's origin, as the reload log and event say it.

@@ -202,15 +202,55 @@ fn load_pair(
     Ok((chain, key))
 }
 
-fn self_signed(
-    hostname: &str,
-    dir: &Path,
-) -> Result<(
-    Vec<CertificateDer<'static>>,
-    PrivateKeyDer<'static>,
-    CertOrigin,
-)> {
-    let safe: String = hostname
+/// Where a self-signed certificate is kept when no state directory is given: `WATRUNK_STATE_DIR`,
+/// else systemd's `STATE_DIRECTORY`, else `$XDG_STATE_HOME/watrunk`, else
+/// `~/.local/state/watrunk`; never the working directory (a repository checkout, say), unless there
+/// is no home either.
+pub fn default_state_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("WATRUNK_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    // systemd's StateDirectory= may list several, separated by ':'.
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        if let Some(first) = std::env::split_paths(&dirs).next() {
+            return first;
+        }
+    }
+    if let Some(state) = var("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("watrunk");
+    }
+    match var("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/watrunk"),
+        None => PathBuf::from(".watrunk"),
+    }
+}
+
+/// The self-signed certificate `watrunk serve` made for `hostname` in `dir`, if it made one.
+pub fn self_signed_path(hostname: &str, dir: &Path) -> PathBuf {
+    dir.join(format!("{}.selfsigned.crt", file_safe(hostname)))
+}
+
+/// A client's trust for talking to `server_name`: `extra_ca` when given, else the self-signed
+/// certificate a local `watrunk serve` made for that name in the default state directory, if
+/// there is one (it is this user's own file, in a directory only they can read); the second value
+/// says which was taken.
+pub fn client_config_for(
+    server_name: &str,
+    extra_ca: Option<&Path>,
+) -> Result<(Arc<rustls::ClientConfig>, Option<PathBuf>)> {
+    if let Some(ca) = extra_ca {
+        return Ok((client_config(Some(ca))?, None));
+    }
+    let local = self_signed_path(server_name, &default_state_dir());
+    if local.is_file() {
+        return Ok((client_config(Some(&local))?, Some(local)));
+    }
+    Ok((client_config(None)?, None))
+}
+
+fn file_safe(hostname: &str) -> String {
+    hostname
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -219,8 +259,19 @@ fn self_signed(
                 '_'
             }
         })
-        .collect();
-    let cert_path = dir.join(format!("{safe}.selfsigned.crt"));
+        .collect()
+}
+
+fn self_signed(
+    hostname: &str,
+    dir: &Path,
+) -> Result<(
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    CertOrigin,
+)> {
+    let safe = file_safe(hostname);
+    let cert_path = self_signed_path(hostname, dir);
     let key_path = dir.join(format!("{safe}.selfsigned.key"));
     if cert_path.exists() && key_path.exists() {
         let (chain, key) = load_pair(&cert_path, &key_path)?;
