@@ -283,3 +283,312 @@ fn watrunk_calls_baresip_through_the_control_api() {
 fn the_example_voice_agent_plays_the_callers_audio_back() {
     baresip("echo");
 }
+
+/// One HTTP request as a webhook receiver saw it: its headers (names in lower case) and body.
+struct Delivery {
+    headers: std::collections::HashMap<String, String>,
+    body: String,
+}
+
+/// A webhook receiver on `port` that is down (nothing listens) until `down` after the first event
+/// is written to `events`, then answers 200 to each request and keeps it, until `stop` is set.
+fn webhook_receiver(
+    port: u16,
+    events: std::path::PathBuf,
+    down: std::time::Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Delivery>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    std::thread::spawn(move || {
+        while std::fs::metadata(&events).map_or(true, |m| m.len() == 0) {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Vec::new();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(down);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((stream, _)) = listener.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut headers = std::collections::HashMap::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.starts_with("POST /hook HTTP/1.1"), "{line}");
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let Some((name, value)) = line.trim_end().split_once(": ") else {
+                    break;
+                };
+                headers.insert(name.to_ascii_lowercase(), value.to_string());
+            }
+            let length: usize = headers["content-length"].parse().unwrap();
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let mut stream = reader.into_inner();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            got.push(Delivery {
+                headers,
+                body: String::from_utf8(body).unwrap(),
+            });
+        }
+        got
+    })
+}
+
+/// A metric's value in a Prometheus text exposition.
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name_and_labels} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name_and_labels}\n{text}"))
+}
+
+/// What an operator gets from one real call (rtpengine as Meta, through `watrunk serve`, the
+/// rtpengine side sending three keys): one `dtmf.received` per key in order; `/metrics` whose
+/// packet counters are the call's own stats and whose call, key, SIP and connection counts are
+/// this call's; one CDR line with its fields; and every event delivered to a webhook that was
+/// down for the first 5 s, in order, each with a valid HMAC-SHA256 signature.
+#[test]
+fn a_full_call_gives_metrics_a_cdr_dtmf_events_and_signed_webhooks() {
+    use hmac::Mac;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    if !in_private_namespace("a_full_call_gives_metrics_a_cdr_dtmf_events_and_signed_webhooks") {
+        return;
+    }
+    let _serial = serial();
+    let dir = TempDir::new("call-observed");
+    let secret = dir.path().join("webhook.key");
+    std::fs::write(&secret, "a-shared-webhook-key\n").unwrap();
+    let cdr = dir.path().join("cdr.jsonl");
+    let (hook_port, api_port) = (free_port(), free_port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let work = TempDir::new("call-observed-standin");
+    let receiver = webhook_receiver(
+        hook_port,
+        work.path().join("events.log"),
+        Duration::from_secs(5),
+        stop.clone(),
+    );
+    // /metrics, read until the call has ended (serve stops with the script).
+    let scraper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                let text = ureq::get(&format!("http://127.0.0.1:{api_port}/metrics"))
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_string().ok());
+                if let Some(text) = text.filter(|t| t.contains("watrunk_calls_ended_total{")) {
+                    return text;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            String::new()
+        })
+    };
+    let out = Command::new("env")
+        .arg(format!("WATRUNK={}", bin().display()))
+        .arg(format!(
+            "ANSWER_CMD=bash {}",
+            peers_dir()
+                .join("rtpengine/watrunk-serve-answerer.sh")
+                .display()
+        ))
+        .arg("ANSWERER_RX_WAV=rx.wav")
+        .arg("REQUIRE_ENDPOINT_FIRST=1")
+        .arg("SECS=8")
+        .arg("ANSWER_TIMEOUT=20")
+        .arg("PLAIN_DTMF=1#9@2")
+        .arg(format!("API=127.0.0.1:{api_port}"))
+        .arg(format!(
+            "EXTRA_SERVE_ARGS=--cdr {} --webhook http://127.0.0.1:{hook_port}/hook --webhook-secret-file {}",
+            cdr.display(),
+            secret.display()
+        ))
+        .arg("bash")
+        .arg(peers_dir().join("rtpengine/meta-standin.sh"))
+        .arg(work.path())
+        .arg("dtls")
+        .arg("external")
+        .output()
+        .expect("run meta-standin.sh");
+    let read = |f: &str| std::fs::read_to_string(work.path().join(f)).unwrap_or_default();
+    let logs = format!(
+        "{}{}\n--- serve.log\n{}--- plain.log\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        read("serve.log"),
+        read("plain.log")
+    );
+    let metrics = scraper.join().unwrap();
+    assert!(
+        !metrics.is_empty(),
+        "/metrics never showed the call's end\n{logs}"
+    );
+    // Deliveries retried after the receiver came up have had time to arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let deliveries = receiver.join().unwrap();
+    assert!(out.status.success(), "{logs}");
+    let event_lines: Vec<String> = read("events.log").lines().map(String::from).collect();
+    let events: Vec<serde_json::Value> = event_lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == name)
+            .unwrap_or_else(|| panic!("no {name}\n{logs}"))
+            .clone()
+    };
+    let ended = find("call.ended");
+
+    // The rtpengine side's three keys, each once, 100 ms each. In the order they arrived: rtpengine
+    // was seen to hold one key's packets back until after the next key's (a capture showed it).
+    assert!(read("plain.log").contains("plain: sent DTMF 1#9"), "{logs}");
+    let mut keys: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e["event"] == "dtmf.received")
+        .map(|e| {
+            assert_eq!(e["call"], ended["call"]);
+            (
+                e["digit"].as_str().unwrap().to_string(),
+                e["duration_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [("#".into(), 100), ("1".into(), 100), ("9".into(), 100)],
+        "{logs}"
+    );
+
+    // Metrics: the packet counters are the call's stats; the rest counts this one call.
+    let stats = &ended["stats"];
+    for (direction, key) in [("in", "packets_in"), ("out", "packets_out")] {
+        let counted = metric(
+            &metrics,
+            &format!("watrunk_media_packets_total{{direction=\"{direction}\"}}"),
+        );
+        let own = stats[key].as_f64().unwrap();
+        assert!(own > 300.0, "{key} {own}\n{logs}");
+        assert!(
+            (counted - own).abs() <= own * 0.01,
+            "{direction}: metrics {counted}, the call's stats {own}"
+        );
+    }
+    let by = ended["by"].as_str().unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("watrunk_calls_ended_total{{direction=\"inbound\",outcome=\"answered\",by=\"{by}\",status=\"200\"}}")
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "watrunk_dtmf_keys_total{direction=\"in\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(&metrics, "watrunk_sip_responses_sent_total{code=\"407\"}"),
+        1.0
+    );
+    assert!(metric(&metrics, "watrunk_sip_responses_sent_total{code=\"200\"}") >= 2.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "watrunk_connections_opened_total{transport=\"tls\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "watrunk_call_setup_seconds_count{phase=\"secure\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "watrunk_calls{direction=\"inbound\",state=\"answered\"}"
+        ),
+        0.0
+    );
+    assert!(metric(&metrics, "watrunk_webhook_attempts_failed_total") >= 1.0);
+
+    // One CDR line, the call's.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&cdr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    for (field, want) in [
+        ("call", &ended["call"]),
+        ("wacid", &ended["meta_call_id"]),
+        ("from", &ended["from"]),
+        ("to", &ended["to"]),
+        ("ended_by", &ended["by"]),
+        ("reason", &ended["reason"]),
+        ("sip_status", &ended["status"]),
+        ("srtp", &find("media.up")["srtp"]),
+    ] {
+        assert_eq!(&record[field], want, "{field}: {record}");
+    }
+    assert!(record["wacid"].is_string(), "{record}");
+    assert_eq!(record["direction"], "inbound");
+    assert_eq!(record["to"], "+15550001111");
+    assert_eq!(record["media"]["packets_in"], stats["packets_in"]);
+    assert!(record["answer"].is_string(), "{record}");
+    let talk = record["talk_secs"].as_f64().unwrap();
+    assert!((6.0..15.0).contains(&talk), "{record}");
+    assert!(record["total_secs"].as_f64().unwrap() >= talk, "{record}");
+
+    // Webhooks: every event, in order, signed, although the receiver was down at first.
+    let bodies: Vec<&str> = deliveries.iter().map(|d| d.body.as_str()).collect();
+    assert_eq!(bodies, event_lines, "every event, in order\n{logs}");
+    for d in &deliveries {
+        let signature = &d.headers["x-watrunk-signature"];
+        let (t, v1) = signature
+            .strip_prefix("t=")
+            .and_then(|s| s.split_once(",v1="))
+            .unwrap_or_else(|| panic!("{signature}"));
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"a-shared-webhook-key").unwrap();
+        mac.update(format!("{t}.{}", d.body).as_bytes());
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(v1, want, "the signature of {}", d.body);
+        let event: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(
+            d.headers["x-watrunk-event"],
+            event["event"].as_str().unwrap()
+        );
+        assert_eq!(d.headers["content-type"], "application/json");
+    }
+}

@@ -24,6 +24,55 @@ pub fn event_code(key: char) -> Result<u8, MediaError> {
     }
 }
 
+/// The DTMF key of an RFC 4733 event code (`None` for the other events: tones, flash ...).
+pub fn key_of(code: u8) -> Option<char> {
+    match code {
+        0..=9 => Some(char::from(b'0' + code)),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some(char::from(b'A' + code - 12)),
+        _ => None,
+    }
+}
+
+/// The far side's keys: each event once, at its first end packet (RFC 4733 §2.5.1.4 sends the end
+/// three times, all with the event's timestamp).
+#[derive(Debug, Default)]
+pub(crate) struct DtmfReceiver {
+    /// The timestamp of the last event reported.
+    reported: Option<u32>,
+}
+
+impl DtmfReceiver {
+    /// A telephone-event RTP packet (header included, on the far side's clock): the key and its
+    /// duration in clock units, when this packet ends an event not yet reported.
+    pub(crate) fn end_of(&mut self, rtp: &[u8]) -> Option<(char, u16)> {
+        let header = rtp_header_len(rtp)?;
+        let payload = rtp.get(header..header + 4)?;
+        if payload[1] & 0x80 == 0 {
+            return None;
+        }
+        let timestamp = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
+        if self.reported == Some(timestamp) {
+            return None;
+        }
+        self.reported = Some(timestamp);
+        let key = key_of(payload[0])?;
+        Some((key, u16::from_be_bytes([payload[2], payload[3]])))
+    }
+}
+
+/// The length of an RTP header with its CSRCs and extension, if the packet holds it.
+fn rtp_header_len(rtp: &[u8]) -> Option<usize> {
+    let first = *rtp.first()?;
+    let mut len = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let ext = rtp.get(len + 2..len + 4)?;
+        len += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
+    }
+    (rtp.len() >= len).then_some(len)
+}
+
 #[derive(Debug, Clone)]
 pub struct DtmfSender {
     event: u8,
@@ -102,6 +151,41 @@ mod tests {
         let ends: Vec<bool> = packets.iter().map(|p| p.payload[1] & 0x80 != 0).collect();
         assert_eq!(ends, [false, false, false, false, true, true, true]);
         assert!(d.done());
+    }
+
+    #[test]
+    fn each_received_event_is_reported_once_at_its_end() {
+        let packet = |ts: u32, code: u8, end: bool, duration: u16| {
+            let mut p = vec![0x80, 101, 0, 1];
+            p.extend_from_slice(&ts.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 7]);
+            p.extend_from_slice(&[code, if end { 0x80 | 10 } else { 10 }]);
+            p.extend_from_slice(&duration.to_be_bytes());
+            p
+        };
+        let mut rx = DtmfReceiver::default();
+        assert_eq!(rx.end_of(&packet(1000, 5, false, 160)), None);
+        assert_eq!(rx.end_of(&packet(1000, 5, true, 800)), Some(('5', 800)));
+        assert_eq!(
+            rx.end_of(&packet(1000, 5, true, 800)),
+            None,
+            "the end's repeats"
+        );
+        assert_eq!(rx.end_of(&packet(2000, 11, true, 640)), Some(('#', 640)));
+        assert_eq!(
+            rx.end_of(&packet(3000, 16, true, 640)),
+            None,
+            "flash is no key"
+        );
+        assert_eq!(
+            rx.end_of(&packet(4000, 10, true, 640)[..14]),
+            None,
+            "too short"
+        );
+        let mut with_csrc = packet(5000, 15, true, 320);
+        with_csrc[0] = 0x81;
+        with_csrc.splice(12..12, [0, 0, 0, 9]);
+        assert_eq!(rx.end_of(&with_csrc), Some(('D', 320)));
     }
 
     #[test]

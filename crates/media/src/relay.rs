@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::demux::is_rtcp;
+use crate::dtmf::DtmfReceiver;
 use crate::restamp::{PayloadMap, SinkPayloads};
 use crate::session::{MediaEvent, MTU, TAG_ROOM};
 use crate::srtp::SrtpContext;
@@ -124,6 +125,8 @@ pub(crate) struct InboundRoute {
     pub epoch: Instant,
     /// Told once, at the first packet.
     pub first_rtp: Option<mpsc::Sender<MediaEvent>>,
+    /// Told of each key the far side sends (when it may send telephone-events).
+    pub dtmf: Option<(mpsc::Sender<MediaEvent>, DtmfReceiver)>,
     pub reception: Reception,
 }
 
@@ -151,6 +154,7 @@ impl InboundRoute {
             local_ssrc,
             epoch: Instant::now(),
             first_rtp: None,
+            dtmf: None,
             reception: Reception::default(),
         }
     }
@@ -182,6 +186,15 @@ impl InboundRoute {
             .remote_ssrc
             .store(u64::from(ssrc) | 1 << 32, Relaxed);
         self.receive_stats(rtp, now);
+        if let Some((events, receiver)) = &mut self.dtmf {
+            if Some(rtp[1] & 0x7f) == self.payloads.remote_dtmf {
+                if let Some((key, units)) = receiver.end_of(rtp) {
+                    // Telephone-event durations are in 8 kHz units on WhatsApp's leg.
+                    let duration = Duration::from_micros(u64::from(units) * 125);
+                    let _ = events.try_send(MediaEvent::DtmfReceived { key, duration });
+                }
+            }
+        }
         self.payloads.to_local(rtp);
         let sink_pts = self.payloads.sink;
         let InboundRoute {

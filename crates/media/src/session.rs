@@ -168,6 +168,12 @@ pub enum MediaEvent {
         announced: SocketAddr,
         source: SocketAddr,
     },
+    /// A key the far side sent (RFC 4733), reported once at the end of its event, with its
+    /// duration.
+    DtmfReceived {
+        key: char,
+        duration: Duration,
+    },
     /// Boxed like the other large events; says whose fault it is.
     Failed(Box<MediaError>),
 }
@@ -850,6 +856,7 @@ async fn set_up(
         local_ssrc: ssrc,
         epoch: started,
         first_rtp: Some(events.clone()),
+        dtmf: (payloads.remote_dtmf.is_some()).then(|| (events.clone(), Default::default())),
         reception: Reception::default(),
     });
     let out = Box::new(Outbound {

@@ -307,6 +307,8 @@ impl Report {
             MediaEvent::Stats(s) => self.stats = (**s).clone(),
             // The sim's sink timeout is not set: its own RTP timeout is on the far side's stream.
             MediaEvent::SinkQuiet(_) | MediaEvent::SinkLatched { .. } => {}
+            // Its recorder hears the business's keys itself (`heard_dtmf`).
+            MediaEvent::DtmfReceived { .. } => {}
             MediaEvent::Failed(e) => {
                 let reason = e.to_string();
                 self.failure = Some(reason.clone());

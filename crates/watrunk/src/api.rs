@@ -149,6 +149,7 @@ pub async fn serve(
     token: Option<String>,
     core: mpsc::Sender<CallInput>,
     events: broadcast::Sender<String>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -160,6 +161,18 @@ pub async fn serve(
         .route("/calls/{call}/hangup", post(hang_up))
         .route("/calls/{call}/dtmf", post(dtmf))
         .route("/events", get(events_ws))
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }),
+        )
         .with_state(Api { core, events })
         .layer(middleware::from_fn_with_state(
             Guard {

@@ -115,6 +115,15 @@ pub struct CallArgs {
     /// Call events as JSON lines: `-` for stdout, or a file path.
     #[arg(long)]
     pub events: Option<String>,
+    /// A call detail record per call, as one JSON line when it ends: a file path, or `-`.
+    #[arg(long)]
+    pub cdr: Option<String>,
+    /// POST each event as JSON to this URL (repeat for several), retried with backoff.
+    #[arg(long = "webhook")]
+    pub webhooks: Vec<String>,
+    /// The key that signs webhook deliveries (X-Watrunk-Signature, HMAC-SHA256).
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Where calls we place go (Meta: wa.meta.vc:5061).
     #[arg(long, env = "WATRUNK_META_SERVER")]
     pub meta_server: Option<String>,
@@ -203,11 +212,23 @@ struct FileConfig {
     #[serde(default)]
     meta: FileMeta,
     events: Option<String>,
+    cdr: Option<String>,
+    #[serde(default)]
+    webhooks: FileWebhooks,
     api: Option<String>,
     #[serde(default, rename = "number")]
     numbers: Vec<FileNumber>,
     #[serde(default)]
     pbx: Vec<FilePbx>,
+}
+
+/// `[webhooks]`: where every event is POSTed, and the key that signs it.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileWebhooks {
+    #[serde(default)]
+    urls: Vec<String>,
+    secret_file: Option<PathBuf>,
 }
 
 /// The call sections of the file, taken out of it whole.
@@ -216,6 +237,8 @@ struct FileCalls {
     media: FileMedia,
     meta: FileMeta,
     events: Option<String>,
+    cdr: Option<String>,
+    webhooks: FileWebhooks,
     numbers: Vec<FileNumber>,
     pbx: Vec<FilePbx>,
 }
@@ -397,6 +420,8 @@ pub struct CallsConfig {
     pub numbers: BTreeMap<String, NumberConfig>,
     pub media: Option<MediaSettings>,
     pub events: Option<String>,
+    pub cdr: Option<String>,
+    pub webhooks: crate::webhooks::WebhookConfig,
     /// host:port calls we place are sent to.
     pub meta_server: String,
     /// The domain of the Request-URI and To of calls we place.
@@ -555,6 +580,8 @@ impl ServeConfig {
             media: std::mem::take(&mut file.media),
             meta: std::mem::take(&mut file.meta),
             events: file.events.take(),
+            cdr: file.cdr.take(),
+            webhooks: std::mem::take(&mut file.webhooks),
             numbers: std::mem::take(&mut file.numbers),
             pbx: std::mem::take(&mut file.pbx),
         };
@@ -1005,6 +1032,8 @@ fn resolve_calls(
         numbers,
         media,
         events: args.events.clone().or(file.events.clone()),
+        cdr: args.cdr.clone().or(file.cdr.clone()),
+        webhooks: webhooks(args, &file.webhooks)?,
         meta_server: args
             .meta_server
             .clone()
@@ -1038,6 +1067,35 @@ fn resolve_calls(
             "--api {addr} is reachable beyond this host: give it a token with --api-token-file FILE (or bind it to 127.0.0.1)"
         ),
         _ => Ok(calls),
+    })
+}
+
+/// The webhooks: the flags' URLs, else the file's; the flag's key file, else the file's.
+fn webhooks(args: &CallArgs, file: &FileWebhooks) -> Result<crate::webhooks::WebhookConfig> {
+    let urls = if args.webhooks.is_empty() {
+        file.urls.clone()
+    } else {
+        args.webhooks.clone()
+    };
+    for url in &urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!(
+                "--webhook (config key webhooks.urls): {url:?} is not an http:// or https:// URL"
+            );
+        }
+    }
+    let secret = args
+        .webhook_secret_file
+        .as_ref()
+        .or(file.secret_file.as_ref())
+        .map(|p| read_password(p, "--webhook-secret-file (webhooks.secret_file)"))
+        .transpose()?;
+    if !urls.is_empty() && secret.is_none() {
+        tracing::warn!("webhooks are not signed: give them a key with --webhook-secret-file");
+    }
+    Ok(crate::webhooks::WebhookConfig {
+        urls,
+        secret: secret.map(String::into_bytes),
     })
 }
 
@@ -1293,6 +1351,8 @@ mod tests {
             media: file.media,
             meta: file.meta,
             events: None,
+            cdr: file.cdr,
+            webhooks: file.webhooks,
             numbers: file.numbers,
             pbx: file.pbx,
         }

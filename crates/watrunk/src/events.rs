@@ -1,93 +1,163 @@
-//! Call events as JSON objects: written as lines to stdout or a file (`--events`), and fanned out to
-//! the control API's WebSocket subscribers. Emitting never blocks the core: lines go to a writer
+//! Call events as JSON objects: written as lines to stdout or a file (`--events`), fanned out to
+//! the control API's WebSocket subscribers and the webhooks, counted in the metrics, and summed
+//! up per call in the call detail records (`--cdr`). Emitting never blocks the core: lines go to a writer
 //! thread through a bounded queue (a full queue drops the line and counts it), and a slow
 //! subscriber loses events (it is told how many) rather than the core waiting for it.
 
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::broadcast;
+
+use crate::cdr::CdrBook;
+use crate::metrics::{CallStates, Metrics};
+use crate::webhooks::{WebhookConfig, Webhooks};
 
 /// Lines waiting for the writer; at 1,000 calls a second and 7 events a call this is ~0.6 s.
 const WRITER_QUEUE: usize = 4096;
 
 pub struct Events {
-    writer: Option<(SyncSender<String>, JoinHandle<()>)>,
+    writer: Option<LineWriter>,
     /// Lines the writer could not take in time.
     dropped: u64,
     subscribers: broadcast::Sender<String>,
+    metrics: Arc<Metrics>,
+    states: CallStates,
+    /// One line per call at its end (`--cdr`).
+    cdr: Option<(LineWriter, CdrBook)>,
+    webhooks: Option<Webhooks>,
+}
+
+/// Lines written to a file or stdout by a thread of their own, through a bounded queue.
+struct LineWriter {
+    queue: SyncSender<String>,
+    thread: JoinHandle<()>,
+}
+
+impl LineWriter {
+    /// `-` for stdout, else a file path (appended to; a new file is its owner's only: events and
+    /// records name callers and calls).
+    fn open(target: &str, what: &str) -> anyhow::Result<LineWriter> {
+        let sink: Box<dyn Write + Send> = match target {
+            "-" => Box::new(std::io::stdout()),
+            path => {
+                let mut options = std::fs::OpenOptions::new();
+                options.create(true).append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                Box::new(
+                    options
+                        .open(path)
+                        .map_err(|e| anyhow::anyhow!("{what}: cannot open {path}: {e}"))?,
+                )
+            }
+        };
+        LineWriter::start(sink)
+    }
+
+    fn start(mut sink: Box<dyn Write + Send>) -> anyhow::Result<LineWriter> {
+        let (queue, rx) = sync_channel::<String>(WRITER_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                for line in rx {
+                    if writeln!(sink, "{line}")
+                        .and_then(|()| sink.flush())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })?;
+        Ok(LineWriter { queue, thread })
+    }
+
+    /// False when the queue is full (the line is dropped).
+    fn offer(&self, line: String) -> bool {
+        !matches!(self.queue.try_send(line), Err(TrySendError::Full(_)))
+    }
+
+    /// What is queued is written before this returns.
+    fn close(self) {
+        drop(self.queue);
+        let _ = self.thread.join();
+    }
 }
 
 impl Events {
     /// `target`: `-` for stdout, else a file path (appended to).
     pub fn open(target: Option<&str>) -> anyhow::Result<Events> {
-        let sink: Option<Box<dyn Write + Send>> = match target {
-            None => None,
-            Some("-") => Some(Box::new(std::io::stdout())),
-            Some(path) => {
-                let mut options = std::fs::OpenOptions::new();
-                options.create(true).append(true);
-                // Events name callers and calls: a new file is its owner's only.
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                Some(Box::new(options.open(path).map_err(|e| {
-                    anyhow::anyhow!("events: cannot open {path}: {e}")
-                })?))
-            }
-        };
-        Events::with_writer(sink)
+        let writer = target.map(|t| LineWriter::open(t, "events")).transpose()?;
+        Ok(Events::with(writer))
     }
 
-    /// Events written to `sink` (if any) by a thread of their own.
-    fn with_writer(sink: Option<Box<dyn Write + Send>>) -> anyhow::Result<Events> {
-        let writer = match sink {
-            None => None,
-            Some(mut sink) => {
-                let (tx, rx) = sync_channel::<String>(WRITER_QUEUE);
-                let thread =
-                    std::thread::Builder::new()
-                        .name("events".into())
-                        .spawn(move || {
-                            for line in rx {
-                                if writeln!(sink, "{line}")
-                                    .and_then(|()| sink.flush())
-                                    .is_err()
-                                {
-                                    break;
-                                }
-                            }
-                        })?;
-                Some((tx, thread))
-            }
-        };
+    fn with(writer: Option<LineWriter>) -> Events {
         let (subscribers, _) = broadcast::channel(1024);
-        Ok(Events {
+        Events {
             writer,
             dropped: 0,
             subscribers,
-        })
+            metrics: Arc::new(Metrics::new()),
+            states: CallStates::default(),
+            cdr: None,
+            webhooks: None,
+        }
+    }
+
+    /// Events written to `sink` (if any) by a thread of their own.
+    #[cfg(test)]
+    fn with_writer(sink: Option<Box<dyn Write + Send>>) -> anyhow::Result<Events> {
+        let writer = sink.map(LineWriter::start).transpose()?;
+        Ok(Events::with(writer))
+    }
+
+    /// A call detail record per call, as JSON lines in `path` (`-`: stdout).
+    pub fn with_cdr(mut self, path: &str) -> anyhow::Result<Events> {
+        self.cdr = Some((LineWriter::open(path, "cdr")?, CdrBook::default()));
+        Ok(self)
+    }
+
+    /// Each event POSTed to the webhooks' URLs too.
+    pub fn with_webhooks(mut self, config: &WebhookConfig) -> anyhow::Result<Events> {
+        if !config.urls.is_empty() {
+            self.webhooks = Some(Webhooks::start(config, self.metrics.clone())?);
+        }
+        Ok(self)
     }
 
     pub fn sender(&self) -> broadcast::Sender<String> {
         self.subscribers.clone()
     }
 
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     pub fn emit(&mut self, event: serde_json::Value) {
-        let line = event.to_string();
-        if let Some((writer, _)) = &self.writer {
-            match writer.try_send(line.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    self.dropped += 1;
-                    if self.dropped.is_power_of_two() {
-                        tracing::warn!(
-                            "events: the writer is behind, {} lines dropped so far",
-                            self.dropped
-                        );
-                    }
+        self.states.observe(&self.metrics, &event);
+        if let Some((writer, book)) = &mut self.cdr {
+            if let Some(record) = book.observe(&event) {
+                if !writer.offer(record.to_string()) {
+                    tracing::warn!("cdr: the writer is behind: a call's record was dropped");
                 }
-                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        let line = event.to_string();
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.offer(event["event"].as_str().unwrap_or_default(), &line);
+        }
+        if let Some(writer) = &self.writer {
+            if !writer.offer(line.clone()) {
+                self.dropped += 1;
+                self.metrics.events_dropped();
+                if self.dropped.is_power_of_two() {
+                    tracing::warn!(
+                        "events: the writer is behind, {} lines dropped so far",
+                        self.dropped
+                    );
+                }
             }
         }
         let _ = self.subscribers.send(line);
@@ -95,11 +165,17 @@ impl Events {
 }
 
 impl Drop for Events {
-    /// Lines already queued are written before the process goes on (`watrunk call` exits next).
+    /// Lines already queued are written before the process goes on (`watrunk call` exits next);
+    /// webhooks get a few seconds to deliver theirs.
     fn drop(&mut self) {
-        if let Some((writer, thread)) = self.writer.take() {
-            drop(writer);
-            let _ = thread.join();
+        if let Some(writer) = self.writer.take() {
+            writer.close();
+        }
+        if let Some((writer, _)) = self.cdr.take() {
+            writer.close();
+        }
+        if let Some(webhooks) = self.webhooks.take() {
+            webhooks.close(std::time::Duration::from_secs(3));
         }
     }
 }

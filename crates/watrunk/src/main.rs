@@ -3,13 +3,16 @@
 
 mod api;
 mod call_cli;
+mod cdr;
 mod client;
 mod config;
 mod events;
 mod logging;
 mod media_cli;
+mod metrics;
 mod sdp_cli;
 mod server;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 

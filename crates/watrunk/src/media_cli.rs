@@ -94,6 +94,10 @@ fn event_json(e: &MediaEvent) -> String {
             "event": "sink.latched", "announced": announced.to_string(), "source": source.to_string(),
         })
         .to_string(),
+        MediaEvent::DtmfReceived { key, duration } => serde_json::json!({
+            "event": "dtmf.received", "digit": key.to_string(), "duration_ms": duration.as_millis() as u64,
+        })
+        .to_string(),
         MediaEvent::Failed(reason) => {
             serde_json::json!({"event": "failed", "reason": reason.to_string()}).to_string()
         }

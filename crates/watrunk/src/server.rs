@@ -181,10 +181,21 @@ pub async fn run_with(
     };
     let tls_client =
         tokio_rustls::TlsConnector::from(tls::client_config(cfg.calls.tls_ca.as_deref())?);
-    let events = Events::open(cfg.calls.events.as_deref())?;
+    let mut events =
+        Events::open(cfg.calls.events.as_deref())?.with_webhooks(&cfg.calls.webhooks)?;
+    if let Some(cdr) = &cfg.calls.cdr {
+        events = events.with_cdr(cdr)?;
+    }
     if let Some(addr) = cfg.calls.api {
         let token = cfg.calls.api_token.clone();
-        let local = crate::api::serve(addr, token, call_tx.clone(), events.sender()).await?;
+        let local = crate::api::serve(
+            addr,
+            token,
+            call_tx.clone(),
+            events.sender(),
+            events.metrics(),
+        )
+        .await?;
         tracing::info!("control API on http://{local}");
     }
     for n in cfg.calls.numbers.values() {
@@ -224,6 +235,7 @@ pub struct Core {
     calls: registry::Calls,
     media: Option<media_task::MediaShared>,
     events: Events,
+    metrics: Arc<crate::metrics::Metrics>,
     call_tx: mpsc::Sender<CallInput>,
     pump_later: Vec<registry::CallKey>,
     /// Why a transaction's connection could not be made, until its transport error is handled:
@@ -294,6 +306,7 @@ impl Core {
             started: Instant::now(),
             calls: registry::Calls::default(),
             media,
+            metrics: events.metrics(),
             events,
             call_tx,
             pump_later: Vec::new(),
@@ -464,7 +477,10 @@ impl Core {
                 remote,
                 tx,
                 ..
-            } => self.connections.opened(conn, transport, remote, tx),
+            } => {
+                self.metrics.connection_opened(transport_name(transport));
+                self.connections.opened(conn, transport, remote, tx)
+            }
             Inbound::ConnectFailed { conn, reason } => {
                 tracing::warn!("{reason}");
                 for id in self.connections.connect_failed(conn) {
@@ -475,7 +491,11 @@ impl Core {
                     self.layer.handle_transport_error(id);
                 }
             }
-            Inbound::Closed { conn } => self.connections.closed(conn),
+            Inbound::Closed { conn } => {
+                if let Some(transport) = self.connections.closed(conn) {
+                    self.metrics.connection_closed(transport_name(transport));
+                }
+            }
             Inbound::Idle { conn } => {
                 // A call outlives any idle timer: its BYE and Meta's go over this connection.
                 let Some(remote) = self.connections.remote(conn) else {
@@ -489,6 +509,9 @@ impl Core {
     }
 
     fn receive(&mut self, now: Instant, mut msg: Message, peer: Peer) {
+        if let Message::Response(r) = &msg {
+            self.metrics.received_response(r.status);
+        }
         if let Message::Request(r) = &mut msg {
             stamp_received(r, peer.addr);
             if let Some(refusal) = self.refused_statelessly(r, &peer) {
@@ -719,6 +742,7 @@ impl Core {
     }
 
     fn send_bytes_for(&mut self, id: Option<TransactionId>, to: &Peer, bytes: Vec<u8>) {
+        self.metrics.sent(&bytes);
         self.trace_out(to, &bytes);
         self.connections.send(id, to, bytes);
     }
@@ -752,6 +776,15 @@ impl Core {
         } else {
             watrunk_sip::trace::masked(bytes)
         }
+    }
+}
+
+/// A transport as the metrics label it.
+fn transport_name(transport: watrunk_sip::Transport) -> &'static str {
+    match transport {
+        watrunk_sip::Transport::Udp => "udp",
+        watrunk_sip::Transport::Tcp => "tcp",
+        watrunk_sip::Transport::Tls => "tls",
     }
 }
 

@@ -3,7 +3,9 @@
 # INVITE over TLS (meta_sip_uac.py) that carries rtpengine's ICE-lite offer, challenges it (407,
 # SHA-256 + MD5), answers it, and relays the call's audio to a local sink: a plain RTP tone source
 # and recorder (standin_helper.py plain, 880 Hz) that learns the call's local RTP port from the
-# call.answered event. Env: WATRUNK, OFFER_SDP, ANSWER_SDP (from meta-standin.sh), SECS.
+# call.answered event. Env: WATRUNK, OFFER_SDP, ANSWER_SDP (from meta-standin.sh), SECS,
+# API (the control API's address; off by default), EXTRA_SERVE_ARGS (more flags for serve, split on
+# spaces).
 # Output beside ANSWER_SDP: events.log (watrunk's JSON events), serve.log, uac.log, sink.log, rx.wav.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,9 +14,9 @@ ip=${IP:-198.18.0.1}
 number=+15550001111
 echo "meta-gave-us-this" > "$work/password"
 rm -f "$work/sink-peer.sdp" "$work/events.log"
-WATRUNK_LOG='info,dtls=error,webrtc_ice=error' "$WATRUNK" serve --hostname localhost --tls "$ip:5061" --api off \
+WATRUNK_LOG='info,dtls=error,webrtc_ice=error' "$WATRUNK" serve --hostname localhost --tls "$ip:5061" --api "${API:-off}" \
   --state-dir "$work/state" --number "$number" --challenge --digest-algorithm both \
-  --sip-password-file "$work/password" --media-ip "$ip" --sink "$ip:41000" --events - \
+  --sip-password-file "$work/password" --media-ip "$ip" --sink "$ip:41000" --events - ${EXTRA_SERVE_ARGS:-} \
   > "$work/events.log" 2> "$work/serve.log" &
 serve=$!
 trap 'kill $serve 2>/dev/null || true' EXIT

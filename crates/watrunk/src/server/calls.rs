@@ -250,6 +250,7 @@ impl Core {
         let Some(entry) = self.calls.get_mut(key) else {
             return;
         };
+        let _span = entry.span.clone().entered();
         match event {
             MediaEvent::IceConnected(ice) => {
                 let IceConnected {
@@ -286,6 +287,15 @@ impl Core {
                         self.pump(key);
                     }
                 }
+            }
+            MediaEvent::DtmfReceived {
+                key: digit,
+                duration,
+            } => {
+                self.events.emit(json!({
+                    "event": "dtmf.received", "call": entry.id, "digit": digit.to_string(),
+                    "duration_ms": duration.as_millis() as u64,
+                }));
             }
             MediaEvent::SinkLatched { announced, source } => {
                 tracing::info!(
@@ -427,6 +437,7 @@ impl Core {
     /// Carries out what a call's leg asked for.
     pub(super) fn pump(&mut self, key: CallKey) {
         let now = Instant::now();
+        let _span = self.calls.get(key).map(|e| e.span.clone().entered());
         loop {
             let Some(entry) = self.calls.get_mut(key) else {
                 return;

@@ -110,8 +110,9 @@ impl Connections {
             .collect()
     }
 
-    pub fn closed(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
+    /// Forgets a closed connection; its transport, if it was open.
+    pub fn closed(&mut self, conn: ConnId) -> Option<Transport> {
+        self.conns.remove(&conn).map(|c| c.transport)
     }
 
     pub fn close(&self, conn: ConnId) {

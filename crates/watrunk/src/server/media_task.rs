@@ -103,7 +103,11 @@ impl Core {
             rx,
             self.call_tx.clone(),
         ));
-        tokio::spawn(run_media(key, set_up, self.call_tx.clone()));
+        let span = entry.span.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            run_media(key, set_up, self.call_tx.clone()),
+            span,
+        ));
     }
 }
 

@@ -122,6 +122,8 @@ pub(super) struct Entry {
     pub(super) pbx: usize,
     /// Our ring tone toward the PBX while Meta rings (dropping it stops it).
     pub(super) ringback: Option<watrunk_media::ringback::Ringback>,
+    /// Every log line about the call is in it: its id and Meta's wacid.
+    pub(super) span: tracing::Span,
 }
 
 #[derive(Default)]
@@ -148,7 +150,13 @@ pub(super) struct Parties {
 impl Entry {
     /// A call that starts now: nothing of its media known yet.
     pub(super) fn new(leg: Session, id: String, parties: Parties) -> Entry {
+        let span = tracing::info_span!(
+            "call",
+            id = %id,
+            wacid = parties.meta.call_id.as_deref().unwrap_or_default()
+        );
         Entry {
+            span,
             leg,
             timer: None,
             plain_socket: None,
