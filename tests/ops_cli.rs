@@ -1,8 +1,9 @@
 //! The operations commands: `watrunk whatsapp` against a local stand-in for Meta's Graph API that
 //! records each request (method, path, query, headers, JSON body) and answers as told, and
 //! `watrunk doctor` against a correct set-up (a test CA, its leaf for localhost, a running serve)
-//! and broken ones (wrong name, self-signed, expired, port closed, unreadable password file, a
-//! sink nobody listens on). Certificates are made here with rcgen.
+//! and broken ones (wrong name, self-signed, expired, port closed, a server asking for a client
+//! certificate, unreadable password file, a sink nobody listens on). Certificates are made here
+//! with rcgen.
 
 mod common;
 
@@ -733,6 +734,32 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
         );
     }
 
+    // A TLS server that asks for a client certificate (mutual TLS, as some SBCs do by default).
+    let mutual = mutual_tls_server(&good, &good_key, &d.join("ca.pem"));
+    let (code, report) = doctor(&[
+        "--config",
+        good_cfg.to_str().unwrap(),
+        "--connect",
+        &mutual.0,
+        "--ca",
+        ca,
+    ]);
+    mutual.1.join().unwrap();
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(failed(&report), ["client certificate"], "{report}");
+    assert!(
+        report.contains(&format!(
+            "FAIL client certificate: {} asks for a client certificate (CertificateRequest)",
+            mutual.0
+        )),
+        "{report}"
+    );
+    assert!(
+        fix_for(&report, "client certificate")
+            .starts_with("turn client-certificate authentication off"),
+        "{report}"
+    );
+
     // Port closed: nothing listens where doctor connects; the media port is checked then.
     let closed = format!("127.0.0.1:{}", free_port());
     let (code, report) = doctor(&[
@@ -786,4 +813,49 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
         "{report}"
     );
     drop(server);
+}
+
+/// A TLS server (one connection) serving `cert` that asks for a client certificate from `ca`.
+fn mutual_tls_server(cert: &Path, key: &Path, ca: &Path) -> (String, JoinHandle<()>) {
+    use std::sync::Arc;
+    let pem = |p: &Path| std::fs::read(p).unwrap();
+    let chain: Vec<_> = rustls_pemfile::certs(&mut pem(cert).as_slice())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut pem(key).as_slice())
+        .unwrap()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem(ca).as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut conn = rustls::ServerConnection::new(config).unwrap();
+        // The handshake fails at the end (no client certificate comes): that is the point.
+        while conn.is_handshaking() {
+            if conn.complete_io(&mut tcp).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, handle)
 }
