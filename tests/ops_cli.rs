@@ -195,6 +195,7 @@ fn settings_disable_empties_the_servers_with_the_token_from_a_file() {
     let dir = TempDir::new("graph-disable");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let (url, seen) = graph(200, json!({"success": true}));
     let out = whatsapp(
         &[
@@ -231,6 +232,14 @@ fn settings_disable_empties_the_servers_with_the_token_from_a_file() {
         text(&out.stdout),
         format!("SIP disabled on {PHONE_ID} (enabling it again makes a new SIP password)\n")
     );
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "watrunk: warning: --token-file {} can be read by others (mode 640): chmod 600 it\n",
+            token_file.display()
+        )
+    );
+    assert_secret_free(&out, &[TOKEN]);
 }
 
 #[test]

@@ -213,8 +213,20 @@ fn check_base_url(base: &str) -> Result<(), Failure> {
 
 fn token(file: Option<&Path>) -> Result<String, Failure> {
     let token = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| Failure::Local(format!("--token-file: cannot read {}: {e}", path.display())))?,
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                Failure::Local(format!("--token-file: cannot read {}: {e}", path.display()))
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777);
+            if mode & 0o077 != 0 {
+                eprintln!(
+                    "watrunk: warning: --token-file {} can be read by others (mode {mode:o}): chmod 600 it",
+                    path.display()
+                );
+            }
+            token
+        }
         None => std::env::var("WHATSAPP_TOKEN").map_err(|_| {
             Failure::Local(
                 "no access token: set WHATSAPP_TOKEN in the environment or pass --token-file FILE (a System User token with whatsapp_business_management)".into(),
