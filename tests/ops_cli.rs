@@ -671,12 +671,15 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
     // Each broken set-up, checked against the running server so that only its own fault fails.
     let now = SystemTime::now();
     let day = Duration::from_secs(86_400);
+    // An hour off whole days, so that the second the certificate's times are cut to and the time
+    // doctor takes never move the count of days.
+    let hour = Duration::from_secs(3_600);
     let (wrong, wrong_key) = pki.leaf("wrong", "other.example.com", None, false);
     let (selfs, selfs_key) = pki.leaf("self", "localhost", None, true);
     let (old, old_key) = pki.leaf(
         "old",
         "localhost",
-        Some((now - 400 * day, now - 30 * day)),
+        Some((now - 400 * day, now - 30 * day - hour)),
         false,
     );
     let missing = d.join("no-such.password");
@@ -797,7 +800,12 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
     );
 
     // Expiring within 14 days: a warning, not a failure.
-    let (soon, soon_key) = pki.leaf("soon", "localhost", Some((now - day, now + 5 * day)), false);
+    let (soon, soon_key) = pki.leaf(
+        "soon",
+        "localhost",
+        Some((now - day, now + 5 * day - hour)),
+        false,
+    );
     let soon_cfg = config(d, "soon", &soon, &soon_key, &password, sink_port);
     let (code, report) = doctor(&[
         "--config",
