@@ -1,11 +1,13 @@
 //! The watrunk command line: `serve` runs the trunk endpoint, `probe` sends one request as a client
-//! (digest included) to check a peer or proxy, `sdp` runs the SDP negotiator on files.
+//! (digest included) to check a peer or proxy, `sdp` runs the SDP negotiator on files, `whatsapp`
+//! edits the number's settings through the Graph API, `doctor` checks a deployment.
 
 mod api;
 mod call_cli;
 mod cdr;
 mod client;
 mod config;
+mod doctor;
 mod events;
 mod logging;
 mod media_cli;
@@ -13,6 +15,7 @@ mod metrics;
 mod sdp_cli;
 mod server;
 mod webhooks;
+mod whatsapp_cli;
 
 use clap::{Parser, Subcommand};
 
@@ -63,13 +66,25 @@ enum Command {
         #[command(subcommand)]
         command: sdp_cli::SdpCommand,
     },
+    /// The number's WhatsApp settings through Meta's Graph API: show, enable SIP toward us,
+    /// disable it, read its SIP password into a file.
+    Whatsapp {
+        #[command(subcommand)]
+        command: whatsapp_cli::WhatsappCommand,
+    },
+    /// Check a deployment before Meta's INVITEs silently fail: certificate, TLS port, DNS, media
+    /// port, passwords, sinks, clock (serve's flags and config file).
+    Doctor(Box<doctor::DoctorArgs>),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::Sdp { command } = cli.command {
-        return sdp_cli::run(command);
-    }
+    let command = match cli.command {
+        Command::Sdp { command } => return sdp_cli::run(command),
+        Command::Whatsapp { command } => return whatsapp_cli::run(command),
+        Command::Doctor(args) => return doctor::run(*args),
+        other => other,
+    };
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,7 +97,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let done: anyhow::Result<()> = match cli.command {
+        let done: anyhow::Result<()> = match command {
             Command::Serve(args) => server::run(*args).await,
             Command::Call(args) => call_cli::run(*args).await,
             Command::Probe(args) => client::probe(args).await,
@@ -93,7 +108,9 @@ fn main() -> std::process::ExitCode {
                 Ok(false) => return Ok(std::process::ExitCode::FAILURE),
                 Err(e) => Err(e),
             },
-            Command::Sdp { .. } => unreachable!("handled before the runtime starts"),
+            Command::Sdp { .. } | Command::Whatsapp { .. } | Command::Doctor(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         };
         done.map(|()| std::process::ExitCode::SUCCESS)
     });
