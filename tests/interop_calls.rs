@@ -27,15 +27,16 @@ struct Run {
     logs: String,
 }
 
-fn inbound_call(mode: &str) -> Run {
-    for t in ["unshare", "rtpengine", "tcpdump"] {
-        tool(t);
-    }
-    let dir = TempDir::new(&format!("call-{mode}"));
-    let out = Command::new(tool("unshare"))
-        .arg("-n")
-        .arg("--")
-        .arg("env")
+/// meta-standin.sh (rtpengine as Meta) in `dir` with `watrunk serve` answering through SIP
+/// (watrunk-serve-answerer.sh), `env` added to its environment, run by `runner` (an `env`
+/// command, e.g. behind `unshare -n --`).
+fn serve_standin(
+    mut runner: Command,
+    dir: &std::path::Path,
+    mode: &str,
+    env: &[(&str, String)],
+) -> std::process::Output {
+    runner
         .arg(format!("WATRUNK={}", bin().display()))
         .arg(format!(
             "ANSWER_CMD=bash {}",
@@ -43,17 +44,32 @@ fn inbound_call(mode: &str) -> Run {
                 .join("rtpengine/watrunk-serve-answerer.sh")
                 .display()
         ))
-        .arg("ANSWERER_RX_WAV=rx.wav")
-        .arg("REQUIRE_ENDPOINT_FIRST=1")
-        .arg("SECS=4")
-        .arg("ANSWER_TIMEOUT=20")
+        .args([
+            "ANSWERER_RX_WAV=rx.wav",
+            "REQUIRE_ENDPOINT_FIRST=1",
+            "ANSWER_TIMEOUT=20",
+        ]);
+    for (key, value) in env {
+        runner.arg(format!("{key}={value}"));
+    }
+    runner
         .arg("bash")
         .arg(peers_dir().join("rtpengine/meta-standin.sh"))
-        .arg(dir.path())
+        .arg(dir)
         .arg(mode)
         .arg("external")
         .output()
-        .expect("run meta-standin.sh");
+        .expect("run meta-standin.sh")
+}
+
+fn inbound_call(mode: &str) -> Run {
+    for t in ["unshare", "rtpengine", "tcpdump"] {
+        tool(t);
+    }
+    let dir = TempDir::new(&format!("call-{mode}"));
+    let mut unshare = Command::new(tool("unshare"));
+    unshare.args(["-n", "--", "env"]);
+    let out = serve_standin(unshare, dir.path(), mode, &[("SECS", "4".into())]);
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -403,32 +419,24 @@ fn a_full_call_gives_metrics_a_cdr_dtmf_events_and_signed_webhooks() {
             String::new()
         })
     };
-    let out = Command::new("env")
-        .arg(format!("WATRUNK={}", bin().display()))
-        .arg(format!(
-            "ANSWER_CMD=bash {}",
-            peers_dir()
-                .join("rtpengine/watrunk-serve-answerer.sh")
-                .display()
-        ))
-        .arg("ANSWERER_RX_WAV=rx.wav")
-        .arg("REQUIRE_ENDPOINT_FIRST=1")
-        .arg("SECS=8")
-        .arg("ANSWER_TIMEOUT=20")
-        .arg("PLAIN_DTMF=1#9@2")
-        .arg(format!("API=127.0.0.1:{api_port}"))
-        .arg(format!(
-            "EXTRA_SERVE_ARGS=--cdr {} --webhook http://127.0.0.1:{hook_port}/hook --webhook-secret-file {}",
-            cdr.display(),
-            secret.display()
-        ))
-        .arg("bash")
-        .arg(peers_dir().join("rtpengine/meta-standin.sh"))
-        .arg(work.path())
-        .arg("dtls")
-        .arg("external")
-        .output()
-        .expect("run meta-standin.sh");
+    let out = serve_standin(
+        Command::new("env"),
+        work.path(),
+        "dtls",
+        &[
+            ("SECS", "8".into()),
+            ("PLAIN_DTMF", "1#9@2".into()),
+            ("API", format!("127.0.0.1:{api_port}")),
+            (
+                "EXTRA_SERVE_ARGS",
+                format!(
+                    "--cdr {} --webhook http://127.0.0.1:{hook_port}/hook --webhook-secret-file {}",
+                    cdr.display(),
+                    secret.display()
+                ),
+            ),
+        ],
+    );
     let read = |f: &str| std::fs::read_to_string(work.path().join(f)).unwrap_or_default();
     let logs = format!(
         "{}{}\n--- serve.log\n{}--- plain.log\n{}",
