@@ -987,10 +987,10 @@ fn resolve_calls(
             },
         );
     }
-    let domain = file
-        .meta
-        .domain
+    let domain = args
+        .meta_domain
         .clone()
+        .or(file.meta.domain.clone())
         .unwrap_or_else(|| "wa.meta.vc".into());
     for pbx in &pbxs {
         if let Some(unknown) = pbx.numbers.iter().find(|n| !numbers.contains_key(*n)) {
