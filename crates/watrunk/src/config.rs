@@ -11,6 +11,8 @@ use clap::Args;
 use serde::Deserialize;
 use watrunk_media::{Law, SinkAudio};
 
+pub mod reference;
+
 #[derive(Args, Debug, Default, Clone)]
 pub struct ServeArgs {
     /// The SIP hostname configured on the WhatsApp number (certificate name, Contact, digest realm).

@@ -1,5 +1,6 @@
 //! The watrunk command line: `serve` runs the trunk endpoint, `probe` sends one request as a client
-//! (digest included) to check a peer or proxy, `sdp` runs the SDP negotiator on files.
+//! (digest included) to check a peer or proxy, `sdp` runs the SDP negotiator on files,
+//! `completions` and `config reference` print shell completions and docs/configuration.md.
 
 mod api;
 mod call_cli;
@@ -48,12 +49,35 @@ enum Command {
         #[command(subcommand)]
         command: sdp_cli::SdpCommand,
     },
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// About the configuration: `config reference` prints docs/configuration.md.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every `serve` flag and config file key as markdown (docs/configuration.md).
+    Reference,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::Sdp { command } = cli.command {
-        return sdp_cli::run(command);
+    match cli.command {
+        Command::Sdp { command } => return sdp_cli::run(command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "watrunk", &mut script);
+            return print_out(&script);
+        }
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => return print_out(config::reference::markdown().as_bytes()),
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -87,7 +111,9 @@ fn main() -> std::process::ExitCode {
                 Ok(false) => return Ok(std::process::ExitCode::FAILURE),
                 Err(e) => Err(e),
             },
-            Command::Sdp { .. } => unreachable!("handled before the runtime starts"),
+            Command::Sdp { .. } | Command::Completions { .. } | Command::Config { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         };
         done.map(|()| std::process::ExitCode::SUCCESS)
     });
@@ -96,6 +122,20 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("watrunk: {e:#}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is no error of ours.
+fn print_out(bytes: &[u8]) -> std::process::ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("watrunk: cannot write to stdout: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
