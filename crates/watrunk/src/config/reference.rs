@@ -358,6 +358,22 @@ mod tests {
     }
 
     #[test]
+    fn docs_scale_out_md_quotes_the_tested_kamailio_configuration_as_it_is() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let doc = std::fs::read_to_string(format!("{root}/docs/scale-out.md")).unwrap();
+        for file in [
+            "examples/kamailio-scale-out.cfg",
+            "examples/kamailio-scale-out.list",
+        ] {
+            let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+            assert!(
+                doc.contains(&format!("```\n{text}```")),
+                "docs/scale-out.md does not quote {file} as it is: copy it in again"
+            );
+        }
+    }
+
+    #[test]
     fn the_reference_names_a_flag_its_variable_and_its_key() {
         let md = markdown();
         let media_ip = md
