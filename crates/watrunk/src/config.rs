@@ -1057,6 +1057,21 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_loads_and_takes_no_calls_until_a_number_is_set() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/debian/watrunk.toml");
+        let cfg = ServeConfig::resolve(ServeArgs {
+            config: Some(path.into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_or_else(|e| panic!("{path}: {e:#}"));
+        assert_eq!(cfg.hostname, "sip.example.com");
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/watrunk"));
+        assert_eq!(cfg.tls, Some("[::]:5061".parse().unwrap()));
+        assert!(cfg.calls.numbers.is_empty() && cfg.calls.media.is_none());
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
     fn a_number_that_is_not_e164_is_refused_naming_the_flag() {
         let args = ServeArgs {
             hostname: Some("sip.example.com".into()),
