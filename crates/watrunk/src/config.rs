@@ -1188,6 +1188,21 @@ mod tests {
     }
 
     #[test]
+    fn the_meta_domain_flag_wins_over_the_file() {
+        let mut file = file_calls("");
+        file.meta.domain = Some("file.example".into());
+        let flagged = CallArgs {
+            meta_domain: Some("flag.example".into()),
+            ..CallArgs::default()
+        };
+        let calls = resolve_calls(&flagged, &file, false, None).unwrap();
+        assert_eq!(calls.meta_domain, "flag.example");
+        assert_eq!(calls.meta_server, "flag.example:5061");
+        let calls = resolve_calls(&CallArgs::default(), &file, false, None).unwrap();
+        assert_eq!(calls.meta_domain, "file.example");
+    }
+
+    #[test]
     fn an_api_beyond_loopback_needs_a_token() {
         let args = CallArgs {
             numbers: vec!["+15550001111".into()],
