@@ -1901,3 +1901,329 @@ fn an_unreachable_pbx_is_a_503_to_meta_saying_why_at_once() {
     );
     assert!(took < Duration::from_secs(10), "{took:?}: {call}");
 }
+
+/// Scale-out (docs/scale-out.md): Kamailio with examples/kamailio-scale-out.cfg and its dispatcher
+/// list as they are, in a private network namespace holding their addresses (Meta's side
+/// 203.0.113.5, the private side 10.0.0.1, two watrunk instances: 10.0.0.11 port 5071 and 10.0.0.12
+/// port 5072, SIP and media), and `sim load` as Meta over TLS to Kamailio.
+/// 100 calls are spread over both instances, each call's media going straight to its instance's
+/// own address. Then, with 20 calls live, one instance gets SIGTERM: it drains (its OPTIONS answer
+/// turns 503 and the dispatcher marks it down), new calls all go to the other, every live call on
+/// both runs on with audio both ways until the user hangs up, and the drained instance exits 0.
+#[test]
+fn a_kamailio_dispatcher_spreads_calls_over_two_watrunk_instances_and_drains_one() {
+    if !in_private_namespace(
+        "a_kamailio_dispatcher_spreads_calls_over_two_watrunk_instances_and_drains_one",
+    ) {
+        return;
+    }
+    for addr in [
+        "203.0.113.5",
+        "203.0.113.9",
+        "10.0.0.1",
+        "10.0.0.11",
+        "10.0.0.12",
+    ] {
+        let ok = Command::new("ip")
+            .args(["addr", "add", &format!("{addr}/32"), "dev", "lo"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip addr add {addr}/32 dev lo");
+    }
+    let dir = TempDir::new("scale-out");
+    // Kamailio's certificate: for Meta's side, and for its private address, which its
+    // Record-Route names and the instances verify when they send a BYE through it.
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../certs/gen-dev-ca.sh");
+    let (ok, out) = run(
+        Command::new("sh")
+            .arg(script)
+            .arg(dir.path())
+            .args(["localhost", "IP:10.0.0.1,IP:203.0.113.5"]),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "gen-dev-ca.sh: {out}");
+    let ca = dir.path().join("ca.crt");
+    let tls_cfg = std::fs::read_to_string(peers_dir().join("kamailio/tls.cfg"))
+        .unwrap()
+        .replace("@CERT@", dir.path().join("server.crt").to_str().unwrap())
+        .replace("@KEY@", dir.path().join("server.key").to_str().unwrap());
+    std::fs::write(dir.path().join("tls.cfg"), tls_cfg).unwrap();
+    let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let kamailio = Background::spawn(
+        "kamailio",
+        Command::new(tool("kamailio"))
+            .arg("-f")
+            .arg(examples.join("kamailio-scale-out.cfg"))
+            .args(["-DD", "-E", "-e", "-P"])
+            .arg(dir.path().join("kamailio.pid"))
+            .arg("-Y")
+            .arg(dir.path())
+            .arg("-A")
+            .arg(format!(
+                "TLSCFG=\"{}\"",
+                dir.path().join("tls.cfg").display()
+            ))
+            .arg("-A")
+            .arg(format!(
+                "DSLIST=\"{}\"",
+                examples.join("kamailio-scale-out.list").display()
+            ))
+            .args(["-A", "DS_PING_INTERVAL=1"]),
+        dir.path().join("kamailio.log"),
+    );
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "per-number-secret\n").unwrap();
+    // Two numbers, each with its own agent (a `sim load` plays it), so that two loads can run
+    // at once: the calls live across the drain, and the calls placed after it.
+    let agents = [
+        format!("203.0.113.9:{}", free_port()),
+        format!("203.0.113.9:{}", free_port()),
+    ];
+    let config = dir.path().join("watrunk.toml");
+    let mut toml = String::new();
+    for (number, agent) in ["+15550001111", "+15550002222"].iter().zip(&agents) {
+        toml.push_str(&format!(
+            "[[number]]\nnumber = \"{number}\"\npassword_file = \"{}\"\nchallenge = true\nsink = \"{agent}\"\n",
+            pw.display()
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    // Each its own hostname (so its own digest realm: an answer to the other's 407 gets a fresh
+    // 407, not a 403) and its own address for SIP and media.
+    let instance = |port: u16, address: &str| {
+        let tls = format!("{address}:{port}");
+        Server::start_as(
+            &["--hostname", address, "--tls", &tls],
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                // Behind a proxy every source is the proxy: no bans (docs/scale-out.md).
+                "--auth-max-failures",
+                "0",
+                "--media-ip",
+                address,
+                "--tls-ca",
+                ca.to_str().unwrap(),
+                "--events",
+                "-",
+                "--api",
+                "off",
+            ],
+        )
+    };
+    let mut a = instance(5071, "10.0.0.11");
+    let b = instance(5072, "10.0.0.12");
+    wait_tcp("203.0.113.5:5061".parse().unwrap(), Duration::from_secs(10));
+    // `sim load` as Meta calling number `number`: `calls` at a time, `total` in all, each held
+    // `hold` seconds.
+    let load = |tag: &str, number: usize, calls: &str, total: &str, hold: &str| {
+        let to = ["+15550001111", "+15550002222"][number];
+        Background::spawn(
+            "sim load",
+            Command::new(bin())
+                .args(["sim", "load", "--target", "203.0.113.5:5061", "--to", to])
+                .args(["--server-name", "localhost", "--media-ip", "203.0.113.9"])
+                .args([
+                    "--sink",
+                    &agents[number],
+                    "--calls",
+                    calls,
+                    "--total",
+                    total,
+                ])
+                .args(["--rate", "25", "--hold", hold])
+                .arg("--password-file")
+                .arg(&pw)
+                .arg("--ca")
+                .arg(&ca),
+            dir.path().join(format!("{tag}.log")),
+        )
+    };
+    let count = |server: &Server, name: &str| {
+        server
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == name)
+            .count()
+    };
+    // The last lines of each log (the inner run's output goes through a pipe read at its end:
+    // whole logs would fill it), and whether Kamailio itself crashed.
+    let logs = |runs: &[&Background]| {
+        let tail = |text: String| last_lines(&text, 30);
+        let mut text = String::new();
+        for r in runs {
+            text.push_str(&format!("--- {}\n{}\n", r.log.display(), tail(r.log())));
+        }
+        let crashed = kamailio
+            .log()
+            .lines()
+            .find(|l| l.contains("exited by a signal"))
+            .map(|l| format!("KAMAILIO CRASHED (a fault of Kamailio's, not watrunk's): {l}\n"))
+            .unwrap_or_default();
+        format!(
+            "{crashed}{text}--- instance A\n{}\n--- instance B\n{}\n--- kamailio\n{}",
+            tail(a.log()),
+            tail(b.log()),
+            tail(kamailio.log())
+        )
+    };
+    // The sim.load line of a finished run, which must have set up every call with audio both
+    // ways (no silent call, little loss).
+    let finished = |run: &mut Background, calls: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = run.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sim load runs on: {}",
+                last_lines(&run.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let report = json_lines(&run.log())
+            .into_iter()
+            .find(|e| e["event"] == "sim.load")
+            .unwrap_or_else(|| panic!("no sim.load line: {}", last_lines(&run.log(), 30)));
+        let crashed = kamailio
+            .log()
+            .lines()
+            .any(|l| l.contains("exited by a signal"));
+        assert!(
+            !crashed,
+            "KAMAILIO CRASHED (a fault of Kamailio's, not watrunk's)\n{}",
+            last_lines(&kamailio.log(), 30)
+        );
+        assert!(status.success(), "{report}");
+        assert_eq!(report["established"], calls, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+        assert_eq!(report["silent_calls"], 0, "{report}");
+        for way in ["to_agent", "to_meta"] {
+            let loss = report["loss_pct"][way].as_f64().unwrap();
+            assert!(loss < 5.0, "{way} lost {loss} %: {report}");
+        }
+        report
+    };
+
+    // 100 calls, 25 at a time, spread over both instances.
+    let mut spread = load("spread", 0, "25", "100", "1");
+    finished(&mut spread, 100);
+    let (on_a, on_b) = (count(&a, "media.up"), count(&b, "media.up"));
+    assert!(
+        on_a > 0 && on_b > 0 && on_a + on_b == 100,
+        "both instances take a share of the 100 calls: A {on_a}, B {on_b}\n{}",
+        logs(&[&spread])
+    );
+    // Each call's ICE pair: the instance's own media address and Meta's, no proxy between.
+    for (server, media) in [(&a, "10.0.0.11:"), (&b, "10.0.0.12:")] {
+        let pairs: Vec<_> = server
+            .events()
+            .into_iter()
+            .filter(|e| e["event"] == "media.ice")
+            .collect();
+        assert_eq!(pairs.len(), count(server, "media.up"), "{}", logs(&[]));
+        for pair in pairs {
+            let (local, remote) = (pair["local"].as_str(), pair["remote"].as_str());
+            assert!(
+                local.is_some_and(|l| l.starts_with(media))
+                    && remote.is_some_and(|r| r.starts_with("203.0.113.9:")),
+                "media between {media} and Meta's 203.0.113.9: {pair}"
+            );
+        }
+    }
+
+    // 20 calls live on both when A is told to stop.
+    let mut live = load("live", 0, "20", "20", "12");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count(&a, "media.up") + count(&b, "media.up") < 120 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not 20 calls up\n{}",
+            logs(&[&live])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (live_a, live_b) = (count(&a, "media.up") - on_a, count(&b, "media.up") - on_b);
+    assert!(
+        live_a > 0 && live_b > 0,
+        "live calls on both: A {live_a}, B {live_b}"
+    );
+    println!("scale-out: of 100 calls A took {on_a}, B {on_b}; live at the drain: A {live_a}, B {live_b}");
+    a.signal("TERM");
+    a.wait_event(
+        "server.draining",
+        |e| e["calls"] == live_a,
+        Duration::from_secs(5),
+    );
+    // Its keepalive answer turns 503 and the dispatcher takes it out, and only it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !kamailio.log().contains("DST-DOWN sip:10.0.0.11:5071") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dispatcher did not mark the draining instance down\n{}",
+            logs(&[&live])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !kamailio.log().contains("DST-DOWN sip:10.0.0.12:5072"),
+        "{}",
+        logs(&[&live])
+    );
+
+    // New calls go to B only.
+    let mut after = load("after", 1, "10", "10", "1");
+    finished(&mut after, 10);
+    assert_eq!(
+        count(&a, "media.up"),
+        on_a + live_a,
+        "no new call on the draining instance"
+    );
+    assert_eq!(
+        count(&b, "media.up"),
+        on_b + live_b + 10,
+        "{}",
+        logs(&[&after])
+    );
+
+    // The live calls, on either instance, ran their course with audio both ways.
+    finished(&mut live, 20);
+    let exit = a.wait_exit(Duration::from_secs(15));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the drained instance exits 0 once its calls are over: {exit:?}\n{}",
+        last_lines(&a.log(), 30)
+    );
+    for (name, server, calls) in [("A", &a, on_a + live_a), ("B", &b, on_b + live_b + 10)] {
+        let ended = || {
+            server
+                .events()
+                .into_iter()
+                .filter(|e| e["event"] == "call.ended")
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ended().len() < calls && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ended = ended();
+        assert_eq!(
+            ended.len(),
+            calls,
+            "{name}: {}",
+            last_lines(&server.log(), 30)
+        );
+        assert!(
+            ended.iter().all(|e| e["by"] == "remote"),
+            "{name}: every call ended by the user's BYE, none by the drain: {ended:?}"
+        );
+    }
+}
+
+/// The last `n` lines of a log.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -887,6 +887,17 @@ fn sigterm_drains_ten_live_calls_then_exits_zero() {
             .contains("shutting down"),
         "{refused}"
     );
+    // An OPTIONS keepalive (a load balancer's probe) gets the same 503, so the proxy takes this
+    // instance out of rotation while its calls go on.
+    let mut tls = server.tls_connect();
+    let probe = stream_exchange(
+        &mut tls,
+        &options_request("TLS", "127.0.0.1:5999", "drain-options"),
+        Duration::from_secs(3),
+    );
+    let probe = String::from_utf8_lossy(&probe.response.expect("an answer to OPTIONS")).to_string();
+    assert_eq!(status_of(probe.as_bytes()).0, 503, "{probe}");
+    assert_eq!(header(&probe, "Retry-After"), Some("30"), "{probe}");
     let status = server.wait_exit(Duration::from_secs(20));
     let took = signalled.elapsed();
     assert!(

@@ -123,6 +123,26 @@ impl Server {
 
     /// The same with the server's open-files limit (soft and hard) set to `open_files`.
     pub fn start_with_open_files(extra: &[&str], open_files: Option<u64>) -> Server {
+        let listen = [
+            "--hostname",
+            "localhost",
+            "--udp",
+            "127.0.0.1:0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--tls",
+            "127.0.0.1:0",
+        ];
+        Server::launch(&listen, extra, open_files)
+    }
+
+    /// `watrunk serve` with its own hostname and listeners (`listen`, e.g. `--hostname H --tls
+    /// ADDR`) plus `extra`, waiting until those listeners are up.
+    pub fn start_as(listen: &[&str], extra: &[&str]) -> Server {
+        Server::launch(listen, extra, None)
+    }
+
+    fn launch(listen: &[&str], extra: &[&str], open_files: Option<u64>) -> Server {
         use std::os::unix::process::CommandExt;
         let state = TempDir::new("serve");
         let mut command = Command::new(bin());
@@ -142,17 +162,8 @@ impl Server {
             }
         }
         let mut child = command
-            .args([
-                "serve",
-                "--hostname",
-                "localhost",
-                "--udp",
-                "127.0.0.1:0",
-                "--tcp",
-                "127.0.0.1:0",
-                "--tls",
-                "127.0.0.1:0",
-            ])
+            .arg("serve")
+            .args(listen)
             .arg("--state-dir")
             .arg(state.path())
             .args(if extra.contains(&"--api") {
@@ -189,7 +200,12 @@ impl Server {
         let (mut udp, mut tcp, mut tls, mut api) = (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         let want_api = !extra.contains(&"off");
-        while udp.is_none() || tcp.is_none() || tls.is_none() || (want_api && api.is_none()) {
+        let waits = |flag: &str, up: &Option<SocketAddr>| listen.contains(&flag) && up.is_none();
+        while waits("--udp", &udp)
+            || waits("--tcp", &tcp)
+            || waits("--tls", &tls)
+            || (want_api && api.is_none())
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)

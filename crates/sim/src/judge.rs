@@ -83,11 +83,13 @@ pub fn refusal_of(req: &Request) -> (u16, &'static str) {
 }
 
 /// WHATSAPP-SIP §4.3: the 200 OK copies the INVITE's Record-Route unchanged and in order (Meta's
-/// ACK is lost otherwise and the call dies after about 32 s).
+/// ACK is lost otherwise and the call dies after about 32 s). Proxies of the business that
+/// record-route (a Kamailio in front of several watrunk instances) add theirs above Meta's, as
+/// RFC 3261 §16.6 has them do and as §3.8 sees in Meta's own 200s: Meta's must be the last ones.
 pub fn record_route(invite: &Request, ok: &Response) -> Option<Violation> {
     let sent: Vec<&str> = invite.headers.get_all("Record-Route").collect();
     let echoed: Vec<&str> = ok.headers.get_all("Record-Route").collect();
-    (sent != echoed).then(|| {
+    (!echoed.ends_with(&sent)).then(|| {
         Violation::new(
             "record-route",
             format!("the 200 OK's Record-Route is {echoed:?}, the INVITE's was {sent:?}"),
@@ -241,6 +243,46 @@ mod tests {
 
     fn rules(vs: &[Violation]) -> Vec<&str> {
         vs.iter().map(|v| v.rule.as_str()).collect()
+    }
+
+    #[test]
+    fn a_proxy_of_the_business_may_record_route_above_metas_entries() {
+        let meta = [
+            "<sip:wa.meta.vc;transport=tls;lr>",
+            "<sip:onevc-sip-proxy.fbinfra.net:8191;transport=tls;lr>",
+        ];
+        let message = |first: &str, rr: &[&str]| {
+            let mut text = format!("{first}\r\nVia: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1\r\n");
+            for r in rr {
+                text.push_str(&format!("Record-Route: {r}\r\n"));
+            }
+            text.push_str("From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
+            watrunk_sip::Message::parse_datagram(text.as_bytes()).unwrap()
+        };
+        let watrunk_sip::Message::Request(invite) =
+            message("INVITE sip:+15550001111@h SIP/2.0", &meta)
+        else {
+            panic!("a request")
+        };
+        let ok = |rr: &[&str]| match message("SIP/2.0 200 OK", rr) {
+            watrunk_sip::Message::Response(r) => r,
+            _ => panic!("a response"),
+        };
+        let proxy = "<sip:203.0.113.5:5061;transport=tls;r2=on;lr>";
+        assert_eq!(record_route(&invite, &ok(&meta)), None);
+        assert_eq!(
+            record_route(&invite, &ok(&[proxy, proxy, meta[0], meta[1]])),
+            None
+        );
+        for wrong in [
+            &[meta[0]][..],
+            &[meta[1], meta[0]],
+            &[meta[0], meta[1], proxy],
+            &[],
+        ] {
+            let v = record_route(&invite, &ok(wrong)).expect("a violation");
+            assert_eq!(v.rule, "record-route", "{wrong:?}");
+        }
     }
 
     #[test]

@@ -122,10 +122,7 @@ pub async fn place(
     );
     let h = &mut invite.headers;
     h.push("Via", new_via(link, rng));
-    h.push(
-        "Record-Route",
-        format!("<sip:{};transport=tls;lr>", link.hostport()),
-    );
+    h.push("Record-Route", own_record_route(link));
     h.push("Max-Forwards", "69");
     h.push(
         "From",
@@ -243,6 +240,31 @@ pub async fn place(
     })
 }
 
+/// The Record-Route entry the sim puts in its INVITEs, as Meta's edge proxy does.
+fn own_record_route(link: &Link) -> String {
+    format!("<sip:{};transport=tls;lr>", link.hostport())
+}
+
+/// An in-dialog request of the sim's. Meta's edge proxy record-routes the INVITE and, as the
+/// first hop of the requests that follow, takes its own entry off their Route (RFC 3261 §16.4);
+/// the sim plays both, so its requests leave without that entry. Left on, a proxy of the
+/// business's in between (Kamailio in front of several watrunk instances) forwards them to it.
+fn in_dialog(
+    dialog: &mut Dialog,
+    method: Method,
+    link: &Link,
+) -> Result<Request, watrunk_sip::dialog::DialogError> {
+    let mut req = dialog.create_request(method)?;
+    let routes: Vec<String> = req.headers.values("Route").map(str::to_string).collect();
+    if routes.first() == Some(&own_record_route(link)) {
+        req.headers.remove("Route");
+        for route in &routes[1..] {
+            req.headers.push("Route", route.clone());
+        }
+    }
+    Ok(req)
+}
+
 /// ACKs a 200 and takes its answer; an answer outside the WhatsApp profile gets our BYE at once
 /// and is the `Err` reason.
 pub async fn confirm(
@@ -253,9 +275,7 @@ pub async fn confirm(
 ) -> Result<Result<(Dialog, MediaPlan), String>> {
     let mut dialog = Dialog::from_uac(&placed.invite, &placed.response)
         .map_err(|e| anyhow!("the 200 OK: {e}"))?;
-    let mut ack = dialog
-        .create_request(Method::ACK)
-        .map_err(|e| anyhow!("ACK: {e}"))?;
+    let mut ack = in_dialog(&mut dialog, Method::ACK, link).map_err(|e| anyhow!("ACK: {e}"))?;
     ack.headers.push_front("Via", new_via(link, rng));
     link.request(&ack).await;
     let accepted = sdp::parse(&placed.response.body)
@@ -267,9 +287,7 @@ pub async fn confirm(
     match accepted {
         Ok(plan) => Ok(Ok((dialog, plan))),
         Err(reason) => {
-            let mut bye = dialog
-                .create_request(Method::BYE)
-                .map_err(|e| anyhow!("{e}"))?;
+            let mut bye = in_dialog(&mut dialog, Method::BYE, link).map_err(|e| anyhow!("{e}"))?;
             bye.headers.push_front("Via", new_via(link, rng));
             bye.headers.push("Reason", meta_reason("bad answer"));
             link.request(&bye).await;
@@ -287,9 +305,7 @@ pub async fn hang_up(
     reason: &str,
     rng: &mut Draws,
 ) -> Result<Option<u16>> {
-    let mut bye = dialog
-        .create_request(Method::BYE)
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut bye = in_dialog(dialog, Method::BYE, link).map_err(|e| anyhow!("{e}"))?;
     bye.headers.push_front("Via", new_via(link, rng));
     bye.headers
         .push("x-wa-meta-call-duration", duration_secs.to_string());

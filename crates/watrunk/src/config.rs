@@ -11,6 +11,8 @@ use clap::Args;
 use serde::Deserialize;
 use watrunk_media::{Law, SinkAudio};
 
+pub mod reference;
+
 #[derive(Args, Debug, Default, Clone)]
 pub struct ServeArgs {
     /// The SIP hostname configured on the WhatsApp number (certificate name, Contact, digest realm).
@@ -1015,10 +1017,10 @@ fn resolve_calls(
             },
         );
     }
-    let domain = file
-        .meta
-        .domain
+    let domain = args
+        .meta_domain
         .clone()
+        .or(file.meta.domain.clone())
         .unwrap_or_else(|| "wa.meta.vc".into());
     for pbx in &pbxs {
         if let Some(unknown) = pbx.numbers.iter().find(|n| !numbers.contains_key(*n)) {
@@ -1111,6 +1113,21 @@ mod tests {
         assert_eq!(file.numbers.len(), 1);
         assert_eq!(file.numbers[0].number, "+15550001111");
         assert!(file.media.sink.is_some());
+    }
+
+    #[test]
+    fn the_packaged_config_loads_and_takes_no_calls_until_a_number_is_set() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/debian/watrunk.toml");
+        let cfg = ServeConfig::resolve(ServeArgs {
+            config: Some(path.into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_or_else(|e| panic!("{path}: {e:#}"));
+        assert_eq!(cfg.hostname, "sip.example.com");
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/watrunk"));
+        assert_eq!(cfg.tls, Some("[::]:5061".parse().unwrap()));
+        assert!(cfg.calls.numbers.is_empty() && cfg.calls.media.is_none());
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -1227,6 +1244,21 @@ mod tests {
         let cfg = ServeConfig::resolve(args(Some("127.0.0.1:5060".parse().unwrap())))
             .expect("a bridged number needs no sink");
         assert_eq!(cfg.calls.pbxs.len(), 1);
+    }
+
+    #[test]
+    fn the_meta_domain_flag_wins_over_the_file() {
+        let mut file = file_calls("");
+        file.meta.domain = Some("file.example".into());
+        let flagged = CallArgs {
+            meta_domain: Some("flag.example".into()),
+            ..CallArgs::default()
+        };
+        let calls = resolve_calls(&flagged, &file, false, None).unwrap();
+        assert_eq!(calls.meta_domain, "flag.example");
+        assert_eq!(calls.meta_server, "flag.example:5061");
+        let calls = resolve_calls(&CallArgs::default(), &file, false, None).unwrap();
+        assert_eq!(calls.meta_domain, "file.example");
     }
 
     #[test]

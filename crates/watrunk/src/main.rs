@@ -1,6 +1,7 @@
 //! The watrunk command line: `serve` runs the trunk endpoint, `probe` sends one request as a client
 //! (digest included) to check a peer or proxy, `sdp` runs the SDP negotiator on files, `whatsapp`
-//! edits the number's settings through the Graph API, `doctor` checks a deployment.
+//! edits the number's settings through the Graph API, `doctor` checks a deployment,
+//! `completions` and `config reference` print shell completions and docs/configuration.md.
 
 mod api;
 mod call_cli;
@@ -75,6 +76,19 @@ enum Command {
     /// Check a deployment before Meta's INVITEs silently fail: certificate, TLS port, DNS, media
     /// port, passwords, sinks, clock (serve's flags and config file).
     Doctor(Box<doctor::DoctorArgs>),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// About the configuration: `config reference` prints docs/configuration.md.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every `serve` flag and config file key as markdown (docs/configuration.md).
+    Reference,
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,6 +97,15 @@ fn main() -> std::process::ExitCode {
         Command::Sdp { command } => return sdp_cli::run(command),
         Command::Whatsapp { command } => return whatsapp_cli::run(command),
         Command::Doctor(args) => return doctor::run(*args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "watrunk", &mut script);
+            return print_out(&script);
+        }
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => return print_out(config::reference::markdown().as_bytes()),
         other => other,
     };
     logging::init(cli.log_format);
@@ -108,7 +131,11 @@ fn main() -> std::process::ExitCode {
                 Ok(false) => return Ok(std::process::ExitCode::FAILURE),
                 Err(e) => Err(e),
             },
-            Command::Sdp { .. } | Command::Whatsapp { .. } | Command::Doctor(_) => {
+            Command::Sdp { .. }
+            | Command::Whatsapp { .. }
+            | Command::Doctor(_)
+            | Command::Completions { .. }
+            | Command::Config { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         };
@@ -119,6 +146,20 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("watrunk: {e:#}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is no error of ours.
+fn print_out(bytes: &[u8]) -> std::process::ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("watrunk: cannot write to stdout: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -652,6 +652,11 @@ impl Core {
             ));
         }
         if req.method == Method::OPTIONS {
+            // A draining server answers a proxy's keepalive 503, so that it is taken out of
+            // rotation (Kamailio's dispatcher; docs/scale-out.md) while its live calls go on.
+            if let Some(refusal) = self.drain_refusal(req) {
+                return Some(refusal);
+            }
             let mut r = reply(req, 200, "OK", &to_tag);
             r.headers.push("Allow", self.policy.allow_header());
             r.headers.push("Accept", "application/sdp");

@@ -1,5 +1,6 @@
 //! The server's life after start. SIGTERM or SIGINT drains it: new calls get 503 with
-//! Retry-After, live calls run on until `--drain-timeout-secs`, then each gets a BYE saying the
+//! Retry-After (OPTIONS too, so that a load balancer probing it takes it out of rotation), live
+//! calls run on until `--drain-timeout-secs`, then each gets a BYE saying the
 //! server is shutting down; once every call has ended (its `call.ended` emitted) or a short grace
 //! for the BYEs' answers has passed, the server returns and the process exits 0. A second signal
 //! ends the calls at once. SIGHUP reloads the configuration: numbers, passwords, sinks, digest
@@ -143,7 +144,7 @@ impl Core {
         true
     }
 
-    /// While draining, a new INVITE's answer: 503 with Retry-After.
+    /// While draining, the answer to a new INVITE or an OPTIONS: 503 with Retry-After.
     pub(super) fn drain_refusal(&self, req: &Request) -> Option<Response> {
         self.draining.as_ref()?;
         let mut r = reply(
