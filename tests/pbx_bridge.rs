@@ -1912,8 +1912,11 @@ fn an_unreachable_pbx_is_a_503_to_meta_saying_why_at_once() {
 /// both runs on with audio both ways until the user hangs up, and the drained instance exits 0.
 #[test]
 fn a_kamailio_dispatcher_spreads_calls_over_two_watrunk_instances_and_drains_one() {
-    if !in_private_namespace(
+    // Kamailio 5.6 crashed (SIGSEGV in its own timer) in about 1 run of 10 here: such a run is
+    // run again, once; any other failure is not.
+    if !in_private_namespace_retrying(
         "a_kamailio_dispatcher_spreads_calls_over_two_watrunk_instances_and_drains_one",
+        Some("KAMAILIO CRASHED"),
     ) {
         return;
     }
