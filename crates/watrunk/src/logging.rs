@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -104,7 +105,9 @@ struct ExpectedNoise;
 
 impl<S: Subscriber> Layer<S> for ExpectedNoise {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
-        let meta = event.metadata();
+        // Lines of the `log` crate (webrtc's, rustls's) carry their own target inside.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         if *meta.level() != Level::WARN {
             return true;
         }
@@ -163,9 +166,12 @@ mod tests {
         let subscriber = tracing_subscriber::registry()
             .with(ExpectedNoise)
             .with(seen.clone());
+        // webrtc's and rustls's lines come through the `log` crate.
+        let _ = tracing_log::LogTracer::init();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(target: "webrtc_ice::agent::agent_internal",
+            tracing_log::log::warn!(target: "webrtc_ice::agent::agent_internal",
                 "[controlling]: pingAllCandidates called with no candidate pairs. Connection is not possible yet.");
+            tracing_log::log::warn!(target: "webrtc_ice::agent::agent_internal", "[controlling]: checks failed (via log)");
             tracing::warn!(target: "dtls::handshake::handshake_message_client_hello",
                 "Unsupported Extension Type 0 16");
             tracing::warn!(target: "rustls::msgs::handshake",
@@ -178,6 +184,7 @@ mod tests {
         assert_eq!(
             *seen.0.lock().unwrap(),
             [
+                "[controlling]: checks failed (via log)",
                 "[controlling]: checks failed",
                 "Illegal SNI extension: duplicate host_name received",
                 "Unsupported Extension Type at info is not filtered",
