@@ -44,6 +44,8 @@ pub struct ServeArgs {
     /// an SDES key decrypts the call).
     #[arg(long)]
     pub sip_trace_unmasked: bool,
+    #[command(flatten)]
+    pub debug: crate::debugging::DebugArgs,
     /// Challenge INVITEs with digest authentication (needs a SIP password).
     #[arg(long)]
     pub challenge: bool,
@@ -189,6 +191,8 @@ struct FileConfig {
     hostname: Option<String>,
     state_dir: Option<PathBuf>,
     sip_trace: Option<bool>,
+    #[serde(default)]
+    debug: crate::debugging::FileDebug,
     #[serde(default)]
     listen: FileListen,
     #[serde(default)]
@@ -520,6 +524,8 @@ pub struct ServeConfig {
     pub sip_trace: bool,
     /// The trace keeps its secrets (`--sip-trace-unmasked`).
     pub sip_trace_unmasked: bool,
+    /// `--key-log`, `--hep` (debugging.rs).
+    pub debug: crate::debugging::Debugging,
     /// Without numbers: every INVITE is challenged with this (then refused: no number to call).
     pub auth: Option<AuthConfig>,
     pub digest: DigestSettings,
@@ -653,6 +659,7 @@ impl ServeConfig {
                 .unwrap_or_else(|| PathBuf::from(".watrunk")),
             sip_trace: args.sip_trace || args.sip_trace_unmasked || file.sip_trace.unwrap_or(false),
             sip_trace_unmasked: args.sip_trace_unmasked,
+            debug: crate::debugging::Debugging::resolve(&args.debug, &file.debug)?,
             auth,
             digest,
             bans,

@@ -3,9 +3,13 @@
 
 mod api;
 mod call_cli;
+mod capture_cli;
 mod client;
 mod config;
+mod debugging;
 mod events;
+mod hep;
+mod keylog;
 mod media_cli;
 mod sdp_cli;
 mod server;
@@ -48,12 +52,20 @@ enum Command {
         #[command(subcommand)]
         command: sdp_cli::SdpCommand,
     },
+    /// Captures of calls: `capture decrypt` turns a pcap's SRTP into plain RTP with a key log.
+    Capture {
+        #[command(subcommand)]
+        command: capture_cli::CaptureCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Sdp { command } = cli.command {
         return sdp_cli::run(command);
+    }
+    if let Command::Capture { command } = cli.command {
+        return capture_cli::run(command);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -87,7 +99,9 @@ fn main() -> std::process::ExitCode {
                 Ok(false) => return Ok(std::process::ExitCode::FAILURE),
                 Err(e) => Err(e),
             },
-            Command::Sdp { .. } => unreachable!("handled before the runtime starts"),
+            Command::Sdp { .. } | Command::Capture { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         };
         done.map(|()| std::process::ExitCode::SUCCESS)
     });
