@@ -28,10 +28,16 @@ command -v baresip >/dev/null 2>&1 || need+=(baresip baresip-core)
 # Headless Chromium, driven over the DevTools protocol.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3-websockets)
+# Debugging tools (tests/interop_calls.rs, tests/sim.rs): tshark reads `watrunk capture decrypt`'s
+# output as RTP; sngrep is the HEP collector `--hep` is checked against.
+command -v tshark >/dev/null 2>&1 || need+=(tshark)
+command -v sngrep >/dev/null 2>&1 || need+=(sngrep)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
+  # tshark asks whether non-root users may capture: no.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 

@@ -11,6 +11,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use common::*;
 
@@ -25,6 +26,8 @@ struct Run {
     report: String,
     events: Vec<serde_json::Value>,
     logs: String,
+    /// The endpoint leg of the capture decrypted with watrunk's key log.
+    decrypted: Decrypted,
 }
 
 /// meta-standin.sh (rtpengine as Meta) in `dir` with `watrunk serve` answering through SIP
@@ -38,6 +41,7 @@ fn serve_standin(
 ) -> std::process::Output {
     runner
         .arg(format!("WATRUNK={}", bin().display()))
+        .arg(format!("KEY_LOG={}", dir.path().join("keys.log").display()))
         .arg(format!(
             "ANSWER_CMD=bash {}",
             peers_dir()
@@ -86,11 +90,178 @@ fn inbound_call(mode: &str) -> Run {
         read("serve.log"),
         read("sink.log")
     );
+    let decrypted = decrypt(dir.path());
     Run {
         ok: out.status.success(),
         report,
         events,
         logs,
+        decrypted,
+    }
+}
+
+/// One direction of the endpoint leg as tshark reads it from the decrypted capture.
+#[derive(Debug, Default)]
+struct Flow {
+    /// `SRTP` key log line: call-id, direction, src, dst.
+    line: Vec<String>,
+    rtp: usize,
+    payload_types: std::collections::BTreeSet<u8>,
+    /// The decoded Opus's dominant frequency and level.
+    tone: Option<(f64, f64)>,
+}
+
+#[derive(Debug, Default)]
+struct Decrypted {
+    report: String,
+    /// Packets of the output whose IP or UDP checksum tshark finds wrong.
+    bad_checksums: String,
+    key_log: String,
+    flows: Vec<Flow>,
+}
+
+/// `watrunk capture decrypt` on tcpdump's capture with the key log watrunk wrote, then tshark on
+/// the result, each direction's RTP (as tshark decodes it) decoded as Opus by the sim's recorder.
+fn decrypt(dir: &std::path::Path) -> Decrypted {
+    let key_log = std::fs::read_to_string(dir.join("keys.log")).unwrap_or_default();
+    let (ok, report) = run(
+        Command::new(bin())
+            .args(["capture", "decrypt", "--keys"])
+            .arg(dir.join("keys.log"))
+            .arg(dir.join("cap.pcap"))
+            .arg(dir.join("plain.pcap")),
+        Duration::from_secs(60),
+    );
+    let mut out = Decrypted {
+        report,
+        key_log,
+        ..Decrypted::default()
+    };
+    if !ok {
+        return out;
+    }
+    let (_, bad) = run(
+        Command::new(tool("tshark"))
+            .arg("-r")
+            .arg(dir.join("plain.pcap"))
+            .args([
+                "-o",
+                "udp.check_checksum:TRUE",
+                "-o",
+                "ip.check_checksum:TRUE",
+            ])
+            .args(["-Y", "udp.checksum.status==2 || ip.checksum.status==2"]),
+        Duration::from_secs(60),
+    );
+    out.bad_checksums = bad
+        .lines()
+        .filter(|l| !l.starts_with("Running as user"))
+        .collect();
+    for line in out.key_log.lines().filter(|l| l.starts_with("SRTP ")) {
+        let f: Vec<String> = line.split(' ').map(str::to_string).collect();
+        let (src, dst): (std::net::SocketAddr, std::net::SocketAddr) =
+            (f[3].parse().unwrap(), f[4].parse().unwrap());
+        // Its output is larger than a pipe holds: read while it runs.
+        let tshark = Command::new(tool("tshark"))
+            .arg("-r")
+            .arg(dir.join("plain.pcap"))
+            .args(["-d", &format!("udp.port=={},rtp", src.port())])
+            .args(["-d", &format!("udp.port=={},rtp", dst.port())])
+            .args([
+                "-Y",
+                &format!(
+                    "rtp && ip.src=={} && udp.srcport=={} && ip.dst=={} && udp.dstport=={}",
+                    src.ip(),
+                    src.port(),
+                    dst.ip(),
+                    dst.port()
+                ),
+            ])
+            .args(["-T", "fields", "-E", "separator=|"])
+            .args(["-e", "rtp.p_type", "-e", "rtp.seq", "-e", "rtp.timestamp"])
+            .args(["-e", "rtp.ssrc", "-e", "rtp.payload"])
+            .output()
+            .expect("run tshark");
+        let fields = String::from_utf8_lossy(&tshark.stdout);
+        let mut flow = Flow {
+            line: f,
+            ..Flow::default()
+        };
+        let mut recorder = watrunk_sim::audio::Recorder::new(111).expect("an Opus decoder");
+        for l in fields.lines() {
+            let v: Vec<&str> = l.split('|').collect();
+            if v.len() != 5 {
+                continue;
+            }
+            let (Ok(pt), Ok(seq), Ok(ts)) =
+                (v[0].parse::<u8>(), v[1].parse::<u16>(), v[2].parse::<u32>())
+            else {
+                continue;
+            };
+            let ssrc = u32::from_str_radix(v[3].trim_start_matches("0x"), 16).unwrap_or(0);
+            flow.rtp += 1;
+            flow.payload_types.insert(pt);
+            let mut packet = vec![0x80, pt];
+            packet.extend_from_slice(&seq.to_be_bytes());
+            packet.extend_from_slice(&ts.to_be_bytes());
+            packet.extend_from_slice(&ssrc.to_be_bytes());
+            // tshark prints bytes as hex, with or without ':' between them (by version).
+            let hex: Vec<u8> = v[4].bytes().filter(u8::is_ascii_hexdigit).collect();
+            packet.extend(
+                hex.chunks(2).filter_map(|pair| {
+                    u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()
+                }),
+            );
+            recorder.push(&packet);
+        }
+        flow.tone = recorder.analyse(1.0);
+        out.flows.push(flow);
+    }
+    out
+}
+
+/// The capture's endpoint leg, decrypted: each direction's RTP has the tone's payload type, no
+/// packet failed authentication, and the Opus decodes to the direction's tone (880 Hz ours, 440
+/// Hz the plain side's). `dtls`: the key log has the handshake's `CLIENT_RANDOM` too.
+fn assert_the_capture_decrypts(run: &Run, dtls: bool) {
+    let d = &run.decrypted;
+    let context = format!("{}\n--- key log\n{}\n{:?}", d.report, d.key_log, d.flows);
+    assert!(d.report.contains("auth failures: 0"), "{context}");
+    assert_eq!(d.bad_checksums, "", "{context}");
+    assert_eq!(
+        d.key_log
+            .lines()
+            .filter(|l| l.starts_with("CLIENT_RANDOM "))
+            .count(),
+        usize::from(dtls),
+        "{context}"
+    );
+    assert_eq!(d.flows.len(), 2, "{context}");
+    for (flow, (direction, hz)) in d.flows.iter().zip([("out", 880.0), ("in", 440.0)]) {
+        assert_eq!(flow.line[2], direction, "{context}");
+        assert!(flow.rtp > 150, "{context}");
+        assert_eq!(
+            flow.payload_types,
+            std::collections::BTreeSet::from([111]),
+            "{context}"
+        );
+        // Each packet tshark shows as RTP is one the decrypter counted for the flow.
+        let counted = format!("flow {} -> {} ", flow.line[3], flow.line[4]);
+        let line = d
+            .report
+            .lines()
+            .find(|l| l.starts_with(&counted))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&format!(": {} RTP and ", flow.rtp))
+                && line.contains(", 0 auth failures"),
+            "{context}"
+        );
+        let (freq, rms) = flow.tone.unwrap_or_default();
+        assert!(
+            (freq - hz).abs() <= hz * 0.03 && rms > 0.05,
+            "{direction}: {freq} Hz rms {rms}\n{context}"
+        );
     }
 }
 
@@ -147,6 +318,7 @@ fn rtpengine_dtls_call_through_serve_two_way_tone_and_we_send_first() {
     let _serial = serial();
     let run = inbound_call("dtls");
     assert_two_way_call(&run);
+    assert_the_capture_decrypts(&run, true);
     assert!(run
         .report
         .contains("PASS rtpengine accepted the endpoint's DTLS certificate"));
@@ -158,6 +330,7 @@ fn rtpengine_sdes_call_through_serve_two_way_tone_and_we_send_first() {
     let _serial = serial();
     let run = inbound_call("sdes");
     assert_two_way_call(&run);
+    assert_the_capture_decrypts(&run, false);
 }
 
 #[test]

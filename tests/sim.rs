@@ -169,12 +169,17 @@ fn user_calls_business(srtp: &str) {
     let sink_port = free_port();
     let sink = sink(dir.path(), sink_port, 30);
     let pw = dir.path().join("pw");
-    let server = business_server(
-        &pw,
-        srtp,
-        &format!("127.0.0.1:{sink_port}"),
-        &["--sip-trace"],
-    );
+    // The DTLS call also goes to a real HEP collector (sngrep) and writes a key log.
+    let hep_port = free_port();
+    let collector = (srtp == "dtls").then(|| hep_collector(dir.path(), hep_port));
+    let hep = format!("127.0.0.1:{hep_port}");
+    let key_log = dir.path().join("keys.log");
+    let mut extra = vec!["--sip-trace"];
+    if collector.is_some() {
+        extra.extend(["--hep", &hep, "--hep-id", "2999", "--key-log"]);
+        extra.push(key_log.to_str().unwrap());
+    }
+    let server = business_server(&pw, srtp, &format!("127.0.0.1:{sink_port}"), &extra);
     let (ok, out) = sim_call(&server, &pw, srtp);
     std::thread::sleep(Duration::from_millis(1500));
     let logs = format!("--- sim call\n{out}\n--- serve\n{}", server.log());
@@ -205,6 +210,13 @@ fn user_calls_business(srtp: &str) {
     assert_server_idle(&ended);
     assert_agent_heard_the_user(&sink, call);
     assert_the_trace_masks_every_secret(&server.log(), srtp);
+    if let Some(collector) = collector {
+        let call_id = call["call_id"]
+            .as_str()
+            .expect("the sim reports its Call-ID");
+        assert_the_key_log_names_the_call(&key_log, call_id, &server.log());
+        assert_the_collector_got_the_call(collector, dir.path(), call_id, server.tls.unwrap());
+    }
     assert!(
         server.log().contains("(--sip-password-file): ")
             && server
@@ -212,6 +224,123 @@ fn user_calls_business(srtp: &str) {
                 .contains("can be read by others (mode 644): chmod 600 it"),
         "the test's password file is 0644: a warning\n{}",
         server.log()
+    );
+}
+
+/// sngrep as a HEP collector on 127.0.0.1:`port`, saving what it gets to DIR/hep.pcap.
+fn hep_collector(dir: &std::path::Path, port: u16) -> Background {
+    let b = Background::spawn(
+        "sngrep",
+        Command::new(tool("sngrep"))
+            .args(["-N", "-q", "-L", &format!("udp:127.0.0.1:{port}"), "-O"])
+            .arg(dir.join("hep.pcap")),
+        dir.join("sngrep.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    b
+}
+
+/// The key log: private, the WARN said so, and one DTLS secret and two SRTP lines for the call.
+fn assert_the_key_log_names_the_call(path: &std::path::Path, call_id: &str, log: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key log is private");
+    assert!(
+        log.contains("WARN") && log.contains("--key-log: every call's SRTP keys"),
+        "{log}"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0][0], "CLIENT_RANDOM", "{text}");
+    assert_eq!((lines[0][1].len(), lines[0][2].len()), (64, 96), "{text}");
+    for (line, direction) in lines[1..].iter().zip(["out", "in"]) {
+        assert_eq!(line.len(), 7, "{text}");
+        assert_eq!(&line[..3], ["SRTP", call_id, direction], "{text}");
+        assert!(line[5].starts_with("AE"), "a DTLS-SRTP profile: {text}");
+    }
+    // Out is from our media address to the sim's, in the other way round.
+    assert_eq!(
+        (lines[1][3], lines[1][4]),
+        (lines[2][4], lines[2][3]),
+        "{text}"
+    );
+    assert!(lines[1][3].starts_with("127.0.0.1:"), "{text}");
+}
+
+/// What sngrep saved of the call: every message of it both ways, with the call's Call-ID and the
+/// TLS listener's address on our side (read back by tshark).
+fn assert_the_collector_got_the_call(
+    collector: Background,
+    dir: &std::path::Path,
+    call_id: &str,
+    tls: std::net::SocketAddr,
+) {
+    // sngrep writes its pcap out when it is told to stop.
+    let _ = Command::new("kill")
+        .args(["-TERM", &collector.child.id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(collector);
+    let (ok, out) = run(
+        Command::new(tool("tshark"))
+            .arg("-r")
+            .arg(dir.join("hep.pcap"))
+            .args(["-d", &format!("udp.port=={},sip", tls.port())])
+            .args(["-Y", "sip", "-T", "fields", "-E", "separator=|"])
+            .args([
+                "-e",
+                "sip.Method",
+                "-e",
+                "sip.Status-Code",
+                "-e",
+                "sip.CSeq.method",
+            ])
+            .args([
+                "-e",
+                "sip.Call-ID",
+                "-e",
+                "ip.src",
+                "-e",
+                "udp.srcport",
+                "-e",
+                "udp.dstport",
+            ]),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{out}");
+    let messages: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.contains('|'))
+        .map(|l| l.split('|').collect())
+        .collect();
+    let port = tls.port().to_string();
+    let seen = |method: &str, status: &str, cseq: &str, from_us: bool| {
+        messages
+            .iter()
+            .filter(|m| {
+                m[0] == method
+                    && m[1] == status
+                    && m[2] == cseq
+                    && m[3] == call_id
+                    && (m[5] == port) == from_us
+                    && (m[6] == port) != from_us
+            })
+            .count()
+    };
+    // The challenged INVITE and the one with credentials; the 407 and the 180 and 200 we sent.
+    assert_eq!(seen("INVITE", "", "INVITE", false), 2, "{out}");
+    assert_eq!(seen("", "407", "INVITE", true), 1, "{out}");
+    assert_eq!(seen("", "180", "INVITE", true), 1, "{out}");
+    assert_eq!(seen("", "200", "INVITE", true), 1, "{out}");
+    assert_eq!(seen("ACK", "", "ACK", false), 2, "{out}");
+    assert_eq!(seen("BYE", "", "BYE", false), 1, "{out}");
+    assert_eq!(seen("", "200", "BYE", true), 1, "{out}");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m[3] == call_id && m[4] == "127.0.0.1"),
+        "{out}"
     );
 }
 

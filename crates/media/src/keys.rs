@@ -21,6 +21,48 @@ pub(crate) struct Keys {
     pub(crate) outbound: SrtpContext,
     pub(crate) inbound: SrtpContext,
     pub(crate) profile: &'static str,
+    /// The keys themselves, kept only for a key log (`MediaConfig::key_log`).
+    pub(crate) logged: Option<Box<KeyMaterial>>,
+}
+
+/// One call's SRTP master keys and salts as a key log records them: what decrypting a capture of
+/// the call needs. Made once per call at set-up, only when a key log is on.
+pub struct KeyMaterial {
+    pub profile: SrtpProfile,
+    /// Our master key followed by its salt (what protects what we send).
+    pub outbound: Vec<u8>,
+    /// The far side's master key followed by its salt.
+    pub inbound: Vec<u8>,
+    /// DTLS-SRTP: the handshake's client random and master secret (NSS key log `CLIENT_RANDOM`).
+    pub dtls: Option<DtlsSecrets>,
+}
+
+pub struct DtlsSecrets {
+    pub client_random: Vec<u8>,
+    pub master_secret: Vec<u8>,
+}
+
+/// A call's keys, where its packets go: `local` is our address, `remote` the far side's.
+pub struct LoggedKeys<'a> {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    pub keys: &'a KeyMaterial,
+}
+
+/// Told each call's keys once they exist (`--key-log`). Called once per call at set-up, in the
+/// call's task: never on the per-packet path.
+#[derive(Clone)]
+pub struct KeyLogHook(pub Arc<dyn Fn(&LoggedKeys<'_>) + Send + Sync>);
+
+/// Keys stay out of logs.
+impl std::fmt::Debug for KeyLogHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLogHook")
+    }
+}
+
+fn key_and_salt(key: &[u8], salt: &[u8]) -> Vec<u8> {
+    [key, salt].concat()
 }
 
 pub(crate) fn srtp_profile_of_suite(suite: SdesSuite) -> SrtpProfile {
@@ -121,6 +163,7 @@ pub(crate) async fn dtls_keys(
     expected: &Fingerprint,
     role: DtlsRole,
     profiles: &[SrtpProfile],
+    keep_for_log: bool,
 ) -> Result<Keys, MediaError> {
     let expected_bytes = expected.bytes.clone();
     let config = DtlsConfig {
@@ -173,6 +216,25 @@ pub(crate) async fn dtls_keys(
         ((server_key, server_salt), (client_key, client_salt))
     };
     let (outbound, inbound) = contexts(profile, local, remote)?;
+    let logged = if keep_for_log {
+        let state = dtls.connection_state().await;
+        let dtls_secrets = state.key_log_data().ok().map(|d| DtlsSecrets {
+            client_random: if is_client {
+                d.local_random
+            } else {
+                d.remote_random
+            },
+            master_secret: d.master_secret,
+        });
+        Some(Box::new(KeyMaterial {
+            profile,
+            outbound: key_and_salt(local.0, local.1),
+            inbound: key_and_salt(remote.0, remote.1),
+            dtls: dtls_secrets,
+        }))
+    } else {
+        None
+    };
     // The connection goes now, without a close_notify (the call's end is SIP's BYE): the keys are
     // all a call needs of it, and it holds ~60 KiB (its read task and 8 KiB buffer, the handshake
     // cache). webrtc-dtls answers no handshake record once its handshake returned, so keeping it
@@ -183,5 +245,6 @@ pub(crate) async fn dtls_keys(
         outbound,
         inbound,
         profile: name,
+        logged,
     })
 }

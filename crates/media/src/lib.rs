@@ -32,7 +32,7 @@ pub mod transcode;
 
 pub use demux::{classify, is_rtcp, PacketKind};
 pub use identity::Identity;
-pub use keys::SinkKeys;
+pub use keys::{DtlsSecrets, KeyLogHook, KeyMaterial, LoggedKeys, SinkKeys};
 pub use mux::MediaSocket;
 pub use restamp::SinkPayloads;
 pub use session::{

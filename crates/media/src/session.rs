@@ -41,7 +41,9 @@ use crate::consent::{self, Freshness, IceCredentials};
 use crate::dtmf::DtmfSender;
 use crate::ice::{connect_ice, ice_agent, lite_credentials, CHECK_INTERVAL};
 pub use crate::identity::Identity;
-use crate::keys::{contexts, dtls_keys, srtp_profile_of_suite, Keys, SinkKeys};
+use crate::keys::{
+    contexts, dtls_keys, srtp_profile_of_suite, KeyLogHook, KeyMaterial, Keys, LoggedKeys, SinkKeys,
+};
 use crate::mux::{plain_key, Handover, MediaSocket, SlowPath};
 use crate::outbound::{write_loop, Outbound, SinkCheck};
 use crate::quiet::SinkClock;
@@ -116,6 +118,9 @@ pub struct MediaConfig {
     /// first valid packet of the sink's becomes where the sink's audio goes and the only source
     /// taken. Off, only `sink` is heard and sent to.
     pub sink_latch: bool,
+    /// Opt-in key log (`--key-log`): told the call's SRTP keys once they exist. None: the keys
+    /// never leave the SRTP contexts.
+    pub key_log: Option<KeyLogHook>,
 }
 
 impl MediaConfig {
@@ -139,6 +144,7 @@ impl MediaConfig {
             rtp_timeout: None,
             sink_keys: None,
             sink_latch: false,
+            key_log: None,
             seed,
         }
     }
@@ -792,6 +798,7 @@ async fn set_up(
                     fingerprint,
                     *role,
                     &cfg.dtls_profiles,
+                    cfg.key_log.is_some(),
                 )
                 .await
             }
@@ -807,10 +814,19 @@ async fn set_up(
                     (&local_key[..16], &local_key[16..30]),
                     (&remote_key[..16], &remote_key[16..30]),
                 )?;
+                let logged = cfg.key_log.as_ref().map(|_| {
+                    Box::new(KeyMaterial {
+                        profile,
+                        outbound: local_key[..30].to_vec(),
+                        inbound: remote_key[..30].to_vec(),
+                        dtls: None,
+                    })
+                });
                 Ok(Keys {
                     outbound,
                     inbound,
                     profile: suite.name(),
+                    logged,
                 })
             }
             Keying::Plain => Err(MediaError::Local(
@@ -835,7 +851,24 @@ async fn set_up(
         outbound,
         inbound,
         profile,
+        logged,
     } = keys;
+    if let (Some(hook), Some(keys)) = (&cfg.key_log, logged) {
+        let local = socket.local_addr();
+        let local_ip = match local.ip() {
+            // A socket on every address (dual stack): the address of ours the far side sends to.
+            ip if ip.is_unspecified() => match (remote.ip(), cfg.media_ip6) {
+                (IpAddr::V6(_), Some(ip6)) => ip6,
+                _ => cfg.media_ip,
+            },
+            ip => ip,
+        };
+        (hook.0)(&LoggedKeys {
+            local: SocketAddr::new(local_ip, local.port()),
+            remote,
+            keys: &keys,
+        });
+    }
     let app = Arc::new(app);
     let counters = Arc::new(InboundCounters::default());
     let payloads = PayloadMap {

@@ -34,6 +34,25 @@ impl SrtpProfile {
         16
     }
 
+    /// The profile's name as SDES (RFC 4568) and RFC 7714 spell it; what a key log records.
+    pub fn name(self) -> &'static str {
+        match self {
+            SrtpProfile::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            SrtpProfile::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+            SrtpProfile::AeadAes128Gcm => "AEAD_AES_128_GCM",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SrtpProfile> {
+        [
+            SrtpProfile::AesCm128HmacSha1_80,
+            SrtpProfile::AesCm128HmacSha1_32,
+            SrtpProfile::AeadAes128Gcm,
+        ]
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+
     pub fn salt_len(self) -> usize {
         match self {
             SrtpProfile::AeadAes128Gcm => 12,

@@ -4,7 +4,8 @@
 //! Each call ends with one JSON line on stdout (`sim.call`, `sink.stream`) saying what happened
 //! and what was heard.
 
-mod audio;
+/// Opus tone, recorder and frequency estimate (also what tests decode captured RTP with).
+pub mod audio;
 pub mod judge;
 mod link;
 mod load;

@@ -47,6 +47,8 @@ pub struct ServeArgs {
     /// an SDES key decrypts the call).
     #[arg(long)]
     pub sip_trace_unmasked: bool,
+    #[command(flatten)]
+    pub debug: crate::debugging::DebugArgs,
     /// Challenge INVITEs with digest authentication (needs a SIP password).
     #[arg(long)]
     pub challenge: bool,
@@ -201,6 +203,8 @@ struct FileConfig {
     hostname: Option<String>,
     state_dir: Option<PathBuf>,
     sip_trace: Option<bool>,
+    #[serde(default)]
+    debug: crate::debugging::FileDebug,
     #[serde(default)]
     listen: FileListen,
     #[serde(default)]
@@ -548,6 +552,8 @@ pub struct ServeConfig {
     pub sip_trace: bool,
     /// The trace keeps its secrets (`--sip-trace-unmasked`).
     pub sip_trace_unmasked: bool,
+    /// `--key-log`, `--hep` (debugging.rs).
+    pub debug: crate::debugging::Debugging,
     /// Without numbers: every INVITE is challenged with this (then refused: no number to call).
     pub auth: Option<AuthConfig>,
     pub digest: DigestSettings,
@@ -683,6 +689,7 @@ impl ServeConfig {
                 .unwrap_or_else(watrunk_sip::io::tls::default_state_dir),
             sip_trace: args.sip_trace || args.sip_trace_unmasked || file.sip_trace.unwrap_or(false),
             sip_trace_unmasked: args.sip_trace_unmasked,
+            debug: crate::debugging::Debugging::resolve(&args.debug, &file.debug)?,
             auth,
             digest,
             bans,

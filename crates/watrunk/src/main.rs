@@ -5,11 +5,15 @@
 
 mod api;
 mod call_cli;
+mod capture_cli;
 mod cdr;
 mod client;
 mod config;
+mod debugging;
 mod doctor;
 mod events;
+mod hep;
+mod keylog;
 mod logging;
 mod media_cli;
 mod metrics;
@@ -76,6 +80,11 @@ enum Command {
     /// Check a deployment before Meta's INVITEs silently fail: certificate, TLS port, DNS, media
     /// port, passwords, sinks, clock (serve's flags and config file).
     Doctor(Box<doctor::DoctorArgs>),
+    /// Captures of calls: `capture decrypt` turns a pcap's SRTP into plain RTP with a key log.
+    Capture {
+        #[command(subcommand)]
+        command: capture_cli::CaptureCommand,
+    },
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     Completions { shell: clap_complete::Shell },
     /// About the configuration: `config reference` prints docs/configuration.md.
@@ -96,6 +105,7 @@ fn main() -> std::process::ExitCode {
     let command = match cli.command {
         Command::Sdp { command } => return sdp_cli::run(command),
         Command::Whatsapp { command } => return whatsapp_cli::run(command),
+        Command::Capture { command } => return capture_cli::run(command),
         Command::Doctor(args) => return doctor::run(*args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -135,7 +145,8 @@ fn main() -> std::process::ExitCode {
             | Command::Whatsapp { .. }
             | Command::Doctor(_)
             | Command::Completions { .. }
-            | Command::Config { .. } => {
+            | Command::Config { .. }
+            | Command::Capture { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         };

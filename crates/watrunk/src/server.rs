@@ -120,6 +120,7 @@ pub async fn run_with(
     let mut certificate = None;
     // Where the self-signed certificate's listener is: a local `sim call` is told how to reach it.
     let mut self_signed_tls = None;
+    let mut tls_bound = None;
     if let Some(addr) = cfg.tls {
         let (server_cfg, origin, reloadable) = tls::reloadable_server_config(&tls::CertSource {
             cert: cfg.cert.clone(),
@@ -148,12 +149,14 @@ pub async fn run_with(
         if !matches!(origin, CertOrigin::Configured(_)) {
             self_signed_tls = Some(l.local_addr()?);
         }
+        tls_bound = Some(l.local_addr()?);
         tokio::spawn(transport::run_stream_listener(
             l,
             Some(TlsAcceptor::from(server_cfg)),
             shared.clone(),
         ));
     }
+    let (hep, key_log) = debugging_start(&cfg, tls_bound)?;
     if cfg.sip_trace_unmasked {
         tracing::warn!("--sip-trace-unmasked: the trace shows digest responses, SDES keys and ICE passwords; keep its log private");
     }
@@ -176,6 +179,7 @@ pub async fn run_with(
                 ip6: m.ip6,
                 public_ip: m.public_ip,
                 rtp_timeout: m.rtp_timeout,
+                key_log,
             })
         }
     };
@@ -214,6 +218,7 @@ pub async fn run_with(
     core.reload_args = reload;
     core.loaded = Some(Box::new(loaded));
     core.certificate = certificate;
+    core.hep = hep;
     core.run(core_rx, call_rx, signals).await;
     // The last ACK or BYE is written before the process goes.
     core.connections
@@ -264,6 +269,8 @@ pub struct Core {
     loaded: Option<Box<ServeConfig>>,
     /// The TLS certificate SIGHUP may replace.
     certificate: Option<Arc<tls::ReloadableCert>>,
+    /// `--hep`: where copies of the SIP messages go.
+    hep: Option<crate::hep::Hep>,
 }
 
 impl Core {
@@ -324,6 +331,7 @@ impl Core {
             reload_args: None,
             loaded: None,
             certificate: None,
+            hep: None,
             cfg,
         }
     }
@@ -414,7 +422,7 @@ impl Core {
                     addr: from,
                     conn: Some(conn),
                 };
-                if self.cfg.sip_trace {
+                if self.cfg.sip_trace || self.hep.is_some() {
                     let mut all = head.clone();
                     all.extend_from_slice(&body);
                     self.trace_in(&peer, &all);
@@ -753,6 +761,15 @@ impl Core {
     }
 
     fn trace_in(&self, peer: &Peer, bytes: &[u8]) {
+        if let Some(hep) = &self.hep {
+            let local = hep.local_end(&self.cfg, peer.transport, peer.addr);
+            hep.send(
+                peer.addr,
+                local,
+                peer.transport == Transport::Udp,
+                &self.hep_copy(bytes),
+            );
+        }
         if self.cfg.sip_trace {
             tracing::info!(
                 "<<< {:?} {}\n{}",
@@ -764,6 +781,15 @@ impl Core {
     }
 
     fn trace_out(&self, peer: &Peer, bytes: &[u8]) {
+        if let Some(hep) = &self.hep {
+            let local = hep.local_end(&self.cfg, peer.transport, peer.addr);
+            hep.send(
+                local,
+                peer.addr,
+                peer.transport == Transport::Udp,
+                &self.hep_copy(bytes),
+            );
+        }
         if self.cfg.sip_trace {
             tracing::info!(
                 ">>> {:?} {}\n{}",
@@ -771,6 +797,15 @@ impl Core {
                 peer.addr,
                 self.traced(bytes)
             );
+        }
+    }
+
+    /// A message as HEP gets it: its secrets masked as in the trace, unless `--sip-trace-unmasked`.
+    fn hep_copy<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.cfg.sip_trace_unmasked {
+            std::borrow::Cow::Borrowed(bytes)
+        } else {
+            std::borrow::Cow::Owned(watrunk_sip::trace::masked(bytes).into_bytes())
         }
     }
 
@@ -791,6 +826,35 @@ fn transport_name(transport: watrunk_sip::Transport) -> &'static str {
         watrunk_sip::Transport::Tcp => "tcp",
         watrunk_sip::Transport::Tls => "tls",
     }
+}
+
+/// `--hep` and `--key-log` as the server starts: the collector's socket and the open key log.
+fn debugging_start(
+    cfg: &ServeConfig,
+    tls_bound: Option<std::net::SocketAddr>,
+) -> Result<(Option<crate::hep::Hep>, Option<Arc<crate::keylog::KeyLog>>)> {
+    let hep = match cfg.debug.hep {
+        Some(addr) => {
+            tracing::info!(
+                "--hep: copies of every SIP message go to {addr} (capture agent {})",
+                cfg.debug.hep_id
+            );
+            Some(crate::hep::Hep::new(addr, cfg.debug.hep_id, tls_bound)?)
+        }
+        None => None,
+    };
+    let key_log = match &cfg.debug.key_log {
+        Some(path) => {
+            let log = crate::keylog::KeyLog::open(path)?;
+            tracing::warn!(
+                "--key-log: every call's SRTP keys and DTLS secrets are written to {}; whoever reads it can decrypt the calls. Debugging only: turn it off and delete the file afterwards",
+                path.display()
+            );
+            Some(log)
+        }
+        None => None,
+    };
+    Ok((hep, key_log))
 }
 
 fn with_server(mut r: Response) -> Response {

@@ -3,9 +3,9 @@
 # INVITE over TLS (meta_sip_uac.py) that carries rtpengine's ICE-lite offer, challenges it (407,
 # SHA-256 + MD5), answers it, and relays the call's audio to a local sink: a plain RTP tone source
 # and recorder (standin_helper.py plain, 880 Hz) that learns the call's local RTP port from the
-# call.answered event. Env: WATRUNK, OFFER_SDP, ANSWER_SDP (from meta-standin.sh), SECS,
-# API (the control API's address; off by default), EXTRA_SERVE_ARGS (more flags for serve, split on
-# spaces).
+# call.answered event. Env: WATRUNK, OFFER_SDP, ANSWER_SDP (from meta-standin.sh), SECS, KEY_LOG
+# (optional: watrunk's --key-log file), API (the control API's address; off by default),
+# EXTRA_SERVE_ARGS (more flags for serve, split on spaces).
 # Output beside ANSWER_SDP: events.log (watrunk's JSON events), serve.log, uac.log, sink.log, rx.wav.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +17,7 @@ rm -f "$work/sink-peer.sdp" "$work/events.log"
 WATRUNK_LOG='info,dtls=error,webrtc_ice=error' "$WATRUNK" serve --hostname localhost --tls "$ip:5061" --api "${API:-off}" \
   --state-dir "$work/state" --number "$number" --challenge --digest-algorithm both \
   --sip-password-file "$work/password" --media-ip "$ip" --sink "$ip:41000" --events - ${EXTRA_SERVE_ARGS:-} \
+  ${KEY_LOG:+--key-log "$KEY_LOG"} \
   > "$work/events.log" 2> "$work/serve.log" &
 serve=$!
 trap 'kill $serve 2>/dev/null || true' EXIT

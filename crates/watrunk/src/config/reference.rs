@@ -58,6 +58,9 @@ const FLAG_KEYS: &[(&str, &str, &str)] = &[
         " (a list; the flags, when given, replace it)",
     ),
     ("webhook-secret-file", "webhooks.secret_file", ""),
+    ("key-log", "debug.key_log", ""),
+    ("hep", "debug.hep", ""),
+    ("hep-id", "debug.hep_id", ""),
     ("meta-server", "meta.server", ""),
     ("meta-domain", "meta.domain", ""),
     ("tls-ca", "meta.tls_ca", ""),
@@ -112,6 +115,7 @@ fn sections() -> Vec<(&'static str, bool, &'static [&'static str])> {
         ("media", false, fields_of::<FileMedia>()),
         ("meta", false, fields_of::<FileMeta>()),
         ("webhooks", false, fields_of::<FileWebhooks>()),
+        ("debug", false, fields_of::<crate::debugging::FileDebug>()),
         ("number", true, fields_of::<FileNumber>()),
         ("pbx", true, fields_of::<FilePbx>()),
     ]

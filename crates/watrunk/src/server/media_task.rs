@@ -45,6 +45,8 @@ pub struct MediaShared {
     pub ip6: Option<IpAddr>,
     pub public_ip: Option<IpAddr>,
     pub rtp_timeout: Option<Duration>,
+    /// `--key-log`: each call's keys go there, named by the WhatsApp leg's Call-ID.
+    pub key_log: Option<Arc<crate::keylog::KeyLog>>,
 }
 
 /// The media stack's failure as the leg takes it: whose fault, and what happened.
@@ -86,6 +88,10 @@ impl Core {
         }
         cfg.app_socket = entry.plain_socket.clone();
         cfg.public_ip = media.public_ip;
+        cfg.key_log = media
+            .key_log
+            .as_ref()
+            .map(|log| log.hook(entry.leg.leg(watrunk_call::LegId::WhatsApp).call_id()));
         let (tx, rx) = mpsc::channel(16);
         entry.media = Some(tx);
         // The set-up is boxed: its state would otherwise size the call's media task for its
