@@ -41,7 +41,6 @@ fn serve_standin(
 ) -> std::process::Output {
     runner
         .arg(format!("WATRUNK={}", bin().display()))
-        .arg(format!("KEY_LOG={}", dir.path().join("keys.log").display()))
         .arg(format!(
             "ANSWER_CMD=bash {}",
             peers_dir()
@@ -73,7 +72,13 @@ fn inbound_call(mode: &str) -> Run {
     let dir = TempDir::new(&format!("call-{mode}"));
     let mut unshare = Command::new(tool("unshare"));
     unshare.args(["-n", "--", "env"]);
-    let out = serve_standin(unshare, dir.path(), mode, &[("SECS", "4".into())]);
+    let key_log = dir.path().join("keys.log").display().to_string();
+    let out = serve_standin(
+        unshare,
+        dir.path(),
+        mode,
+        &[("SECS", "4".into()), ("KEY_LOG", key_log)],
+    );
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
