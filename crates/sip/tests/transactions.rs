@@ -1097,7 +1097,7 @@ fn one_source_cannot_take_every_transaction() {
     opt.headers
         .set("Via", "SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKother");
     receive_new(&mut l, t0, opt, other);
-    // The flood's first transaction ends (over UDP, Timer J keeps it 32 s after its answer).
+    // The flood's first transaction is answered: waiting out Timer J, it holds no slot.
     l.respond(t0, ids[0], reply(&uas_options(), 200, None))
         .unwrap();
     let _ = run_until(&mut l, t0, t0 + secs(33));
@@ -1105,6 +1105,56 @@ fn one_source_cannot_take_every_transaction() {
     opt.headers
         .set("Via", "SIP/2.0/UDP 192.0.2.10:5061;branch=z9hG4bKflood9");
     receive_new(&mut l, t0 + secs(33), opt, flood);
+}
+
+/// An answered request over UDP waits out Timer J for retransmissions without holding a slot: a
+/// layer of two takes any number of answered requests. Beyond `max_completed` the oldest is let go
+/// early: its retransmission is then a new request, while a younger one's still gets the layer's
+/// cached answer.
+#[test]
+fn answered_requests_wait_for_retransmissions_without_holding_a_slot() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(Config {
+        max_transactions: 2,
+        max_transactions_per_source: 2,
+        max_completed: 3,
+        ..Config::default()
+    });
+    let from = peer(Transport::Udp);
+    let mut requests = Vec::new();
+    for n in 0..5 {
+        let mut opt = uas_options();
+        opt.headers.set(
+            "Via",
+            format!("SIP/2.0/UDP 192.0.2.10:5061;branch=z9hG4bKdone{n}"),
+        );
+        let id = receive_new(&mut l, t0, opt.clone(), from.clone());
+        l.respond(t0, id, reply(&opt, 200, None)).unwrap();
+        drain(&mut l);
+        requests.push(opt);
+    }
+    assert_eq!(
+        l.len(),
+        3,
+        "the three youngest answered transactions are kept"
+    );
+    l.handle_incoming(
+        t0 + ms(500),
+        Message::Request(requests[4].clone()),
+        from.clone(),
+    )
+    .unwrap();
+    let outs = drain(&mut l);
+    assert_eq!(response(sent(&outs)[0]).status, 200, "{outs:?}");
+    assert!(
+        events(&outs).is_empty(),
+        "the TU does not see it again: {outs:?}"
+    );
+    receive_new(&mut l, t0 + ms(500), requests[0].clone(), from);
+    assert_eq!(l.len(), 4);
+    // Timer J still ends the kept ones (32 s); the new one gives up only at 32.5 s.
+    let _ = run_until(&mut l, t0, t0 + ms(32_200));
+    assert_eq!(l.len(), 1, "only the unanswered one is left");
 }
 
 #[test]

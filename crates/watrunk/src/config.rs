@@ -347,6 +347,7 @@ struct FileLimits {
     udp_per_source_rate: Option<u32>,
     max_transactions: Option<usize>,
     max_transactions_per_source: Option<usize>,
+    max_completed: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -566,6 +567,7 @@ pub struct ServeConfig {
     pub first_message_timeout: Duration,
     pub max_transactions: usize,
     pub max_transactions_per_source: usize,
+    pub max_completed: usize,
     /// Datagrams a second one address may send over UDP.
     pub udp_per_source_rate: u32,
     /// How long live calls may go on once the server is told to stop.
@@ -709,6 +711,7 @@ impl ServeConfig {
             ),
             max_transactions: file.limits.max_transactions.unwrap_or(8192),
             max_transactions_per_source: file.limits.max_transactions_per_source.unwrap_or(1024),
+            max_completed: file.limits.max_completed.unwrap_or(65_536),
             udp_per_source_rate: file.limits.udp_per_source_rate.unwrap_or(500),
             drain_timeout: Duration::from_secs(
                 args.drain_timeout_secs

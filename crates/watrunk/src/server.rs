@@ -298,6 +298,7 @@ impl Core {
                 seed: rng.next_u64(),
                 max_transactions: cfg.max_transactions,
                 max_transactions_per_source: cfg.max_transactions_per_source,
+                max_completed: cfg.max_completed,
                 ..Default::default()
             }),
             policy: uas_policy(&cfg),

@@ -72,6 +72,10 @@ pub struct Config {
     /// Live server transactions one source address may hold at most (out of dialog; the same
     /// 503 beyond it), so that one flooding host cannot take every slot.
     pub max_transactions_per_source: usize,
+    /// Answered non-INVITE server transactions kept over UDP to absorb retransmissions (Timer J,
+    /// 32 s): they count against neither limit above, and beyond this many the oldest is let go
+    /// early (a retransmission of its request after that is taken as new).
+    pub max_completed: usize,
     /// The Retry-After of an overload 503, seconds.
     pub overload_retry_after_secs: u32,
     /// `host[:port]` for the Via the layer adds to outgoing requests that carry none.
@@ -99,6 +103,7 @@ impl Default for Config {
             trying_delay: Some(Duration::from_millis(200)),
             max_transactions: 8192,
             max_transactions_per_source: 1024,
+            max_completed: 65_536,
             overload_retry_after_secs: 5,
             sent_by: None,
             udp_sent_by: None,
@@ -416,6 +421,11 @@ impl Machine {
         }
     }
 
+    /// An answered non-INVITE server transaction that only resends its response (Completed).
+    fn waits_for_retransmissions(&self) -> bool {
+        matches!(self, Machine::ServerNonInvite(t) if t.is_completed())
+    }
+
     fn is_terminated(&self) -> bool {
         match self {
             Machine::ClientInvite(t) => t.is_terminated(),
@@ -453,6 +463,8 @@ struct Entry {
     visible: bool,
     /// The source it counts against (`Config::max_transactions_per_source`), if any.
     source: Option<IpAddr>,
+    /// An answered non-INVITE server transaction waiting out Timer J (`Config::max_completed`).
+    completed: bool,
 }
 
 /// All transactions of one endpoint.
@@ -471,6 +483,9 @@ pub struct TransactionLayer {
     ack_keys: HashMap<AckKey, TransactionId>,
     /// Live out-of-dialog server transactions per source address.
     per_source: HashMap<IpAddr, usize>,
+    /// The entries that are `completed`, oldest first (some may be gone already).
+    completed: VecDeque<TransactionId>,
+    completed_count: usize,
     timers: BTreeSet<(Instant, TransactionId)>,
     out: VecDeque<Output>,
     rng: StdRng,
@@ -488,6 +503,8 @@ impl TransactionLayer {
             client_keys: HashMap::new(),
             ack_keys: HashMap::new(),
             per_source: HashMap::new(),
+            completed: VecDeque::new(),
+            completed_count: 0,
             timers: BTreeSet::new(),
             out: VecDeque::new(),
         }
@@ -500,6 +517,12 @@ impl TransactionLayer {
     /// Live transactions.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Transactions that count against `Config::max_transactions`: all but the answered
+    /// non-INVITE server transactions that only wait for retransmissions.
+    fn busy(&self) -> usize {
+        self.entries.len() - self.completed_count
     }
 
     pub fn is_empty(&self) -> bool {
@@ -556,7 +579,7 @@ impl TransactionLayer {
         if request.method == Method::ACK {
             return Err(SendError::AckIsNotATransaction);
         }
-        if self.entries.len() >= self.config.max_transactions {
+        if self.busy() >= self.config.max_transactions {
             return Err(SendError::TooManyTransactions {
                 limit: self.config.max_transactions,
             });
@@ -710,6 +733,7 @@ impl TransactionLayer {
                 scheduled: None,
                 visible,
                 source: None,
+                completed: false,
             },
         );
         self.settle(id);
@@ -735,6 +759,14 @@ impl TransactionLayer {
             entry.scheduled = next;
         }
         if !terminated {
+            if !entry.completed && entry.machine.waits_for_retransmissions() {
+                entry.completed = true;
+                let source = entry.source.take();
+                self.release_source(source);
+                self.completed_count += 1;
+                self.completed.push_back(id);
+                self.let_go_of_the_oldest_completed();
+            }
             return;
         }
         let Some(entry) = self.entries.remove(&id) else {
@@ -754,7 +786,17 @@ impl TransactionLayer {
                 self.ack_keys.remove(&k);
             }
         }
-        if let Some(ip) = entry.source {
+        self.release_source(entry.source);
+        if entry.completed {
+            self.completed_count -= 1;
+        }
+        if entry.visible {
+            self.out.push_back(Output::Event(Event::Terminated { id }));
+        }
+    }
+
+    fn release_source(&mut self, source: Option<IpAddr>) {
+        if let Some(ip) = source {
             if let Some(n) = self.per_source.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -762,8 +804,25 @@ impl TransactionLayer {
                 }
             }
         }
-        if entry.visible {
-            self.out.push_back(Output::Event(Event::Terminated { id }));
+    }
+
+    /// Beyond `Config::max_completed`, the oldest answered transactions end before their Timer J.
+    fn let_go_of_the_oldest_completed(&mut self) {
+        while self.completed_count > self.config.max_completed {
+            let Some(oldest) = self.completed.pop_front() else {
+                return;
+            };
+            if self.entries.get(&oldest).is_some_and(|e| e.completed) {
+                self.drive(oldest, |m, _| m.terminate());
+            }
+        }
+        // Ids of transactions already gone are dropped from the front as they come up.
+        while self
+            .completed
+            .front()
+            .is_some_and(|id| !self.entries.get(id).is_some_and(|e| e.completed))
+        {
+            self.completed.pop_front();
         }
     }
 
@@ -890,7 +949,7 @@ impl TransactionLayer {
         let in_dialog = req.to().is_some_and(|t| t.tag().is_some());
         let source = from.addr.ip().to_canonical();
         if !in_dialog {
-            if self.entries.len() >= self.config.max_transactions {
+            if self.busy() >= self.config.max_transactions {
                 self.reject_overloaded(&req, from, "too many transactions");
                 return Ok(());
             }
@@ -953,7 +1012,7 @@ impl TransactionLayer {
             .server_keys
             .get(&key.with_method(Method::INVITE))
             .copied();
-        if invite.is_none() && self.entries.len() >= self.config.max_transactions {
+        if invite.is_none() && self.busy() >= self.config.max_transactions {
             self.reject_overloaded(&req, from, "too many transactions");
             return;
         }

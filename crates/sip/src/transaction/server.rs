@@ -367,6 +367,10 @@ impl ServerNonInvite {
         matches!(self.state, NonInviteState::Terminated)
     }
 
+    pub fn is_completed(&self) -> bool {
+        matches!(self.state, NonInviteState::Completed { .. })
+    }
+
     pub fn terminate(&mut self) {
         self.state = NonInviteState::Terminated;
     }
