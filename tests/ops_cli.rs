@@ -99,6 +99,23 @@ fn whatsapp(args: &[&str], token: Option<&str>) -> Output {
     cmd.output().expect("run watrunk whatsapp")
 }
 
+/// `settings enable` for sip.example.com with every other setting left to its default.
+fn enable_with_defaults(graph_url: &str) -> Output {
+    whatsapp(
+        &[
+            "settings",
+            "enable",
+            "--phone-number-id",
+            PHONE_ID,
+            "--hostname",
+            "sip.example.com",
+            "--graph-url",
+            graph_url,
+        ],
+        Some(TOKEN),
+    )
+}
+
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
@@ -168,19 +185,7 @@ fn settings_enable_posts_calling_sip_toward_our_host() {
 
     // Defaults: port 5061, DTLS, no user parameters.
     let (url, seen) = graph(200, json!({"success": true}));
-    let out = whatsapp(
-        &[
-            "settings",
-            "enable",
-            "--phone-number-id",
-            PHONE_ID,
-            "--hostname",
-            "sip.example.com",
-            "--graph-url",
-            &url,
-        ],
-        Some(TOKEN),
-    );
+    let out = enable_with_defaults(&url);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let body: Value = serde_json::from_str(&seen.join().unwrap().body).unwrap();
     assert_eq!(
@@ -424,19 +429,7 @@ fn graph_errors_become_advice_with_exit_code_1() {
             json!({"error": {"message": message, "type": "OAuthException", "code": code,
                 "fbtrace_id": "Atrace"}}),
         );
-        let out = whatsapp(
-            &[
-                "settings",
-                "enable",
-                "--phone-number-id",
-                PHONE_ID,
-                "--hostname",
-                "sip.example.com",
-                "--graph-url",
-                &url,
-            ],
-            Some(TOKEN),
-        );
+        let out = enable_with_defaults(&url);
         seen.join().unwrap();
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{code}: {stderr}");
