@@ -571,6 +571,18 @@ fn config(dir: &Path, tag: &str, cert: &Path, key: &Path, password: &Path, sink:
 }
 
 /// `watrunk doctor ARGS`: exit code and stdout.
+/// `doctor` on a config file, checking the running server at `connect` and trusting the test CA.
+fn doctor_at(config: &Path, connect: &str, ca: &str) -> (Option<i32>, String) {
+    doctor(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--connect",
+        connect,
+        "--ca",
+        ca,
+    ])
+}
+
 fn doctor(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(bin())
         .arg("doctor")
@@ -621,14 +633,7 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
     let server = Server::start(&["--config", good_cfg.to_str().unwrap()]);
     let tls = server.tls.unwrap().to_string();
 
-    let (code, report) = doctor(&[
-        "--config",
-        good_cfg.to_str().unwrap(),
-        "--connect",
-        &tls,
-        "--ca",
-        ca,
-    ]);
+    let (code, report) = doctor_at(&good_cfg, &tls, ca);
     assert_eq!(code, Some(0), "{report}");
     assert!(failed(&report).is_empty(), "{report}");
     for line in [
@@ -718,14 +723,7 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
         ),
     ];
     for (what, cfg, names, detail, fix) in cases {
-        let (code, report) = doctor(&[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--connect",
-            &tls,
-            "--ca",
-            ca,
-        ]);
+        let (code, report) = doctor_at(&cfg, &tls, ca);
         assert_eq!(code, Some(1), "{what}:\n{report}");
         assert_eq!(failed(&report), names, "{what}:\n{report}");
         assert!(
@@ -741,14 +739,7 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
 
     // A TLS server that asks for a client certificate (mutual TLS, as some SBCs do by default).
     let mutual = mutual_tls_server(&good, &good_key, &d.join("ca.pem"));
-    let (code, report) = doctor(&[
-        "--config",
-        good_cfg.to_str().unwrap(),
-        "--connect",
-        &mutual.0,
-        "--ca",
-        ca,
-    ]);
+    let (code, report) = doctor_at(&good_cfg, &mutual.0, ca);
     mutual.1.join().unwrap();
     assert_eq!(code, Some(1), "{report}");
     assert_eq!(failed(&report), ["client certificate"], "{report}");
@@ -767,14 +758,7 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
 
     // Port closed: nothing listens where doctor connects; the media port is checked then.
     let closed = format!("127.0.0.1:{}", free_port());
-    let (code, report) = doctor(&[
-        "--config",
-        good_cfg.to_str().unwrap(),
-        "--connect",
-        &closed,
-        "--ca",
-        ca,
-    ]);
+    let (code, report) = doctor_at(&good_cfg, &closed, ca);
     assert_eq!(code, Some(1), "{report}");
     assert_eq!(failed(&report), ["tls port"], "{report}");
     assert!(
@@ -800,14 +784,7 @@ fn doctor_passes_a_correct_set_up_and_names_each_broken_one_with_its_fix() {
         false,
     );
     let soon_cfg = config(d, "soon", &soon, &soon_key, &password, sink_port);
-    let (code, report) = doctor(&[
-        "--config",
-        soon_cfg.to_str().unwrap(),
-        "--connect",
-        &tls,
-        "--ca",
-        ca,
-    ]);
+    let (code, report) = doctor_at(&soon_cfg, &tls, ca);
     assert_eq!(code, Some(0), "{report}");
     assert!(
         report
