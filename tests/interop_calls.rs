@@ -763,12 +763,7 @@ fn a_full_call_gives_metrics_a_cdr_dtmf_events_and_signed_webhooks() {
             .unwrap_or_else(|| panic!("{signature}"));
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"a-shared-webhook-key").unwrap();
         mac.update(format!("{t}.{}", d.body).as_bytes());
-        let want: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let want = watrunk_sip::digest::hex(&mac.finalize().into_bytes());
         assert_eq!(v1, want, "the signature of {}", d.body);
         let event: serde_json::Value = serde_json::from_str(&d.body).unwrap();
         assert_eq!(

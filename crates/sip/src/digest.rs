@@ -1082,7 +1082,8 @@ fn digest_hex<D: Digest>(parts: &[&[u8]]) -> String {
     hex(&d.finalize())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hexadecimal, as digest responses (and HMAC signatures, key logs) are written.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for &b in bytes {

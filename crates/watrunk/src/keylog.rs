@@ -75,7 +75,7 @@ pub fn lines(call_id: &str, keys: &LoggedKeys<'_>) -> String {
     let k = keys.keys;
     let mut out = String::new();
     if let Some(d) = &k.dtls {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let hex = watrunk_sip::digest::hex;
         let _ = writeln!(
             out,
             "CLIENT_RANDOM {} {}",

@@ -226,12 +226,7 @@ pub fn signature(secret: &[u8], unix: u64, body: &str) -> String {
     mac.update(unix.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = watrunk_sip::digest::hex(&mac.finalize().into_bytes());
     format!("t={unix},v1={hex}")
 }
 
