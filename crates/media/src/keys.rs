@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use watrunk_sdp::{DtlsRole, Fingerprint, SdesSuite};
 use webrtc_dtls::config::{Config as DtlsConfig, ExtendedMasterSecretType};
 use webrtc_dtls::conn::DTLSConn;
+use webrtc_dtls::crypto::Certificate;
 use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use webrtc_util::{Conn, KeyingMaterialExporter};
 
@@ -167,7 +168,9 @@ pub(crate) async fn dtls_keys(
 ) -> Result<Keys, MediaError> {
     let expected_bytes = expected.bytes.clone();
     let config = DtlsConfig {
-        certificates: vec![identity.certificate.clone()],
+        certificates: vec![Certificate::clone(&identity.certificate)],
+        roots_cas: identity.roots.clone(),
+        client_cas: identity.roots.clone(),
         srtp_protection_profiles: profiles.iter().map(|&p| dtls_profile_of(p)).collect(),
         extended_master_secret: ExtendedMasterSecretType::Request,
         // The certificate is self-signed by design (RFC 5763): trust comes from the SDP fingerprint.
