@@ -7,8 +7,8 @@
 # playing Meta's SIP server: 407, ICE-lite, DTLS), and sends the same packet load through
 # rtpengine's userspace relay (SDES-SRTP <-> RTP) and through `watrunk sim bare-relay` (plain UDP,
 # same socket layout), one after the other in the same run. Then set-up runs (DTLS at 200 and 500
-# set-ups/s, and business-placed calls at 200/s). Runs in a private network namespace (ICE peers
-# skip loopback), as root.
+# set-ups/s, calls of 0.2 s for the CPU of one set-up, and business-placed calls at 200/s). Runs in
+# a private network namespace (ICE peers skip loopback), as root.
 #
 #   scripts/bench-capacity.sh                 # CALLS="100 250 500 750 1000" WINDOW=10
 #   CALLS="500 1000" WINDOW=5 scripts/bench-capacity.sh
@@ -101,6 +101,9 @@ sleep 5 # the sweep's last sockets and processes gone first
 for rate in 200 500; do
   through_watrunk dtls 1000 --total 1000 --rate $rate --hold 2
 done
+# setup_cpu_ms: calls of 0.2 s, so that a call's CPU is mostly its set-up and tear-down (the report
+# takes off the few packets each relayed, at the sweep's cost per packet).
+through_watrunk dtls 1000 --total 1000 --rate 200 --hold 0.2
 business_calls dtls 1000 --total 1000 --rate 200 --hold 2
 
 "$root/target/release/watrunk-bench" report "$results" --docs "$root/docs"

@@ -176,6 +176,27 @@ impl Report {
             .collect()
     }
 
+    /// watrunk's CPU per full DTLS set-up of a user's call (TLS, INVITE, 407, INVITE, 200, ACK, ICE,
+    /// DTLS, the BYE at the end), in ms: the set-up run with the shortest calls and no failure, its
+    /// relay CPU per call less the packets each call relayed at the sweep's cost per packet.
+    fn setup_cpu_ms(&self, us_per_packet: Option<f64>) -> Option<f64> {
+        let run = self
+            .setups()
+            .into_iter()
+            .filter(|r| r["failed"] == 0 && direction(r) == USERS_CALL && r["srtp"] == "dtls")
+            .min_by(|a, b| {
+                num(a, &["hold"])
+                    .partial_cmp(&num(b, &["hold"]))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })?;
+        let per_call = num(run, &["run", "relay_cpu_ms_per_call"])?;
+        let calls = num(run, &["total"]).filter(|&n| n > 0.0)?;
+        let packets =
+            num(run, &["packets", "agent_received"])? + num(run, &["packets", "meta_received"])?;
+        let media_ms = packets / calls * us_per_packet? / 1000.0;
+        Some(((per_call - media_ms) * 1000.0).round() / 1000.0)
+    }
+
     fn sizes(&self) -> Vec<u64> {
         let set: BTreeSet<u64> = self
             .runs
@@ -202,6 +223,7 @@ impl Report {
             .filter(|r| r["failed"] == 0 && direction(r) == USERS_CALL)
             .filter_map(|r| num(r, &["setups_per_second"]))
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        let setup_cpu_ms = self.setup_cpu_ms(per_packet(DTLS));
         let p99 = top.and_then(|r| {
             let a = num(r, &["latency_ms", "to_agent", "p99"])?;
             let b = num(r, &["latency_ms", "to_meta", "p99"])?;
@@ -215,6 +237,8 @@ impl Report {
             "bare_relay_us_per_packet": per_packet(BARE),
             "rtpengine_us_per_packet": per_packet(RTPENGINE),
             "setups_per_second": fastest_setup,
+            "setup_cpu_ms": setup_cpu_ms,
+            "generator_cores_at_max": top.and_then(|r| num(r, &["window", "generator_cores"])),
             "p99_added_latency_ms": p99,
             "rss_kib_per_call": top.and_then(|r| num(r, &["rss_kib", "per_call"])),
             "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
