@@ -1158,6 +1158,58 @@ fn answered_requests_wait_for_retransmissions_without_holding_a_slot() {
 }
 
 #[test]
+fn an_acked_2xx_waits_out_timer_l_without_holding_a_slot() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(Config {
+        max_transactions: 2,
+        max_transactions_per_source: 2,
+        ..Config::default()
+    });
+    let from = peer(Transport::Udp);
+    let call = |n: u32| {
+        let mut invite = uas_invite(Some(&format!("z9hG4bKcall{n}")));
+        invite.headers.set("Call-ID", format!("in-{n}"));
+        invite
+    };
+    let answer = |l: &mut TransactionLayer, invite: &Request, id| {
+        let ok = Response::dialog_response(invite, 200, "OK", "uas1", "<sip:a@sip.example.com>");
+        l.respond(t0, id, ok).unwrap();
+        drain(l);
+    };
+    // Calls answered and ACKed, one after the other: more than both limits.
+    for n in 0..4 {
+        let invite = call(n);
+        let id = receive_new(&mut l, t0, invite.clone(), from.clone());
+        answer(&mut l, &invite, id);
+        let mut ack = ack_for(&invite, "uas1");
+        ack.headers.set(
+            "Via",
+            format!("SIP/2.0/UDP 192.0.2.10:5061;branch=z9hG4bKack{n}"),
+        );
+        l.handle_incoming(t0, Message::Request(ack), from.clone())
+            .unwrap();
+        drain(&mut l);
+    }
+    assert_eq!(l.len(), 4, "each waits out Timer L");
+    // The INVITE of an ACKed call, resent, is still absorbed.
+    l.handle_incoming(t0 + ms(100), Message::Request(call(3)), from.clone())
+        .unwrap();
+    assert!(drain(&mut l).is_empty());
+    // A 2xx not ACKed yet still holds its slot.
+    for n in 4..6 {
+        let invite = call(n);
+        let id = receive_new(&mut l, t0, invite.clone(), from.clone());
+        answer(&mut l, &invite, id);
+    }
+    l.handle_incoming(t0 + ms(100), Message::Request(call(6)), from.clone())
+        .unwrap();
+    let outs = drain(&mut l);
+    assert_eq!(response(sent(&outs)[0]).status, 503, "{outs:?}");
+    let _ = run_until(&mut l, t0, t0 + secs(33));
+    assert!(l.is_empty(), "Timer L ends them all");
+}
+
+#[test]
 fn client_invite_passes_every_2xx_to_the_tu_until_timer_m() {
     let t0 = Instant::now();
     let mut l = layer();

@@ -72,9 +72,10 @@ pub struct Config {
     /// Live server transactions one source address may hold at most (out of dialog; the same
     /// 503 beyond it), so that one flooding host cannot take every slot.
     pub max_transactions_per_source: usize,
-    /// Answered non-INVITE server transactions kept over UDP to absorb retransmissions (Timer J,
-    /// 32 s): they count against neither limit above, and beyond this many the oldest is let go
-    /// early (a retransmission of its request after that is taken as new).
+    /// Answered server transactions kept to absorb retransmissions (non-INVITE over UDP: Timer
+    /// J, 32 s; an INVITE whose 2xx was ACKed: Timer L, 32 s): they count against neither limit
+    /// above, and beyond this many the oldest is let go early (a retransmission of its request
+    /// after that is taken as new).
     pub max_completed: usize,
     /// The Retry-After of an overload 503, seconds.
     pub overload_retry_after_secs: u32,
@@ -421,9 +422,14 @@ impl Machine {
         }
     }
 
-    /// An answered non-INVITE server transaction that only resends its response (Completed).
+    /// A server transaction that only absorbs retransmissions: an answered non-INVITE one
+    /// (Completed, Timer J) or an INVITE whose 2xx was ACKed (Accepted, Timer L).
     fn waits_for_retransmissions(&self) -> bool {
-        matches!(self, Machine::ServerNonInvite(t) if t.is_completed())
+        match self {
+            Machine::ServerNonInvite(t) => t.is_completed(),
+            Machine::ServerInvite(t) => t.is_acked_accepted(),
+            _ => false,
+        }
     }
 
     fn is_terminated(&self) -> bool {
@@ -463,7 +469,7 @@ struct Entry {
     visible: bool,
     /// The source it counts against (`Config::max_transactions_per_source`), if any.
     source: Option<IpAddr>,
-    /// An answered non-INVITE server transaction waiting out Timer J (`Config::max_completed`).
+    /// A server transaction waiting out Timer J or, ACKed, Timer L (`Config::max_completed`).
     completed: bool,
 }
 
@@ -806,7 +812,8 @@ impl TransactionLayer {
         }
     }
 
-    /// Beyond `Config::max_completed`, the oldest answered transactions end before their Timer J.
+    /// Beyond `Config::max_completed`, the oldest answered transactions end before their Timer J
+    /// (or L).
     fn let_go_of_the_oldest_completed(&mut self) {
         while self.completed_count > self.config.max_completed {
             let Some(oldest) = self.completed.pop_front() else {

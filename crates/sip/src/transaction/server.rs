@@ -106,6 +106,11 @@ impl ServerInvite {
         !matches!(self.state, InviteState::Proceeding { .. })
     }
 
+    /// A 2xx sent and ACKed: only a retransmitted INVITE is absorbed until Timer L (Accepted).
+    pub fn is_acked_accepted(&self) -> bool {
+        matches!(self.state, InviteState::Accepted { resend: None, .. })
+    }
+
     /// The To tag our responses carry (or will carry), chosen now if no tagged response was sent
     /// yet.
     pub fn to_tag(&self) -> String {

@@ -94,7 +94,7 @@ const FILE_ONLY: &[(&str, &str)] = &[
     ("limits.udp_per_source_rate", "UDP datagrams one address may send per second (500)."),
     ("limits.max_transactions", "Server transactions open at once, from all sources together (8192)."),
     ("limits.max_transactions_per_source", "Server transactions open at once for one address (1024)."),
-    ("limits.max_completed", "Answered non-INVITE transactions kept over UDP for their retransmissions (Timer J, 32 s), which count against neither limit above; beyond, the oldest is let go early (65536)."),
+    ("limits.max_completed", "Answered transactions kept for their retransmissions (non-INVITE over UDP: Timer J, 32 s; an INVITE whose 2xx was ACKed: Timer L, 32 s), which count against neither limit above; beyond, the oldest is let go early (65536)."),
     ("number.password_file", "A file holding this number's SIP password (Meta's, per number); default: `auth.password_file`."),
     ("number.password", "This number's SIP password itself, instead of `password_file` (keep the file private)."),
     ("number.challenge", "Challenge INVITEs to this number; default: `auth.challenge`."),
