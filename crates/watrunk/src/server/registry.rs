@@ -134,6 +134,15 @@ pub struct Calls {
     by_sip_call_id: HashMap<String, (CallKey, LegId)>,
     by_name: HashMap<String, CallKey>,
     by_transaction: HashMap<TransactionId, (CallKey, LegId)>,
+    /// What each call put in the two indexes above, so that its end removes just that (a `retain`
+    /// over every live call's entries made each call's end cost O(calls)).
+    indexed: HashMap<CallKey, Indexed>,
+}
+
+#[derive(Default)]
+struct Indexed {
+    sip_call_ids: Vec<String>,
+    transactions: Vec<TransactionId>,
 }
 
 /// Who a new call is with, for its entry.
@@ -196,8 +205,7 @@ impl Calls {
 
     /// Registers a call under its key, SIP Call-ID and name.
     pub(super) fn insert(&mut self, key: CallKey, sip_call_id: &str, entry: Entry) {
-        self.by_sip_call_id
-            .insert(sip_call_id.to_string(), (key, LegId::WhatsApp));
+        self.index_call_id(sip_call_id, key, LegId::WhatsApp);
         self.by_name.insert(entry.id.clone(), key);
         self.entries.insert(key, Box::new(entry));
     }
@@ -209,21 +217,30 @@ impl Calls {
 
     pub(super) fn index_leg_transaction(&mut self, id: TransactionId, key: CallKey, leg: LegId) {
         self.by_transaction.insert(id, (key, leg));
+        self.indexed.entry(key).or_default().transactions.push(id);
     }
 
     /// A bridged call's PBX leg has a Call-ID of its own.
     pub(super) fn index_call_id(&mut self, sip_call_id: &str, key: CallKey, leg: LegId) {
         self.by_sip_call_id
             .insert(sip_call_id.to_string(), (key, leg));
+        self.indexed
+            .entry(key)
+            .or_default()
+            .sip_call_ids
+            .push(sip_call_id.to_string());
     }
 
     /// A call's transfer leg became its PBX leg (`BridgeOutput::Promoted`): its Call-ID and its
     /// transactions are the PBX leg's from now on.
     pub(super) fn promote(&mut self, sip_call_id: &str, key: CallKey) {
         self.index_call_id(sip_call_id, key, LegId::Pbx);
-        for (k, leg) in self.by_transaction.values_mut() {
-            if *k == key && *leg == LegId::Transfer {
-                *leg = LegId::Pbx;
+        let ids = self.indexed.get(&key).map(|i| i.transactions.as_slice());
+        for id in ids.unwrap_or_default() {
+            if let Some((k, leg)) = self.by_transaction.get_mut(id) {
+                if *k == key && *leg == LegId::Transfer {
+                    *leg = LegId::Pbx;
+                }
             }
         }
     }
@@ -255,9 +272,22 @@ impl Calls {
     /// Forgets a call and every index to it.
     pub(super) fn remove(&mut self, key: CallKey) -> Option<Box<Entry>> {
         let entry = self.entries.remove(&key)?;
-        self.by_sip_call_id.retain(|_, (k, _)| *k != key);
         self.by_name.remove(&entry.id);
-        self.by_transaction.retain(|_, (k, _)| *k != key);
+        let indexed = self.indexed.remove(&key).unwrap_or_default();
+        for call_id in indexed.sip_call_ids {
+            if self
+                .by_sip_call_id
+                .get(&call_id)
+                .is_some_and(|(k, _)| *k == key)
+            {
+                self.by_sip_call_id.remove(&call_id);
+            }
+        }
+        for id in indexed.transactions {
+            if self.by_transaction.get(&id).is_some_and(|(k, _)| *k == key) {
+                self.by_transaction.remove(&id);
+            }
+        }
         Some(entry)
     }
 
