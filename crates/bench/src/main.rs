@@ -85,10 +85,17 @@ fn main() -> Result<()> {
     }
     let report = Report::new(runs);
     let headline = report.headline();
-    std::fs::write(
-        docs.join("benchmarks.json"),
-        serde_json::to_string_pretty(&headline)? + "\n",
-    )?;
+    // The figures other scripts write into the same file (bench-sipp.sh's `sipp_ratio` and
+    // `sipp_call_ratio`) are kept; this report's own keys are replaced.
+    let json_path = docs.join("benchmarks.json");
+    let mut figures = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Map<String, Value>>(&t).ok())
+        .unwrap_or_default();
+    if let Value::Object(ours) = &headline {
+        figures.extend(ours.clone());
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&figures)? + "\n")?;
     report.plot(&docs.join("capacity.png"))?;
     let section = report.markdown(&headline);
     let md_path = docs.join("benchmarks.md");
