@@ -24,12 +24,6 @@ mod whatsapp_cli;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than glibc's malloc: the set-up path allocates in many small pieces (SIP
-/// messages, webrtc-rs's ICE and DTLS), and glibc's malloc, free and consolidation took about 9 %
-/// of serve's CPU per call (docs/benchmarks.md, 2026-12-08).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "watrunk",
