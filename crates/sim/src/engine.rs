@@ -71,7 +71,6 @@ pub(crate) struct MetaSide {
 }
 
 struct Media {
-    remote: SocketAddr,
     keys: Keys,
     seq: u32,
     speaking: bool,
@@ -189,7 +188,7 @@ fn meta_side(
                         }
                     }
                 }
-                match c.socket.send_to(&buf[..n], m.remote) {
+                match c.socket.send(&buf[..n]) {
                     Ok(_) => counters.meta_sent.fetch_add(1, Relaxed),
                     Err(_) => counters.send_failed.fetch_add(1, Relaxed),
                 };
@@ -313,10 +312,13 @@ fn command(
             first_rtp,
         } => {
             if let Some(Some(c)) = calls.get_mut(call as usize) {
-                // The handshake is over: later DTLS records are dropped.
+                // The handshake is over: later DTLS records are dropped. Connected, the socket
+                // sends without a route lookup per packet, and hears only the relay.
                 c.dtls = None;
+                if c.socket.connect(remote).is_err() {
+                    counters.send_failed.fetch_add(1, Relaxed);
+                }
                 c.media = Some(Media {
-                    remote,
                     keys,
                     seq: 0,
                     speaking: speak_first,
