@@ -251,3 +251,78 @@ pub(crate) async fn dtls_keys(
         logged,
     })
 }
+
+/// A connected view of a plain UDP socket for the DTLS endpoint: what DTLS writes goes to
+/// `remote`; what it reads comes from the endpoint's channel.
+struct UdpTo {
+    socket: Arc<std::net::UdpSocket>,
+    remote: std::net::SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl Conn for UdpTo {
+    async fn connect(&self, _addr: std::net::SocketAddr) -> Result<(), webrtc_util::Error> {
+        Err(webrtc_util::Error::Other("already connected".into()))
+    }
+
+    async fn recv(&self, _buf: &mut [u8]) -> Result<usize, webrtc_util::Error> {
+        Err(webrtc_util::Error::Other(
+            "records come through the endpoint".into(),
+        ))
+    }
+
+    async fn recv_from(
+        &self,
+        _buf: &mut [u8],
+    ) -> Result<(usize, std::net::SocketAddr), webrtc_util::Error> {
+        Err(webrtc_util::Error::Other(
+            "records come through the endpoint".into(),
+        ))
+    }
+
+    async fn send(&self, buf: &[u8]) -> Result<usize, webrtc_util::Error> {
+        Ok(self.socket.send_to(buf, self.remote)?)
+    }
+
+    async fn send_to(
+        &self,
+        buf: &[u8],
+        _target: std::net::SocketAddr,
+    ) -> Result<usize, webrtc_util::Error> {
+        self.send(buf).await
+    }
+
+    fn local_addr(&self) -> Result<std::net::SocketAddr, webrtc_util::Error> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        Some(self.remote)
+    }
+
+    async fn close(&self) -> Result<(), webrtc_util::Error> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// A DTLS-SRTP handshake over a plain UDP socket whose reader is someone else (`watrunk sim
+/// load`'s packet engine): the DTLS records it reads come through `records`, what it writes goes
+/// from `socket` to `remote`. The peer's certificate is checked against `expected`. Returns the
+/// outbound and inbound SRTP contexts and the profile's name.
+pub async fn dtls_srtp_over_udp(
+    socket: Arc<std::net::UdpSocket>,
+    remote: std::net::SocketAddr,
+    records: mpsc::Receiver<Vec<u8>>,
+    identity: &Identity,
+    expected: &Fingerprint,
+    role: DtlsRole,
+) -> Result<(SrtpContext, SrtpContext, &'static str), MediaError> {
+    let conn: Arc<dyn Conn + Send + Sync> = Arc::new(UdpTo { socket, remote });
+    let profiles = [SrtpProfile::AeadAes128Gcm, SrtpProfile::AesCm128HmacSha1_80];
+    let keys = dtls_keys(conn, records, identity, expected, role, &profiles, false).await?;
+    Ok((keys.outbound, keys.inbound, keys.profile))
+}

@@ -32,7 +32,8 @@ pub mod transcode;
 
 pub use demux::{classify, is_rtcp, PacketKind};
 pub use identity::Identity;
-pub use keys::{DtlsSecrets, KeyLogHook, KeyMaterial, LoggedKeys, SinkKeys};
+pub use keys::{dtls_srtp_over_udp, DtlsSecrets, KeyLogHook, KeyMaterial, LoggedKeys, SinkKeys};
+pub use lite::answer_check;
 pub use mux::MediaSocket;
 pub use restamp::SinkPayloads;
 pub use session::{

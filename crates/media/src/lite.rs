@@ -69,7 +69,7 @@ pub(crate) fn respond(
 
 /// The success response to a binding request for `username` signed with `password`, and whether
 /// it nominates; `None` for anything else (dropped, as a lite agent that is not asked).
-pub(crate) fn answer_check(
+pub fn answer_check(
     packet: &[u8],
     from: SocketAddr,
     username: &str,

@@ -6,6 +6,7 @@
 
 /// Opus tone, recorder and frequency estimate (also what tests decode captured RTP with).
 pub mod audio;
+mod engine;
 pub mod judge;
 mod link;
 mod load;

@@ -3,7 +3,9 @@
 //! own media socket), with Opus-sized packets at 50 per second each way. The agent's side is this
 //! process too (`--sink`, which the relay under test sends every call's plain RTP to): it echoes
 //! each packet, so both ends of the path share one clock and every packet carries its own
-//! timestamps (sent by "Meta", echoed by the agent). The same load can go through rtpengine's
+//! timestamps (sent by "Meta", echoed by the agent). Set-up runs in a task per call; the packets
+//! of all calls run on two threads (`engine`: Meta's side, SRTP in place on each call's socket,
+//! and the agent's side, batched), so that the generator costs less than the relay it measures. The same load can go through rtpengine's
 //! userspace relay (ng protocol) or a bare UDP relay (`sim bare-relay`) as references in the same
 //! run. One `sim.load` JSON line reports set-up times, loss, one-way latency and jitter (p50, p99,
 //! max) and, over a measurement window at full load, the relay's and this generator's CPU per
@@ -23,11 +25,13 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch, Semaphore};
-use watrunk_media::{Identity, MediaEvent, MediaSession};
-use watrunk_sdp::{self as sdp, MediaPlan, Security};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use watrunk_media::srtp::{SrtpContext, SrtpProfile};
+use watrunk_media::{dtls_srtp_over_udp, Identity, MediaEvent, MediaSession};
+use watrunk_sdp::{self as sdp, Capabilities, Keying, LocalMedia, MediaPlan, SdesSuite, Security};
 use watrunk_sip::{new_tag, Dialog, Message, Method, Response};
 
+use super::engine::{self, agent_side, Command, Engine, Ice, Keys};
 use super::link::Link;
 use super::media::{MediaOptions, Relay};
 use super::placed::{Incoming, Placing};
@@ -140,15 +144,15 @@ const PT: u8 = 111;
 const MAGIC: [u8; 4] = [0xf8, b'W', b'T', b'L'];
 /// The payload's stamp: magic, call, sequence, sent (ns), echoed (ns).
 const STAMP: usize = 28;
-const SLOTS: u64 = 20;
+pub(crate) const SLOTS: u64 = 20;
 
 /// One packet's stamp, read from an RTP payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    call: u32,
-    seq: u32,
-    sent_ns: u64,
-    echoed_ns: u64,
+pub(crate) struct Stamp {
+    pub(crate) call: u32,
+    pub(crate) seq: u32,
+    pub(crate) sent_ns: u64,
+    pub(crate) echoed_ns: u64,
 }
 
 fn payload_offset(packet: &[u8]) -> Option<usize> {
@@ -164,7 +168,7 @@ fn payload_offset(packet: &[u8]) -> Option<usize> {
     (packet.len() >= offset + STAMP).then_some(offset)
 }
 
-fn read_stamp(packet: &[u8]) -> Option<(usize, Stamp)> {
+pub(crate) fn read_stamp(packet: &[u8]) -> Option<(usize, Stamp)> {
     let at = payload_offset(packet)?;
     let p = &packet[at..at + STAMP];
     if p[..4] != MAGIC {
@@ -183,7 +187,7 @@ fn read_stamp(packet: &[u8]) -> Option<(usize, Stamp)> {
     ))
 }
 
-fn write_packet(buf: &mut [u8], payload: usize, stamp: Stamp) -> usize {
+pub(crate) fn write_packet(buf: &mut [u8], payload: usize, stamp: Stamp) -> usize {
     let len = 12 + payload.max(STAMP);
     buf[0] = 0x80;
     buf[1] = PT;
@@ -202,7 +206,7 @@ fn write_packet(buf: &mut [u8], payload: usize, stamp: Stamp) -> usize {
 
 /// One direction of one call: what arrived, by sequence range, and RFC 3550 interarrival jitter.
 #[derive(Debug, Default, Clone)]
-struct Flow {
+pub(crate) struct Flow {
     received: u64,
     min_seq: u32,
     max_seq: u32,
@@ -213,7 +217,7 @@ struct Flow {
 impl Flow {
     /// Records one packet; returns how much it changed the count of lost packets (a gap before it
     /// adds, a late packet filling one takes away).
-    fn record(&mut self, seq: u32, sent_ns: u64, now_ns: u64) -> i64 {
+    pub(crate) fn record(&mut self, seq: u32, sent_ns: u64, now_ns: u64) -> i64 {
         let lost_before = self.lost() as i64;
         if self.received == 0 {
             self.min_seq = seq;
@@ -246,200 +250,39 @@ impl Flow {
 
 /// Counters the packet tasks keep and the window reads (one writer each).
 #[derive(Default)]
-struct Counters {
-    meta_sent: AtomicU64,
-    meta_received: AtomicU64,
-    agent_received: AtomicU64,
-    send_failed: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) meta_sent: AtomicU64,
+    pub(crate) meta_received: AtomicU64,
+    pub(crate) agent_received: AtomicU64,
+    pub(crate) send_failed: AtomicU64,
     /// Packets missing from each direction's sequence ranges so far.
-    lost_to_agent: AtomicI64,
-    lost_to_meta: AtomicI64,
+    pub(crate) lost_to_agent: AtomicI64,
+    pub(crate) lost_to_meta: AtomicI64,
     /// Calls whose echo has come back at least once, and are still up.
-    flowing: AtomicUsize,
+    pub(crate) flowing: AtomicUsize,
     /// `--echo-unstamped`: packets without a stamp count as received too (and the agent sends
     /// them back).
-    unstamped: AtomicBool,
+    pub(crate) unstamped: AtomicBool,
 }
 
 /// The shared clock of both ends and the switch that opens the latency window.
-struct Clock {
-    epoch: Instant,
-    measuring: AtomicBool,
+pub(crate) struct Clock {
+    pub(crate) epoch: Instant,
+    pub(crate) measuring: AtomicBool,
 }
 
 impl Clock {
-    fn now_ns(&self) -> u64 {
+    pub(crate) fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-enum Control {
-    /// Call `call`'s plain side is at this address: start sending to it.
-    Up(u32, SocketAddr),
-    Down(u32),
-}
-
-/// What the Meta side's packet task knew at the end.
-struct MetaSide {
-    flows: Vec<Flow>,
-    latency: Histogram<u64>,
-    round_trip: Histogram<u64>,
-}
-
-/// Meta's side of every call's plain RTP: sends each call a stamped packet every 20 ms (calls
-/// spread over 20 one-millisecond slots) and reads the echoes.
-async fn meta_side(
-    socket: UdpSocket,
-    mut control: mpsc::Receiver<Control>,
-    total: usize,
-    payload: usize,
-    clock: Arc<Clock>,
-    counters: Arc<Counters>,
-) -> MetaSide {
-    let mut flows = vec![Flow::default(); total];
-    let mut targets: Vec<Option<(SocketAddr, u32)>> = vec![None; total];
-    let mut heard = vec![false; total];
-    let mut slots: Vec<Vec<u32>> = vec![Vec::new(); SLOTS as usize];
-    let mut latency = histogram();
-    let mut round_trip = histogram();
-    let start = tokio::time::Instant::now();
-    let mut next_slot: u64 = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut buf = [0u8; 1500];
-    loop {
-        tokio::select! {
-            biased;
-            c = control.recv() => match c {
-                Some(Control::Up(call, to)) => {
-                    if let Some(t) = targets.get_mut(call as usize) {
-                        *t = Some((to, 0));
-                        slots[call as usize % SLOTS as usize].push(call);
-                    }
-                }
-                Some(Control::Down(call)) => {
-                    let slot = &mut slots[call as usize % SLOTS as usize];
-                    slot.retain(|&c| c != call);
-                    if let Some(t) = targets.get_mut(call as usize) {
-                        *t = None;
-                    }
-                    if heard.get(call as usize).copied().unwrap_or(false) {
-                        counters.flowing.fetch_sub(1, Relaxed);
-                    }
-                }
-                None => break,
-            },
-            _ = tick.tick() => {
-                let due = start.elapsed().as_millis() as u64;
-                while next_slot <= due {
-                    for &call in &slots[(next_slot % SLOTS) as usize] {
-                        let Some((to, seq)) = targets[call as usize].as_mut() else { continue };
-                        let stamp = Stamp { call, seq: *seq, sent_ns: clock.now_ns(), echoed_ns: 0 };
-                        *seq += 1;
-                        let n = write_packet(&mut buf, payload, stamp);
-                        match socket.try_send_to(&buf[..n], *to) {
-                            Ok(_) => counters.meta_sent.fetch_add(1, Relaxed),
-                            Err(_) => counters.send_failed.fetch_add(1, Relaxed),
-                        };
-                    }
-                    next_slot += 1;
-                }
-            }
-            r = socket.readable() => {
-                if r.is_err() {
-                    break;
-                }
-                while let Ok((n, _)) = socket.try_recv_from(&mut buf) {
-                    let Some((_, s)) = read_stamp(&buf[..n]) else {
-                        if counters.unstamped.load(Relaxed) {
-                            counters.meta_received.fetch_add(1, Relaxed);
-                        }
-                        continue;
-                    };
-                    let Some(flow) = flows.get_mut(s.call as usize) else { continue };
-                    let now = clock.now_ns();
-                    let lost = flow.record(s.seq, s.echoed_ns, now);
-                    counters.lost_to_meta.fetch_add(lost, Relaxed);
-                    counters.meta_received.fetch_add(1, Relaxed);
-                    if !heard[s.call as usize] && targets[s.call as usize].is_some() {
-                        heard[s.call as usize] = true;
-                        counters.flowing.fetch_add(1, Relaxed);
-                    }
-                    if clock.measuring.load(Relaxed) {
-                        let _ = latency.record(now.saturating_sub(s.echoed_ns) / 1000);
-                        let _ = round_trip.record(now.saturating_sub(s.sent_ns) / 1000);
-                    }
-                }
-            }
-        }
-    }
-    MetaSide {
-        flows,
-        latency,
-        round_trip,
-    }
-}
-
-struct AgentSide {
-    flows: Vec<Flow>,
-    latency: Histogram<u64>,
-}
-
-/// The agent behind the relay: every stamped packet is recorded and sent straight back with the
-/// echo time written in.
-async fn agent_side(
-    socket: UdpSocket,
-    mut stop: watch::Receiver<bool>,
-    total: usize,
-    clock: Arc<Clock>,
-    counters: Arc<Counters>,
-    echo_unstamped: bool,
-) -> AgentSide {
-    let mut flows = vec![Flow::default(); total];
-    let mut latency = histogram();
-    let mut buf = [0u8; 1500];
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            r = socket.readable() => {
-                if r.is_err() {
-                    break;
-                }
-                while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
-                    let Some((at, s)) = read_stamp(&buf[..n]) else {
-                        if echo_unstamped {
-                            counters.agent_received.fetch_add(1, Relaxed);
-                            if socket.try_send_to(&buf[..n], from).is_err() {
-                                counters.send_failed.fetch_add(1, Relaxed);
-                            }
-                        }
-                        continue;
-                    };
-                    let Some(flow) = flows.get_mut(s.call as usize) else { continue };
-                    let now = clock.now_ns();
-                    let lost = flow.record(s.seq, s.sent_ns, now);
-                    counters.lost_to_agent.fetch_add(lost, Relaxed);
-                    counters.agent_received.fetch_add(1, Relaxed);
-                    if clock.measuring.load(Relaxed) {
-                        let _ = latency.record(now.saturating_sub(s.sent_ns) / 1000);
-                    }
-                    buf[at + 20..at + 28].copy_from_slice(&clock.now_ns().to_be_bytes());
-                    if socket.try_send_to(&buf[..n], from).is_err() {
-                        counters.send_failed.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-        }
-    }
-    AgentSide { flows, latency }
-}
-
 /// A UDP socket with room for bursts (the default 208 KiB overflows at a few hundred calls).
-fn roomy_socket(addr: SocketAddr) -> Result<UdpSocket> {
+fn roomy_socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
     } else {
@@ -452,7 +295,7 @@ fn roomy_socket(addr: SocketAddr) -> Result<UdpSocket> {
     socket
         .bind(&addr.into())
         .with_context(|| format!("cannot bind {addr}"))?;
-    Ok(UdpSocket::from_std(socket.into())?)
+    Ok(socket.into())
 }
 
 /// One call's set-up times from its first message (INVITE or ng offer), and how it ended.
@@ -477,8 +320,8 @@ struct Shared {
     password: Option<String>,
     identity: Identity,
     options: MediaOptions,
-    meta_addr: SocketAddr,
-    control: mpsc::Sender<Control>,
+    /// Meta's side of every call's packets.
+    engine: std::sync::mpsc::Sender<Command>,
     /// Turns true when calls held "until the window closed" are to hang up.
     hang_up: watch::Receiver<bool>,
     started: Instant,
@@ -562,19 +405,46 @@ async fn call_inner(
 ) -> Result<()> {
     let args = &shared.args;
     let t0 = Instant::now();
-    if args.through == Through::Bare {
-        return bare_call(shared, call, record, t0, rng).await;
-    }
-    if let Some(placing) = &shared.placing {
-        return placed_call(shared, placing, call, record, t0, rng).await;
-    }
+    let socket = engine::call_socket(args.media_ip)?;
+    let _ = shared.engine.send(Command::Open {
+        call,
+        socket: socket.clone(),
+    });
+    let outcome = match (&shared.placing, args.through) {
+        (_, Through::Bare) => bare_call(shared, call, record, t0, rng).await,
+        (Some(placing), _) => placed_call(shared, placing, call, &socket, record, t0, rng).await,
+        (None, _) => offered_call(shared, call, &socket, record, t0, rng).await,
+    };
+    let _ = shared.engine.send(Command::Close(call));
+    outcome
+}
+
+/// A call Meta places (or rtpengine carries): our offer, its answer, then ICE-lite and DTLS (or
+/// SDES keys) on the call's own socket, and the packets on the engine.
+async fn offered_call(
+    shared: &Shared,
+    call: u32,
+    socket: &Arc<std::net::UdpSocket>,
+    record: &mut CallRecord,
+    t0: Instant,
+    rng: &mut Draws,
+) -> Result<()> {
+    let args = &shared.args;
     let security = match args.srtp {
         SrtpMode::Dtls => Security::Dtls,
         SrtpMode::Sdes => Security::Sdes,
     };
-    let relay = Relay::with_identity(shared.options.clone(), shared.identity.clone()).await?;
-    let leg = relay.leg_to(security, shared.meta_addr, rng).await?;
-    let (offer, offer_state) = leg.offer()?;
+    let mut local = LocalMedia::for_capabilities(&Capabilities::whatsapp(security), rng)
+        .with_candidates([socket.local_addr()?])
+        .with_fingerprint(shared.identity.fingerprint().clone());
+    if security == Security::Dtls {
+        local.ice_lite = true;
+    } else {
+        local.ice_ufrag.clear();
+        local.ice_pwd.clear();
+    }
+    let offer_state = sdp::offer(&local).map_err(|e| anyhow!("our offer: {e}"))?;
+    let offer = sdp::print(offer_state.sdp());
     let (signalling, plan) = match args.through {
         Through::Watrunk => {
             let target = shared
@@ -616,23 +486,138 @@ async fn call_inner(
             record.answered_ms = Some(ms_since(t0));
             (Signalling::Ng { call_id }, plan)
         }
-        Through::Bare => unreachable!("handled above"),
+        Through::Bare => unreachable!("handled by the caller"),
     };
-    let session = leg.start_session(plan, &shared.options);
-    let _ = shared
-        .control
-        .send(Control::Up(call, session.app_addr()))
-        .await;
-    let outcome = hold(shared, call, Some(session), signalling, record, t0, rng).await;
-    drop(relay);
-    outcome
+    let media = secure(shared, call, socket, &local, &plan, record, t0);
+    let (remote, keys) = match tokio::time::timeout(Duration::from_secs(10), media).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            signalling.end(args.ng, 0, rng).await;
+            return Err(e);
+        }
+        Err(_) => {
+            signalling.end(args.ng, 0, rng).await;
+            bail!("media failed: no ICE nomination or DTLS handshake in 10 s");
+        }
+    };
+    let (first_rtp, first_rtp_rx) = oneshot::channel();
+    let _ = shared.engine.send(Command::Start {
+        call,
+        remote,
+        keys,
+        speak_first: args.through == Through::Rtpengine,
+        first_rtp: Some(first_rtp),
+    });
+    hold(
+        shared,
+        None,
+        Some(first_rtp_rx),
+        signalling,
+        record,
+        t0,
+        rng,
+    )
+    .await
+}
+
+/// The call's keys and where its packets go: ICE-lite answers until the relay nominates our
+/// address, then the DTLS handshake; or the SDES keys of the SDP and its address.
+async fn secure(
+    shared: &Shared,
+    call: u32,
+    socket: &Arc<std::net::UdpSocket>,
+    local: &LocalMedia,
+    plan: &MediaPlan,
+    record: &mut CallRecord,
+    t0: Instant,
+) -> Result<(SocketAddr, Keys)> {
+    let keys = match &plan.keying {
+        Keying::Sdes {
+            suite,
+            local_key,
+            remote_key,
+            ..
+        } => {
+            let profile = match suite {
+                SdesSuite::AesCm128HmacSha1_80 => SrtpProfile::AesCm128HmacSha1_80,
+                SdesSuite::AesCm128HmacSha1_32 => SrtpProfile::AesCm128HmacSha1_32,
+            };
+            let context = |key: &[u8]| {
+                let key = key.get(..30).ok_or_else(|| anyhow!("short SDES key"))?;
+                SrtpContext::new(profile, &key[..16], &key[16..])
+                    .map(Box::new)
+                    .map_err(|e| anyhow!("SDES keys: {e}"))
+            };
+            let remote = plan
+                .remote_rtp
+                .ok_or_else(|| anyhow!("no media address in the answer"))?;
+            let keys = Keys::Srtp {
+                outbound: context(local_key)?,
+                inbound: context(remote_key)?,
+            };
+            (remote, keys)
+        }
+        Keying::Dtls { fingerprint, role } => {
+            let (records, records_rx) = mpsc::channel(32);
+            let remote = match &plan.remote_ice {
+                Some(theirs) => {
+                    let (nominated, nominated_rx) = oneshot::channel();
+                    let _ = shared.engine.send(Command::Connect {
+                        call,
+                        ice: Some(Ice {
+                            username: format!("{}:{}", local.ice_ufrag, theirs.ufrag),
+                            pwd: local.ice_pwd.clone(),
+                            nominated: Some(nominated),
+                        }),
+                        dtls: Some(records),
+                    });
+                    let remote = nominated_rx
+                        .await
+                        .map_err(|_| anyhow!("media failed: the call's socket was closed"))?;
+                    record.ice_ms = Some(ms_since(t0));
+                    remote
+                }
+                None => {
+                    let _ = shared.engine.send(Command::Connect {
+                        call,
+                        ice: None,
+                        dtls: Some(records),
+                    });
+                    plan.remote_rtp
+                        .ok_or_else(|| anyhow!("no media address in the answer"))?
+                }
+            };
+            let (outbound, inbound, _) = dtls_srtp_over_udp(
+                socket.clone(),
+                remote,
+                records_rx,
+                &shared.identity,
+                fingerprint,
+                *role,
+            )
+            .await
+            .map_err(|e| anyhow!("media failed: {e}"))?;
+            let keys = Keys::Srtp {
+                outbound: Box::new(outbound),
+                inbound: Box::new(inbound),
+            };
+            (remote, keys)
+        }
+        Keying::Plain => bail!("plain RTP toward Meta"),
+    };
+    record.secure_ms = Some(ms_since(t0));
+    record.secure_at = Some(shared.started.elapsed());
+    Ok(keys)
 }
 
 /// A call the business places: through watrunk's API, then its INVITE answered as Meta answers.
+/// Its media keeps a session of ours (ICE-lite, DTLS or SDES) whose plain side is the call's
+/// socket on the engine.
 async fn placed_call(
     shared: &Shared,
     placing: &Placing,
     call: u32,
+    socket: &Arc<std::net::UdpSocket>,
     record: &mut CallRecord,
     t0: Instant,
     rng: &mut Draws,
@@ -647,7 +632,7 @@ async fn placed_call(
     let to_tag = new_tag(rng);
     let media = MediaFrom {
         relay: &relay,
-        app: Some(shared.meta_addr),
+        app: Some(socket.local_addr()?),
     };
     let admitted = match uas::admit(invite, &mut rx, &link, &placing.gate, media, &to_tag, rng)
         .await
@@ -666,16 +651,19 @@ async fn placed_call(
     let session = admitted.leg.start_session(admitted.plan, &shared.options);
     link.respond(&admitted.ok).await;
     record.answered_ms = Some(ms_since(t0));
-    let _ = shared
-        .control
-        .send(Control::Up(call, session.app_addr()))
-        .await;
+    let _ = shared.engine.send(Command::Start {
+        call,
+        remote: session.app_addr(),
+        keys: Keys::Plain,
+        speak_first: true,
+        first_rtp: None,
+    });
     let signalling = Signalling::Sip {
         link,
         rx,
         dialog: Box::new(admitted.dialog),
     };
-    let outcome = hold(shared, call, Some(session), signalling, record, t0, rng).await;
+    let outcome = hold(shared, Some(session), None, signalling, record, t0, rng).await;
     drop(relay);
     outcome
 }
@@ -683,8 +671,8 @@ async fn placed_call(
 /// Runs the call's media until its hold time, the load's end or the far side's hang-up.
 async fn hold(
     shared: &Shared,
-    call: u32,
     mut session: Option<MediaSession>,
+    mut first_rtp: Option<oneshot::Receiver<()>>,
     mut signalling: Signalling,
     record: &mut CallRecord,
     t0: Instant,
@@ -711,6 +699,17 @@ async fn hold(
                 ours = false;
                 break;
             }
+            r = async {
+                match first_rtp.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                first_rtp = None;
+                if r.is_ok() {
+                    record.first_rtp_ms = Some(ms_since(t0));
+                }
+            }
             e = async {
                 match session.as_mut() {
                     Some(s) => s.events.recv().await,
@@ -732,7 +731,6 @@ async fn hold(
             },
         }
     }
-    let _ = shared.control.send(Control::Down(call)).await;
     if ours {
         signalling
             .end(args.ng, answered.elapsed().as_secs(), rng)
@@ -747,8 +745,8 @@ async fn hold(
     }
 }
 
-/// The bare path: the call's plain side forwards to and from the bare relay from its own socket,
-/// as a call's SRTP socket would.
+/// The bare path: the call's socket sends its plain RTP to the bare relay and reads what comes
+/// back, as a call's SRTP socket would.
 async fn bare_call(
     shared: &Shared,
     call: u32,
@@ -756,34 +754,16 @@ async fn bare_call(
     t0: Instant,
     rng: &mut Draws,
 ) -> Result<()> {
-    let ip = shared.args.media_ip;
-    let app = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
-    let wire = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
-    let app_addr = app.local_addr()?;
-    let (relay, meta) = (shared.args.relay, shared.meta_addr);
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let forward = tokio::spawn(async move {
-        let mut up = [0u8; 1500];
-        let mut down = [0u8; 1500];
-        loop {
-            tokio::select! {
-                _ = &mut stopped => break,
-                r = app.recv_from(&mut up) => if let Ok((n, _)) = r {
-                    let _ = wire.send_to(&up[..n], relay).await;
-                },
-                r = wire.recv_from(&mut down) => if let Ok((n, _)) = r {
-                    let _ = app.send_to(&down[..n], meta).await;
-                },
-            }
-        }
-    });
     record.answered_ms = Some(ms_since(t0));
     record.secure_at = Some(shared.started.elapsed());
-    let _ = shared.control.send(Control::Up(call, app_addr)).await;
-    let outcome = hold(shared, call, None, Signalling::None, record, t0, rng).await;
-    let _ = stop.send(());
-    let _ = forward.await;
-    outcome
+    let _ = shared.engine.send(Command::Start {
+        call,
+        remote: shared.args.relay,
+        keys: Keys::Plain,
+        speak_first: true,
+        first_rtp: None,
+    });
+    hold(shared, None, None, Signalling::None, record, t0, rng).await
 }
 
 /// rtpengine between Meta's side (our offer) and the agent (an answer at --sink): offer, then
@@ -1147,27 +1127,16 @@ pub async fn run(args: LoadArgs, mut draws: Draws) -> Result<bool> {
     let counters = Arc::new(Counters::default());
     counters.unstamped.store(args.echo_unstamped, Relaxed);
     let kernel_at_start = KernelDrops::read();
-    let meta_socket = roomy_socket(SocketAddr::new(args.media_ip, 0))?;
-    let meta_addr = meta_socket.local_addr()?;
     let agent_socket = roomy_socket(args.sink)?;
-    let (control, control_rx) = mpsc::channel(4096);
-    let meta_task = tokio::spawn(meta_side(
-        meta_socket,
-        control_rx,
-        total,
-        args.payload,
-        clock.clone(),
-        counters.clone(),
-    ));
-    let (stop_agent, stop_agent_rx) = watch::channel(false);
-    let agent_task = tokio::spawn(agent_side(
-        agent_socket,
-        stop_agent_rx,
-        total,
-        clock.clone(),
-        counters.clone(),
-        args.echo_unstamped,
-    ));
+    let (engine, commands) = Engine::start(total, args.payload, clock.clone(), counters.clone())?;
+    let stop_agent = Arc::new(AtomicBool::new(false));
+    let agent_thread = {
+        let (stop, clock, counters) = (stop_agent.clone(), clock.clone(), counters.clone());
+        let echo_unstamped = args.echo_unstamped;
+        std::thread::Builder::new()
+            .name("sim-load-agent".into())
+            .spawn(move || agent_side(agent_socket, stop, total, clock, counters, echo_unstamped))?
+    };
     let password = args.access.password()?;
     let (target, placing) = match (args.through, args.direction) {
         (Through::Watrunk, Direction::ToBusiness) => {
@@ -1213,8 +1182,7 @@ pub async fn run(args: LoadArgs, mut draws: Draws) -> Result<bool> {
         password,
         identity: Identity::generate().map_err(|e| anyhow!("{e}"))?,
         options,
-        meta_addr,
-        control,
+        engine: commands,
         hang_up: hang_up_rx,
         started: Instant::now(),
     });
@@ -1317,9 +1285,13 @@ pub async fn run(args: LoadArgs, mut draws: Draws) -> Result<bool> {
         });
     }
     drop(shared);
-    let _ = stop_agent.send(true);
-    let meta = meta_task.await?;
-    let agent = agent_task.await?;
+    stop_agent.store(true, Relaxed);
+    let (meta, agent) = tokio::task::spawn_blocking(move || {
+        let meta = engine.finish();
+        let agent = agent_thread.join().expect("the agent side does not panic");
+        (meta, agent)
+    })
+    .await?;
 
     let failed: Vec<&str> = records
         .iter()
@@ -1418,7 +1390,7 @@ pub struct BareRelayArgs {
 /// call for the way back) with nothing else: no SRTP, no re-stamping. A call is learnt from its
 /// first packet.
 pub async fn bare_relay(args: BareRelayArgs) -> Result<()> {
-    let shared = Arc::new(roomy_socket(args.listen)?);
+    let shared = Arc::new(UdpSocket::from_std(roomy_socket(args.listen)?)?);
     eprintln!("sim bare-relay: {} <-> {}", shared.local_addr()?, args.sink);
     let mut routes: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let local = SocketAddr::new(args.sink.ip(), 0);
