@@ -31,6 +31,19 @@ call_uac() { # target rate label -> exit status of sipp
     -buff_size 8388608 -trace_stat -stf "$work/call-stat-$3-$rate.csv" >"$work/call-uac-$3-$rate.log" 2>&1
 }
 
+# Writes KEY = A / B (two decimals) into docs/benchmarks.json, unless B is 0 or NO_JSON is set.
+write_ratio() { # key a b
+  { [ "$3" -gt 0 ] && [ -f docs/benchmarks.json ] && [ -z "${NO_JSON:-}" ]; } || return 0
+  python3 - "$@" <<'PY'
+import json, sys
+path = "docs/benchmarks.json"
+data = json.load(open(path))
+data[sys.argv[1]] = round(int(sys.argv[2]) / int(sys.argv[3]), 2)
+json.dump(data, open(path, "w"), indent=2, sort_keys=True)
+open(path, "a").write("\n")
+PY
+}
+
 # A step counts when every transaction succeeded and it was carried at its rate: a step that took
 # over 1.25x its time was not (the offered rate was not reached, by the server or the generator).
 max_rate() { # target label [uac-function rates]
@@ -71,16 +84,7 @@ echo "watrunk serve: $w/s"
 echo "SIPp UAS:      $s/s"
 if [ "$s" -gt 0 ]; then echo "ratio watrunk/SIPp: $(awk -v a="$w" -v b="$s" 'BEGIN{printf "%.2f", a/b}')"; fi
 # docs/benchmarks.json's `sipp_ratio`: watrunk's loss-free OPTIONS rate over the SIPp UAS's, this run.
-if [ "$s" -gt 0 ] && [ -f docs/benchmarks.json ] && [ -z "${NO_JSON:-}" ]; then
-  python3 - "$w" "$s" <<'PY'
-import json, sys
-path = "docs/benchmarks.json"
-data = json.load(open(path))
-data["sipp_ratio"] = round(int(sys.argv[1]) / int(sys.argv[2]), 2)
-json.dump(data, open(path, "w"), indent=2, sort_keys=True)
-open(path, "a").write("\n")
-PY
-fi
+write_ratio sipp_ratio "$w" "$s"
 
 [ "${CALLS:-1}" = 0 ] && exit 0
 # Calls: INVITE-200-ACK-BYE without media, over UDP as above (this SIPp has no TLS), a fresh `serve`
@@ -114,13 +118,4 @@ if [ "$sc" -gt 0 ]; then echo "call ratio watrunk/SIPp: $(awk -v a="$wc" -v b="$
 echo "watrunk log: $(grep -c ' WARN \| ERROR ' "$work/watrunk-calls.log" || true) warnings or errors" >&2
 grep ' WARN \| ERROR ' "$work/watrunk-calls.log" | sed 's/^[^ ]* //' | sort | uniq -c | sort -rn | head -5 >&2 || true
 # docs/benchmarks.json's `sipp_call_ratio`: watrunk's loss-free call rate over the SIPp UAS's, this run.
-if [ "$sc" -gt 0 ] && [ -f docs/benchmarks.json ] && [ -z "${NO_JSON:-}" ]; then
-  python3 - "$wc" "$sc" <<'PY'
-import json, sys
-path = "docs/benchmarks.json"
-data = json.load(open(path))
-data["sipp_call_ratio"] = round(int(sys.argv[1]) / int(sys.argv[2]), 2)
-json.dump(data, open(path, "w"), indent=2, sort_keys=True)
-open(path, "a").write("\n")
-PY
-fi
+write_ratio sipp_call_ratio "$wc" "$sc"
