@@ -37,6 +37,18 @@ impl Seen {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The request was `method target`, carrying our token.
+    fn assert_request(&self, method: &str, target: &str) {
+        assert_eq!(
+            (self.method.as_str(), self.target.as_str()),
+            (method, target)
+        );
+        assert_eq!(
+            self.header("authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+    }
 }
 
 /// A Graph API stand-in answering one request with `status` and `body`.
@@ -157,12 +169,7 @@ fn settings_enable_posts_calling_sip_toward_our_host() {
     );
     let seen = seen.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(seen.method, "POST");
-    assert_eq!(seen.target, format!("/v25.0/{PHONE_ID}/settings"));
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {TOKEN}").as_str())
-    );
+    seen.assert_request("POST", &format!("/v25.0/{PHONE_ID}/settings"));
     assert_eq!(seen.header("content-type"), Some("application/json"));
     let body: Value = serde_json::from_str(&seen.body).unwrap();
     assert_eq!(
@@ -219,14 +226,7 @@ fn settings_disable_empties_the_servers_with_the_token_from_a_file() {
     );
     let seen = seen.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(
-        (seen.method.as_str(), seen.target.as_str()),
-        ("POST", format!("/v23.0/{PHONE_ID}/settings").as_str())
-    );
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {TOKEN}").as_str())
-    );
+    seen.assert_request("POST", &format!("/v23.0/{PHONE_ID}/settings"));
     assert_eq!(seen.header("content-type"), Some("application/json"));
     let body: Value = serde_json::from_str(&seen.body).unwrap();
     assert_eq!(
@@ -267,18 +267,8 @@ fn settings_show_prints_a_summary_or_the_json() {
     );
     let seen = seen.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(
-        (
-            seen.method.as_str(),
-            seen.target.as_str(),
-            seen.body.as_str()
-        ),
-        ("GET", format!("/v25.0/{PHONE_ID}/settings").as_str(), "")
-    );
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {TOKEN}").as_str())
-    );
+    seen.assert_request("GET", &format!("/v25.0/{PHONE_ID}/settings"));
+    assert_eq!(seen.body, "");
     assert_eq!(
         text(&out.stdout),
         "calling: ENABLED\nsip: ENABLED\n  srtp_key_exchange_protocol: SDES\n  server: sip.example.com:5061 (app 7766)\n    request_uri_user_params: tgrp=wacall\ncall_icon_visibility: DEFAULT\n"
@@ -330,16 +320,9 @@ fn password_is_written_mode_600_as_serve_reads_it_and_never_printed() {
     );
     let seen = seen.join().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(
-        (seen.method.as_str(), seen.target.as_str()),
-        (
-            "GET",
-            format!("/v25.0/{PHONE_ID}/settings?include_sip_credentials=true").as_str()
-        )
-    );
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {TOKEN}").as_str())
+    seen.assert_request(
+        "GET",
+        &format!("/v25.0/{PHONE_ID}/settings?include_sip_credentials=true"),
     );
     assert_eq!(
         std::fs::read_to_string(&out_file).unwrap(),
